@@ -1,0 +1,19 @@
+#!/bin/sh
+# Installs the peer tools the tests compare against (skopeo, umoci, docker-registry) from
+# Debian when running as root and they are missing. Without root, tests that need a
+# missing peer skip with a reason (and fail under CI=true).
+set -e
+missing=""
+command -v skopeo >/dev/null 2>&1 || missing="$missing skopeo"
+command -v umoci >/dev/null 2>&1 || missing="$missing umoci"
+command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || missing="$missing docker-registry"
+command -v zstd >/dev/null 2>&1 || missing="$missing zstd"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing peer tools:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+else
+    echo "peer tools missing (not root, not installed):$missing" >&2
+fi

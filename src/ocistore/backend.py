@@ -1,0 +1,111 @@
+"""The image-config backend, with the interface of Docker's ``StoreBackend``.
+
+``imagedb/content/sha256/<hex>`` holds configs, exactly as given; ``imagedb/metadata/
+sha256/<hex>/<key>`` holds small per-image values (``parent``, ``lastUpdated``). The
+backend computes keys itself: callers never choose where content goes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from . import fsutil
+from .digest import Digest, digest_bytes
+from .errors import DigestMismatch, InvalidInput, NotFound
+
+
+class StoreBackend(Protocol):
+    def walk(self, fn: Callable[[Digest], None]) -> None: ...
+    def get(self, digest: Digest) -> bytes: ...
+    def set(self, data: bytes) -> Digest: ...
+    def delete(self, digest: Digest) -> None: ...
+    def set_metadata(self, digest: Digest, key: str, data: bytes) -> None: ...
+    def get_metadata(self, digest: Digest, key: str) -> bytes: ...
+    def delete_metadata(self, digest: Digest, key: str) -> None: ...
+
+
+def _check_key(key: str) -> str:
+    if not key or "/" in key or key in (".", "..") or "\x00" in key:
+        raise InvalidInput(f"invalid metadata key {key!r}")
+    return key
+
+
+class FSBackend:
+    """A :class:`StoreBackend` on the file system. Every write is atomic and durable."""
+
+    def __init__(self, root: Path, tmpdir: Path) -> None:
+        self.root = root
+        self.tmpdir = tmpdir
+        self.content_dir = root / "content" / "sha256"
+        self.metadata_dir = root / "metadata" / "sha256"
+
+    def content_path(self, digest: Digest) -> Path:
+        d = Digest(digest)
+        return self.root / "content" / d.algorithm / d.hex
+
+    def _metadata_path(self, digest: Digest, key: str = "") -> Path:
+        d = Digest(digest)
+        base = self.root / "metadata" / d.algorithm / d.hex
+        return base / _check_key(key) if key else base
+
+    def walk(self, fn: Callable[[Digest], None]) -> None:
+        """Call ``fn`` with every stored digest; names that are not digests are skipped.
+
+        An exception from ``fn`` stops the walk and propagates.
+        """
+        try:
+            entries = sorted(e.name for e in os.scandir(self.content_dir))
+        except FileNotFoundError:
+            return
+        for name in entries:
+            if Digest.is_valid(f"sha256:{name}"):
+                fn(Digest(f"sha256:{name}"))
+
+    def get(self, digest: Digest) -> bytes:
+        """The content, re-hashed: a :class:`DigestMismatch` names a tampered config."""
+        try:
+            data = self.content_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"image config {digest} not found") from None
+        got = digest_bytes(data, Digest(digest).algorithm)
+        if got != digest:
+            raise DigestMismatch(f"image config {digest}", digest, got)
+        return data
+
+    def exists(self, digest: Digest) -> bool:
+        return self.content_path(digest).is_file()
+
+    def set(self, data: bytes) -> Digest:
+        if not data:
+            raise InvalidInput("image config is empty")
+        digest = digest_bytes(data)
+        path = self.content_path(digest)
+        if not path.exists():
+            fsutil.atomic_write(path, data, self.tmpdir)
+        return digest
+
+    def delete(self, digest: Digest) -> None:
+        """Remove the metadata, then the content (top-down)."""
+        fsutil.remove(self._metadata_path(digest))
+        fsutil.remove(self.content_path(digest))
+
+    def set_metadata(self, digest: Digest, key: str, data: bytes) -> None:
+        if not self.exists(digest):
+            raise NotFound(f"image {digest} not found: cannot set metadata {key!r}")
+        fsutil.atomic_write(self._metadata_path(digest, key), data, self.tmpdir)
+
+    def get_metadata(self, digest: Digest, key: str) -> bytes:
+        if not self.exists(digest):
+            raise NotFound(f"image {digest} not found: no metadata {key!r}")
+        try:
+            return self._metadata_path(digest, key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"image {digest} has no metadata {key!r}") from None
+
+    def delete_metadata(self, digest: Digest, key: str) -> None:
+        if not self.exists(digest):
+            raise NotFound(f"image {digest} not found: no metadata {key!r}")
+        fsutil.remove(self._metadata_path(digest, key))

@@ -1,0 +1,464 @@
+"""The ``ocistore`` command: each command opens the store, calls the library, and turns
+library errors into one line on stderr.
+
+Exit codes: 0 success, 1 error, 2 usage. The store's root is ``--root``, else
+``$OCISTORE_ROOT``, else ``${XDG_DATA_HOME:-~/.local/share}/ocistore``; this module is
+the only place that reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from .errors import OcistoreError
+from .progress import Progress, human_size
+from .store import Store
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def default_root() -> Path:
+    env = os.environ.get("OCISTORE_ROOT")
+    if env:
+        return Path(env)
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "ocistore"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+_COMMANDS: list[tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = []
+
+
+def command(
+    name: str, configure: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Handler], Handler]:
+    """Register a command; its docstring is its help (first line: summary)."""
+
+    def register(fn: Handler) -> Handler:
+        _COMMANDS.append((name, configure, fn))
+        return fn
+
+    return register
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    return Store(args.root)
+
+
+# -- output helpers --------------------------------------------------------------------
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's ``units.HumanDuration``: "About a minute", "3 hours", "2 weeks"."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def parse_time(value: str) -> datetime | None:
+    if not value:
+        return None
+    v = value.strip()
+    if v.endswith("Z"):
+        v = v[:-1] + "+00:00"
+    # Python before 3.11 handles at most 6 fractional digits; trim Go's nanoseconds.
+    if "." in v:
+        head, _, rest = v.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        tz = rest[len(digits) :]
+        v = f"{head}.{digits[:6]}{tz}"
+    try:
+        t = datetime.fromisoformat(v)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def since(value: str) -> str:
+    t = parse_time(value)
+    if t is None:
+        return "N/A"
+    return human_duration((datetime.now(UTC) - t).total_seconds()) + " ago"
+
+
+def print_table(rows: list[list[str]], out: IO[str]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [c.ljust(widths[i]) for i, c in enumerate(r[:-1])] + [r[-1]]
+        out.write("   ".join(cells).rstrip() + "\n")
+
+
+def format_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="table (default) or json (one JSON object per line, as docker --format json)",
+    )
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE|-", help="rootfs tarball (plain, gzip or zstd), - for stdin")
+    p.add_argument("reference", metavar="REPOSITORY[:TAG]", nargs="?")
+    p.add_argument("-m", "--message", default=None, help="commit message for the history")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+@command("import", _import_args)
+def cmd_import(args: argparse.Namespace) -> int:
+    """Create a one-layer image from a root file system tarball, like docker import.
+
+    Prints the new image ID (sha256:...) last.
+
+    example:
+      tar -C rootfs -c . | ocistore import - myapp:v1
+      ocistore import rootfs.tar.gz myapp:latest
+    """
+    store = open_store(args)
+    progress = Progress.for_terminal(args.quiet)
+    source = args.file
+    with _open_input(source) as f:
+        total = None if source == "-" else os.fstat(f.fileno()).st_size
+        task = progress.task(f"importing {source}", total)
+        image_id = store.import_tarball(f, args.reference, source=source, progress=task.update)
+        task.finish()
+    print(image_id)
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise OcistoreError(f"{path}: {e.strerror}") from None
+    with f:
+        yield f
+
+
+def _images_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="show intermediate images too")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
+    p.add_argument("--no-trunc", action="store_true", help="full image IDs")
+    p.add_argument("--digests", action="store_true", help="show digests")
+    format_option(p)
+
+
+@command("images", _images_args)
+def cmd_images(args: argparse.Namespace) -> int:
+    """List images, newest first.
+
+    example:
+      ocistore images
+      ocistore images -q --no-trunc
+      ocistore images --format json
+    """
+    store = open_store(args)
+    rows: list[dict[str, str]] = []
+    for rec, refs in store.list_images(all_images=args.all):
+        image_id = rec.id if args.no_trunc else rec.id.short()
+        tags = [r for r in refs if r.digest is None]
+        digests = {r.familiar_name: r.digest for r in refs if r.digest is not None}
+        entries: list[tuple[str, str, str]] = []
+        for r in tags:
+            entries.append((r.familiar_name, r.tag or "<none>", digests.get(r.familiar_name) or "<none>"))
+        for name, d in digests.items():
+            if not any(t.familiar_name == name for t in tags):
+                entries.append((name, "<none>", d or "<none>"))
+        if not entries:
+            entries.append(("<none>", "<none>", "<none>"))
+        for repo, tag, digest in entries:
+            rows.append(
+                {
+                    "Repository": repo,
+                    "Tag": tag,
+                    "Digest": digest,
+                    "ID": image_id,
+                    "CreatedAt": rec.created,
+                    "CreatedSince": since(rec.created),
+                    "Size": human_size(rec.size),
+                }
+            )
+    if args.quiet:
+        seen: set[str] = set()
+        for row in rows:
+            if row["ID"] not in seen:
+                seen.add(row["ID"])
+                print(row["ID"])
+        return EXIT_OK
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    header = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else [])
+    header += ["IMAGE ID", "CREATED", "SIZE"]
+    table = [header]
+    for row in rows:
+        line = [row["Repository"], row["Tag"]] + ([row["Digest"]] if args.digests else [])
+        line += [row["ID"], row["CreatedSince"], row["Size"]]
+        table.append(line)
+    print_table(table, sys.stdout)
+    return EXIT_OK
+
+
+def _inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+
+
+@command("inspect", _inspect_args)
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Show images as a JSON array shaped like docker image inspect.
+
+    example:
+      ocistore inspect busybox
+      ocistore inspect sha256:3f57d9401f8d
+    """
+    store = open_store(args)
+    out: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for name in args.images:
+        try:
+            out.append(store.inspect(name))
+        except OcistoreError as e:
+            errors.append(str(e))
+    print(json.dumps(out, indent=4))
+    for e in errors:
+        print(f"ocistore: {e}", file=sys.stderr)
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def _history_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
+    format_option(p)
+
+
+@command("history", _history_args)
+def cmd_history(args: argparse.Namespace) -> int:
+    """Show the history of an image, newest first.
+
+    example:
+      ocistore history busybox
+      ocistore history --no-trunc --format json myapp:v1
+    """
+    store = open_store(args)
+    rows = store.history(args.image)
+    if args.quiet:
+        for row in rows:
+            print(row["Id"] if args.no_trunc or row["Id"] == "<missing>" else row["Id"][7:19])
+        return EXIT_OK
+    if args.format == "json":
+        for row in rows:
+            print(
+                json.dumps(
+                    {
+                        "ID": row["Id"],
+                        "CreatedAt": row["Created"],
+                        "CreatedSince": since(row["Created"]),
+                        "CreatedBy": row["CreatedBy"],
+                        "Size": human_size(row["Size"]),
+                        "Comment": row["Comment"],
+                    }
+                )
+            )
+        return EXIT_OK
+    table = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
+    for row in rows:
+        image = row["Id"]
+        if image != "<missing>" and not args.no_trunc:
+            image = image[7:19]
+        created_by = row["CreatedBy"]
+        if not args.no_trunc and len(created_by) > 45:
+            created_by = created_by[:44] + "…"
+        table.append([image, since(row["Created"]), created_by, human_size(row["Size"]), row["Comment"]])
+    print_table(table, sys.stdout)
+    return EXIT_OK
+
+
+def _tag_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE_IMAGE[:TAG]")
+    p.add_argument("target", metavar="TARGET_IMAGE[:TAG]")
+
+
+@command("tag", _tag_args)
+def cmd_tag(args: argparse.Namespace) -> int:
+    """Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE (moving it if it exists).
+
+    example:
+      ocistore tag busybox:latest myregistry:5000/team/busybox:v1
+    """
+    open_store(args).tag(args.source, args.target)
+    return EXIT_OK
+
+
+def _rmi_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("-f", "--force", action="store_true", help="remove an image tagged in several repositories")
+    p.add_argument("--no-prune", action="store_true", help="do not delete untagged parents")
+
+
+@command("rmi", _rmi_args)
+def cmd_rmi(args: argparse.Namespace) -> int:
+    """Remove one or more images (or untag them), with docker rmi's rules.
+
+    example:
+      ocistore rmi busybox:latest
+      ocistore rmi -f 3f57d9401f8d
+    """
+    store = open_store(args)
+    status = EXIT_OK
+    for name in args.images:
+        try:
+            events = store.remove(name, force=args.force, prune=not args.no_prune)
+        except OcistoreError as e:
+            print(f"ocistore: {e}", file=sys.stderr)
+            status = EXIT_ERROR
+            continue
+        for event in events:
+            print(event)
+    return status
+
+
+def _gc_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=24 * 3600,
+        help="seconds a temporary file is left alone (default: one day)",
+    )
+
+
+@command("gc", _gc_args)
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove layers and blobs no image needs, and stale temporary files.
+
+    example:
+      ocistore gc
+    """
+    for line in open_store(args).gc(args.grace):
+        print(f"Deleted: {line}")
+    return EXIT_OK
+
+
+@command("fsck", lambda p: None)
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Verify every image config, layer and blob against its digest.
+
+    Prints one line per problem and exits 1 if there is any.
+
+    example:
+      ocistore fsck
+    """
+    problems = open_store(args).fsck()
+    for p in problems:
+        print(p)
+    return EXIT_ERROR if problems else EXIT_OK
+
+
+# -- entry point -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="ocistore",
+        description="A content-addressable container image store.",
+        epilog="example:\n  ocistore import rootfs.tar myapp:v1 && ocistore images",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="store directory (default: $OCISTORE_ROOT, else "
+        "${XDG_DATA_HOME:-~/.local/share}/ocistore)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, configure, handler in _COMMANDS:
+        doc = (handler.__doc__ or "").strip()
+        summary, _, rest = doc.partition("\n")
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=summary + ("\n" + textwrap.dedent(rest) if rest else ""),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        configure(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.root is None:
+        args.root = default_root()
+    try:
+        return int(args.handler(args))
+    except OcistoreError as e:
+        print(f"ocistore: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            sys.stdout.close()
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("ocistore: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ocistore: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The content store: blobs (layer blobs as received, manifests) by digest.
+
+``blobs/<algorithm>/<hex>``. A blob is written in ``tmp/`` while it is hashed, checked
+against the digest and size it must have, and only then renamed into place (read-only),
+so a blob under ``blobs/`` is always whole and always what its name says. Reads can
+verify again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from . import fsutil
+from .digest import CHUNK, Digest, VerifyingReader, digest_bytes, new_hasher
+from .errors import DigestMismatch, NotFound, SizeMismatch
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """A blob written and hashed in ``tmp/``, not yet visible in the store."""
+
+    path: Path
+    digest: Digest
+    size: int
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class ContentStore:
+    def __init__(self, root: Path, tmpdir: Path) -> None:
+        self.root = root
+        self.tmpdir = tmpdir
+
+    def path(self, digest: Digest) -> Path:
+        d = Digest(digest)  # validated before it becomes a path
+        return self.root / d.algorithm / d.hex
+
+    def exists(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: Digest) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found") from None
+
+    def open(self, digest: Digest, verify: bool = True) -> IO[bytes]:
+        """Open a blob for reading; with ``verify`` the digest is checked at its end."""
+        try:
+            f = open(self.path(digest), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found") from None
+        if not verify:
+            return f
+        return VerifyingReader(f, digest, f"blob {digest}")  # type: ignore[return-value]
+
+    def read(self, digest: Digest) -> bytes:
+        """The whole blob, verified (for small blobs: manifests, configs)."""
+        try:
+            data = self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found") from None
+        got = digest_bytes(data, Digest(digest).algorithm)
+        if got != digest:
+            raise DigestMismatch(f"blob {digest}", digest, got)
+        return data
+
+    def stage_bytes(self, data: bytes) -> StagedBlob:
+        tmp = fsutil.TempFile(self.tmpdir)
+        try:
+            tmp.write(data)
+            tmp.finish()
+        except BaseException:
+            tmp.discard()
+            raise
+        return StagedBlob(tmp.path, digest_bytes(data), len(data))
+
+    def stage(
+        self,
+        stream: IO[bytes],
+        expected: Digest | None = None,
+        expected_size: int | None = None,
+        what: str = "blob",
+    ) -> StagedBlob:
+        """Copy a stream into ``tmp/`` while hashing it; check digest and size if given."""
+        algorithm = Digest(expected).algorithm if expected else "sha256"
+        h = new_hasher(algorithm)
+        size = 0
+        tmp = fsutil.TempFile(self.tmpdir)
+        try:
+            while chunk := stream.read(CHUNK):
+                h.update(chunk)
+                tmp.write(chunk)
+                size += len(chunk)
+            tmp.finish()
+            got = Digest(f"{algorithm}:{h.hexdigest()}")
+            if expected_size is not None and size != expected_size:
+                raise SizeMismatch(what, expected_size, size)
+            if expected is not None and got != expected:
+                raise DigestMismatch(what, expected, got)
+        except BaseException:
+            tmp.discard()
+            raise
+        return StagedBlob(tmp.path, got, size)
+
+    def commit(self, staged: StagedBlob) -> Digest:
+        """Make a staged blob visible. Committing a blob that exists already succeeds."""
+        dest = self.path(staged.digest)
+        if dest.exists():
+            staged.discard()
+            return staged.digest
+        os.chmod(staged.path, 0o444)
+        fsutil.publish(staged.path, dest)
+        return staged.digest
+
+    def write(self, data: bytes) -> Digest:
+        """Stage and commit small content in one step."""
+        return self.commit(self.stage_bytes(data))
+
+    def delete(self, digest: Digest) -> None:
+        fsutil.remove(self.path(digest))
+
+    def walk(self) -> Iterator[Digest]:
+        """Every blob whose file name is a valid digest; other names are skipped."""
+        if not self.root.is_dir():
+            return
+        for algdir in sorted(self.root.iterdir()):
+            if not algdir.is_dir():
+                continue
+            for entry in os.scandir(algdir):
+                if Digest.is_valid(f"{algdir.name}:{entry.name}"):
+                    yield Digest(f"{algdir.name}:{entry.name}")

@@ -1,0 +1,401 @@
+"""The image store: images over the config backend and the layer store.
+
+The configs under ``imagedb/content`` and the per-image metadata are the truth. So that
+listing and prefix lookup do not read every config, the store keeps a derived index,
+``imagedb/index.json``: one record per image (created, layer chains, total size, parent,
+platform) together with the ``(size, mtime, inode)`` of the config file it was made from.
+
+Opening the store lists ``imagedb/content/sha256`` and re-reads (and re-verifies) only the
+configs whose file does not match its record; a config that fails verification is
+skipped and reported in :attr:`ImageStore.skipped`. A writer marks the index dirty
+(``index.dirty``) before it changes anything and rewrites the index before it releases
+the lock; after a crash the marker is still there, and the next opener rebuilds the index
+from the files. Layer reference counts are derived from the records, never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import fsutil
+from .backend import FSBackend
+from .digest import ChainID, Digest, ImageID
+from .errors import Ambiguous, Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError
+from .image import ImageConfig, parse_config
+from .layers import Layer, LayerStore
+
+INDEX_VERSION = 1
+_HEXDIGITS = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What the index knows of an image without reading its config."""
+
+    id: ImageID
+    created: str
+    chains: tuple[ChainID, ...]
+    size: int
+    parent: ImageID | None
+    os: str
+    architecture: str
+    #: Other blobs the image needs (manifests, layer blobs it was distributed as).
+    blobs: tuple[Digest, ...] = ()
+    stat: tuple[int, int, int] = field(default=(0, 0, 0), compare=False)
+
+    def to_json(self) -> list[object]:
+        return [
+            self.created,
+            [c.hex for c in self.chains],
+            self.size,
+            self.parent or "",
+            self.os,
+            self.architecture,
+            list(self.blobs),
+            list(self.stat),
+        ]
+
+    @classmethod
+    def from_json(cls, hex_: str, v: list[object]) -> ImageRecord:
+        created, chains, size, parent, os_, arch, blobs, stat = v
+        assert isinstance(chains, list) and isinstance(blobs, list) and isinstance(stat, list)
+        return cls(
+            id=ImageID(Digest(f"sha256:{hex_}")),
+            created=str(created),
+            chains=tuple(ChainID(Digest(f"sha256:{c}")) for c in chains),
+            size=int(size),  # type: ignore[call-overload]
+            parent=ImageID(Digest(str(parent))) if parent else None,
+            os=str(os_),
+            architecture=str(arch),
+            blobs=tuple(Digest(str(b)) for b in blobs),
+            stat=(int(stat[0]), int(stat[1]), int(stat[2])),
+        )
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image: its verified config and what the store knows of it."""
+
+    config: ImageConfig
+    record: ImageRecord
+
+    @property
+    def id(self) -> ImageID:
+        return self.config.id
+
+
+def _sig(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class ImageStore:
+    def __init__(
+        self, backend: FSBackend, layers: LayerStore, lock: fsutil.StoreLock, tmpdir: Path
+    ) -> None:
+        self.backend = backend
+        self.layers = layers
+        self.lock = lock
+        self.tmpdir = tmpdir
+        self.index_path = backend.root / "index.json"
+        self.dirty_path = backend.root / "index.dirty"
+        self._images: dict[ImageID, ImageRecord] = {}
+        self._index_sig: tuple[int, int, int] | None = None
+        self._loaded = False
+        self._writing_depth = 0
+        #: Configs skipped by the last full load, as ``(digest or name, reason)``.
+        self.skipped: list[tuple[str, str]] = []
+
+    # -- loading ---------------------------------------------------------------------
+
+    def _read_index(self) -> dict[str, ImageRecord]:
+        if self.dirty_path.exists():
+            return {}  # a writer died mid-way: trust nothing in the index
+        try:
+            raw = self.index_path.read_bytes()
+            self._index_sig = _sig(os.stat(self.index_path))
+        except FileNotFoundError:
+            return {}
+        try:
+            doc = json.loads(raw)
+            if doc.get("version") != INDEX_VERSION:
+                return {}
+            return {h: ImageRecord.from_json(h, v) for h, v in doc["images"].items()}
+        except (ValueError, KeyError, TypeError, AssertionError, OcistoreError):
+            return {}  # a damaged cache is rebuilt, not fatal
+
+    def _record_from_files(
+        self, image_id: ImageID, stat: tuple[int, int, int]
+    ) -> tuple[ImageRecord, ImageConfig]:
+        raw = self.backend.get(image_id)  # verifies the digest
+        config = parse_config(raw, f"image config {image_id}")
+        chains = tuple(config.chain_ids)
+        size = 0
+        for c in chains:
+            size += self.layers.get(c).size  # NotFound if a layer is missing
+        parent: ImageID | None = None
+        with contextlib.suppress(NotFound):
+            parent = ImageID(Digest(self.backend.get_metadata(image_id, "parent").decode()))
+        blobs: tuple[Digest, ...] = ()
+        with contextlib.suppress(NotFound):
+            blobs = tuple(Digest(b) for b in json.loads(self.backend.get_metadata(image_id, "blobs")))
+        record = ImageRecord(
+            id=image_id,
+            created=config.created,
+            chains=chains,
+            size=size,
+            parent=parent,
+            os=config.os,
+            architecture=config.architecture,
+            blobs=blobs,
+            stat=stat,
+        )
+        return record, config
+
+    def _load(self) -> None:
+        """Bring the in-memory records up to date with the files (caller holds a lock)."""
+        cached = self._read_index()
+        images: dict[ImageID, ImageRecord] = {}
+        skipped: list[tuple[str, str]] = []
+        try:
+            entries = list(os.scandir(self.backend.content_dir))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            name = entry.name
+            if len(name) != 64 or not _HEXDIGITS.issuperset(name):
+                continue
+            try:
+                sig = _sig(entry.stat())
+            except FileNotFoundError:
+                continue
+            rec = cached.get(name)
+            if rec is not None and rec.stat == sig:
+                images[rec.id] = rec
+                continue
+            image_id = ImageID(Digest(f"sha256:{name}"))
+            try:
+                rec, _ = self._record_from_files(image_id, sig)
+            except OcistoreError as e:
+                skipped.append((image_id, str(e)))
+                continue
+            images[image_id] = rec
+        self._images = images
+        self.skipped = skipped
+        self._loaded = True
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the store if another process changed it since the last look."""
+        if self._writing_depth:
+            return
+        if not force and self._loaded:
+            try:
+                sig: tuple[int, int, int] | None = _sig(os.stat(self.index_path))
+            except FileNotFoundError:
+                sig = None
+            if sig is not None and sig == self._index_sig and not self.dirty_path.exists():
+                return
+        with self.lock.shared():
+            self.layers.forget()
+            self._load()
+
+    def _save_index(self) -> None:
+        doc = {
+            "version": INDEX_VERSION,
+            "images": {r.id.hex: r.to_json() for r in self._images.values()},
+        }
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        fsutil.atomic_write(self.index_path, data, self.tmpdir)
+        self._index_sig = _sig(os.stat(self.index_path))
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the exclusive lock over a change, with the index marked dirty meanwhile.
+
+        Re-entrant: the outermost block re-reads the store first and rewrites the index
+        last, so a composite change (layers, image, tags) publishes under one lock.
+        """
+        with self.lock.exclusive():
+            if self._writing_depth:
+                self._writing_depth += 1
+                try:
+                    yield
+                finally:
+                    self._writing_depth -= 1
+                return
+            self.layers.forget()
+            self._load()
+            fsutil.makedirs(self.backend.root)
+            fsutil.atomic_write(self.dirty_path, b"", self.tmpdir)
+            self._writing_depth = 1
+            try:
+                yield
+            finally:
+                self._writing_depth = 0
+                # Whatever happened, the records describe the files as they now are.
+                self._save_index()
+                fsutil.remove(self.dirty_path)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _record(self, image_id: ImageID) -> ImageRecord:
+        self.refresh()
+        rec = self._images.get(image_id)
+        if rec is None:
+            raise NotFound(f"image {image_id} not found")
+        return rec
+
+    def exists(self, image_id: ImageID) -> bool:
+        self.refresh()
+        return image_id in self._images
+
+    def get(self, image_id: ImageID) -> Image:
+        """The image with its config read and verified again."""
+        rec = self._record(image_id)
+        config = parse_config(self.backend.get(image_id), f"image config {image_id}")
+        return Image(config, rec)
+
+    def record(self, image_id: ImageID) -> ImageRecord:
+        return self._record(image_id)
+
+    def list(self) -> list[ImageRecord]:
+        self.refresh()
+        return list(self._images.values())
+
+    def search(self, prefix: str) -> ImageID:
+        """Find an image by full ID, ``sha256:`` prefix or bare hex prefix."""
+        p = prefix[len("sha256:") :] if prefix.startswith("sha256:") else prefix
+        if not p or len(p) > 64 or not _HEXDIGITS.issuperset(p):
+            raise InvalidInput(f"invalid image ID {prefix!r}")
+        self.refresh()
+        if len(p) == 64:
+            full = ImageID(Digest(f"sha256:{p}"))
+            if full in self._images:
+                return full
+            raise NotFound(f"image {prefix} not found")
+        matches = [i for i in self._images if i.hex.startswith(p)]
+        if not matches:
+            raise NotFound(f"image {prefix} not found")
+        if len(matches) > 1:
+            raise Ambiguous(f"image ID prefix {prefix!r} is ambiguous: matches {len(matches)} images")
+        return matches[0]
+
+    def get_parent(self, image_id: ImageID) -> ImageID | None:
+        return self._record(image_id).parent
+
+    def children(self, image_id: ImageID) -> list[ImageID]:
+        self._record(image_id)
+        return sorted(r.id for r in self._images.values() if r.parent == image_id)
+
+    def heads(self) -> list[ImageID]:
+        """Images that are nobody's parent."""
+        self.refresh()
+        parents = {r.parent for r in self._images.values() if r.parent}
+        return sorted(i for i in self._images if i not in parents)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def create(self, config: bytes | ImageConfig) -> ImageID:
+        """Keep a config as an image; creating an existing image returns its ID.
+
+        Fails, naming the chain, if the image's layers are not in the layer store.
+        """
+        cfg = config if isinstance(config, ImageConfig) else parse_config(config)
+        with self.writing():
+            if cfg.id in self._images:
+                return cfg.id
+            size = 0
+            for i, chain in enumerate(cfg.chain_ids):
+                try:
+                    size += self.layers.get(chain).size
+                except NotFound:
+                    raise NotFound(
+                        f"image {cfg.id}: layer chain {chain} (layer {i}, "
+                        f"diff ID {cfg.diff_ids[i]}) is not in the layer store"
+                    ) from None
+            self.backend.set(cfg.raw)
+            st = os.stat(self.backend.content_path(cfg.id))
+            self._images[cfg.id] = ImageRecord(
+                id=cfg.id,
+                created=cfg.created,
+                chains=tuple(cfg.chain_ids),
+                size=size,
+                parent=None,
+                os=cfg.os,
+                architecture=cfg.architecture,
+                stat=_sig(st),
+            )
+        return cfg.id
+
+    def _replace(self, image_id: ImageID, **changes: object) -> None:
+        rec = self._images[image_id]
+        fields = {**rec.__dict__, **changes}
+        self._images[image_id] = ImageRecord(**fields)  # type: ignore[arg-type]
+
+    def set_parent(self, image_id: ImageID, parent: ImageID) -> None:
+        """Make ``parent`` the parent of ``image_id`` (moving it from any earlier parent)."""
+        with self.writing():
+            self._record(image_id)
+            self._record(parent)
+            cur: ImageID | None = parent
+            while cur is not None:
+                if cur == image_id:
+                    raise Conflict(f"image {parent} cannot be the parent of {image_id}: a cycle")
+                cur = self._images[cur].parent if cur in self._images else None
+            self.backend.set_metadata(image_id, "parent", parent.encode())
+            self._replace(image_id, parent=parent)
+
+    def set_blobs(self, image_id: ImageID, blobs: list[Digest]) -> None:
+        """Record further blobs an image keeps alive (its manifests, its layer blobs)."""
+        with self.writing():
+            rec = self._record(image_id)
+            merged = tuple(sorted(set(rec.blobs) | {Digest(b) for b in blobs}))
+            if merged == rec.blobs:
+                return
+            self.backend.set_metadata(image_id, "blobs", json.dumps(list(merged)).encode())
+            self._replace(image_id, blobs=merged)
+
+    def delete(self, image_id: ImageID) -> list[Layer]:
+        """Delete an image; returns the layers (top first) no remaining image needs.
+
+        Those layers, and the blobs no remaining layer or image needs, are removed.
+        References are the caller's to remove first (delete top-down).
+        """
+        with self.writing():
+            rec = self._record(image_id)
+            kids = [r.id for r in self._images.values() if r.parent == image_id]
+            if kids:
+                raise Conflict(
+                    f"conflict: unable to delete {image_id.short()} (cannot be forced) "
+                    "- image has dependent child images"
+                )
+            self.backend.delete(image_id)
+            del self._images[image_id]
+            needed: set[ChainID] = set()
+            needed_blobs: set[Digest] = set()
+            for r in self._images.values():
+                needed.update(r.chains)
+                needed_blobs.update(r.blobs)
+            released: list[Layer] = []
+            for chain in reversed(rec.chains):
+                if chain in needed:
+                    continue
+                try:
+                    layer = self.layers.get(chain)
+                except NotFound:
+                    continue
+                self.layers.delete(chain)
+                released.append(layer)
+            candidates = {layer.blob.digest for layer in released} | set(rec.blobs)
+            candidates -= needed_blobs
+            if candidates:
+                for chain in self.layers.walk():
+                    with contextlib.suppress(NotFound, CorruptStore):
+                        candidates.discard(self.layers.get(chain).blob.digest)
+                for blob in sorted(candidates):
+                    self.layers.content.delete(blob)
+            return released

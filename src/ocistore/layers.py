@@ -1,0 +1,354 @@
+"""The layer store: layer chains, each backed by the blob it came in.
+
+``layerdb/sha256/<chain hex>/layer.json`` records a chain: its DiffID, parent chain,
+the size of its uncompressed tar and the blob that holds it (kept as it came: a gzip
+layer stays the same gzip blob, so a later save or push needs no recompression).
+
+A layer enters in two steps. :func:`stage_layer` does the long work outside any lock: it
+copies the stream into ``tmp/`` once, hashing the blob as it is, decompressing and hashing
+the tar at the same time. :meth:`LayerStore.publish` then, under the store lock, commits
+the blob and writes the record. Reading a layer back (:meth:`LayerStore.open_tar`)
+decompresses the blob and checks the DiffID while it streams.
+
+Nothing here counts references: which layers are in use is derived from the images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import fsutil
+from .compression import Compression, Decompressor, PeekableReader, decompressed_reader, detect
+from .content import ContentStore, StagedBlob
+from .digest import (
+    CHUNK,
+    ChainID,
+    DiffID,
+    Digest,
+    VerifyingReader,
+    digest_bytes,
+    new_hasher,
+)
+from .errors import CorruptStore, DigestMismatch, InvalidInput, NotFound, SizeMismatch
+from .image import MAX_LAYER_DEPTH
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """The blob a layer is stored in."""
+
+    digest: Digest
+    size: int
+    compression: Compression
+
+
+@dataclass(frozen=True)
+class Layer:
+    chain_id: ChainID
+    diff_id: DiffID
+    parent: ChainID | None
+    #: Size of this layer's uncompressed tar.
+    size: int
+    blob: BlobRef
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "chain_id": self.chain_id,
+                "diff_id": self.diff_id,
+                "parent": self.parent or "",
+                "size": self.size,
+                "blob": {
+                    "digest": self.blob.digest,
+                    "size": self.blob.size,
+                    "compression": self.blob.compression.value,
+                },
+            },
+            sort_keys=True,
+        ).encode()
+
+
+def make_chain_id(parent: ChainID | None, diff_id: DiffID) -> ChainID:
+    if parent is None:
+        return ChainID(Digest(diff_id))
+    return ChainID(digest_bytes(f"{parent} {diff_id}".encode()))
+
+
+def _tar_header_ok(block: bytes) -> bool:
+    """Whether the first 512 bytes of a stream look like the start of a tar archive."""
+    if len(block) < 512:
+        return False
+    if not block.strip(b"\x00"):
+        return True  # end-of-archive blocks: an empty tar
+    try:
+        stored = int(block[148:156].split(b"\x00", 1)[0].strip() or b"-1", 8)
+    except ValueError:
+        return False
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:512])
+    signed = sum(b - 256 if b > 127 else b for b in block[:148]) + 256 + sum(
+        b - 256 if b > 127 else b for b in block[156:512]
+    )
+    return stored in (unsigned, signed)
+
+
+@dataclass(frozen=True)
+class StagedLayer:
+    """A layer copied into ``tmp/`` and hashed, not yet visible in the store."""
+
+    blob: StagedBlob
+    compression: Compression
+    diff_id: DiffID
+    size: int
+
+    def discard(self) -> None:
+        self.blob.discard()
+
+
+def stage_layer(
+    stream: IO[bytes],
+    content: ContentStore,
+    what: str = "layer",
+    expected_blob: Digest | None = None,
+    expected_blob_size: int | None = None,
+    expected_diff_id: Digest | None = None,
+    progress: Any = None,
+) -> StagedLayer:
+    """Copy a layer (plain, gzip or zstd tar) into ``tmp/``, reading its bytes once.
+
+    Computes the blob digest and, from the decompressed stream, the DiffID and tar size;
+    checks each against what is expected. ``progress``, if given, is called with the
+    number of blob bytes read so far.
+    """
+    reader = PeekableReader(stream)
+    compression = detect(reader.peek(8), what)
+    blob_algo = Digest(expected_blob).algorithm if expected_blob else "sha256"
+    blob_hasher = new_hasher(blob_algo)
+    plain = compression is Compression.NONE
+    diff_hasher = blob_hasher if plain and blob_algo == "sha256" else new_hasher("sha256")
+    decompressor = Decompressor(compression, what)
+    tmp = fsutil.TempFile(content.tmpdir)
+    blob_size = 0
+    tar_size = 0
+    head = b""
+    try:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = reader.readinto(buf)
+            if not n:
+                break
+            chunk = view[:n]
+            tmp.write(chunk)
+            blob_hasher.update(chunk)
+            blob_size += n
+            if plain:
+                out: bytes | memoryview = chunk
+                if diff_hasher is not blob_hasher:
+                    diff_hasher.update(chunk)
+            else:
+                out = decompressor.feed(chunk)
+                diff_hasher.update(out)
+            tar_size += len(out)
+            if len(head) < 512:
+                head += bytes(out[: 512 - len(head)])
+            if progress is not None:
+                progress(blob_size)
+        decompressor.finish()
+        tmp.finish()
+        blob_digest = Digest(f"{blob_algo}:{blob_hasher.hexdigest()}")
+        diff_id = DiffID(Digest(f"sha256:{diff_hasher.hexdigest()}"))
+        if expected_blob_size is not None and blob_size != expected_blob_size:
+            raise SizeMismatch(what, expected_blob_size, blob_size)
+        if expected_blob is not None and blob_digest != expected_blob:
+            raise DigestMismatch(what, expected_blob, blob_digest)
+        if expected_diff_id is not None and diff_id != expected_diff_id:
+            raise DigestMismatch(f"{what}: diff ID", expected_diff_id, diff_id)
+        if not _tar_header_ok(head):
+            raise InvalidInput(f"{what}: not a tar archive")
+    except BaseException:
+        tmp.discard()
+        raise
+    return StagedLayer(StagedBlob(tmp.path, blob_digest, blob_size), compression, diff_id, tar_size)
+
+
+class LayerStore:
+    def __init__(self, root: Path, content: ContentStore, tmpdir: Path) -> None:
+        self.root = root  # <store>/layerdb
+        self.content = content
+        self.tmpdir = tmpdir
+        self._cache: dict[ChainID, Layer] = {}
+
+    def _dir(self, chain_id: ChainID) -> Path:
+        d = Digest(chain_id)
+        return self.root / d.algorithm / d.hex
+
+    def exists(self, chain_id: ChainID) -> bool:
+        return chain_id in self._cache or (self._dir(chain_id) / "layer.json").is_file()
+
+    def get(self, chain_id: ChainID) -> Layer:
+        layer = self._cache.get(chain_id)
+        if layer is not None:
+            return layer
+        path = self._dir(chain_id) / "layer.json"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"layer {chain_id} not found") from None
+        layer = self._parse(chain_id, raw, path)
+        self._cache[chain_id] = layer
+        return layer
+
+    @staticmethod
+    def _parse(chain_id: ChainID, raw: bytes, path: Path) -> Layer:
+        try:
+            d = json.loads(raw)
+            blob = d["blob"]
+            parent = ChainID(Digest(d["parent"])) if d["parent"] else None
+            layer = Layer(
+                chain_id=ChainID(Digest(d["chain_id"])),
+                diff_id=DiffID(Digest(d["diff_id"])),
+                parent=parent,
+                size=int(d["size"]),
+                blob=BlobRef(Digest(blob["digest"]), int(blob["size"]), Compression(blob["compression"])),
+            )
+        except (ValueError, KeyError, TypeError, InvalidInput) as e:
+            raise CorruptStore(f"layer record {path} is damaged: {e}") from None
+        expected = make_chain_id(layer.parent, layer.diff_id)
+        if layer.chain_id != chain_id or expected != chain_id:
+            raise CorruptStore(
+                f"layer record {path} is damaged: it describes chain {expected}, not {chain_id}"
+            )
+        return layer
+
+    def walk(self) -> list[ChainID]:
+        """Every chain with a record; names that are not digests are skipped."""
+        out: list[ChainID] = []
+        base = self.root / "sha256"
+        try:
+            entries = os.scandir(base)
+        except FileNotFoundError:
+            return out
+        with entries:
+            for e in entries:
+                if Digest.is_valid(f"sha256:{e.name}"):
+                    out.append(ChainID(Digest(f"sha256:{e.name}")))
+        return out
+
+    def depth(self, chain_id: ChainID) -> int:
+        n = 0
+        cur: ChainID | None = chain_id
+        while cur is not None:
+            n += 1
+            cur = self.get(cur).parent
+        return n
+
+    def chain(self, chain_id: ChainID) -> list[Layer]:
+        """The layers of a chain, bottom first."""
+        out: list[Layer] = []
+        cur: ChainID | None = chain_id
+        while cur is not None:
+            layer = self.get(cur)
+            out.append(layer)
+            cur = layer.parent
+        out.reverse()
+        return out
+
+    def chain_size(self, chain_id: ChainID) -> int:
+        return sum(layer.size for layer in self.chain(chain_id))
+
+    def publish(self, staged: StagedLayer, parent: ChainID | None) -> Layer:
+        """Commit a staged layer on top of ``parent``; call with the store lock held.
+
+        Registering a chain that exists returns the existing layer (and drops the staged
+        copy). A chain deeper than 125 layers is refused.
+        """
+        chain_id = make_chain_id(parent, staged.diff_id)
+        if self.exists(chain_id):
+            staged.discard()
+            return self.get(chain_id)
+        if parent is not None:
+            if not self.exists(parent):
+                staged.discard()
+                raise NotFound(f"parent layer {parent} not found")
+            if self.depth(parent) + 1 > MAX_LAYER_DEPTH:
+                staged.discard()
+                raise InvalidInput(
+                    f"layer {chain_id}: chain deeper than the maximum depth {MAX_LAYER_DEPTH}"
+                )
+        blob_digest = self.content.commit(staged.blob)
+        layer = Layer(
+            chain_id=chain_id,
+            diff_id=staged.diff_id,
+            parent=parent,
+            size=staged.size,
+            blob=BlobRef(blob_digest, staged.blob.size, staged.compression),
+        )
+        tmpdir = fsutil.temp_path(self.tmpdir, ".layer")
+        tmpdir.mkdir()
+        fsutil.atomic_write(tmpdir / "layer.json", layer.to_json(), self.tmpdir)
+        fsutil.fsync_dir(tmpdir)
+        fsutil.publish(tmpdir, self._dir(chain_id))
+        self._cache[chain_id] = layer
+        return layer
+
+    def delete(self, chain_id: ChainID) -> None:
+        """Remove a chain's record (not its blob; see ``Store`` for what is still used)."""
+        self._cache.pop(chain_id, None)
+        fsutil.remove(self._dir(chain_id))
+
+    def forget(self) -> None:
+        """Drop cached records (another process may have deleted layers)."""
+        self._cache.clear()
+
+    def open_tar(self, chain_id: ChainID) -> IO[bytes]:
+        """The layer's exact uncompressed tar, verified against its DiffID as it is read.
+
+        A reader that reaches the end gets :class:`DigestMismatch` if the stored blob was
+        changed; the blob's own digest is checked on the way as well.
+        """
+        layer = self.get(chain_id)
+        blob = self.content.open(layer.blob.digest, verify=True)
+        tar = decompressed_reader(blob, layer.blob.compression)
+        if layer.blob.compression is Compression.NONE:
+            # The blob is the tar: its digest is the DiffID, checked by the blob reader.
+            return tar
+        reader = VerifyingReader(tar, layer.diff_id, f"layer {layer.diff_id}", layer.size)
+        return _ChainedVerifier(reader, blob)  # type: ignore[return-value]
+
+
+class _ChainedVerifier:
+    """Reads the verified tar; at its end also checks the compressed blob's digest."""
+
+    def __init__(self, tar: VerifyingReader, blob: IO[bytes]) -> None:
+        self._tar = tar
+        self._blob = blob
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._tar.read(n)
+        if not data and n != 0:
+            # Drain what the decompressor left (gzip trailer padding), then check the blob.
+            while self._blob.read(CHUNK):
+                pass
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._tar.close()
+        self._blob.close()
+
+    def __enter__(self) -> _ChainedVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
