@@ -141,7 +141,9 @@ def format_option(p: argparse.ArgumentParser) -> None:
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE|-", help="rootfs tarball (plain, gzip or zstd), - for stdin")
+    p.add_argument(
+        "file", metavar="FILE|-", help="rootfs tarball (plain, gzip or zstd), - for stdin"
+    )
     p.add_argument("reference", metavar="REPOSITORY[:TAG]", nargs="?")
     p.add_argument("-m", "--message", default=None, help="commit message for the history")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -207,7 +209,9 @@ def cmd_images(args: argparse.Namespace) -> int:
         digests = {r.familiar_name: r.digest for r in refs if r.digest is not None}
         entries: list[tuple[str, str, str]] = []
         for r in tags:
-            entries.append((r.familiar_name, r.tag or "<none>", digests.get(r.familiar_name) or "<none>"))
+            entries.append(
+                (r.familiar_name, r.tag or "<none>", digests.get(r.familiar_name) or "<none>")
+            )
         for name, d in digests.items():
             if not any(t.familiar_name == name for t in tags):
                 entries.append((name, "<none>", d or "<none>"))
@@ -268,8 +272,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         except OcistoreError as e:
             errors.append(str(e))
     print(json.dumps(out, indent=4))
-    for e in errors:
-        print(f"ocistore: {e}", file=sys.stderr)
+    for message in errors:
+        print(f"ocistore: {message}", file=sys.stderr)
     return EXIT_ERROR if errors else EXIT_OK
 
 
@@ -317,7 +321,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         created_by = row["CreatedBy"]
         if not args.no_trunc and len(created_by) > 45:
             created_by = created_by[:44] + "…"
-        table.append([image, since(row["Created"]), created_by, human_size(row["Size"]), row["Comment"]])
+        table.append(
+            [image, since(row["Created"]), created_by, human_size(row["Size"]), row["Comment"]]
+        )
     print_table(table, sys.stdout)
     return EXIT_OK
 
@@ -340,7 +346,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 def _rmi_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+")
-    p.add_argument("-f", "--force", action="store_true", help="remove an image tagged in several repositories")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="remove an image tagged in several repositories"
+    )
     p.add_argument("--no-prune", action="store_true", help="do not delete untagged parents")
 
 
@@ -454,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ocistore: interrupted", file=sys.stderr)
         return 130
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"ocistore: {where}{e.strerror or e}", file=sys.stderr)
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ocistore: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_ERROR
 
 

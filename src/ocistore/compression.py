@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import zlib
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
 import zstandard
 from isal import igzip, isal_zlib
@@ -106,7 +106,8 @@ class PeekableReader:
 def decompressed_reader(stream: IO[bytes], compression: Compression) -> IO[bytes]:
     """A stream of the uncompressed bytes of ``stream``."""
     if compression is Compression.GZIP:
-        return igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[no-any-return]
+        gz = igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[no-untyped-call]
+        return cast(IO[bytes], gz)
     if compression is Compression.ZSTD:
         reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
             stream, read_across_frames=True, closefd=True
@@ -148,7 +149,9 @@ class Decompressor:
                     break
                 self._obj = self._new()
                 out += self._obj.decompress(rest)
-        except (zlib.error, isal_zlib.error, zstandard.ZstdError) as e:
+        except InvalidInput:
+            raise
+        except (zlib.error, zstandard.ZstdError, Exception) as e:  # isal_zlib.error too
             raise InvalidInput(
                 f"{self._what}: corrupt {self.compression.value} data: {e}"
             ) from None

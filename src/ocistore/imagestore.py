@@ -15,6 +15,7 @@ from the files. Layer reference counts are derived from the records, never store
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -142,7 +143,9 @@ class ImageStore:
             parent = ImageID(Digest(self.backend.get_metadata(image_id, "parent").decode()))
         blobs: tuple[Digest, ...] = ()
         with contextlib.suppress(NotFound):
-            blobs = tuple(Digest(b) for b in json.loads(self.backend.get_metadata(image_id, "blobs")))
+            blobs = tuple(
+                Digest(b) for b in json.loads(self.backend.get_metadata(image_id, "blobs"))
+            )
         record = ImageRecord(
             id=image_id,
             created=config.created,
@@ -262,7 +265,7 @@ class ImageStore:
     def record(self, image_id: ImageID) -> ImageRecord:
         return self._record(image_id)
 
-    def list(self) -> list[ImageRecord]:
+    def list(self) -> builtins.list[ImageRecord]:
         self.refresh()
         return list(self._images.values())
 
@@ -281,17 +284,19 @@ class ImageStore:
         if not matches:
             raise NotFound(f"image {prefix} not found")
         if len(matches) > 1:
-            raise Ambiguous(f"image ID prefix {prefix!r} is ambiguous: matches {len(matches)} images")
+            raise Ambiguous(
+                f"image ID prefix {prefix!r} is ambiguous: matches {len(matches)} images"
+            )
         return matches[0]
 
     def get_parent(self, image_id: ImageID) -> ImageID | None:
         return self._record(image_id).parent
 
-    def children(self, image_id: ImageID) -> list[ImageID]:
+    def children(self, image_id: ImageID) -> builtins.list[ImageID]:
         self._record(image_id)
         return sorted(r.id for r in self._images.values() if r.parent == image_id)
 
-    def heads(self) -> list[ImageID]:
+    def heads(self) -> builtins.list[ImageID]:
         """Images that are nobody's parent."""
         self.refresh()
         parents = {r.parent for r in self._images.values() if r.parent}
@@ -334,7 +339,7 @@ class ImageStore:
     def _replace(self, image_id: ImageID, **changes: object) -> None:
         rec = self._images[image_id]
         fields = {**rec.__dict__, **changes}
-        self._images[image_id] = ImageRecord(**fields)  # type: ignore[arg-type]
+        self._images[image_id] = ImageRecord(**fields)
 
     def set_parent(self, image_id: ImageID, parent: ImageID) -> None:
         """Make ``parent`` the parent of ``image_id`` (moving it from any earlier parent)."""
@@ -349,7 +354,7 @@ class ImageStore:
             self.backend.set_metadata(image_id, "parent", parent.encode())
             self._replace(image_id, parent=parent)
 
-    def set_blobs(self, image_id: ImageID, blobs: list[Digest]) -> None:
+    def set_blobs(self, image_id: ImageID, blobs: builtins.list[Digest]) -> None:
         """Record further blobs an image keeps alive (its manifests, its layer blobs)."""
         with self.writing():
             rec = self._record(image_id)
@@ -359,7 +364,7 @@ class ImageStore:
             self.backend.set_metadata(image_id, "blobs", json.dumps(list(merged)).encode())
             self._replace(image_id, blobs=merged)
 
-    def delete(self, image_id: ImageID) -> list[Layer]:
+    def delete(self, image_id: ImageID) -> builtins.list[Layer]:
         """Delete an image; returns the layers (top first) no remaining image needs.
 
         Those layers, and the blobs no remaining layer or image needs, are removed.
@@ -380,7 +385,7 @@ class ImageStore:
             for r in self._images.values():
                 needed.update(r.chains)
                 needed_blobs.update(r.blobs)
-            released: list[Layer] = []
+            released: builtins.list[Layer] = []
             for chain in reversed(rec.chains):
                 if chain in needed:
                     continue

@@ -89,8 +89,10 @@ def _tar_header_ok(block: bytes) -> bool:
     except ValueError:
         return False
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:512])
-    signed = sum(b - 256 if b > 127 else b for b in block[:148]) + 256 + sum(
-        b - 256 if b > 127 else b for b in block[156:512]
+    signed = (
+        sum(b - 256 if b > 127 else b for b in block[:148])
+        + 256
+        + sum(b - 256 if b > 127 else b for b in block[156:512])
     )
     return stored in (unsigned, signed)
 
@@ -213,7 +215,9 @@ class LayerStore:
                 diff_id=DiffID(Digest(d["diff_id"])),
                 parent=parent,
                 size=int(d["size"]),
-                blob=BlobRef(Digest(blob["digest"]), int(blob["size"]), Compression(blob["compression"])),
+                blob=BlobRef(
+                    Digest(blob["digest"]), int(blob["size"]), Compression(blob["compression"])
+                ),
             )
         except (ValueError, KeyError, TypeError, InvalidInput) as e:
             raise CorruptStore(f"layer record {path} is damaged: {e}") from None

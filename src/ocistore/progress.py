@@ -57,10 +57,7 @@ class Task:
         rate = human_size(self.done / elapsed) + "/s"
         if self.total:
             pct = min(100, int(self.done * 100 / self.total))
-            return (
-                f"{self.label}: {human_size(self.done)}/{human_size(self.total)} "
-                f"({pct}%) {rate}"
-            )
+            return f"{self.label}: {human_size(self.done)}/{human_size(self.total)} ({pct}%) {rate}"
         return f"{self.label}: {human_size(self.done)} {rate}"
 
     def update(self, done: int) -> None:

@@ -221,10 +221,15 @@ class Store:
         released = self.images.delete(image_id)
         events = [RemoveEvent("Deleted", image_id)]
         events += [RemoveEvent("Deleted", layer.chain_id) for layer in released]
-        if prune and parent is not None and self.images.exists(parent):
-            if not self.references.references(parent) and not self.images.children(parent):
-                with contextlib.suppress(Conflict):
-                    events += self._delete_image(parent, prune)
+        if (
+            prune
+            and parent is not None
+            and self.images.exists(parent)
+            and not self.references.references(parent)
+            and not self.images.children(parent)
+        ):
+            with contextlib.suppress(Conflict):
+                events += self._delete_image(parent, prune)
         return events
 
     # -- views ------------------------------------------------------------------------

@@ -1,0 +1,343 @@
+"""The reference store: tags and digests → image IDs, in ``repositories.json``.
+
+The semantics are those of moby's ``reference/store.go`` and the file is shaped like the
+one Docker keeps under ``/var/lib/docker/image/<driver>/repositories.json``::
+
+    {"Repositories": {"busybox": {"busybox:latest": "sha256:…",
+                                  "busybox@sha256:…": "sha256:…"}}}
+
+Repository keys are familiar names and reference keys familiar strings, as Docker writes
+them (compact JSON, keys sorted, like Go's ``encoding/json``). In memory every reference
+is kept normalized (``docker.io/library/busybox:latest``), with a tag or a digest, never
+both: a reference with both is stored (and looked up) by its digest alone.
+
+Rules (moby's):
+
+* ``add_tag`` refuses a reference with a digest; a name alone gets the ``latest`` tag.
+* ``add_digest`` needs a digest and refuses a tag next to it.
+* No repository may be called ``sha256`` (or ``sha512``): ``sha256:<hex>`` would be
+  ambiguous between a tag and an image ID.
+* Adding a mapping that already exists is a no-op. Moving an existing tag to another
+  image needs ``force``; an existing digest reference is never moved, forced or not.
+* ``delete`` returns whether the reference existed (moby returns ``false`` together with
+  ``ErrDoesNotExist``); it never raises :class:`NotFound`. ``get`` raises it.
+* Lists are sorted by familiar string, as moby sorts them.
+
+Concurrency: many processes share one file. Every mutation holds the store's exclusive
+lock, re-reads the file from disk under it, applies its change and rewrites the whole
+file with :func:`~ocistore.fsutil.atomic_write`, so no other process's write is lost and
+readers see the old file or the new one. Reads take no lock: they parse the file and
+cache the result keyed by its ``(st_ino, st_mtime_ns, st_size)``. To make that key
+trustworthy, the store keeps the file it cached open, so its inode number cannot be
+reused by a later version of the file while the cache refers to it (:meth:`close`
+releases it). A missing file means no references; a damaged one raises
+:class:`CorruptStore` naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+from .digest import Digest, ImageID
+from .errors import Conflict, CorruptStore, InvalidInput, NotFound
+from .fsutil import StoreLock, atomic_write
+from .reference import Reference, parse, sort_key
+
+#: Repository names refused because ``<name>:<hex>`` would read as a digest.
+RESERVED_NAMES: Final = frozenset({"sha256", "sha512"})
+
+_T = TypeVar("_T")
+_StatKey = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One parsed version of the file, with an index by image ID."""
+
+    key: _StatKey | None
+    refs: Mapping[Reference, ImageID]
+    by_id: Mapping[ImageID, tuple[Reference, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        by_id: dict[ImageID, list[Reference]] = {}
+        for ref, image_id in self.refs.items():
+            by_id.setdefault(image_id, []).append(ref)
+        object.__setattr__(
+            self, "by_id", {k: tuple(sorted(v, key=sort_key)) for k, v in by_id.items()}
+        )
+
+
+_EMPTY: Final = _Snapshot(None, {})
+
+
+def _stat_key(st: os.stat_result) -> _StatKey:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _close_fd(box: list[int]) -> None:
+    while box:
+        os.close(box.pop())
+
+
+def normalize(ref: Reference) -> Reference:
+    """The canonical form of a reference built by hand (``docker.io/foo`` → ``…/library/foo``)."""
+    return parse(str(ref))
+
+
+def _lookup_key(ref: Reference) -> Reference:
+    """The key a reference is stored under: normalized, digest over tag, ``latest`` default."""
+    return normalize(ref).digest_only().tagged_or_default()
+
+
+def encode(refs: Mapping[Reference, ImageID]) -> bytes:
+    """Serialize references the way Docker writes ``repositories.json``."""
+    repos: dict[str, dict[str, str]] = {}
+    for ref, image_id in refs.items():
+        repos.setdefault(ref.familiar_name, {})[ref.familiar()] = str(image_id)
+    return json.dumps({"Repositories": repos}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, path: Path) -> dict[Reference, ImageID]:
+    """Parse ``repositories.json``; :class:`CorruptStore` naming ``path`` when it is damaged."""
+    try:
+        doc: Any = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise CorruptStore(f"{path}: reference store is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or "Repositories" not in doc:
+        raise CorruptStore(f'{path}: reference store has no "Repositories" object')
+    repos = doc["Repositories"]
+    if repos is None:
+        return {}
+    if not isinstance(repos, dict):
+        raise CorruptStore(f'{path}: reference store: "Repositories" is not an object')
+    refs: dict[Reference, ImageID] = {}
+    for repo_name, entries in repos.items():
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise CorruptStore(f"{path}: repository {repo_name!r} is not an object")
+        for key, value in entries.items():
+            where = f"{path}: repository {repo_name!r}: reference {key!r}"
+            if not isinstance(value, str):
+                raise CorruptStore(f"{where}: image ID is not a string")
+            try:
+                ref = parse(key).digest_only()
+                image_id = ImageID(Digest(value))
+            except InvalidInput as e:
+                raise CorruptStore(f"{where}: {e}") from None
+            if ref.is_name_only:
+                raise CorruptStore(f"{where}: reference has neither tag nor digest")
+            previous = refs.get(ref)
+            if previous is not None and previous != image_id:
+                raise CorruptStore(f"{where}: listed twice, for {previous} and {image_id}")
+            refs[ref] = image_id
+    return refs
+
+
+class ReferenceStore:
+    """Tags and digests pointing at image IDs, shared safely by many processes.
+
+    ``path`` is the ``repositories.json`` file, ``tmpdir`` the store's temporary directory
+    (same file system, must exist), ``lock`` the store's lock, taken exclusively by every
+    mutation.
+    """
+
+    def __init__(self, path: Path, tmpdir: Path, lock: StoreLock) -> None:
+        self._path = Path(path)
+        self._tmpdir = Path(tmpdir)
+        self._lock = lock
+        self._snapshot: _Snapshot = _EMPTY
+        # The open file behind the cached snapshot (see the module notes).
+        self._pin: list[int] = []
+        self._finalizer = weakref.finalize(self, _close_fd, self._pin)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        """Drop the cache and the file it keeps open. The store stays usable."""
+        self._snapshot = _EMPTY
+        _close_fd(self._pin)
+
+    def __enter__(self) -> ReferenceStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading the file ----------------------------------------------------------------
+
+    def _current(self) -> _Snapshot:
+        """The file's content, from the cache when the file has not changed."""
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return _EMPTY
+        snapshot = self._snapshot
+        if snapshot.key is not None and snapshot.key == _stat_key(st):
+            return snapshot
+        return self._load()
+
+    def _load(self) -> _Snapshot:
+        """Read and parse the file from disk, and cache it."""
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.close()
+            return _EMPTY
+        try:
+            key = _stat_key(os.fstat(fd))
+            chunks: list[bytes] = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            snapshot = _Snapshot(key, decode(b"".join(chunks), self._path))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._remember(snapshot, fd)
+        return snapshot
+
+    def _remember(self, snapshot: _Snapshot, fd: int) -> None:
+        _close_fd(self._pin)
+        self._pin.append(fd)
+        self._snapshot = snapshot
+
+    def _save(self, refs: dict[Reference, ImageID]) -> None:
+        """Rewrite the whole file; the caller holds the exclusive lock."""
+        atomic_write(self._path, encode(refs), self._tmpdir)
+        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            key = _stat_key(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._remember(_Snapshot(key, refs), fd)
+
+    def _mutate(self, change: Callable[[dict[Reference, ImageID]], _T]) -> _T:
+        """Apply ``change`` to the references as they are on disk now, under the lock."""
+        with self._lock.exclusive():
+            snapshot = self._load()
+            refs = dict(snapshot.refs)
+            result = change(refs)
+            if refs != snapshot.refs:
+                self._save(refs)
+            return result
+
+    # -- mutations -----------------------------------------------------------------------
+
+    def add_tag(self, ref: Reference, image_id: Digest, force: bool = False) -> ImageID | None:
+        """Point a tag at an image; a name alone gets ``latest``.
+
+        Returns the image the tag pointed at before when ``force`` moved it, else ``None``.
+        """
+        if ref.digest is not None:
+            raise InvalidInput(
+                f"refusing to create a tag with a digest reference: {ref.familiar()}"
+            )
+        return self._add(normalize(ref).tagged_or_default(), image_id, force)
+
+    def add_digest(self, ref: Reference, image_id: Digest, force: bool = False) -> None:
+        """Point a digest reference (``name@sha256:…``) at an image. Never moved once set."""
+        if ref.digest is None:
+            raise InvalidInput(
+                f"refusing to create a digest reference without a digest: {ref.familiar()}"
+            )
+        if ref.tag is not None:
+            raise InvalidInput(
+                f"refusing to create a digest reference with a tag: {ref.familiar()}"
+            )
+        self._add(normalize(ref), image_id, force)
+
+    def _add(self, ref: Reference, image_id: Digest, force: bool) -> ImageID | None:
+        if ref.familiar_name in RESERVED_NAMES:
+            raise InvalidInput(
+                "refusing to create an ambiguous tag using digest algorithm as name: "
+                f"{ref.familiar()}"
+            )
+        new_id = ImageID(Digest(image_id))
+
+        def change(refs: dict[Reference, ImageID]) -> ImageID | None:
+            old = refs.get(ref)
+            if old == new_id:
+                return None
+            if old is not None:
+                if ref.digest is not None:
+                    raise Conflict(
+                        f"Conflict: cannot overwrite digest reference {ref.familiar()}: "
+                        f"already set to image {old}"
+                    )
+                if not force:
+                    raise Conflict(
+                        f"Conflict: tag {ref.familiar()} is already set to image {old}, "
+                        "use the force option to replace it"
+                    )
+            refs[ref] = new_id
+            return old
+
+        return self._mutate(change)
+
+    def delete(self, ref: Reference) -> bool:
+        """Remove a reference (a name alone means ``:latest``); whether it existed."""
+        key = _lookup_key(ref)
+
+        def change(refs: dict[Reference, ImageID]) -> bool:
+            return refs.pop(key, None) is not None
+
+        return self._mutate(change)
+
+    def delete_image(self, image_id: Digest) -> list[Reference]:
+        """Remove every reference to an image; the ones removed, sorted."""
+
+        def change(refs: dict[Reference, ImageID]) -> list[Reference]:
+            gone = [r for r, i in refs.items() if i == image_id]
+            for r in gone:
+                del refs[r]
+            return sorted(gone, key=sort_key)
+
+        return self._mutate(change)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get(self, ref: Reference) -> ImageID:
+        """The image a reference points at (digest wins over tag; a name means ``latest``)."""
+        key = _lookup_key(ref)
+        image_id = self._current().refs.get(key)
+        if image_id is None:
+            raise NotFound(f"reference does not exist: {key.familiar()}")
+        return image_id
+
+    def references(self, image_id: Digest) -> list[Reference]:
+        """Every reference to an image, sorted by familiar string."""
+        return list(self._current().by_id.get(ImageID(image_id), ()))
+
+    def references_by_name(self, name: Reference) -> list[tuple[Reference, ImageID]]:
+        """Every tag and digest of one repository (tag or digest of ``name`` ignored)."""
+        repo = normalize(name).name
+        found = [(r, i) for r, i in self._current().refs.items() if r.name == repo]
+        return sorted(found, key=lambda pair: sort_key(pair[0]))
+
+    def all(self) -> dict[Reference, ImageID]:
+        """Every reference, in familiar-string order."""
+        refs = self._current().refs
+        return {r: refs[r] for r in sorted(refs, key=sort_key)}
+
+    def by_image(self) -> dict[ImageID, list[Reference]]:
+        """Every image that has references, with its references sorted."""
+        return {i: list(refs) for i, refs in self._current().by_id.items()}
+
+    def image_ids(self) -> set[ImageID]:
+        """Every image that some reference points at."""
+        return set(self._current().by_id)
