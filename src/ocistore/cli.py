@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from . import formats
 from .errors import OcistoreError
+from .platforms import parse_platform
 from .progress import Progress, human_size
 from .store import Store
 
@@ -372,6 +374,83 @@ def cmd_rmi(args: argparse.Namespace) -> int:
         for event in events:
             print(event)
     return status
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        metavar="PATH|-",
+        help="docker-archive or oci-archive tar (plain, gzip or zstd), OCI layout directory, "
+        "or - for stdin",
+    )
+    p.add_argument(
+        "--platform",
+        default=None,
+        metavar="OS/ARCH[/VARIANT]",
+        help="which image of a multi-platform index (default: this machine's)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+@command("load", _load_args)
+def cmd_load(args: argparse.Namespace) -> int:
+    """Load images from a docker-archive, an OCI layout or an oci-archive.
+
+    The format is recognized from the content: docker save archives of every Docker
+    version (with or without manifest.json), skopeo's and umoci's OCI layouts.
+
+    example:
+      ocistore load -i busybox.tar
+      skopeo copy docker://busybox oci-archive:/dev/stdout | ocistore load -i -
+      ocistore load -i ./layout --platform linux/arm64
+    """
+    store = open_store(args)
+    platform = parse_platform(args.platform) if args.platform else None
+    progress = Progress.for_terminal(args.quiet)
+    for loaded in formats.load(store, args.input, platform, progress):
+        if loaded.tags:
+            for ref in loaded.tags:
+                print(f"Loaded image: {ref.familiar()}")
+        else:
+            print(f"Loaded image ID: {loaded.id}")
+    return EXIT_OK
+
+
+def _save_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH|-",
+        help="where to write (- for stdout; a directory for --format oci)",
+    )
+    p.add_argument(
+        "--format",
+        choices=[f.value for f in formats.SaveFormat],
+        default="docker",
+        help="docker (default: docker save's format), oci (a layout directory) or oci-archive",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+@command("save", _save_args)
+def cmd_save(args: argparse.Namespace) -> int:
+    """Save images to a docker-archive, an OCI layout directory or an oci-archive.
+
+    example:
+      ocistore save -o busybox.tar busybox:latest
+      ocistore save --format oci-archive -o app.oci.tar myapp:v1 myapp:v2
+      ocistore save --format oci -o ./layout myapp:v1
+    """
+    store = open_store(args)
+    if args.output == "-" and sys.stdout.isatty():
+        raise OcistoreError("refusing to write an archive to a terminal: give -o PATH")
+    progress = Progress.for_terminal(args.quiet)
+    formats.save(store, args.images, args.output, formats.SaveFormat(args.format), progress)
+    return EXIT_OK
 
 
 def _gc_args(p: argparse.ArgumentParser) -> None:

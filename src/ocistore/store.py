@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,29 +37,12 @@ from .digest import ChainID, Digest, ImageID
 from .errors import Conflict, InvalidInput, NotFound, OcistoreError
 from .imagestore import Image, ImageRecord, ImageStore
 from .layers import Layer, LayerStore, stage_layer
+from .platforms import host_platform
 from .reference import Reference, looks_like_id_prefix, parse_tagged
 from .refstore import ReferenceStore
 
 #: Temporary files older than this are garbage even while other writers run.
 TMP_GRACE_SECONDS = 24 * 3600
-
-
-def go_arch() -> str:
-    """This machine's architecture in Go's (and so OCI's) words."""
-    m = platform.machine().lower()
-    return {
-        "x86_64": "amd64",
-        "amd64": "amd64",
-        "aarch64": "arm64",
-        "arm64": "arm64",
-        "armv7l": "arm",
-        "armv6l": "arm",
-        "i386": "386",
-        "i686": "386",
-        "ppc64le": "ppc64le",
-        "s390x": "s390x",
-        "riscv64": "riscv64",
-    }.get(m, m)
 
 
 def now_rfc3339() -> str:
@@ -144,7 +126,7 @@ class Store:
         staged = stage_layer(stream, self.content, what=f"tarball {source}", progress=progress)
         created = now_rfc3339()
         config: dict[str, Any] = {
-            "architecture": go_arch(),
+            "architecture": host_platform().architecture,
             "config": changes or {},
             "created": created,
             "history": [{"created": created, "comment": f"Imported from {source}"}],

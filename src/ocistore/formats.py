@@ -1,0 +1,79 @@
+"""Loading and saving images in every archive format, chosen from content, not names.
+
+:func:`load` opens a tar (plain, gzip or zstd; ``-`` for stdin) or a directory and asks
+each format whether it is one of its own: a ``manifest.json`` (or the legacy
+``repositories``) makes a docker-archive, even when Docker 25+ made the same tar an OCI
+layout too; ``oci-layout`` with ``index.json`` makes an OCI layout or oci-archive.
+:func:`save` writes ``docker`` (Docker 1.10–24's format), ``oci`` (a directory) or
+``oci-archive``.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from .archive import LoadedImage, load_images, open_archive, output_file
+from .errors import InvalidInput
+from .platforms import Platform
+from .progress import Progress
+from .store import Store
+
+
+class SaveFormat(enum.Enum):
+    DOCKER = "docker"
+    OCI = "oci"
+    OCI_ARCHIVE = "oci-archive"
+
+
+def load(
+    store: Store,
+    source: str | Path,
+    platform: Platform | None = None,
+    progress: Progress | None = None,
+) -> list[LoadedImage]:
+    """Load every image of an archive or layout into ``store``; returns what was loaded."""
+    from . import docker_archive, oci
+
+    archive = open_archive(source, store.tmpdir)
+    try:
+        if docker_archive.is_docker_archive(archive):
+            sources = docker_archive.read_docker_archive(archive)
+        elif oci.is_oci_layout(archive):
+            sources = oci.read_oci_layout(archive, platform)
+        else:
+            raise InvalidInput(
+                f"{archive.name}: not an image archive: no manifest.json, repositories "
+                "or oci-layout with index.json"
+            )
+        if not sources:
+            raise InvalidInput(f"{archive.name}: the archive holds no image")
+        return load_images(store, sources, progress)
+    finally:
+        archive.close()
+
+
+def save(
+    store: Store,
+    names: list[str],
+    output: str,
+    format: SaveFormat = SaveFormat.DOCKER,
+    progress: Progress | None = None,
+) -> None:
+    """Save images to ``output`` (``-`` is stdout; a directory for :attr:`SaveFormat.OCI`)."""
+    from . import docker_archive, oci
+
+    if not names:
+        raise InvalidInput("save needs at least one image")
+    for name in names:
+        store.resolve(name)  # fail before writing anything
+    if format is SaveFormat.OCI:
+        if output == "-":
+            raise InvalidInput("the oci format writes a directory: give -o DIR")
+        oci.write_oci_layout(store, names, Path(output), progress)
+        return
+    with output_file(output, store.tmpdir) as out:
+        if format is SaveFormat.DOCKER:
+            docker_archive.write_docker_archive(store, names, out, progress)
+        else:
+            oci.write_oci_archive(store, names, out, progress)
