@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from . import formats
 from .errors import OcistoreError
 from .platforms import parse_platform
 from .progress import Progress, human_size
@@ -409,6 +408,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     store = open_store(args)
     platform = parse_platform(args.platform) if args.platform else None
     progress = Progress.for_terminal(args.quiet)
+    from . import formats
+
     for loaded in formats.load(store, args.input, platform, progress):
         if loaded.tags:
             for ref in loaded.tags:
@@ -429,7 +430,7 @@ def _save_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--format",
-        choices=[f.value for f in formats.SaveFormat],
+        choices=["docker", "oci", "oci-archive"],
         default="docker",
         help="docker (default: docker save's format), oci (a layout directory) or oci-archive",
     )
@@ -449,6 +450,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     if args.output == "-" and sys.stdout.isatty():
         raise OcistoreError("refusing to write an archive to a terminal: give -o PATH")
     progress = Progress.for_terminal(args.quiet)
+    from . import formats
+
     formats.save(store, args.images, args.output, formats.SaveFormat(args.format), progress)
     return EXIT_OK
 

@@ -13,11 +13,7 @@ gzip goes through ``isal`` (ISA-L, several times zlib's speed) and zstd through
 from __future__ import annotations
 
 import enum
-import zlib
 from typing import IO, Any, Final, cast
-
-import zstandard
-from isal import igzip, isal_zlib
 
 from .errors import InvalidInput
 
@@ -105,6 +101,10 @@ class PeekableReader:
 
 def decompressed_reader(stream: IO[bytes], compression: Compression) -> IO[bytes]:
     """A stream of the uncompressed bytes of ``stream``."""
+    # Imported here: listing images should not pay for the codecs.
+    import zstandard
+    from isal import igzip
+
     if compression is Compression.GZIP:
         gz = igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[no-untyped-call]
         return cast(IO[bytes], gz)
@@ -127,8 +127,15 @@ class Decompressor:
         self.compression = compression
         self._what = what
         self._obj: Any = self._new()
+        #: Bytes after a finished member that cannot be judged yet (half a gzip magic).
+        self._held = b""
+        #: Zero padding seen after the last gzip member: only more zeros may follow.
+        self._padding = False
 
     def _new(self) -> Any:
+        import zstandard
+        from isal import isal_zlib
+
         if self.compression is Compression.GZIP:
             return isal_zlib.decompressobj(wbits=31)
         if self.compression is Compression.ZSTD:
@@ -138,20 +145,33 @@ class Decompressor:
     def feed(self, data: bytes | memoryview) -> bytes:
         if self._obj is None:
             return bytes(data)
+        out = bytearray()
+        buf: bytes | memoryview = self._held + bytes(data) if self._held else data
+        self._held = b""
         try:
-            out = self._obj.decompress(data)
-            while self._obj.eof and self._obj.unused_data:
-                rest = self._obj.unused_data
-                if self.compression is Compression.GZIP and not rest.startswith(GZIP_MAGIC):
-                    # Trailing zero padding after the last member, as some tools write it.
-                    if rest.strip(b"\x00"):
-                        raise InvalidInput(f"{self._what}: trailing garbage after gzip data")
-                    break
-                self._obj = self._new()
-                out += self._obj.decompress(rest)
+            while buf:
+                if self._obj.eof:
+                    buf = bytes(buf)
+                    # A member (frame) ended; what follows starts another one. Chunk
+                    # boundaries may fall anywhere, even inside the next magic.
+                    if self.compression is Compression.GZIP and (
+                        self._padding or not buf.startswith(GZIP_MAGIC)
+                    ):
+                        if GZIP_MAGIC.startswith(buf) and not self._padding:
+                            self._held = buf
+                            break
+                        # Trailing zero padding after the last member, as some tools
+                        # write it.
+                        if buf.strip(b"\x00"):
+                            raise InvalidInput(f"{self._what}: trailing garbage after gzip data")
+                        self._padding = True
+                        break
+                    self._obj = self._new()
+                out += self._obj.decompress(buf)
+                buf = self._obj.unused_data if self._obj.eof else b""
         except InvalidInput:
             raise
-        except (zlib.error, zstandard.ZstdError, Exception) as e:  # isal_zlib.error too
+        except Exception as e:  # zlib.error, isal_zlib.error, zstandard.ZstdError
             raise InvalidInput(
                 f"{self._what}: corrupt {self.compression.value} data: {e}"
             ) from None
@@ -160,6 +180,6 @@ class Decompressor:
     def finish(self) -> bytes:
         if self._obj is None:
             return b""
-        if not self._obj.eof:
+        if self._held or not self._obj.eof:
             raise InvalidInput(f"{self._what}: truncated {self.compression.value} data")
         return b""

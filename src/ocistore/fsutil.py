@@ -17,7 +17,6 @@ import errno
 import fcntl
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +46,7 @@ def makedirs(path: Path) -> None:
 
 
 def temp_path(tmpdir: Path, suffix: str = "") -> Path:
-    return tmpdir / f"{uuid.uuid4().hex}{suffix}"
+    return tmpdir / f"{os.urandom(16).hex()}{suffix}"
 
 
 def atomic_write(path: Path, data: bytes, tmpdir: Path, mode: int = 0o644) -> None:

@@ -65,15 +65,16 @@ class ImageRecord:
     def from_json(cls, hex_: str, v: list[object]) -> ImageRecord:
         created, chains, size, parent, os_, arch, blobs, stat = v
         assert isinstance(chains, list) and isinstance(blobs, list) and isinstance(stat, list)
+        trusted = Digest.trusted
         return cls(
-            id=ImageID(Digest(f"sha256:{hex_}")),
+            id=ImageID(trusted("sha256:" + hex_)),
             created=str(created),
-            chains=tuple(ChainID(Digest(f"sha256:{c}")) for c in chains),
+            chains=tuple(ChainID(trusted("sha256:" + str(c))) for c in chains),
             size=int(size),  # type: ignore[call-overload]
-            parent=ImageID(Digest(str(parent))) if parent else None,
+            parent=ImageID(trusted(str(parent))) if parent else None,
             os=str(os_),
             architecture=str(arch),
-            blobs=tuple(Digest(str(b)) for b in blobs),
+            blobs=tuple(trusted(str(b)) for b in blobs),
             stat=(int(stat[0]), int(stat[1]), int(stat[2])),
         )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform as _platform
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ def parse_platform(s: str) -> Platform:
 
 def host_platform() -> Platform:
     """This machine, in Go's (and so OCI's) words."""
-    machine = _platform.machine().lower()
+    machine = os.uname().machine.lower()
     arch = _ARCH.get(machine, machine)
     variant = _VARIANT.get(machine, "") if arch in ("arm", "arm64") else ""
     return Platform("linux", arch, variant)
