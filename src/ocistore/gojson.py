@@ -1,0 +1,1004 @@
+"""Go's ``encoding/json``, byte for byte, for the few types ocistore needs.
+
+Docker derives identities (legacy v1 layer IDs, converted image configs) from the exact
+bytes Go's ``encoding/json`` produces when it marshals Docker's structs. To reproduce
+them this module models a small part of Go's type system and both directions of
+``encoding/json``:
+
+* :func:`unmarshal` parses JSON bytes the way Go's decoder does (strict RFC 8259 syntax,
+  invalid UTF-8 and lone surrogates become U+FFFD, object keys match struct fields exactly
+  or case-insensitively, unknown fields are dropped, ``null`` leaves non-nullable values
+  alone, later duplicate keys win and merge into structs and maps) into a Python value
+  shaped by a Go type description;
+* :func:`marshal` writes such a value the way Go's encoder does (compact, struct fields in
+  declaration order, map keys sorted, ``omitempty``, ``null`` for nil slices, maps and
+  pointers, HTML-safe string escaping, Go's float formatting, RawMessage compacted and
+  HTML-escaped, ``time.Time`` as RFC 3339 with nanoseconds).
+
+Go types are described declaratively with :class:`Struct` and :class:`Field` and the
+constructors below (:data:`STRING`, :data:`BOOL`, :data:`INT64`, :class:`Ptr`,
+:class:`Slice`, :class:`Map`, :data:`TIME`, :data:`RAW`, :data:`STRSLICE`, :data:`ANY`).
+
+Python values stand for Go values as follows: ``str``, ``bool``, ``int``, ``float`` for
+the scalar kinds; :class:`GoTime` for ``time.Time``; :class:`RawMessage` (bytes) for
+``json.RawMessage``; ``None`` or the element value for a pointer; ``None`` or a ``list``
+for a slice; ``None`` or a ``dict`` for a map; a ``dict`` keyed by Go field name holding
+every field for a struct. Plain Python data (``dict``, ``list``, ...) stands for Go's
+``interface{}`` values.
+
+The behaviour modelled is that of current Go (1.22 and later): ``\\b`` and ``\\f`` are
+written as short escapes, and ``time.Time`` parsing and formatting follow the RFC 3339
+rules of Go 1.20 and later.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .errors import InvalidInput
+
+__all__ = [
+    "ANY",
+    "BOOL",
+    "FLOAT64",
+    "INT",
+    "INT64",
+    "RAW",
+    "STRING",
+    "STRSLICE",
+    "TIME",
+    "UINT64",
+    "Field",
+    "GoJSONError",
+    "GoTime",
+    "GoType",
+    "Map",
+    "Ptr",
+    "RawMessage",
+    "Slice",
+    "Struct",
+    "compact",
+    "encode_string",
+    "format_float",
+    "marshal",
+    "marshal_value",
+    "parse",
+    "unmarshal",
+    "valid",
+    "zero",
+]
+
+
+class GoJSONError(InvalidInput):
+    """JSON that Go's ``encoding/json`` would reject, or a value it cannot marshal."""
+
+
+# ---------------------------------------------------------------------------------------
+# Go type descriptions
+
+
+class GoType:
+    """Base of the Go type descriptions."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class _Scalar(GoType):
+    kind: str  # "string", "bool", "int", "uint", "float", "time", "raw", "strslice", "any"
+    bits: int = 64
+
+
+#: Go ``string``.
+STRING: Final = _Scalar("string")
+#: Go ``bool``.
+BOOL: Final = _Scalar("bool")
+#: Go ``int`` (64 bits, as on every platform Docker ships for) and ``time.Duration``.
+INT: Final = _Scalar("int", 64)
+#: Go ``int64``.
+INT64: Final = _Scalar("int", 64)
+#: Go ``uint64``.
+UINT64: Final = _Scalar("uint", 64)
+#: Go ``float64``.
+FLOAT64: Final = _Scalar("float", 64)
+#: Go ``time.Time`` (marshals as an RFC 3339 string with nanoseconds).
+TIME: Final = _Scalar("time")
+#: Go ``json.RawMessage``.
+RAW: Final = _Scalar("raw")
+#: Docker's ``strslice.StrSlice``: a ``[]string`` that also unmarshals from one string.
+STRSLICE: Final = _Scalar("strslice")
+#: Go ``interface{}``.
+ANY: Final = _Scalar("any")
+
+
+@dataclass(frozen=True)
+class Ptr(GoType):
+    """Go ``*T``."""
+
+    elem: GoType
+
+
+@dataclass(frozen=True)
+class Slice(GoType):
+    """Go ``[]T``."""
+
+    elem: GoType
+
+
+@dataclass(frozen=True)
+class Map(GoType):
+    """Go ``map[string]T`` (also any named string key type, such as ``nat.Port``)."""
+
+    elem: GoType
+
+
+@dataclass(frozen=True)
+class Field:
+    """One exported struct field: its Go name, type and ``json`` tag."""
+
+    go_name: str
+    type: GoType
+    json_name: str = ""
+    omitempty: bool = False
+
+    @property
+    def name(self) -> str:
+        """The key the field has in JSON."""
+        return self.json_name or self.go_name
+
+
+@dataclass(frozen=True)
+class Struct(GoType):
+    """A Go struct: its exported fields in declaration order (embedded ones flattened)."""
+
+    name: str
+    fields: tuple[Field, ...]
+    _by_name: dict[str, Field] = field(init=False, repr=False, compare=False, hash=False)
+    _by_fold: dict[str, Field] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, Field] = {}
+        by_fold: dict[str, Field] = {}
+        for f in self.fields:
+            if f.name in by_name:
+                raise ValueError(f"struct {self.name}: duplicate json name {f.name!r}")
+            by_name[f.name] = f
+            by_fold.setdefault(_fold_name(f.name), f)
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_by_fold", by_fold)
+
+    def field_for_key(self, key: str) -> Field | None:
+        """The field an object key decodes into: exact name first, then case-folded."""
+        f = self._by_name.get(key)
+        if f is None:
+            f = self._by_fold.get(_fold_name(key))
+        return f
+
+
+def _fold_name(name: str) -> str:
+    # Go's foldName: ASCII upper-cased, other runes mapped to the smallest rune of their
+    # simple case-fold orbit. Only the two non-ASCII runes whose orbit holds an ASCII
+    # letter can ever match an ASCII name; others are kept as they are.
+    out = []
+    for ch in name:
+        if "a" <= ch <= "z":
+            out.append(chr(ord(ch) - 32))
+        elif ch == "\u212a":  # KELVIN SIGN folds with K
+            out.append("K")
+        elif ch == "\u017f":  # LATIN SMALL LETTER LONG S folds with S
+            out.append("S")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class RawMessage(bytes):
+    """Go ``json.RawMessage``: JSON bytes kept as they were read."""
+
+    __slots__ = ()
+
+
+# ---------------------------------------------------------------------------------------
+# time.Time
+
+_DAYS_IN_MONTH: Final = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def _days_in(month: int, year: int) -> int:
+    if month == 2 and _is_leap(year):
+        return 29
+    return _DAYS_IN_MONTH[month - 1]
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    # Howard Hinnant's algorithm: days since 1970-01-01 to proleptic Gregorian y-m-d.
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return (y + 1 if m <= 2 else y), m, d
+
+
+# Go's fast RFC 3339 path, or its lenient time.Parse fallback (1- or 2-digit hour, ','
+# before the fraction); both keep at most 9 fraction digits.
+_RFC3339_LENIENT: Final = re.compile(
+    rb"(\d{4})-(\d{2})-(\d{2})T(\d{1,2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|[+-]\d{2}:\d{2})"
+)
+
+
+@dataclass(frozen=True, order=True)
+class GoTime:
+    """A Go ``time.Time`` as its wall clock in its zone, and the zone's UTC offset.
+
+    Marshalling only needs what Go prints: the local date and time, the nanoseconds and
+    the offset (``Z`` when it is zero). ``offset`` is in seconds east of UTC.
+    """
+
+    year: int = 1
+    month: int = 1
+    day: int = 1
+    hour: int = 0
+    minute: int = 0
+    second: int = 0
+    nanosecond: int = 0
+    offset: int = 0
+
+    @classmethod
+    def unix(cls, sec: int, nsec: int = 0, offset: int = 0) -> GoTime:
+        """Go's ``time.Unix(sec, nsec)`` seen in a zone ``offset`` seconds east of UTC."""
+        sec += nsec // 1_000_000_000
+        nsec %= 1_000_000_000
+        local = sec + offset
+        days, rem = divmod(local, 86400)
+        y, m, d = _civil_from_days(days)
+        return cls(y, m, d, rem // 3600, rem % 3600 // 60, rem % 60, nsec, offset)
+
+    @classmethod
+    def parse_rfc3339(cls, text: bytes | str) -> GoTime:
+        """Parse as Go's ``Time.UnmarshalJSON`` parses the text between the quotes."""
+        raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+        m = _RFC3339_LENIENT.fullmatch(raw)
+        if m is None:
+            raise GoJSONError(f"invalid RFC 3339 time {raw.decode('utf-8', 'replace')!r}")
+        year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+        frac, zone = m.group(7), m.group(8)
+        shown = raw.decode("ascii", "replace")
+        if not 1 <= month <= 12:
+            raise GoJSONError(f"invalid time {shown!r}: month out of range")
+        if not 1 <= day <= _days_in(month, year):
+            raise GoJSONError(f"invalid time {shown!r}: day out of range")
+        if hour > 23 or minute > 59 or second > 59:
+            raise GoJSONError(f"invalid time {shown!r}: time of day out of range")
+        nsec = int((frac[:9] + b"000000000")[:9]) if frac else 0
+        offset = 0
+        if zone != b"Z":
+            zh, zm = int(zone[1:3]), int(zone[4:6])
+            # Go's lenient fallback parser accepts offsets up to 24 hours or 60 minutes.
+            if zh > 24 or zm > 60:
+                raise GoJSONError(f"invalid time {shown!r}: zone offset out of range")
+            offset = (zh * 60 + zm) * 60 * (-1 if zone[:1] == b"-" else 1)
+        return cls(year, month, day, hour, minute, second, nsec, offset)
+
+    def format_rfc3339nano(self) -> str:
+        """Go's ``t.Format(time.RFC3339Nano)``: trailing zeros of the fraction removed."""
+        out = (
+            f"{self.year:04d}-{self.month:02d}-{self.day:02d}"
+            f"T{self.hour:02d}:{self.minute:02d}:{self.second:02d}"
+        )
+        if self.nanosecond:
+            out += "." + f"{self.nanosecond:09d}".rstrip("0")
+        if self.offset == 0:
+            return out + "Z"
+        zone = self.offset // 60 if self.offset > 0 else -((-self.offset) // 60)
+        sign = "-" if zone < 0 else "+"
+        zone = abs(zone)
+        return out + f"{sign}{zone // 60:02d}:{zone % 60:02d}"
+
+    def marshal_json(self) -> bytes:
+        """Go's ``Time.MarshalJSON`` (which refuses years outside 0..9999)."""
+        if not 0 <= self.year <= 9999:
+            raise GoJSONError(f"Time.MarshalJSON: year {self.year} outside of range [0,9999]")
+        if self.offset % 60:
+            raise GoJSONError("Time.MarshalJSON: timezone offset has fractional minute")
+        return b'"' + self.format_rfc3339nano().encode("ascii") + b'"'
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing JSON the way Go's scanner and decoder do
+
+
+_WS: Final = frozenset(b" \t\n\r")
+_NUMBER: Final = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_VALID_UTF8_RUN: Final = re.compile(
+    rb"(?:[\x00-\x7f]|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]"
+    rb"|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2})+"
+)
+_MAX_DEPTH: Final = 10000
+
+
+def _go_decode_utf8(b: bytes) -> str:
+    """Bytes to text as Go ranges over them: each invalid byte becomes one U+FFFD."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    out: list[str] = []
+    i = 0
+    while i < len(b):
+        m = _VALID_UTF8_RUN.match(b, i)
+        if m is None:
+            out.append("\ufffd")
+            i += 1
+        else:
+            out.append(m.group().decode("utf-8"))
+            i = m.end()
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A parsed JSON value and where its bytes are in the input.
+
+    ``kind`` is one of ``object`` (value: list of ``(key, Node)`` in input order),
+    ``array`` (list of Node), ``string`` (str), ``number`` (the literal text), ``bool``,
+    ``null``.
+    """
+
+    kind: str
+    value: Any
+    start: int
+    end: int
+
+
+class _Parser:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def error(self, msg: str) -> GoJSONError:
+        return GoJSONError(f"invalid JSON: {msg} at offset {self.pos}")
+
+    def skip_ws(self) -> None:
+        data = self.data
+        n = len(data)
+        while self.pos < n and data[self.pos] in _WS:
+            self.pos += 1
+
+    def value(self, depth: int) -> Node:
+        if depth > _MAX_DEPTH:
+            raise self.error("exceeded max depth")
+        self.skip_ws()
+        data = self.data
+        if self.pos >= len(data):
+            raise self.error("unexpected end of JSON input")
+        c = data[self.pos]
+        start = self.pos
+        if c == 0x7B:  # {
+            return self.obj(depth)
+        if c == 0x5B:  # [
+            return self.arr(depth)
+        if c == 0x22:  # "
+            s = self.string()
+            return Node("string", s, start, self.pos)
+        if c == 0x2D or 0x30 <= c <= 0x39:
+            m = _NUMBER.match(data, self.pos)
+            if m is None:
+                raise self.error("invalid number literal")
+            self.pos = m.end()
+            return Node("number", m.group().decode("ascii"), start, self.pos)
+        for lit, kind, val in ((b"true", "bool", True), (b"false", "bool", False)):
+            if data.startswith(lit, self.pos):
+                self.pos += len(lit)
+                return Node(kind, val, start, self.pos)
+        if data.startswith(b"null", self.pos):
+            self.pos += 4
+            return Node("null", None, start, self.pos)
+        raise self.error(f"invalid character {chr(c)!r} looking for beginning of value")
+
+    def obj(self, depth: int) -> Node:
+        start = self.pos
+        self.pos += 1
+        items: list[tuple[str, Node]] = []
+        self.skip_ws()
+        if self.pos < len(self.data) and self.data[self.pos] == 0x7D:
+            self.pos += 1
+            return Node("object", items, start, self.pos)
+        while True:
+            self.skip_ws()
+            if self.pos >= len(self.data) or self.data[self.pos] != 0x22:
+                raise self.error("expected string for object key")
+            key = self.string()
+            self.skip_ws()
+            if self.pos >= len(self.data) or self.data[self.pos] != 0x3A:
+                raise self.error("expected ':' after object key")
+            self.pos += 1
+            items.append((key, self.value(depth + 1)))
+            self.skip_ws()
+            if self.pos >= len(self.data):
+                raise self.error("unexpected end of JSON input")
+            c = self.data[self.pos]
+            self.pos += 1
+            if c == 0x7D:
+                return Node("object", items, start, self.pos)
+            if c != 0x2C:
+                raise self.error("expected ',' or '}' after object value")
+
+    def arr(self, depth: int) -> Node:
+        start = self.pos
+        self.pos += 1
+        items: list[Node] = []
+        self.skip_ws()
+        if self.pos < len(self.data) and self.data[self.pos] == 0x5D:
+            self.pos += 1
+            return Node("array", items, start, self.pos)
+        while True:
+            items.append(self.value(depth + 1))
+            self.skip_ws()
+            if self.pos >= len(self.data):
+                raise self.error("unexpected end of JSON input")
+            c = self.data[self.pos]
+            self.pos += 1
+            if c == 0x5D:
+                return Node("array", items, start, self.pos)
+            if c != 0x2C:
+                raise self.error("expected ',' or ']' after array element")
+
+    def string(self) -> str:
+        data = self.data
+        n = len(data)
+        self.pos += 1  # opening quote
+        parts: list[str] = []
+        run_start = self.pos
+        while True:
+            if self.pos >= n:
+                raise self.error("unexpected end of JSON input in string")
+            c = data[self.pos]
+            if c == 0x22:
+                parts.append(_go_decode_utf8(data[run_start : self.pos]))
+                self.pos += 1
+                return "".join(parts)
+            if c < 0x20:
+                raise self.error("invalid control character in string literal")
+            if c != 0x5C:
+                self.pos += 1
+                continue
+            parts.append(_go_decode_utf8(data[run_start : self.pos]))
+            self.pos += 1
+            if self.pos >= n:
+                raise self.error("unexpected end of JSON input in string escape")
+            e = data[self.pos]
+            simple = _SIMPLE_UNESCAPES.get(e)
+            if simple is not None:
+                parts.append(simple)
+                self.pos += 1
+            elif e == 0x75:  # u
+                r = self._hex4(self.pos + 1)
+                if r is None:
+                    raise self.error("invalid \\u escape in string literal")
+                self.pos += 5
+                if 0xD800 <= r < 0xE000:
+                    r2 = None
+                    if data.startswith(b"\\u", self.pos):
+                        r2 = self._hex4(self.pos + 2)
+                    if 0xD800 <= r < 0xDC00 and r2 is not None and 0xDC00 <= r2 < 0xE000:
+                        parts.append(chr(0x10000 + ((r - 0xD800) << 10) + (r2 - 0xDC00)))
+                        self.pos += 6
+                    else:
+                        parts.append("\ufffd")
+                else:
+                    parts.append(chr(r))
+            else:
+                raise self.error("invalid escape in string literal")
+            run_start = self.pos
+
+    def _hex4(self, at: int) -> int | None:
+        chunk = self.data[at : at + 4]
+        if len(chunk) != 4 or not all(c in _HEX_DIGITS for c in chunk):
+            return None
+        return int(chunk, 16)
+
+
+_SIMPLE_UNESCAPES: Final = {
+    0x22: '"',
+    0x5C: "\\",
+    0x2F: "/",
+    0x62: "\b",
+    0x66: "\f",
+    0x6E: "\n",
+    0x72: "\r",
+    0x74: "\t",
+}
+_HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
+
+
+def parse(data: bytes) -> Node:
+    """Parse one JSON document as Go does (whitespace around it is allowed)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError("gojson.parse needs bytes")
+    p = _Parser(bytes(data))
+    try:
+        node = p.value(0)
+    except RecursionError:
+        raise GoJSONError("invalid JSON: nesting too deep") from None
+    p.skip_ws()
+    if p.pos != len(p.data):
+        raise p.error("invalid character after top-level value")
+    return node
+
+
+def valid(data: bytes) -> bool:
+    """Whether Go's ``json.Valid`` accepts the bytes."""
+    try:
+        parse(data)
+    except GoJSONError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding into Go-typed values
+
+
+def zero(t: GoType) -> Any:
+    """The zero value of a Go type."""
+    if isinstance(t, _Scalar):
+        return {
+            "string": "",
+            "bool": False,
+            "int": 0,
+            "uint": 0,
+            "float": 0.0,
+            "time": GoTime(),
+            "raw": None,
+        }.get(t.kind)
+    if isinstance(t, Struct):
+        return {f.go_name: zero(f.type) for f in t.fields}
+    return None  # pointers, slices, maps, interfaces
+
+
+def unmarshal(data: bytes, t: GoType, into: Any = None) -> Any:
+    """Go's ``json.Unmarshal(data, &v)`` for a ``v`` of type ``t``.
+
+    ``into`` is the value ``v`` holds before (its zero value when omitted); Go decodes
+    into it, so fields absent from the JSON keep what they had.
+    """
+    node = parse(data)
+    start = zero(t) if into is None and isinstance(t, Struct) else into
+    return _Decoder(bytes(data)).decode(node, t, start)
+
+
+def _type_name(t: GoType) -> str:
+    if isinstance(t, _Scalar):
+        return t.kind
+    if isinstance(t, Struct):
+        return t.name
+    if isinstance(t, Ptr):
+        return "*" + _type_name(t.elem)
+    if isinstance(t, Slice):
+        return "[]" + _type_name(t.elem)
+    if isinstance(t, Map):
+        return "map[string]" + _type_name(t.elem)
+    return "?"
+
+
+class _Decoder:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def mismatch(self, node: Node, t: GoType, where: str) -> GoJSONError:
+        what = {"object": "object", "array": "array", "string": "string", "number": "number"}
+        return GoJSONError(
+            f"json: cannot unmarshal {what.get(node.kind, node.kind)} into Go value of "
+            f"type {_type_name(t)}" + (f" (field {where})" if where else "")
+        )
+
+    def decode(self, node: Node, t: GoType, cur: Any, where: str = "") -> Any:
+        kind = node.kind
+        if isinstance(t, Ptr):
+            if kind == "null":
+                return None
+            base = cur if cur is not None else zero(t.elem)
+            return self.decode(node, t.elem, base, where)
+        if isinstance(t, Struct):
+            if kind == "null":
+                return cur if cur is not None else zero(t)
+            if kind != "object":
+                raise self.mismatch(node, t, where)
+            out = dict(cur) if cur is not None else zero(t)
+            for key, sub in node.value:
+                f = t.field_for_key(key)
+                if f is None:
+                    continue
+                name = f"{where}.{f.name}" if where else f.name
+                out[f.go_name] = self.decode(sub, f.type, out.get(f.go_name), name)
+            return out
+        if isinstance(t, Map):
+            if kind == "null":
+                return None
+            if kind != "object":
+                raise self.mismatch(node, t, where)
+            mout: dict[str, Any] = dict(cur) if cur is not None else {}
+            for key, sub in node.value:
+                mout[key] = self.decode(sub, t.elem, zero(t.elem), f"{where}[{key!r}]")
+            return mout
+        if isinstance(t, Slice):
+            if kind == "null":
+                return None
+            if kind != "array":
+                raise self.mismatch(node, t, where)
+            old = cur if isinstance(cur, list) else []
+            return [
+                self.decode(sub, t.elem, old[i] if i < len(old) else zero(t.elem), where)
+                for i, sub in enumerate(node.value)
+            ]
+        assert isinstance(t, _Scalar)
+        return self.scalar(node, t, cur, where)
+
+    def scalar(self, node: Node, t: _Scalar, cur: Any, where: str) -> Any:
+        kind = node.kind
+        k = t.kind
+        if k == "any":
+            return self.generic(node)
+        if k == "raw":
+            return RawMessage(self.data[node.start : node.end])
+        if k == "time":
+            if kind == "null":
+                return cur if cur is not None else GoTime()
+            if kind != "string":
+                raise GoJSONError(
+                    "Time.UnmarshalJSON: input is not a JSON string"
+                    + (f" (field {where})" if where else "")
+                )
+            # Go parses the bytes between the quotes as they are, without unescaping.
+            return GoTime.parse_rfc3339(self.data[node.start + 1 : node.end - 1])
+        if k == "strslice":
+            if kind == "null":
+                return None
+            if kind == "string":
+                return [node.value]
+            if kind == "array":
+                return [self.decode(sub, STRING, "", where) for sub in node.value]
+            raise self.mismatch(node, t, where)
+        if kind == "null":
+            return cur if cur is not None else zero(t)
+        if k == "string":
+            if kind != "string":
+                raise self.mismatch(node, t, where)
+            return node.value
+        if k == "bool":
+            if kind != "bool":
+                raise self.mismatch(node, t, where)
+            return node.value
+        if kind != "number":
+            raise self.mismatch(node, t, where)
+        text: str = node.value
+        if k == "float":
+            v = float(text)
+            if math.isinf(v):
+                raise GoJSONError(
+                    f"json: cannot unmarshal number {text} into Go value of type float64"
+                )
+            return v
+        if not re.fullmatch(r"-?[0-9]+", text):
+            raise GoJSONError(
+                f"json: cannot unmarshal number {text} into Go value of type {k}{t.bits}"
+                + (f" (field {where})" if where else "")
+            )
+        n = int(text)
+        lo, hi = (
+            (-(1 << (t.bits - 1)), (1 << (t.bits - 1)) - 1)
+            if k == "int"
+            else (0, (1 << t.bits) - 1)
+        )
+        if not lo <= n <= hi or (k == "uint" and text.startswith("-")):
+            raise GoJSONError(
+                f"json: cannot unmarshal number {text} into Go value of type {k}{t.bits}"
+                + (f" (field {where})" if where else "")
+            )
+        return n
+
+    def generic(self, node: Node) -> Any:
+        kind = node.kind
+        if kind == "object":
+            return {k: self.generic(v) for k, v in node.value}
+        if kind == "array":
+            return [self.generic(v) for v in node.value]
+        if kind == "number":
+            v = float(node.value)
+            if math.isinf(v):
+                raise GoJSONError(
+                    f"json: cannot unmarshal number {node.value} into Go value of type float64"
+                )
+            return v
+        return node.value
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+
+_HEX: Final = "0123456789abcdef"
+
+
+def _escape_table() -> dict[int, str]:
+    table: dict[int, str] = {}
+    for c in range(0x20):
+        table[c] = "\\u00" + _HEX[c >> 4] + _HEX[c & 0xF]
+    table.update({0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+    table[ord('"')] = '\\"'
+    table[ord("\\")] = "\\\\"
+    for ch in "<>&":
+        table[ord(ch)] = "\\u00" + _HEX[ord(ch) >> 4] + _HEX[ord(ch) & 0xF]
+    table[0x2028] = "\\u2028"
+    table[0x2029] = "\\u2029"
+    for c in range(0xD800, 0xE000):  # not text: Go writes invalid UTF-8 as \ufffd
+        table[c] = "\\ufffd"
+    return table
+
+
+_ESCAPES: Final = _escape_table()
+_NEEDS_ESCAPE: Final = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029\ud800-\udfff]')
+
+
+def encode_string(s: str) -> bytes:
+    """A string as Go's encoder writes it, HTML-escaped (``<``, ``>``, ``&``)."""
+    if _NEEDS_ESCAPE.search(s):
+        s = s.translate(_ESCAPES)
+    return b'"' + s.encode("utf-8") + b'"'
+
+
+def format_float(f: float) -> str:
+    """Go's encoding of a float64 as a JSON number.
+
+    Go writes the shortest decimal that reads back as the same float64, in ``'f'``
+    format unless the exponent is below -6 or at least 21, where it uses ``'e'`` format
+    and shortens a two-digit negative exponent (``1e-07`` becomes ``1e-7``).
+    """
+    if math.isnan(f) or math.isinf(f):
+        raise GoJSONError(f"json: unsupported value: {f!r}")
+    if f == 0:
+        return "-0" if math.copysign(1.0, f) < 0 else "0"
+    a = abs(f)
+    use_e = a < 1e-6 or a >= 1e21
+    digits, exp = _shortest_digits(f)
+    sign = "-" if f < 0 else ""
+    if use_e:
+        mant = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        e = exp - 1
+        es = f"{abs(e):02d}"
+        out = f"{sign}{mant}e{'-' if e < 0 else '+'}{es}"
+        # Go then turns e-07 into e-7 (only for negative two-digit exponents).
+        if len(out) >= 4 and out[-4] == "e" and out[-3] == "-" and out[-2] == "0":
+            out = out[:-2] + out[-1]
+        return out
+    # 'f' format: digits with the decimal point placed after `exp` digits.
+    if exp <= 0:
+        return f"{sign}0.{'0' * (-exp)}{digits}"
+    if exp >= len(digits):
+        return f"{sign}{digits}{'0' * (exp - len(digits))}"
+    return f"{sign}{digits[:exp]}.{digits[exp:]}"
+
+
+def _shortest_digits(f: float) -> tuple[str, int]:
+    """Shortest round-trip decimal digits of |f| and the decimal exponent: 0.d1d2... x 10^exp."""
+    r = repr(abs(f))
+    mant, _, e = r.partition("e")
+    exp = int(e) if e else 0
+    intpart, _, frac = mant.partition(".")
+    if frac == "0":
+        frac = ""
+    digits = intpart + frac
+    exp += len(intpart)
+    stripped = digits.lstrip("0")
+    exp -= len(digits) - len(stripped)
+    digits = stripped.rstrip("0") or "0"
+    return digits, exp
+
+
+def compact(data: bytes, escape_html: bool = True) -> bytes:
+    """Go's ``json.Compact`` (with HTML escaping, as Marshal applies it to RawMessage).
+
+    Whitespace outside strings is dropped; inside strings ``<``, ``>``, ``&`` and the
+    U+2028/U+2029 line separators are escaped and every other byte is kept as it is.
+    The input must be valid JSON.
+    """
+    parse(data)  # Go validates while compacting
+    out = bytearray()
+    i = 0
+    n = len(data)
+    in_string = False
+    while i < n:
+        c = data[i]
+        if in_string:
+            if c == 0x5C:  # backslash: copy the escape pair
+                out += data[i : i + 2]
+                i += 2
+                continue
+            if c == 0x22:
+                in_string = False
+            elif escape_html and c in (0x3C, 0x3E, 0x26):
+                out += ("\\u00" + _HEX[c >> 4] + _HEX[c & 0xF]).encode()
+                i += 1
+                continue
+            elif (
+                escape_html
+                and c == 0xE2
+                and i + 2 < n
+                and data[i + 1] == 0x80
+                and data[i + 2] & ~1 == 0xA8
+            ):
+                out += ("\\u202" + _HEX[data[i + 2] & 0xF]).encode()
+                i += 3
+                continue
+            out.append(c)
+        elif c in _WS:
+            pass
+        else:
+            if c == 0x22:
+                in_string = True
+            out.append(c)
+        i += 1
+    return bytes(out)
+
+
+def _is_empty(t: GoType, v: Any) -> bool:
+    # Go's isEmptyValue for omitempty: structs (and time.Time) are never empty.
+    if isinstance(t, Struct):
+        return False
+    if isinstance(t, Ptr | Slice | Map):
+        return v is None or (not isinstance(t, Ptr) and len(v) == 0)
+    assert isinstance(t, _Scalar)
+    if t.kind in ("time",):
+        return False
+    if t.kind in ("raw", "strslice", "any"):
+        if t.kind == "any":
+            return v is None
+        return v is None or len(v) == 0
+    return not v
+
+
+def marshal(value: Any, t: GoType) -> bytes:
+    """Go's ``json.Marshal`` of a value of Go type ``t``."""
+    out = bytearray()
+    _encode(out, value, t)
+    return bytes(out)
+
+
+def _encode(out: bytearray, v: Any, t: GoType) -> None:
+    if isinstance(t, Struct):
+        if not isinstance(v, Mapping):
+            raise TypeError(f"{t.name}: need a dict of fields, got {type(v).__name__}")
+        out += b"{"
+        first = True
+        for f in t.fields:
+            fv = v.get(f.go_name, None)
+            if fv is None and f.go_name not in v:
+                fv = zero(f.type)
+            if f.omitempty and _is_empty(f.type, fv):
+                continue
+            if not first:
+                out += b","
+            first = False
+            out += encode_string(f.name)
+            out += b":"
+            _encode(out, fv, f.type)
+        out += b"}"
+        return
+    if isinstance(t, Ptr):
+        if v is None:
+            out += b"null"
+        else:
+            _encode(out, v, t.elem)
+        return
+    if isinstance(t, Slice):
+        if v is None:
+            out += b"null"
+            return
+        out += b"["
+        for i, item in enumerate(v):
+            if i:
+                out += b","
+            _encode(out, item, t.elem)
+        out += b"]"
+        return
+    if isinstance(t, Map):
+        if v is None:
+            out += b"null"
+            return
+        _encode_map(out, v, lambda o, item: _encode(o, item, t.elem))
+        return
+    assert isinstance(t, _Scalar)
+    k = t.kind
+    if k == "any":
+        _encode_any(out, v)
+    elif k == "raw":
+        out += b"null" if v is None else compact(bytes(v))
+    elif k == "time":
+        if not isinstance(v, GoTime):
+            raise TypeError(f"time.Time needs a GoTime, got {type(v).__name__}")
+        out += v.marshal_json()
+    elif k == "strslice":
+        _encode(out, v, Slice(STRING))
+    elif k == "string":
+        if not isinstance(v, str):
+            raise TypeError(f"string needs a str, got {type(v).__name__}")
+        out += encode_string(v)
+    elif k == "bool":
+        out += b"true" if v else b"false"
+    elif k in ("int", "uint"):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{k}{t.bits} needs an int, got {type(v).__name__}")
+        out += str(v).encode("ascii")
+    elif k == "float":
+        out += format_float(float(v)).encode("ascii")
+    else:  # pragma: no cover - every kind is handled above
+        raise TypeError(f"unknown Go type {t!r}")
+
+
+def _encode_map(
+    out: bytearray, m: Mapping[str, Any], item: Callable[[bytearray, Any], None]
+) -> None:
+    keys = sorted(m, key=lambda s: s.encode("utf-8", "surrogatepass"))
+    out += b"{"
+    for i, key in enumerate(keys):
+        if not isinstance(key, str):
+            raise TypeError(f"map keys must be str, got {type(key).__name__}")
+        if i:
+            out += b","
+        out += encode_string(key)
+        out += b":"
+        item(out, m[key])
+    out += b"}"
+
+
+def _encode_any(out: bytearray, v: Any) -> None:
+    if v is None:
+        out += b"null"
+    elif isinstance(v, bool):
+        out += b"true" if v else b"false"
+    elif isinstance(v, RawMessage):
+        out += compact(bytes(v))
+    elif isinstance(v, GoTime):
+        out += v.marshal_json()
+    elif isinstance(v, str):
+        out += encode_string(v)
+    elif isinstance(v, int):
+        out += str(v).encode("ascii")
+    elif isinstance(v, float):
+        out += format_float(v).encode("ascii")
+    elif isinstance(v, Mapping):
+        _encode_map(out, v, _encode_any)
+    elif isinstance(v, Sequence | Iterable) and not isinstance(v, bytes | bytearray):
+        out += b"["
+        for i, item in enumerate(v):
+            if i:
+                out += b","
+            _encode_any(out, item)
+        out += b"]"
+    else:
+        raise TypeError(f"json: unsupported type {type(v).__name__}")
+
+
+def marshal_value(value: Any) -> bytes:
+    """Go's ``json.Marshal`` of plain data, as if held in ``interface{}`` values.
+
+    ``dict`` is a map (keys sorted), ``list``/``tuple`` a slice, ``None`` nil, ``float``
+    a float64, ``int`` an integer; :class:`RawMessage` and :class:`GoTime` marshal as
+    Go's ``json.RawMessage`` and ``time.Time`` do.
+    """
+    out = bytearray()
+    _encode_any(out, value)
+    return bytes(out)
