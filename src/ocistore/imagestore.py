@@ -192,17 +192,23 @@ class ImageStore:
         self.skipped = skipped
         self._loaded = True
 
+    def _current(self) -> bool:
+        """Whether the records are those of the index on disk (no writer since)."""
+        if not self._loaded:
+            return False
+        try:
+            sig = _sig(os.stat(self.index_path))
+        except FileNotFoundError:
+            return False
+        return sig == self._index_sig and not self.dirty_path.exists()
+
     def refresh(self, force: bool = False) -> None:
-        """Re-read the store if another process changed it since the last look."""
-        if self._writing_depth:
+        """Re-read the store if another process changed it since the last look.
+
+        Every writer rewrites the index, so an unchanged index file means nothing to do.
+        """
+        if self._writing_depth or (not force and self._current()):
             return
-        if not force and self._loaded:
-            try:
-                sig: tuple[int, int, int] | None = _sig(os.stat(self.index_path))
-            except FileNotFoundError:
-                sig = None
-            if sig is not None and sig == self._index_sig and not self.dirty_path.exists():
-                return
         with self.lock.shared():
             self.layers.forget()
             self._load()
@@ -231,8 +237,9 @@ class ImageStore:
                 finally:
                     self._writing_depth -= 1
                 return
-            self.layers.forget()
-            self._load()
+            if not self._current():
+                self.layers.forget()
+                self._load()
             fsutil.makedirs(self.backend.root)
             fsutil.atomic_write(self.dirty_path, b"", self.tmpdir)
             self._writing_depth = 1
