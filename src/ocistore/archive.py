@@ -59,6 +59,8 @@ class ArchiveReader(Protocol):
     def is_dir(self, name: str) -> bool: ...
     def size(self, name: str) -> int: ...
     def open(self, name: str) -> IO[bytes]: ...
+    #: The member a name ends on once in-archive symlinks are followed (same bytes, same name).
+    def resolve(self, name: str) -> str: ...
     def close(self) -> None: ...
 
 
@@ -168,12 +170,22 @@ class TarArchive:
                             )
                         self._members[name] = orig
                     # devices, fifos and the like carry nothing an image format needs
+                end = tf.offset
         except tarfile.ReadError as e:
             if not self._members:
                 raise InvalidInput(f"{self.name}: not a tar archive ({e})") from None
             raise InvalidInput(f"{self.name}: archive is truncated or damaged ({e})") from None
         except EOFError:
             raise InvalidInput(f"{self.name}: archive is truncated") from None
+        # tarfile stops quietly at a header cut short or damaged after the first member;
+        # a whole archive ends with a zero block there (the end-of-archive marker).
+        with open(self.path, "rb") as f:
+            f.seek(end)
+            if f.read(512) != bytes(512):
+                raise InvalidInput(
+                    f"{self.name}: archive is truncated or damaged at byte {end} "
+                    "(no end-of-archive marker)"
+                )
         for name in list(self._members):  # implied parent directories
             parent = posixpath.dirname(name)
             while parent and parent not in self._members:
@@ -199,6 +211,9 @@ class TarArchive:
 
     def names(self) -> list[str]:
         return sorted(self._members)
+
+    def resolve(self, name: str) -> str:
+        return self._resolve(name)[0]
 
     def exists(self, name: str) -> bool:
         try:
@@ -265,6 +280,10 @@ class DirArchive:
             return os.path.isdir(self._path(name))
         except InvalidInput:
             return False
+
+    def resolve(self, name: str) -> str:
+        real = self._path(name)
+        return "" if real == self._real else os.path.relpath(real, self._real)
 
     def _stat(self, name: str) -> tuple[str, os.stat_result]:
         p = self._path(name)
@@ -465,7 +484,9 @@ def _publish(
                 chain = make_chain_id(parent_chain, diff_id)
                 key = layer.key or layer.blob_digest or layer.what
                 s = staged.get(key)
-                if s is not None and s.blob.path.exists():
+                # A staged layer may sit at several places (the same tar in two chains): its
+                # blob is committed by the first, and the later ones point at that blob.
+                if s is not None and (s.blob.path.exists() or store.content.exists(s.blob.digest)):
                     if store.layers.exists(chain):
                         stored = store.layers.get(chain)
                         if stored.blob.digest != s.blob.digest:

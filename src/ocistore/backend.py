@@ -46,10 +46,10 @@ class FSBackend:
         d = Digest(digest)
         return self.root / "content" / d.algorithm / d.hex
 
-    def _metadata_path(self, digest: Digest, key: str = "") -> Path:
+    def _metadata_path(self, digest: Digest, key: str | None = None) -> Path:
         d = Digest(digest)
         base = self.root / "metadata" / d.algorithm / d.hex
-        return base / _check_key(key) if key else base
+        return base / _check_key(key) if key is not None else base
 
     def walk(self, fn: Callable[[Digest], None]) -> None:
         """Call ``fn`` with every stored digest; names that are not digests are skipped.

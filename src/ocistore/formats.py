@@ -65,8 +65,6 @@ def save(
 
     if not names:
         raise InvalidInput("save needs at least one image")
-    for name in names:
-        store.resolve(name)  # fail before writing anything
     if format is SaveFormat.OCI:
         if output == "-":
             raise InvalidInput("the oci format writes a directory: give -o DIR")

@@ -33,7 +33,14 @@ from .digest import (
     digest_bytes,
     new_hasher,
 )
-from .errors import CorruptStore, DigestMismatch, InvalidInput, NotFound, SizeMismatch
+from .errors import (
+    CorruptStore,
+    DigestMismatch,
+    InvalidInput,
+    NotFound,
+    OcistoreError,
+    SizeMismatch,
+)
 from .image import MAX_LAYER_DEPTH
 
 
@@ -320,19 +327,29 @@ class LayerStore:
         if layer.blob.compression is Compression.NONE:
             # The blob is the tar: its digest is the DiffID, checked by the blob reader.
             return tar
-        reader = VerifyingReader(tar, layer.diff_id, f"layer {layer.diff_id}", layer.size)
-        return _ChainedVerifier(reader, blob)  # type: ignore[return-value]
+        what = f"layer {layer.diff_id}"
+        reader = VerifyingReader(tar, layer.diff_id, what, layer.size)
+        return _ChainedVerifier(reader, blob, what)  # type: ignore[return-value]
 
 
 class _ChainedVerifier:
     """Reads the verified tar; at its end also checks the compressed blob's digest."""
 
-    def __init__(self, tar: VerifyingReader, blob: IO[bytes]) -> None:
+    def __init__(self, tar: VerifyingReader, blob: IO[bytes], what: str) -> None:
         self._tar = tar
         self._blob = blob
+        self._what = what
 
     def read(self, n: int = -1) -> bytes:
-        data = self._tar.read(n)
+        try:
+            data = self._tar.read(n)
+        except OcistoreError:
+            raise
+        except Exception as e:  # the decompressor choked: the stored blob was changed
+            # Reading the blob to its end raises its DigestMismatch, naming the blob.
+            while self._blob.read(CHUNK):
+                pass
+            raise CorruptStore(f"{self._what}: corrupt compressed data: {e}") from None
         if not data and n != 0:
             # Drain what the decompressor left (gzip trailer padding), then check the blob.
             while self._blob.read(CHUNK):

@@ -141,6 +141,20 @@ def decode(data: bytes, path: Path) -> dict[Reference, ImageID]:
     return refs
 
 
+def check_tag(ref: Reference) -> None:
+    """Refuse, as :meth:`ReferenceStore.add_tag` would, a reference that cannot be a tag.
+
+    Lets a caller check a tag before doing work that it would otherwise have to undo.
+    """
+    if ref.digest is not None:
+        raise InvalidInput(f"refusing to create a tag with a digest reference: {ref.familiar()}")
+    if ref.familiar_name in RESERVED_NAMES:
+        raise InvalidInput(
+            "refusing to create an ambiguous tag using digest algorithm as name: "
+            f"{normalize(ref).tagged_or_default().familiar()}"
+        )
+
+
 class ReferenceStore:
     """Tags and digests pointing at image IDs, shared safely by many processes.
 
@@ -243,10 +257,7 @@ class ReferenceStore:
 
         Returns the image the tag pointed at before when ``force`` moved it, else ``None``.
         """
-        if ref.digest is not None:
-            raise InvalidInput(
-                f"refusing to create a tag with a digest reference: {ref.familiar()}"
-            )
+        check_tag(ref)
         return self._add(normalize(ref).tagged_or_default(), image_id, force)
 
     def add_digest(self, ref: Reference, image_id: Digest, force: bool = False) -> None:

@@ -39,7 +39,7 @@ from .imagestore import Image, ImageRecord, ImageStore
 from .layers import Layer, LayerStore, stage_layer
 from .platforms import host_platform
 from .reference import Reference, looks_like_id_prefix, parse_tagged
-from .refstore import ReferenceStore
+from .refstore import ReferenceStore, check_tag
 
 #: Temporary files older than this are garbage even while other writers run.
 TMP_GRACE_SECONDS = 24 * 3600
@@ -123,6 +123,8 @@ class Store:
     ) -> ImageID:
         """Make a one-layer image from a root file system tarball, as ``docker import``."""
         ref = parse_tagged(reference) if reference else None
+        if ref is not None:
+            check_tag(ref)  # before anything is published
         staged = stage_layer(stream, self.content, what=f"tarball {source}", progress=progress)
         created = now_rfc3339()
         config: dict[str, Any] = {
@@ -174,8 +176,15 @@ class Store:
                             self.references.delete(r)
                             events.append(RemoveEvent("Untagged", r.familiar()))
                     remaining = self.references.references(image_id)
-                if remaining:
+                if remaining or self.images.children(image_id):
+                    # Untagged only: an image with children stays, as in Docker.
                     return events
+            elif self.images.children(image_id):
+                # Refused before anything is untagged, so the store stays as it was.
+                raise Conflict(
+                    f"conflict: unable to delete {image_id.short()} (cannot be forced) "
+                    "- image has dependent child images"
+                )
             elif refs:
                 repos = {r.name for r in refs}
                 if len(repos) > 1 and not force:

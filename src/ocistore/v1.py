@@ -308,12 +308,13 @@ def create_id(v1_image: dict[str, Any], layer_id: str, parent: str = "") -> str:
 def history_from_config(v1_json: bytes, empty_layer: bool) -> dict[str, Any]:
     """The image-config history entry for one v1 JSON document (moby's HistoryFromConfig).
 
-    Keys in Go's order (``created``, ``created_by``, ``author``, ``comment``,
-    ``empty_layer``), empty ones left out as ``omitempty`` does; ``created`` is the
-    RFC 3339 string Go writes and ``created_by`` is ``container_config.Cmd`` joined with
+    Docker 1.10's ``image.History`` (the one that first loaded pre-1.10 archives, so the
+    image IDs are the ones Docker computed): keys ``created`` (always, Go's zero time if
+    unset), ``author``, ``created_by``, ``comment``, ``empty_layer``, empty ones left out as
+    ``omitempty`` does; ``created`` is the RFC 3339 string Go writes and ``created_by`` is ``container_config.Cmd`` joined with
     spaces.
     """
-    img = _decode("v1 JSON", v1_json, V1_IMAGE)
+    img = _decode("v1 JSON", v1_json, V1_IMAGE_LEGACY)
     entry = {
         "Created": img["Created"],
         "CreatedBy": " ".join(img["ContainerConfig"]["Cmd"] or []),
@@ -322,7 +323,7 @@ def history_from_config(v1_json: bytes, empty_layer: bool) -> dict[str, Any]:
         "EmptyLayer": bool(empty_layer),
     }
     try:
-        data = gojson.marshal(entry, HISTORY)
+        data = gojson.marshal(entry, _HISTORY_LEGACY)
     except gojson.GoJSONError as exc:
         raise InvalidInput(f"v1 JSON: {exc}") from None
     result: dict[str, Any] = json.loads(data)
@@ -346,19 +347,19 @@ def make_config_from_v1_config(
     )
     data = bytes(v1_json)
     if _version_less_than(dver["DockerVersion"], "1.8.3"):
-        img = _decode("v1 JSON", data, V1_IMAGE)
+        img = _decode("v1 JSON", data, V1_IMAGE_LEGACY)
         try:
-            data = gojson.marshal(img, V1_IMAGE)
+            data = gojson.marshal(img, V1_IMAGE_LEGACY)
         except gojson.GoJSONError as exc:
             raise InvalidInput(f"v1 JSON: {exc}") from None
     c = _raw_map("v1 JSON", data)
     for key in ("id", "parent", "Size", "parent_id", "layer_id", "throwaway"):
         c.pop(key, None)
     rootfs_value = _decode("rootfs", _json_bytes("rootfs", rootfs), Ptr(ROOTFS))
-    history_value = _decode("history", _json_bytes("history", history), Slice(HISTORY))
+    history_value = _decode("history", _json_bytes("history", history), Slice(_HISTORY_LEGACY))
     try:
         c["rootfs"] = _raw_json(rootfs_value, Ptr(ROOTFS))
-        c["history"] = _raw_json(history_value, Slice(HISTORY))
+        c["history"] = _raw_json(history_value, Slice(_HISTORY_LEGACY))
     except gojson.GoJSONError as exc:
         raise InvalidInput(f"history: {exc}") from None
     return _marshal_raw_map(c)

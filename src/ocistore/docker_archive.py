@@ -1,0 +1,580 @@
+"""docker-archive: what ``docker save`` writes and ``docker load`` reads, in every shape.
+
+Reading (:func:`read_docker_archive`) knows three shapes:
+
+* Docker 1.10 to 24: ``manifest.json`` is a list of ``{Config, RepoTags, Layers}`` (plus
+  an optional ``Parent`` image ID and ``LayerSources``, which only foreign Windows layers
+  use and which are ignored here); ``Config`` names the config JSON and ``Layers`` one tar
+  per layer, plain, gzip or zstd. Later legacy directories repeat a layer with a relative
+  symlink; the archive reader follows those while they stay inside the archive.
+* Docker 25 and later: the same, with ``Config`` and ``Layers`` pointing into
+  ``blobs/sha256/<hex>`` of an OCI layout in the same tar. A path of that shape is
+  content-addressed: the config and layer blobs are checked against the digest they are
+  named by. ``manifest.json`` wins over ``index.json``.
+* Docker before 1.10: no ``manifest.json``; one directory per layer, ``<v1 id>/json``,
+  ``layer.tar`` and ``VERSION``, chained by the ``parent`` in each ``json``, and a
+  ``repositories`` file (``{"repo": {"tag": "<v1 id>"}}``). Every directory becomes an
+  image, built as Docker's ``legacyLoadImage`` did: bottom-up, the diff IDs of the layers
+  so far, one history entry per layer (``HistoryFromConfig(json, false)``: every legacy
+  layer counts as a layer, none is empty), and the config from the layer's own JSON
+  (``MakeConfigFromV1Config``); each image's parent is the image of its parent layer. A
+  missing ``repositories`` file means no tags (Docker refuses the archive).
+
+Field names in ``manifest.json`` match case-insensitively, as Go's decoder matches them.
+A ``RepoTags`` entry without a tag means ``:latest`` (go-containerregistry writes such
+archives; Docker itself refuses them). Every error names the archive, the file and the
+field.
+
+Writing (:func:`write_docker_archive`) produces the Docker 1.10–24 format exactly as
+moby's ``image/tarexport/save.go`` lays it out: per image ``<config hex>.json`` and one
+legacy directory per layer named by its v1 ID (``VERSION`` = ``1.0``, ``json``,
+``layer.tar``), ``manifest.json`` and ``repositories`` (written by Go's JSON encoder:
+compact, one trailing newline), all in the lexical order Docker's tar walk gives. A diff ID
+that occurs in several directories is written once, in the directory that sorts first,
+and the others link to it with a relative symlink (``../<v1 id>/layer.tar``). Where
+Docker's order is a Go map's (the images), images are sorted by ID, so the same images
+give the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, Final, cast
+
+from . import gojson, v1
+from .archive import (
+    ArchiveReader,
+    ImageSource,
+    LayerSource,
+    TarWriter,
+    read_bytes,
+    read_json,
+)
+from .compression import Decompressor, PeekableReader, detect
+from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, digest_bytes, new_hasher
+from .errors import DigestMismatch, InvalidInput, NotFound
+from .image import MAX_LAYER_DEPTH, ImageConfig, parse_config
+from .progress import Progress
+from .reference import Reference, looks_like_id_prefix, parse, parse_any, parse_tagged
+from .store import Store
+
+__all__ = ["is_docker_archive", "read_docker_archive", "write_docker_archive"]
+
+MANIFEST: Final = "manifest.json"
+REPOSITORIES: Final = "repositories"
+LEGACY_VERSION: Final = b"1.0"
+_V1_ID: Final = re.compile(r"[a-f0-9]{64}")
+_BLOB_PATH: Final = re.compile(r"blobs/([a-z0-9]+)/([a-f0-9]+)")
+
+#: moby's ``manifestItem`` as ``docker save`` (20.10 to 24) writes it.
+_MANIFEST_ITEM: Final = gojson.Struct(
+    "tarexport.manifestItem",
+    (
+        gojson.Field("Config", gojson.STRING),
+        gojson.Field("RepoTags", gojson.Slice(gojson.STRING)),
+        gojson.Field("Layers", gojson.Slice(gojson.STRING)),
+        gojson.Field("Parent", gojson.STRING, omitempty=True),
+    ),
+)
+_MANIFEST_TYPE: Final = gojson.Slice(_MANIFEST_ITEM)
+_REPOSITORIES_TYPE: Final = gojson.Map(gojson.Map(gojson.STRING))
+
+
+# -- detection ----------------------------------------------------------------------------
+
+
+def _is_legacy_json(name: str) -> bool:
+    head, sep, tail = name.partition("/")
+    return bool(sep) and tail == "json" and _V1_ID.fullmatch(head) is not None
+
+
+def is_docker_archive(archive: ArchiveReader) -> bool:
+    """Whether the archive is a docker-archive of any age.
+
+    ``manifest.json`` decides (Docker 25+ archives are also OCI layouts; they are read as
+    docker archives). Without it, ``repositories`` or ``<v1 id>/json`` make a pre-1.10
+    archive, unless an OCI ``index.json`` or ``oci-layout`` is there to prefer.
+    """
+    names = set(archive.names())
+    if MANIFEST in names:
+        return True
+    if "index.json" in names or "oci-layout" in names:
+        return False
+    return REPOSITORIES in names or any(_is_legacy_json(n) for n in names)
+
+
+# -- reading: Docker 1.10 and later ---------------------------------------------------------
+
+
+def _get(entry: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """A field of a JSON object as Go's decoder finds it: exact name, else any case."""
+    if key in entry:
+        return True, entry[key]
+    folded = key.lower()
+    for k, value in entry.items():
+        if k.lower() == folded:
+            return True, value
+    return False, None
+
+
+def _member(archive: ArchiveReader, path: str, where: str) -> tuple[str, int]:
+    """The resolved name and size of a regular file the manifest names."""
+    try:
+        return archive.resolve(path), archive.size(path)
+    except InvalidInput as e:
+        raise InvalidInput(f"{e} (named by {where})") from None
+
+
+def _blob_digest(name: str) -> Digest | None:
+    """The digest a content-addressed path (``blobs/sha256/<hex>``) promises, if any."""
+    m = _BLOB_PATH.fullmatch(name)
+    if m is None:
+        return None
+    candidate = f"{m.group(1)}:{m.group(2)}"
+    return Digest(candidate) if Digest.is_valid(candidate) else None
+
+
+def _string(value: Any, where: str, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{where}: field {what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _repo_tags(archive: ArchiveReader, value: Any, where: str) -> list[Reference]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidInput(f"{where}: field RepoTags must be a list of strings or null")
+    tags: list[Reference] = []
+    for j, raw in enumerate(value):
+        if not isinstance(raw, str):
+            raise InvalidInput(f"{where}: field RepoTags[{j}] must be a string, got {raw!r}")
+        try:
+            ref = parse_tagged(raw)
+        except InvalidInput as e:
+            raise InvalidInput(f"{where}: field RepoTags[{j}]: {e}") from None
+        if ref.digest is not None:
+            raise InvalidInput(f"{where}: field RepoTags[{j}]: {raw!r} is not a tag (name:tag)")
+        if ref not in tags:
+            tags.append(ref)
+    return tags
+
+
+def _history_extends(child: ImageConfig, parent: ImageConfig) -> bool:
+    """moby's ``checkValidParent``: the child's history is the parent's plus one entry."""
+    if not child.history and not parent.history:
+        return True
+    if len(child.history) - len(parent.history) != 1:
+        return False
+    return all(p == c for p, c in zip(parent.history, child.history, strict=False))
+
+
+def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
+    doc = read_json(archive, MANIFEST)
+    top = f"{archive.name}: {MANIFEST}"
+    if doc is None:
+        raise InvalidInput(f"{top}: is null (a list of images is required; none is [])")
+    if not isinstance(doc, list):
+        raise InvalidInput(f"{top}: must be a list of images, got a {type(doc).__name__}")
+    sources: list[ImageSource] = []
+    configs: list[ImageConfig] = []
+    parents: list[str] = []
+    for i, entry in enumerate(doc):
+        where = f"{top}[{i}]"
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"{where}: must be an object, got {entry!r}")
+        found, config_path = _get(entry, "Config")
+        if not found:
+            raise InvalidInput(f"{where}: field Config is missing")
+        config_path = _string(config_path, where, "Config")
+        found, layer_paths = _get(entry, "Layers")
+        if not found:
+            raise InvalidInput(f"{where}: field Layers is missing")
+        if layer_paths is None:
+            raise InvalidInput(f"{where}: field Layers is null (a list of paths is required)")
+        if not isinstance(layer_paths, list):
+            raise InvalidInput(f"{where}: field Layers must be a list of paths")
+        tags = _repo_tags(archive, _get(entry, "RepoTags")[1], where)
+        parent = _get(entry, "Parent")[1]
+        if parent is None:
+            parent = ""
+        if not isinstance(parent, str) or (parent and not Digest.is_valid(parent)):
+            raise InvalidInput(f"{where}: field Parent must be an image ID, got {parent!r}")
+
+        _member(archive, config_path, f"{MANIFEST}[{i}].Config")
+        raw = read_bytes(archive, config_path)
+        config_what = f"{archive.name}: {config_path}"
+        expected = _blob_digest(archive.resolve(config_path))
+        if expected is not None:
+            got = digest_bytes(raw, expected.algorithm)
+            if got != expected:
+                raise DigestMismatch(config_what, expected, got)
+        cfg = parse_config(raw, config_what)
+        if len(layer_paths) != len(cfg.diff_ids):
+            raise InvalidInput(
+                f"{where}: field Layers lists {len(layer_paths)} layers but the config "
+                f"{config_path} has {len(cfg.diff_ids)} (rootfs.diff_ids)"
+            )
+
+        layers: list[LayerSource] = []
+        for j, path in enumerate(layer_paths):
+            path = _string(path, where, f"Layers[{j}]")
+            resolved, size = _member(archive, path, f"{MANIFEST}[{i}].Layers[{j}]")
+            blob = _blob_digest(resolved)
+            layers.append(
+                LayerSource(
+                    open=functools.partial(archive.open, resolved),
+                    what=f"{archive.name}: {path}",
+                    blob_digest=blob,
+                    blob_size=size if blob is not None else None,
+                    key=f"blob {blob}" if blob is not None else f"member {resolved}",
+                )
+            )
+        sources.append(ImageSource(config=raw, what=config_what, layers=layers, tags=tags))
+        configs.append(cfg)
+        parents.append(parent)
+
+    # As moby's validatedParentLinks: a Parent counts only when that image is in the archive.
+    index = {cfg.id: i for i, cfg in enumerate(configs)}
+    for i, parent in enumerate(parents):
+        p = index.get(ImageID(Digest(parent))) if parent else None
+        if p is None or p == i:
+            continue
+        if not _history_extends(configs[i], configs[p]):
+            raise InvalidInput(
+                f"{top}[{i}]: image {parent} is not a valid parent for {configs[i].id} "
+                "(its history is not the parent's plus one entry)"
+            )
+        sources[i].parent = p
+    return sources
+
+
+# -- reading: Docker before 1.10 -------------------------------------------------------------
+
+
+@dataclass
+class _LegacyLayer:
+    v1_id: str
+    json: bytes
+    parent: str
+    layer_path: str
+    layer_key: str
+
+
+@dataclass
+class _Built:
+    index: int
+    diff_ids: list[str]
+    history: list[dict[str, Any]]
+    layers: list[LayerSource] = field(default_factory=list)
+
+
+def _diff_id(archive: ArchiveReader, path: str, what: str) -> DiffID:
+    """The DiffID of a layer file (plain, gzip or zstd), streamed."""
+    hasher = new_hasher("sha256")
+    with archive.open(path) as f:
+        reader = PeekableReader(f)
+        decompressor = Decompressor(detect(reader.peek(8), what), what)
+        while chunk := reader.read(CHUNK):
+            hasher.update(decompressor.feed(chunk))
+        decompressor.finish()
+    return DiffID(Digest(f"sha256:{hasher.hexdigest()}"))
+
+
+def _legacy_layer(archive: ArchiveReader, v1_id: str) -> _LegacyLayer:
+    json_path = f"{v1_id}/json"
+    raw = read_bytes(archive, json_path)
+    what = f"{archive.name}: {json_path}"
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"{what}: not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{what}: must be a JSON object")
+    parent = _get(doc, "parent")[1]
+    if parent is None:
+        parent = ""
+    if not isinstance(parent, str):
+        raise InvalidInput(f"{what}: field parent must be a string, got {parent!r}")
+    if parent:
+        try:
+            v1.validate_id(parent)
+        except InvalidInput as e:
+            raise InvalidInput(f"{what}: field parent: {e}") from None
+    layer_path = f"{v1_id}/layer.tar"
+    resolved, _ = _member(archive, layer_path, f"legacy layer {v1_id}")
+    return _LegacyLayer(v1_id, raw, parent, layer_path, f"member {resolved}")
+
+
+def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
+    names = archive.names()
+    dirs = sorted(n for n in names if "/" not in n and archive.is_dir(n))
+    if not dirs:
+        raise InvalidInput(
+            f"{archive.name}: no {MANIFEST} and no legacy image directories (<id>/json)"
+        )
+    sources: list[ImageSource] = []
+    built: dict[str, _Built] = {}
+
+    def build(top: str) -> None:
+        # The chain from ``top`` down to the first layer already built (or the bottom).
+        chain: list[_LegacyLayer] = []
+        seen: set[str] = set()
+        cur = top
+        while cur and cur not in built:
+            if cur in seen:
+                raise InvalidInput(f"{archive.name}: legacy layer {cur}: its parents form a loop")
+            if len(chain) >= MAX_LAYER_DEPTH:
+                raise InvalidInput(
+                    f"{archive.name}: legacy layer {top}: more than {MAX_LAYER_DEPTH} layers"
+                )
+            if not archive.is_dir(cur):
+                child = chain[-1].v1_id if chain else top
+                raise InvalidInput(
+                    f"{archive.name}: {child}/json names parent {cur}, which is not in the archive"
+                )
+            seen.add(cur)
+            layer = _legacy_layer(archive, cur)
+            chain.append(layer)
+            cur = layer.parent
+        below = built.get(cur) if cur else None
+        for layer in reversed(chain):
+            what = f"{archive.name}: {layer.layer_path}"
+            diff_id = _diff_id(archive, layer.layer_path, what)
+            diff_ids = [*(below.diff_ids if below else []), str(diff_id)]
+            json_what = f"{archive.name}: {layer.v1_id}/json"
+            try:
+                entry = v1.history_from_config(layer.json, False)
+                history = [*(below.history if below else []), entry]
+                config = v1.make_config_from_v1_config(
+                    layer.json, {"type": "layers", "diff_ids": diff_ids}, history
+                )
+            except InvalidInput as e:
+                raise InvalidInput(f"{json_what}: {e}") from None
+            source = LayerSource(
+                open=functools.partial(archive.open, layer.layer_path),
+                what=what,
+                key=layer.layer_key,
+            )
+            layers = [*(below.layers if below else []), source]
+            sources.append(
+                ImageSource(
+                    config=config,
+                    what=json_what,
+                    layers=layers,
+                    parent=below.index if below else None,
+                )
+            )
+            below = _Built(len(sources) - 1, diff_ids, history, layers)
+            built[layer.v1_id] = below
+
+    for d in dirs:
+        build(d)
+
+    if REPOSITORIES in names:
+        _legacy_tags(archive, built, sources)
+    return sources
+
+
+def _legacy_tags(
+    archive: ArchiveReader, built: dict[str, _Built], sources: list[ImageSource]
+) -> None:
+    doc = read_json(archive, REPOSITORIES)
+    where = f"{archive.name}: {REPOSITORIES}"
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{where}: must be an object of repositories")
+    for name in sorted(doc):
+        tag_map = doc[name]
+        if not isinstance(tag_map, dict):
+            raise InvalidInput(f"{where}: {name!r} must map tags to image IDs")
+        try:
+            repo = parse(name).name_only()
+        except InvalidInput as e:
+            raise InvalidInput(f"{where}: {e}") from None
+        for tag in sorted(tag_map):
+            v1_id = tag_map[tag]
+            try:
+                ref = repo.with_tag(tag)
+            except InvalidInput as e:
+                raise InvalidInput(f"{where}: {name!r}: {e}") from None
+            target = built.get(v1_id) if isinstance(v1_id, str) else None
+            if target is None:
+                raise InvalidInput(
+                    f"{where}: {ref.familiar()} points at {v1_id!r}, "
+                    "which is not a layer directory of the archive"
+                )
+            tags = sources[target.index].tags
+            if ref not in tags:
+                tags.append(ref)
+
+
+def read_docker_archive(archive: ArchiveReader) -> list[ImageSource]:
+    """The images of a docker-archive (Docker before 1.10, 1.10 to 24, or 25 and later).
+
+    Nothing is read beyond the JSON documents (and, for pre-1.10 archives, each layer
+    once to learn its DiffID): layers are opened by :func:`ocistore.archive.load_images`.
+    """
+    if MANIFEST in archive.names():
+        return _read_manifest(archive)
+    return _read_legacy(archive)
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+@dataclass
+class _SaveImage:
+    id: ImageID
+    tags: list[Reference] = field(default_factory=list)
+
+
+def _add(images: dict[ImageID, _SaveImage], image_id: ImageID, ref: Reference | None) -> None:
+    item = images.setdefault(image_id, _SaveImage(image_id))
+    if ref is None or ref.digest is not None:
+        return
+    tagged = ref.tagged_or_default()
+    if tagged not in item.tags:
+        item.tags.append(tagged)
+
+
+def _search(store: Store, name: str) -> ImageID:
+    if looks_like_id_prefix(name):
+        try:
+            return store.images.search(name)
+        except (NotFound, InvalidInput):
+            pass
+    raise NotFound(f"No such image: {name}")
+
+
+def _select(store: Store, names: list[str]) -> dict[ImageID, _SaveImage]:
+    """The images ``docker save`` would write for ``names``, with the tags it would keep.
+
+    As moby's ``parseNames``: an ID (full or prefix) adds the image without tags; a bare
+    name adds every tag of that repository; ``name:tag`` adds that tag only;
+    ``name@digest`` adds the image without tags.
+    """
+    images: dict[ImageID, _SaveImage] = {}
+    for name in names:
+        ref = parse_any(name)
+        if isinstance(ref, Digest):
+            _add(images, store.images.search(ref), None)
+            continue
+        if ref.familiar_name == "sha256":
+            _add(images, _search(store, name), None)
+            continue
+        if ref.is_name_only:
+            assocs = store.references.references_by_name(ref)
+            for r, image_id in assocs:
+                _add(images, image_id, r)
+            if not assocs:
+                _add(images, _search(store, name), None)
+            continue
+        _add(images, store.references.get(ref), ref)
+    return images
+
+
+@dataclass
+class _LegacyDir:
+    v1_id: str
+    json: bytes
+    chain: ChainID
+    diff_id: DiffID
+
+
+class _Counting:
+    """Passes reads through, reporting the bytes read so far."""
+
+    def __init__(self, stream: IO[bytes], report: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._report = report
+        self._done = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._done += len(data)
+        self._report(self._done)
+        return data
+
+
+def _go_json(value: Any, t: gojson.GoType) -> bytes:
+    """What Go's ``json.NewEncoder(w).Encode(v)`` writes: compact JSON and a newline."""
+    return gojson.marshal(value, t) + b"\n"
+
+
+def write_docker_archive(
+    store: Store, names: list[str], out: IO[bytes], progress: Progress | None = None
+) -> None:
+    """Write the images ``names`` name as ``docker save`` (Docker 1.10 to 24) does.
+
+    Names are tags (only that tag goes into ``RepoTags``), bare repository names (all its
+    tags), image IDs or ID prefixes (no tags), as for ``docker save``. Every layer is
+    streamed from the store and verified against its DiffID on the way.
+    """
+    progress = progress or Progress(False)
+    selected = _select(store, names)
+    manifest: list[dict[str, Any]] = []
+    repositories: dict[str, dict[str, str]] = {}
+    files: dict[str, bytes] = {}
+    dirs: dict[str, _LegacyDir] = {}
+    ids = sorted(selected)
+    for image_id in ids:
+        image = store.images.get(image_id)
+        cfg = image.config
+        if not cfg.diff_ids:
+            raise InvalidInput(
+                f"image {image_id}: has no layers, and a docker-archive cannot hold such an "
+                "image (docker save: empty export - not implemented)"
+            )
+        legacy = v1.legacy_layers(cfg.raw)
+        for layer, chain, diff_id in zip(legacy, cfg.chain_ids, cfg.diff_ids, strict=True):
+            dirs.setdefault(layer.v1_id, _LegacyDir(layer.v1_id, layer.json, chain, diff_id))
+        top = legacy[-1].v1_id
+        item = selected[image_id]
+        for ref in item.tags:
+            assert ref.tag is not None
+            repositories.setdefault(ref.familiar_name, {})[ref.tag] = top
+        parent = store.images.get_parent(image_id)
+        manifest.append(
+            {
+                "Config": f"{image_id.hex}.json",
+                "RepoTags": [r.familiar() for r in item.tags] or None,
+                "Layers": [f"{layer.v1_id}/layer.tar" for layer in legacy],
+                "Parent": parent if parent in selected and parent != image_id else "",
+            }
+        )
+        files[f"{image_id.hex}.json"] = cfg.raw
+
+    # Each diff ID is written once, in the directory that sorts first; the rest link to it.
+    owner: dict[DiffID, str] = {}
+    for v1_id in sorted(dirs):
+        owner.setdefault(dirs[v1_id].diff_id, v1_id)
+
+    top_level = sorted([*files, *dirs, MANIFEST, *([REPOSITORIES] if repositories else [])])
+    tar = TarWriter(out)
+    for name in top_level:
+        if name in files:
+            tar.add_bytes(name, files[name])
+        elif name in dirs:
+            d = dirs[name]
+            tar.add_dir(name)
+            tar.add_bytes(f"{name}/VERSION", LEGACY_VERSION)
+            tar.add_bytes(f"{name}/json", d.json)
+            first = owner[d.diff_id]
+            if first != name:
+                tar.add_symlink(f"{name}/layer.tar", f"../{first}/layer.tar")
+                continue
+            size = store.layers.get(d.chain).size
+            task = progress.task(f"Saving layer {d.diff_id.short()}", size)
+            with store.layers.open_tar(d.chain) as stream:
+                counted = cast(IO[bytes], _Counting(stream, task.update))
+                tar.add_stream(f"{name}/layer.tar", counted, size)
+            task.finish()
+        elif name == MANIFEST:
+            tar.add_bytes(MANIFEST, _go_json(manifest, _MANIFEST_TYPE))
+        else:
+            tar.add_bytes(REPOSITORIES, _go_json(repositories, _REPOSITORIES_TYPE))
+    tar.close()
