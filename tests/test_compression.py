@@ -1,0 +1,177 @@
+"""Compression: magic bytes, streaming decompression of gzip and zstd."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+
+import pytest
+import zstandard
+
+from ocistore.compression import (
+    Compression,
+    Decompressor,
+    PeekableReader,
+    decompressed_reader,
+    detect,
+)
+from ocistore.errors import InvalidInput
+
+DATA_A = b"first member " * 1000
+DATA_B = b"second member " * 777
+
+
+def feed_all(d: Decompressor, data: bytes, chunk: int) -> bytes:
+    out = b""
+    for i in range(0, len(data), chunk):
+        out += d.feed(data[i : i + chunk])
+    out += d.finish()
+    return out
+
+
+# -- detection ---------------------------------------------------------------------------
+
+
+def test_detect_known_magic() -> None:
+    assert detect(gzip.compress(b"x"), "f") is Compression.GZIP
+    assert detect(zstandard.ZstdCompressor().compress(b"x"), "f") is Compression.ZSTD
+    assert detect(b"\x00" * 512, "f") is Compression.NONE
+    assert detect(b"", "f") is Compression.NONE
+    assert detect(b"usr/bin/" + b"\x00" * 100, "f") is Compression.NONE
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        (bz2.compress(b"x"), "bzip2"),
+        (lzma.compress(b"x"), "xz"),
+        (b"PK\x03\x04rest", "zip"),
+        (b"\x04\x22\x4d\x18rest", "lz4"),
+    ],
+)
+def test_detect_refuses_other_compressions(data: bytes, name: str) -> None:
+    with pytest.raises(InvalidInput, match=rf"layer\.tar: unsupported compression {name}"):
+        detect(data, "layer.tar")
+
+
+def test_media_suffix() -> None:
+    assert Compression.NONE.media_suffix == ""
+    assert Compression.GZIP.media_suffix == "+gzip"
+    assert Compression.ZSTD.media_suffix == "+zstd"
+
+
+def test_peekable_reader_peek_does_not_consume() -> None:
+    r = PeekableReader(io.BytesIO(b"abcdefgh"))
+    assert r.peek(3) == b"abc"
+    assert r.peek(5) == b"abcde"
+    assert r.read(2) == b"ab"
+    buf = bytearray(4)
+    assert r.readinto(buf) == 3 and bytes(buf[:3]) == b"cde"
+    assert r.read() == b"fgh"
+    assert r.read() == b""
+    assert PeekableReader(io.BytesIO(b"ab")).peek(10) == b"ab"
+
+
+# -- incremental decompression -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_decompressor_multi_member_gzip(chunk: int) -> None:
+    data = gzip.compress(DATA_A) + gzip.compress(DATA_B)
+    assert feed_all(Decompressor(Compression.GZIP, "g"), data, chunk) == DATA_A + DATA_B
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_decompressor_multi_frame_zstd(chunk: int) -> None:
+    c = zstandard.ZstdCompressor()
+    data = c.compress(DATA_A) + c.compress(DATA_B) + c.compress(b"")
+    assert feed_all(Decompressor(Compression.ZSTD, "z"), data, chunk) == DATA_A + DATA_B
+
+
+def test_decompressor_plain_passes_through() -> None:
+    d = Decompressor(Compression.NONE, "p")
+    assert d.feed(memoryview(b"abc")) == b"abc"
+    assert d.finish() == b""
+
+
+def test_decompressor_gzip_zero_padding_allowed() -> None:
+    data = gzip.compress(DATA_A) + b"\x00" * 1024
+    assert feed_all(Decompressor(Compression.GZIP, "g"), data, 1000) == DATA_A
+
+
+def test_decompressor_gzip_trailing_garbage_refused() -> None:
+    data = gzip.compress(DATA_A) + b"garbage!"
+    with pytest.raises(InvalidInput, match=r"g\.tar: trailing garbage"):
+        feed_all(Decompressor(Compression.GZIP, "g.tar"), data, 1 << 20)
+
+
+@pytest.mark.parametrize("cut", [5, 30, -9, -1])
+def test_truncated_gzip_is_invalid_input(cut: int) -> None:
+    data = gzip.compress(DATA_A)[:cut]
+    with pytest.raises(InvalidInput, match=r"layer\.tgz: truncated gzip data"):
+        feed_all(Decompressor(Compression.GZIP, "layer.tgz"), data, 100)
+
+
+def test_truncated_zstd_is_invalid_input() -> None:
+    data = zstandard.ZstdCompressor().compress(DATA_A)[:-5]
+    with pytest.raises(InvalidInput, match=r"l\.zst: truncated zstd data"):
+        feed_all(Decompressor(Compression.ZSTD, "l.zst"), data, 100)
+
+
+def test_corrupt_gzip_is_invalid_input() -> None:
+    data = bytearray(gzip.compress(DATA_A))
+    data[20:40] = b"\xff" * 20
+    with pytest.raises(InvalidInput, match=r"bad\.gz: corrupt gzip data"):
+        feed_all(Decompressor(Compression.GZIP, "bad.gz"), bytes(data), 100)
+
+
+def test_corrupt_zstd_is_invalid_input() -> None:
+    data = bytearray(zstandard.ZstdCompressor().compress(DATA_A))
+    data[4:12] = b"\xff" * 8
+    with pytest.raises(InvalidInput, match=r"bad\.zst"):
+        feed_all(Decompressor(Compression.ZSTD, "bad.zst"), bytes(data), 100)
+
+
+# -- reading a stored blob back ----------------------------------------------------------
+
+
+def test_decompressed_reader_gzip_multi_member() -> None:
+    data = gzip.compress(DATA_A) + gzip.compress(DATA_B)
+    assert decompressed_reader(io.BytesIO(data), Compression.GZIP).read() == DATA_A + DATA_B
+
+
+def test_decompressed_reader_zstd_multi_frame() -> None:
+    c = zstandard.ZstdCompressor()
+    data = c.compress(DATA_A) + c.compress(DATA_B)
+    r = decompressed_reader(io.BytesIO(data), Compression.ZSTD)
+    out = b""
+    while chunk := r.read(1000):
+        out += chunk
+    assert out == DATA_A + DATA_B
+
+
+def test_decompressed_reader_plain_is_the_stream() -> None:
+    s = io.BytesIO(b"plain")
+    assert decompressed_reader(s, Compression.NONE) is s
+
+
+def test_gzip_padding_then_data_is_garbage() -> None:
+    data = gzip.compress(DATA_A) + b"\x00" * 10 + gzip.compress(DATA_B)
+    with pytest.raises(InvalidInput, match="trailing garbage"):
+        feed_all(Decompressor(Compression.GZIP, "g"), data, 1)
+
+
+def test_gzip_half_a_magic_at_the_end_is_truncated() -> None:
+    data = gzip.compress(DATA_A) + b"\x1f"
+    with pytest.raises(InvalidInput, match="truncated gzip"):
+        feed_all(Decompressor(Compression.GZIP, "g"), data, 1)
+
+
+def test_decompressor_accepts_memoryview_chunks() -> None:
+    data = gzip.compress(DATA_A) + gzip.compress(DATA_B)
+    d = Decompressor(Compression.GZIP, "g")
+    view = memoryview(data)
+    out = b"".join(d.feed(view[i : i + 333]) for i in range(0, len(data), 333))
+    assert out + d.finish() == DATA_A + DATA_B
