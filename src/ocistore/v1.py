@@ -311,8 +311,8 @@ def history_from_config(v1_json: bytes, empty_layer: bool) -> dict[str, Any]:
     Docker 1.10's ``image.History`` (the one that first loaded pre-1.10 archives, so the
     image IDs are the ones Docker computed): keys ``created`` (always, Go's zero time if
     unset), ``author``, ``created_by``, ``comment``, ``empty_layer``, empty ones left out as
-    ``omitempty`` does; ``created`` is the RFC 3339 string Go writes and ``created_by`` is ``container_config.Cmd`` joined with
-    spaces.
+    ``omitempty`` does; ``created`` is the RFC 3339 string Go writes and ``created_by``
+    is ``container_config.Cmd`` joined with spaces.
     """
     img = _decode("v1 JSON", v1_json, V1_IMAGE_LEGACY)
     entry = {
