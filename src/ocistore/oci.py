@@ -1,0 +1,994 @@
+"""OCI image layout (a directory) and oci-archive (a tar of one): reading and writing.
+
+Reading (:func:`read_oci_layout`)
+---------------------------------
+
+``oci-layout`` must say ``{"imageLayoutVersion": "1.0.0"}``; every descriptor of
+``index.json`` is followed, through nested indexes (OCI image index and Docker manifest
+list), to image manifests (OCI and Docker v2 schema 2). Every blob a descriptor names is
+read from ``blobs/<alg>/<hex>`` (sha256 or sha512) and checked against the descriptor's
+digest and size: indexes, manifests and configs when they are read, layers while
+:func:`~ocistore.archive.load_images` streams them (once: blob digest, decompression and
+DiffID in one pass). A missing blob, a digest or size that does not match, a malformed
+document or field is refused with a message naming the archive, the blob and where the
+descriptor is (``index.json manifests[2] → manifests[0] → layers[1]``).
+
+* Media types. A descriptor with an index type is read as an index, with a manifest type
+  as a manifest; a descriptor whose type is neither (``application/vnd.oci.descriptor.v1
+  +json``, no type at all) is classified by the document it points at (its own
+  ``mediaType``, else the presence of ``manifests`` or ``config``/``layers``), as the
+  go-containerregistry test layouts need. A document whose own ``mediaType`` contradicts
+  its descriptor (an index where a manifest was announced, or the reverse) is refused; OCI
+  and Docker manifest types are interchangeable, since they have the same shape. Docker
+  schema 1 manifests and encrypted layers are refused. A manifest whose config is not an
+  image config (an artifact: signatures, attestations, Helm charts) is skipped.
+* Layers. The layer media type must be a known layer type (OCI or Docker, plain, gzip,
+  zstd, non-distributable/foreign). The compression itself is recognized by the blob's
+  magic bytes, not by the media type: when the two disagree the bytes win. That is safe
+  because the DiffID in the config is checked on the decompressed stream, so a mislabeled
+  blob either yields exactly the layer the config names or is refused. A non-distributable
+  (foreign) layer must be in the archive: ocistore never fetches it from its ``urls``.
+* Platforms. Inside an image index (any index reached through a descriptor) the manifest
+  for ``platform`` (default: this machine, :func:`~ocistore.platforms.host_platform`) is
+  chosen among the descriptors that carry a ``platform``; an exact variant match is
+  preferred. No match is an error naming the index and listing the platforms it has.
+  Descriptors without a ``platform`` are each an image of their own. In ``index.json``
+  itself every descriptor is an image of its own, except that several descriptors that
+  carry a ``platform`` and share one ref name (or have none) are one multi-platform image,
+  from which one is chosen the same way. A lone platform-specific manifest in
+  ``index.json`` is loaded whatever its platform (there is nothing to choose from).
+* Tags. Names come from the annotations of the descriptors in ``index.json`` (nested
+  descriptors' annotations are not names, as for skopeo, umoci and containerd):
+  as podman (libimage ``nameFromAnnotations``) and containerd do, a full reference in
+  ``io.containerd.image.name`` (``docker.io/library/foo:1``) wins; if it has neither tag
+  nor digest, a bare-tag ref name is its tag, else it gets ``latest``. Without it,
+  ``org.opencontainers.image.ref.name`` is either a full reference (it contains ``/``,
+  ``:`` or ``@``: ``docker.io/library/foo:1``, normalized as Docker does) or a bare tag
+  (``v1``), which is made a name exactly as ``podman load`` does for an oci-archive
+  (libimage ``NormalizeName``): a short name in ``localhost/`` with the ``latest`` tag, so
+  ref name ``v1`` loads as ``localhost/v1:latest``. (skopeo has no name of its own to give:
+  ``oci:DIR:TAG`` only selects by the ref name.) A name that is not a valid reference is
+  ignored: the image still loads, untagged. The same manifest reached twice is loaded
+  once, with the names of both paths.
+* Every loaded image keeps its manifest bytes (:attr:`ImageSource.manifest`), so a later
+  save re-emits the same manifest with the same digest.
+
+Writing (:func:`write_oci_layout`, :func:`write_oci_archive`)
+-------------------------------------------------------------
+
+For every image: if the store kept a manifest for it (backend metadata ``manifest``) that
+manifest is written byte for byte, with the config and the layer blobs it names (from the
+content store, verified while copied); otherwise an OCI image manifest is generated
+(``application/vnd.oci.image.manifest.v1+json``, config ``…config.v1+json``, layers
+``…layer.v1.tar[+gzip|+zstd]`` after the stored blob's compression), serialized compactly
+with the fields in the image-spec's Go struct order. Blobs shared by several images are
+written once. The output is deterministic: ``oci-layout``, ``index.json``, then the blobs
+sorted by path; fixed owners, modes and times (see :class:`~ocistore.archive.TarWriter`).
+
+``index.json`` gets one descriptor per image named on the command line; a name that is a
+tag gives the annotations ``org.opencontainers.image.ref.name`` = the tag alone (``1``) and
+``io.containerd.image.name`` = the full reference (``docker.io/library/foo:1``). The tag
+alone is what skopeo's ``oci:DIR:TAG`` and umoci's ``--image DIR:TAG`` match (they compare
+the annotation with ``TAG`` verbatim), what podman and buildah write, and what Docker 25+
+``docker save`` (containerd) writes next to the full name; podman, containerd and ocistore
+take the full name from ``io.containerd.image.name``. Two repositories saved with the same
+tag give two descriptors with the same ref name (as Docker 25 does); ``oci:DIR:TAG`` then
+picks the first. A name that is a digest reference gets ``io.containerd.image.name`` only,
+an image ID no annotations. A bare repository name selects every tag of that repository,
+as ``docker save`` does.
+
+:func:`write_oci_layout` creates the directory (built beside it and renamed into place),
+or adds to an existing layout as skopeo and umoci do: blobs are added (an existing blob
+file is re-hashed and rewritten if it is damaged), and ``index.json`` is replaced
+atomically, with earlier descriptors kept except those carrying one of the ref names now
+written, or identical to one now written. A destination that exists and is neither an OCI
+layout nor an empty directory is refused.
+
+Note: a kept Docker v2 schema 2 manifest stays one (its digest is the image's identity
+elsewhere). skopeo 1.9's ``oci:`` transport only reads OCI manifests; containerd, Docker
+and ocistore read both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import io
+import json
+import os
+import shutil
+import stat as stat_mod
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, cast
+
+from . import fsutil
+from .archive import ArchiveReader, ImageSource, LayerSource, TarWriter, read_bytes, read_json
+from .compression import Compression
+from .digest import CHUNK, Digest, ImageID, VerifyingReader, digest_bytes, new_hasher
+from .errors import (
+    CorruptStore,
+    DigestMismatch,
+    InvalidInput,
+    NotFound,
+    SizeMismatch,
+)
+from .imagestore import Image
+from .platforms import Platform, host_platform
+from .progress import Progress
+from .reference import Reference, looks_like_id_prefix, parse, parse_any, parse_tagged
+from .store import Store
+
+__all__ = [
+    "ANNOTATION_CONTAINERD_NAME",
+    "ANNOTATION_REF_NAME",
+    "is_oci_layout",
+    "read_oci_layout",
+    "write_oci_archive",
+    "write_oci_layout",
+]
+
+LAYOUT_FILE: Final = "oci-layout"
+INDEX_FILE: Final = "index.json"
+LAYOUT_VERSION: Final = "1.0.0"
+LAYOUT_BYTES: Final = b'{"imageLayoutVersion":"1.0.0"}'
+
+ANNOTATION_REF_NAME: Final = "org.opencontainers.image.ref.name"
+ANNOTATION_CONTAINERD_NAME: Final = "io.containerd.image.name"
+
+MT_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+MT_OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+MT_OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
+MT_OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
+MT_DOCKER_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
+MT_DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
+MT_DOCKER_SCHEMA1: Final = frozenset(
+    {
+        "application/vnd.docker.distribution.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    }
+)
+
+INDEX_TYPES: Final = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
+MANIFEST_TYPES: Final = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
+CONFIG_TYPES: Final = frozenset({MT_OCI_CONFIG, MT_DOCKER_CONFIG})
+FOREIGN_LAYER_TYPES: Final = frozenset(
+    {
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar",
+    }
+)
+LAYER_TYPES: Final = frozenset(
+    {
+        MT_OCI_LAYER,
+        MT_OCI_LAYER + "+gzip",
+        MT_OCI_LAYER + "+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.diff.tar.zstd",
+    }
+    | FOREIGN_LAYER_TYPES
+)
+
+#: Manifests and indexes larger than this are refused (distribution's limit is 4 MiB).
+MAX_MANIFEST: Final = 4 << 20
+#: How deep indexes may nest.
+MAX_NESTING: Final = 8
+
+_TAG_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _json_bytes(value: Any) -> bytes:
+    """Compact JSON, keys in the order given (Go's struct order for the documents here)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def blob_path(digest: Digest) -> str:
+    """Where a blob lives inside a layout: ``blobs/<alg>/<hex>``."""
+    return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+def is_oci_layout(archive: ArchiveReader) -> bool:
+    """Whether the archive is an OCI image layout: an ``oci-layout`` file and ``index.json``.
+
+    The version inside ``oci-layout`` is checked by :func:`read_oci_layout`, so that a
+    layout of another version gets an error saying so rather than "not an archive".
+    """
+    return (
+        archive.exists(LAYOUT_FILE)
+        and not archive.is_dir(LAYOUT_FILE)
+        and archive.exists(INDEX_FILE)
+        and not archive.is_dir(INDEX_FILE)
+    )
+
+
+@dataclass(frozen=True)
+class _Descriptor:
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: dict[str, str]
+    platform: dict[str, Any] | None
+    #: Where the descriptor is, for messages: ``index.json manifests[0] → config``.
+    where: str
+
+
+def _descriptor(archive: str, obj: Any, where: str, need_type: bool = True) -> _Descriptor:
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"{archive}: {where}: not a descriptor (a JSON object)")
+    media_type = obj.get("mediaType")
+    if media_type is None and not need_type:
+        media_type = ""
+    if not isinstance(media_type, str) or (need_type and not media_type):
+        raise InvalidInput(f"{archive}: {where}: field mediaType is missing or not a string")
+    raw_digest = obj.get("digest")
+    if not isinstance(raw_digest, str):
+        raise InvalidInput(f"{archive}: {where}: field digest is missing or not a string")
+    try:
+        digest = Digest(raw_digest)
+    except InvalidInput as e:
+        raise InvalidInput(f"{archive}: {where}: field digest: {e}") from None
+    size = obj.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidInput(
+            f"{archive}: {where}: field size is missing or not a non-negative integer"
+        )
+    annotations = obj.get("annotations")
+    if annotations is None:
+        annotations = {}
+    if not isinstance(annotations, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+    ):
+        raise InvalidInput(f"{archive}: {where}: field annotations is not a string map")
+    platform = obj.get("platform")
+    if platform is not None and not isinstance(platform, dict):
+        raise InvalidInput(f"{archive}: {where}: field platform is not an object")
+    return _Descriptor(media_type, digest, size, annotations, platform, where)
+
+
+def _platform_of(desc: _Descriptor) -> Platform:
+    p = desc.platform or {}
+    return Platform(
+        str(p.get("os") or ""), str(p.get("architecture") or ""), str(p.get("variant") or "")
+    )
+
+
+def _is_bare_tag(s: str) -> bool:
+    return 0 < len(s) <= 128 and s[0] != "." and s[0] != "-" and _TAG_CHARS.issuperset(s)
+
+
+def _as_name(ref: Reference) -> Reference:
+    return ref.digest_only() if ref.digest is not None else ref.tagged_or_default()
+
+
+def _names(annotations: dict[str, str]) -> list[Reference]:
+    """The reference the annotations of a descriptor in ``index.json`` give its image."""
+    ref_name = annotations.get(ANNOTATION_REF_NAME, "")
+    containerd = annotations.get(ANNOTATION_CONTAINERD_NAME, "")
+    with contextlib.suppress(InvalidInput):
+        if containerd:
+            ref = parse(containerd)
+            if ref.is_name_only and _is_bare_tag(ref_name):
+                return [ref.with_tag(ref_name)]
+            return [_as_name(ref)]
+        if ref_name and _is_bare_tag(ref_name):
+            # podman load (libimage NormalizeName): a short name goes to localhost/.
+            return [Reference("localhost", ref_name, "latest")]
+        if ref_name:
+            return [_as_name(parse(ref_name))]
+    return []
+
+
+@dataclass
+class _LayoutReader:
+    archive: ArchiveReader
+    platform: Platform | None
+    found: dict[Digest, ImageSource] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.archive.name
+
+    # -- blobs --------------------------------------------------------------------------
+
+    def _check_blob(self, desc: _Descriptor, what: str = "blob") -> str:
+        """The path of the blob ``desc`` names, checked to exist with the right size."""
+        path = blob_path(desc.digest)
+        if not self.archive.exists(path):
+            reason = f"is missing ({path})"
+            try:
+                self.archive.size(path)
+            except InvalidInput as e:  # a symlink out of the layout, say: say so
+                if "missing" not in str(e):
+                    reason = f"cannot be read: {e}"
+            raise InvalidInput(f"{self.name}: {desc.where}: {what} {desc.digest} {reason}")
+        try:
+            size = self.archive.size(path)
+        except InvalidInput as e:
+            raise InvalidInput(f"{self.name}: {desc.where}: {what} {desc.digest}: {e}") from None
+        if size != desc.size:
+            raise SizeMismatch(f"{self.name}: {path} ({desc.where})", desc.size, size)
+        return path
+
+    def _read_blob(self, desc: _Descriptor, what: str, limit: int = MAX_MANIFEST) -> bytes:
+        path = self._check_blob(desc, what)
+        if desc.size > limit:
+            raise InvalidInput(
+                f"{self.name}: {path} ({desc.where}): {what} of {desc.size} bytes is too large"
+            )
+        data = read_bytes(self.archive, path)
+        got = digest_bytes(data, desc.digest.algorithm)
+        if len(data) != desc.size:
+            raise SizeMismatch(f"{self.name}: {path} ({desc.where})", desc.size, len(data))
+        if got != desc.digest:
+            raise DigestMismatch(f"{self.name}: {path} ({desc.where})", desc.digest, got)
+        return data
+
+    def _document(self, data: bytes, desc: _Descriptor, what: str) -> dict[str, Any]:
+        path = blob_path(desc.digest)
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidInput(
+                f"{self.name}: {path} ({desc.where}): {what} is not valid JSON: {e}"
+            ) from None
+        if not isinstance(doc, dict):
+            raise InvalidInput(
+                f"{self.name}: {path} ({desc.where}): {what} is not a JSON object "
+                f"({json.dumps(doc)[:40]})"
+            )
+        return doc
+
+    # -- walking ------------------------------------------------------------------------
+
+    def read(self) -> list[ImageSource]:
+        layout = read_json(self.archive, LAYOUT_FILE)
+        if not isinstance(layout, dict):
+            raise InvalidInput(f"{self.name}: {LAYOUT_FILE} is not a JSON object")
+        version = layout.get("imageLayoutVersion")
+        if version != LAYOUT_VERSION:
+            raise InvalidInput(
+                f"{self.name}: {LAYOUT_FILE}: unsupported imageLayoutVersion {version!r} "
+                f"(only {LAYOUT_VERSION!r})"
+            )
+        index = read_json(self.archive, INDEX_FILE)
+        if not isinstance(index, dict):
+            raise InvalidInput(
+                f"{self.name}: {INDEX_FILE} is not an image index (a JSON object), "
+                f"it is {json.dumps(index)[:40]}"
+            )
+        descs = self._index_entries(index, INDEX_FILE, INDEX_FILE)
+        # index.json: each descriptor is an image, except several platform-specific ones
+        # sharing a ref name, which together are one multi-platform image.
+        groups: dict[str, list[_Descriptor]] = {}
+        for d in descs:
+            if d.platform is not None:
+                groups.setdefault(d.annotations.get(ANNOTATION_REF_NAME, ""), []).append(d)
+        for d in descs:
+            if d.platform is None:
+                self._visit(d, _names(d.annotations), 0)
+                continue
+            group = groups[d.annotations.get(ANNOTATION_REF_NAME, "")]
+            if len(group) == 1:
+                self._visit(d, _names(d.annotations), 0)
+            elif group[0] is d:
+                chosen = self._choose(group, INDEX_FILE)
+                self._visit(chosen, _names(chosen.annotations), 0)
+        return list(self.found.values())
+
+    def _index_entries(self, doc: dict[str, Any], where: str, label: str) -> list[_Descriptor]:
+        version = doc.get("schemaVersion")
+        if version != 2:
+            raise InvalidInput(f"{self.name}: {label}: schemaVersion is {version!r}, not 2")
+        manifests = doc.get("manifests")
+        if manifests is None:
+            return []
+        if not isinstance(manifests, list):
+            raise InvalidInput(f"{self.name}: {label}: field manifests is not a list")
+        prefix = f"{where} " if where == INDEX_FILE else f"{where} → "
+        return [
+            _descriptor(self.name, m, f"{prefix}manifests[{i}]", need_type=False)
+            for i, m in enumerate(manifests)
+        ]
+
+    def _choose(self, group: list[_Descriptor], label: str) -> _Descriptor:
+        want = self.platform or host_platform()
+        matches = [d for d in group if want.matches(d.platform)]
+        if not matches:
+            available = []
+            for d in group:
+                p = str(_platform_of(d))
+                if p not in available and p != "unknown/unknown":
+                    available.append(p)
+            raise InvalidInput(
+                f"{self.name}: {label}: no image for platform {want}; "
+                f"available: {', '.join(available) or 'none'}"
+            )
+        for d in matches:
+            if str((d.platform or {}).get("variant") or "") == want.variant:
+                return d
+        return matches[0]
+
+    def _visit(self, desc: _Descriptor, names: list[Reference], depth: int) -> None:
+        if desc.media_type in MT_DOCKER_SCHEMA1:
+            raise InvalidInput(
+                f"{self.name}: {desc.where}: Docker image manifest schema 1 "
+                f"({desc.media_type}) is not supported"
+            )
+        known = desc.media_type in INDEX_TYPES or desc.media_type in MANIFEST_TYPES
+        if not known:
+            # Some other type: look at the document itself if it can be one of ours.
+            path = blob_path(desc.digest)
+            if desc.size > MAX_MANIFEST or not self.archive.exists(path):
+                return
+        what = "index" if desc.media_type in INDEX_TYPES else "manifest" if known else "blob"
+        data = self._read_blob(desc, what)
+        if known:
+            doc = self._document(data, desc, "document")
+        else:
+            try:
+                doc = json.loads(data)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                return
+            if not isinstance(doc, dict):
+                return
+        kind = self._kind(desc, doc)
+        if kind == "index":
+            self._index(desc, doc, names, depth)
+        elif kind == "manifest":
+            self._manifest(desc, data, doc, names)
+
+    def _kind(self, desc: _Descriptor, doc: dict[str, Any]) -> str | None:
+        inner = doc.get("mediaType")
+        path = blob_path(desc.digest)
+        if inner is not None and not isinstance(inner, str):
+            raise InvalidInput(f"{self.name}: {path} ({desc.where}): mediaType is not a string")
+        if inner in MT_DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
+            raise InvalidInput(
+                f"{self.name}: {path} ({desc.where}): Docker image manifest schema 1 "
+                "is not supported"
+            )
+        if desc.media_type in INDEX_TYPES:
+            if inner in MANIFEST_TYPES:
+                raise InvalidInput(
+                    f"{self.name}: {path} ({desc.where}): the descriptor says "
+                    f"{desc.media_type} but the document is a {inner}"
+                )
+            return "index"
+        if desc.media_type in MANIFEST_TYPES:
+            if inner in INDEX_TYPES:
+                raise InvalidInput(
+                    f"{self.name}: {path} ({desc.where}): the descriptor says "
+                    f"{desc.media_type} but the document is a {inner}"
+                )
+            return "manifest"
+        if inner in INDEX_TYPES:
+            return "index"
+        if inner in MANIFEST_TYPES:
+            return "manifest"
+        if inner is None:
+            if "manifests" in doc:
+                return "index"
+            if "config" in doc and "layers" in doc:
+                return "manifest"
+        return None
+
+    def _index(
+        self, desc: _Descriptor, doc: dict[str, Any], names: list[Reference], depth: int
+    ) -> None:
+        label = f"index {desc.digest} ({desc.where})"
+        if depth >= MAX_NESTING:
+            raise InvalidInput(f"{self.name}: {label}: indexes nested more than {MAX_NESTING} deep")
+        descs = self._index_entries(doc, desc.where, label)
+        with_platform = [d for d in descs if d.platform is not None]
+        chosen = self._choose(with_platform, label) if with_platform else None
+        for d in descs:
+            if d.platform is None or d is chosen:
+                self._visit(d, names, depth + 1)
+
+    def _manifest(
+        self, desc: _Descriptor, raw: bytes, doc: dict[str, Any], names: list[Reference]
+    ) -> None:
+        path = blob_path(desc.digest)
+        here = f"{self.name}: {path} ({desc.where})"
+        version = doc.get("schemaVersion")
+        if version != 2:
+            raise InvalidInput(f"{here}: manifest schemaVersion is {version!r}, not 2")
+        cdesc = _descriptor(self.name, doc.get("config"), f"{desc.where} → config")
+        if cdesc.media_type not in CONFIG_TYPES:
+            return  # an artifact, not an image
+        layers_raw = doc.get("layers")
+        if layers_raw is None:
+            layers_raw = []
+        if not isinstance(layers_raw, list):
+            raise InvalidInput(f"{here}: field layers is not a list")
+        known = self.found.get(desc.digest)
+        if known is not None:
+            for n in names:
+                if n not in known.tags:
+                    known.tags.append(n)
+            return
+        config = self._read_blob(cdesc, "config", limit=MAX_MANIFEST * 16)
+        layers = [
+            self._layer(_descriptor(self.name, ld, f"{desc.where} → layers[{i}]"))
+            for i, ld in enumerate(layers_raw)
+        ]
+        source = ImageSource(
+            config=config,
+            what=f"{here}: manifest {desc.digest}",
+            layers=layers,
+            tags=list(names),
+            manifest=raw,
+        )
+        self.found[desc.digest] = source
+
+    def _layer(self, desc: _Descriptor) -> LayerSource:
+        mt = desc.media_type
+        if "encrypted" in mt:
+            raise InvalidInput(
+                f"{self.name}: {desc.where}: layer {desc.digest} is encrypted ({mt}); "
+                "encrypted layers are not supported"
+            )
+        if mt not in LAYER_TYPES:
+            raise InvalidInput(
+                f"{self.name}: {desc.where}: layer {desc.digest} has media type {mt!r}, "
+                "not an image layer type"
+            )
+        path = blob_path(desc.digest)
+        if mt in FOREIGN_LAYER_TYPES and not self.archive.exists(path):
+            raise InvalidInput(
+                f"{self.name}: {desc.where}: non-distributable (foreign) layer {desc.digest} "
+                f"({mt}) is not in the archive ({path}); ocistore does not fetch layers "
+                "from their URLs"
+            )
+        self._check_blob(desc, "layer blob")
+        return LayerSource(
+            open=functools.partial(self.archive.open, path),
+            what=f"{self.name}: {path}",
+            blob_digest=desc.digest,
+            blob_size=desc.size,
+            key=str(desc.digest),
+        )
+
+
+def read_oci_layout(archive: ArchiveReader, platform: Platform | None = None) -> list[ImageSource]:
+    """Every image of an OCI layout (directory or oci-archive), ready for ``load_images``.
+
+    Indexes, manifests and configs are read and verified here; layers are verified while
+    they are loaded. ``platform`` picks from multi-platform indexes (default: this
+    machine). See the module documentation for the rules.
+    """
+    return _LayoutReader(archive, platform).read()
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Blob:
+    digest: Digest
+    size: int
+    data: bytes | None = None
+    #: Opens the stored content, verified as it is read (when ``data`` is None).
+    open: Callable[[], IO[bytes]] | None = None
+
+
+@dataclass
+class _Plan:
+    entries: list[dict[str, Any]]
+    blobs: dict[Digest, _Blob]
+
+
+_LAYER_MEDIA_TYPE: Final = {c: MT_OCI_LAYER + c.media_suffix for c in Compression}
+
+
+def _select(store: Store, names: list[str]) -> list[tuple[ImageID, Reference | None]]:
+    """The images to write, each with the reference it is written under (if any).
+
+    As ``docker save``: an ID (full or prefix) gives the image untagged; ``name:tag`` that
+    tag; ``name@digest`` that digest reference; a bare name every tag of its repository.
+    """
+    out: list[tuple[ImageID, Reference | None]] = []
+
+    def add(image_id: ImageID, ref: Reference | None) -> None:
+        if (image_id, ref) not in out:
+            out.append((image_id, ref))
+
+    for name in names:
+        if not name:
+            raise InvalidInput("empty image name")
+        parsed: Reference | Digest | None = None
+        with contextlib.suppress(InvalidInput):
+            parsed = parse_any(name)
+        if isinstance(parsed, Digest):
+            add(store.images.search(parsed), None)
+            continue
+        if parsed is not None and parsed.is_name_only:
+            assocs = [
+                (r, i) for r, i in store.references.references_by_name(parsed) if r.tag is not None
+            ]
+            for r, image_id in sorted(assocs, key=lambda a: str(a[0])):
+                add(image_id, r)
+            if assocs:
+                continue
+        elif parsed is not None:
+            lookup = parsed.digest_only()
+            with contextlib.suppress(NotFound):
+                add(store.references.get(lookup), lookup)
+                continue
+        if looks_like_id_prefix(name):
+            with contextlib.suppress(NotFound, InvalidInput):
+                add(store.images.search(name), None)
+                continue
+        if parsed is None:
+            parse_tagged(name)  # raises the reference error
+        raise NotFound(f"No such image: {name}")
+    return out
+
+
+def _annotations(ref: Reference | None) -> dict[str, str]:
+    if ref is None:
+        return {}
+    if ref.digest is not None:
+        return {ANNOTATION_CONTAINERD_NAME: str(ref)}
+    assert ref.tag is not None
+    return {ANNOTATION_CONTAINERD_NAME: str(ref), ANNOTATION_REF_NAME: ref.tag}
+
+
+def _stored_blob(store: Store, digest: Digest, what: str) -> _Blob:
+    try:
+        size = store.content.size(digest)
+    except NotFound:
+        raise CorruptStore(f"{what}: blob {digest} is not in the store") from None
+    return _Blob(digest, size, open=functools.partial(store.content.open, digest, True))
+
+
+def _kept_manifest(
+    store: Store, image_id: ImageID, config: bytes, digest: Digest
+) -> tuple[bytes, str, list[_Blob]]:
+    what = f"image {image_id}: kept manifest {digest}"
+    try:
+        raw = store.content.read(digest)
+    except NotFound:
+        raise CorruptStore(f"{what} is not in the store") from None
+    try:
+        doc = json.loads(raw)
+        cdesc = doc["config"]
+        cdigest = Digest(cdesc["digest"])
+        layers = [(Digest(ld["digest"]), int(ld["size"])) for ld in doc.get("layers") or []]
+        media_type = doc.get("mediaType")
+    except (ValueError, KeyError, TypeError, InvalidInput) as e:
+        raise CorruptStore(f"{what} is damaged: {e}") from None
+    if digest_bytes(config, cdigest.algorithm) != cdigest:
+        raise CorruptStore(f"{what} names config {cdigest}, not this image's config")
+    if not isinstance(media_type, str) or not media_type:
+        ctype = cdesc.get("mediaType") if isinstance(cdesc, dict) else None
+        media_type = MT_DOCKER_MANIFEST if ctype == MT_DOCKER_CONFIG else MT_OCI_MANIFEST
+    blobs = [_Blob(cdigest, len(config), data=config)]
+    for layer_digest, size in layers:
+        blob = _stored_blob(store, layer_digest, what)
+        if blob.size != size:
+            raise CorruptStore(
+                f"{what}: blob {layer_digest} is {blob.size} bytes, the manifest says {size}"
+            )
+        blobs.append(blob)
+    return raw, media_type, blobs
+
+
+def _generated_manifest(store: Store, image: Image) -> tuple[bytes, list[_Blob]]:
+    image_id = image.id
+    config = image.config.raw
+    blobs = [_Blob(Digest(image_id), len(config), data=config)]
+    layers: list[dict[str, Any]] = []
+    top = image.config.top_chain
+    for layer in store.layers.chain(top) if top is not None else []:
+        ref = layer.blob
+        layers.append(
+            {
+                "mediaType": _LAYER_MEDIA_TYPE[ref.compression],
+                "digest": ref.digest,
+                "size": ref.size,
+            }
+        )
+        blobs.append(_stored_blob(store, ref.digest, f"image {image_id}: layer {layer.diff_id}"))
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": MT_OCI_MANIFEST,
+        "config": {"mediaType": MT_OCI_CONFIG, "digest": image_id, "size": len(config)},
+        "layers": layers,
+    }
+    return _json_bytes(doc), blobs
+
+
+def _plan(store: Store, names: list[str]) -> _Plan:
+    selected = _select(store, names)
+    manifests: dict[ImageID, dict[str, Any]] = {}
+    blobs: dict[Digest, _Blob] = {}
+    entries: list[dict[str, Any]] = []
+    for image_id, ref in selected:
+        desc = manifests.get(image_id)
+        if desc is None:
+            image = store.images.get(image_id)  # the config, verified
+            config = image.config.raw
+            kept: Digest | None = None
+            with contextlib.suppress(NotFound):
+                kept = Digest(store.backend.get_metadata(image_id, "manifest").decode())
+            if kept is not None:
+                raw, media_type, image_blobs = _kept_manifest(store, image_id, config, kept)
+            else:
+                raw, image_blobs = _generated_manifest(store, image)
+                media_type = MT_OCI_MANIFEST
+            manifest_digest = digest_bytes(raw)
+            image_blobs.append(_Blob(manifest_digest, len(raw), data=raw))
+            for b in image_blobs:
+                blobs.setdefault(b.digest, b)
+            desc = {"mediaType": media_type, "digest": manifest_digest, "size": len(raw)}
+            manifests[image_id] = desc
+        entry = dict(desc)
+        annotations = _annotations(ref)
+        if annotations:
+            entry["annotations"] = dict(sorted(annotations.items()))
+        if entry not in entries:
+            entries.append(entry)
+    return _Plan(entries, blobs)
+
+
+def _index_bytes(manifests: list[Any], base: dict[str, Any] | None = None) -> bytes:
+    """``index.json``: a new one, or ``base`` (an existing one) with ``manifests`` replaced."""
+    if base is None:
+        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX}
+    else:
+        doc = dict(base)
+    doc["manifests"] = manifests
+    return _json_bytes(doc)
+
+
+class _Counted(io.RawIOBase):
+    """A stream that reports the bytes read so far to a progress task."""
+
+    def __init__(self, stream: IO[bytes], update: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._update = update
+        self._done = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._done += len(data)
+        self._update(self._done)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def write_oci_archive(
+    store: Store, names: list[str], out: IO[bytes], progress: Progress | None = None
+) -> None:
+    """Write the images ``names`` select as an oci-archive (a tar of an OCI layout).
+
+    Deterministic: the same images give the same bytes. Layer blobs are verified against
+    their digests while they are copied.
+    """
+    progress = progress or Progress(False)
+    plan = _plan(store, names)
+    gate = _Gate(out)
+    tar = TarWriter(cast(IO[bytes], gate))
+    try:
+        tar.add_bytes(LAYOUT_FILE, LAYOUT_BYTES)
+        tar.add_bytes(INDEX_FILE, _index_bytes(plan.entries))
+        tar.add_dir("blobs")
+        for digest in sorted(plan.blobs, key=blob_path):
+            blob = plan.blobs[digest]
+            if blob.data is not None:
+                tar.add_bytes(blob_path(digest), blob.data)
+                continue
+            assert blob.open is not None
+            task = progress.task(f"Copying blob {digest.short()}", blob.size)
+            with blob.open() as f:
+                counted = cast(IO[bytes], _Counted(f, task.update))
+                tar.add_stream(blob_path(digest), counted, blob.size)
+            task.finish()
+    except BaseException:
+        # No end-of-archive marker after a failure: a reader must see a truncated tar.
+        gate.shut = True
+        with contextlib.suppress(Exception):
+            tar.close()
+        raise
+    tar.close()
+
+
+class _Gate:
+    """Passes writes through to ``out`` until shut; then swallows them."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self.shut = False
+
+    def write(self, data: bytes) -> int:
+        if self.shut:
+            return len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        if not self.shut:
+            self._out.flush()
+
+
+def _existing_blob_ok(path: Path, blob: _Blob) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat_mod.S_ISREG(st.st_mode) or st.st_size != blob.size:
+        return False
+    h = new_hasher(blob.digest.algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return f"{blob.digest.algorithm}:{h.hexdigest()}" == blob.digest
+
+
+def _write_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write a file whole or not at all: a temporary file beside it, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_blob(root: Path, blob: _Blob, progress: Progress) -> None:
+    path = root / blob_path(blob.digest)
+    if _existing_blob_ok(path, blob):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if blob.data is not None:
+        data = blob.data
+        _write_file(path, lambda f: f.write(data))
+        return
+    assert blob.open is not None
+    opener = blob.open
+    task = progress.task(f"Copying blob {blob.digest.short()}", blob.size)
+
+    def copy(f: IO[bytes]) -> None:
+        done = 0
+        with opener() as src:
+            reader = VerifyingReader(src, blob.digest, f"blob {blob.digest}", blob.size)
+            while chunk := reader.read(CHUNK):
+                f.write(chunk)
+                done += len(chunk)
+                task.update(done)
+
+    _write_file(path, copy)
+    task.finish()
+
+
+def _read_existing_index(dest: Path) -> dict[str, Any]:
+    layout_path = dest / LAYOUT_FILE
+    try:
+        layout = json.loads(layout_path.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"{dest}: {LAYOUT_FILE} cannot be read: {e}") from None
+    version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
+    if version != LAYOUT_VERSION:
+        raise InvalidInput(
+            f"{dest}: {LAYOUT_FILE}: unsupported imageLayoutVersion {version!r}; "
+            "refusing to add to it"
+        )
+    index_path = dest / INDEX_FILE
+    if not index_path.exists():
+        return {"schemaVersion": 2, "manifests": []}
+    try:
+        index = json.loads(index_path.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"{dest}: {INDEX_FILE} is not valid JSON: {e}") from None
+    if not isinstance(index, dict) or not isinstance(index.get("manifests") or [], list):
+        raise InvalidInput(f"{dest}: {INDEX_FILE} is not an image index; refusing to add to it")
+    return index
+
+
+def _merge(existing: list[Any], new: list[dict[str, Any]]) -> list[Any]:
+    names = {
+        e["annotations"][ANNOTATION_REF_NAME]
+        for e in new
+        if ANNOTATION_REF_NAME in e.get("annotations", {})
+    }
+    kept = []
+    for m in existing:
+        ann = m.get("annotations") if isinstance(m, dict) else None
+        ref_name = ann.get(ANNOTATION_REF_NAME) if isinstance(ann, dict) else None
+        if ref_name is not None and ref_name in names:
+            continue
+        if m in new:
+            continue
+        kept.append(m)
+    return kept + new
+
+
+def _fill_layout(root: Path, plan: _Plan, progress: Progress, index: dict[str, Any] | None) -> None:
+    for digest in sorted(plan.blobs, key=blob_path):
+        _write_blob(root, plan.blobs[digest], progress)
+    for d in sorted({p.parent for p in (root / blob_path(b) for b in plan.blobs)}):
+        fsutil.fsync_dir(d)
+    if not (root / LAYOUT_FILE).exists():
+        _write_file(root / LAYOUT_FILE, lambda f: f.write(LAYOUT_BYTES))
+    if index is None:
+        data = _index_bytes(plan.entries)
+    else:
+        data = _index_bytes(_merge(list(index.get("manifests") or []), plan.entries), index)
+    _write_file(root / INDEX_FILE, lambda f: f.write(data))
+    fsutil.fsync_dir(root)
+
+
+def write_oci_layout(
+    store: Store, names: list[str], dest: Path, progress: Progress | None = None
+) -> None:
+    """Write the images ``names`` select into the OCI layout directory ``dest``.
+
+    A new directory is built beside ``dest`` and renamed into place; an existing layout
+    (or an empty directory) is added to: blobs first, ``index.json`` replaced atomically
+    last, under an exclusive ``flock`` of the directory (so concurrent ocistore writers
+    do not lose each other's descriptors). Anything else at ``dest`` is refused.
+    """
+    progress = progress or Progress(False)
+    dest = Path(dest)
+    plan = _plan(store, names)  # every image found and checked before anything is written
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInput(f"{dest}: exists and is not a directory (an OCI layout is one)")
+    if not dest.exists():
+        parent = dest.parent
+        if not parent.is_dir():
+            raise NotFound(f"{dest}: parent directory {parent} does not exist")
+        tmp = parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            tmp.mkdir(mode=0o755)
+            _fill_layout(tmp, plan, progress, None)
+            os.rename(tmp, dest)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # Somebody else created it meanwhile: add to what is there now.
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        else:
+            fsutil.fsync_dir(parent)
+            return
+    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if (dest / LAYOUT_FILE).exists():
+            index: dict[str, Any] | None = _read_existing_index(dest)
+        elif any(dest.iterdir()):
+            raise InvalidInput(
+                f"{dest}: exists and is not an OCI image layout (no {LAYOUT_FILE} file); "
+                "refusing to write into it"
+            )
+        else:
+            index = None
+        _fill_layout(dest, plan, progress, index)
+    finally:
+        os.close(fd)
