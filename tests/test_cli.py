@@ -6,34 +6,23 @@ import argparse
 import bz2
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
+from util import make_tar, snapshot
 
 from ocistore import cli
 from ocistore.store import Store
 
 OCISTORE = Path(sys.executable).parent / "ocistore"
 ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-def make_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 TAR_A = make_tar({"etc/hostname": b"a\n"})
@@ -80,16 +69,6 @@ def files(tmp_path: Path) -> dict[str, Path]:
         p.write_bytes(data)
         paths[name] = p
     return paths
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if rel == "lock":
-            continue
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def import_(run: Run, path: Path, ref: str | None = None) -> str:

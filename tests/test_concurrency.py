@@ -8,13 +8,13 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import tarfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import zstandard
+from util import make_tar
 
 from ocistore.errors import NotFound
 from ocistore.store import Store
@@ -22,16 +22,6 @@ from ocistore.store import Store
 OCISTORE = Path(sys.executable).parent / "ocistore"
 WRITERS = 4
 PER_WRITER = 5
-
-
-def make_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def tarball(worker: int, item: int) -> bytes:

@@ -7,7 +7,6 @@ with the same digests, and archives they write must load with the IDs they repor
 from __future__ import annotations
 
 import bz2
-import contextlib
 import gzip
 import hashlib
 import io
@@ -15,7 +14,6 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 import zstandard
 from conftest import Runner
+from util import make_tar, snapshot, unchanged
 
 from ocistore import v1
 from ocistore.archive import LoadedImage, load_images, open_archive
@@ -65,39 +64,8 @@ def save(store: Store, names: list[str], progress: Progress | None = None) -> by
     return out.getvalue()
 
 
-def snapshot(root: Path) -> dict[str, object]:
-    """Every path under ``root``: directories, link targets and file contents."""
-    out: dict[str, object] = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            out[rel] = ("link", os.readlink(p))
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = p.read_bytes()
-    return out
-
-
-@contextlib.contextmanager
-def unchanged(store: Store) -> Iterator[None]:
-    """The store is exactly as it was afterwards, and nothing is left in ``tmp/``."""
-    before = snapshot(store.root)
-    yield
-    assert snapshot(store.root) == before
-    assert list(store.tmpdir.iterdir()) == []
-
-
 def layer_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_600_000_000
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return make_tar(files, mtime=1_600_000_000)
 
 
 def sha(data: bytes) -> str:

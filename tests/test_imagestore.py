@@ -7,26 +7,15 @@ import io
 import json
 import os
 import shutil
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from util import make_tar
 
 from ocistore.digest import Digest, ImageID, chain_id, digest_bytes
 from ocistore.errors import Ambiguous, Conflict, DigestMismatch, InvalidInput, NotFound
 from ocistore.store import Store
-
-
-def make_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
 
 TAR_A = make_tar({"a": b"a" * 100})
 TAR_B = make_tar({"b": b"b" * 200})

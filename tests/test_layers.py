@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import io
 import json
 import os
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
+from util import make_tar, snapshot
 
 from ocistore.compression import Compression
 from ocistore.digest import EMPTY_TAR_DIGEST, Digest, chain_id, digest_bytes
@@ -21,17 +20,6 @@ from ocistore.errors import CorruptStore, DigestMismatch, InvalidInput, NotFound
 from ocistore.image import MAX_LAYER_DEPTH
 from ocistore.layers import LayerStore
 from ocistore.store import Store
-
-
-def make_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 1_700_000_000
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def zstd(data: bytes) -> bytes:
@@ -51,15 +39,6 @@ COMPRESSORS: dict[str, tuple[Callable[[bytes], bytes], Compression]] = {
 TAR_A = make_tar({"etc/a": b"alpha\n", "bin/tool": b"\x7fELF" + b"x" * 3000})
 TAR_B = make_tar({"etc/b": b"bravo\n"})
 EMPTY_TAR = b"\x00" * 1024
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root`` with a hash of its content (``dir`` for directories)."""
-    out: dict[str, str] = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def read_tar(layers: LayerStore, chain: Digest, chunk: int = 1 << 16) -> bytes:

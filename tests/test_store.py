@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
+from util import make_tar, snapshot
 
 from ocistore.digest import Digest, ImageID, digest_bytes
 from ocistore.errors import Conflict, InvalidInput, NotFound
 from ocistore.platforms import host_platform
 from ocistore.reference import parse
 from ocistore.store import Store
-
-
-def make_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def zstd(data: bytes) -> bytes:
@@ -56,14 +45,6 @@ def tags(store: Store) -> dict[str, str]:
 
 def events(store: Store, name: str, **kw: bool) -> list[str]:
     return [str(e) for e in store.remove(name, **kw)]
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def child_of(store: Store, parent: ImageID, tar: bytes, ref: str | None = None) -> ImageID:

@@ -1,0 +1,60 @@
+"""Helpers shared by the tests: tar archives made in memory and store snapshots."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ocistore.store import Store
+
+
+def make_tar(files: dict[str, bytes], mtime: int = 0, dirs: bool = False) -> bytes:
+    """A PAX tar of regular files (sorted by name), as a layer or a rootfs tarball;
+    with ``dirs``, each file's parent directories come first, as real layers have them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        written: set[str] = set()
+        for name, data in sorted(files.items()):
+            parts = name.split("/")[:-1]
+            for i in range(1, len(parts) + 1 if dirs else 1):
+                d = "/".join(parts[:i])
+                if d not in written:
+                    written.add(d)
+                    info = tarfile.TarInfo(d)
+                    info.type = tarfile.DIRTYPE
+                    info.mode = 0o755
+                    info.mtime = mtime
+                    tar.addfile(info)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = mtime
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every path under ``root``: directories, link targets and file contents."""
+    out: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = p.read_bytes()
+    return out
+
+
+@contextlib.contextmanager
+def unchanged(store: Store) -> Iterator[None]:
+    """The store is exactly as it was afterwards, and nothing is left in ``tmp/``."""
+    before = snapshot(store.root)
+    yield
+    assert snapshot(store.root) == before
+    assert list(store.tmpdir.iterdir()) == []
