@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import util
 import zstandard
 from conftest import Runner
 from util import make_tar, snapshot, unchanged
@@ -32,7 +33,7 @@ from ocistore.progress import Progress
 from ocistore.reference import parse_tagged
 from ocistore.store import Store
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "docker-archive"
+CORPUS = util.CORPUS / "docker-archive"
 
 # -- helpers ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import util
 import zstandard
 from util import make_tar as util_make_tar
 from util import snapshot
@@ -28,9 +29,7 @@ from ocistore.platforms import Platform, host_platform, parse_platform
 from ocistore.reference import parse_tagged
 from ocistore.store import Store
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "oci-layout"
-if not CORPUS.is_dir():  # the corpus beside the checkout, wherever it is
-    CORPUS = Path("/work/shared/corpus/oci-layout")
+CORPUS = util.CORPUS / "oci-layout"
 
 # -- helpers -------------------------------------------------------------------------------
 

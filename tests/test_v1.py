@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import util
 
 from ocistore import gojson, v1
 from ocistore.digest import EMPTY_TAR_DIGEST, chain_ids
@@ -18,17 +19,8 @@ DATA = Path(__file__).parent / "data"
 SAVE = DATA / "docker_save"
 
 
-def _corpus() -> Path:
-    # shared/ sits beside the repository (in a session and on CI alike).
-    for root in (Path(__file__).resolve().parents[2], Path("/work")):
-        candidate = root / "shared" / "corpus" / "docker-archive"
-        if candidate.is_dir():
-            return candidate
-    return Path("shared/corpus/docker-archive")
-
-
-CORPUS = _corpus()
-needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared/corpus is not available")
+CORPUS = util.CORPUS / "docker-archive"
+needs_corpus = util.needs_corpus
 
 HELLO_CONFIG_ID = "d68fcc334f453a8c889c682226e6c6dc39694eaa4af54fdc8cc03bba03fdbb1c"
 HELLO_BOTTOM = "7b473dec0fa9e1cd2ffeb04ca39b125972ca0927000ccd033404674671768b8a"

@@ -9,6 +9,8 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from ocistore.store import Store
 
 
@@ -58,3 +60,21 @@ def unchanged(store: Store) -> Iterator[None]:
     yield
     assert snapshot(store.root) == before
     assert list(store.tmpdir.iterdir()) == []
+
+
+def _corpus() -> Path:
+    """``shared/corpus``: beside the checkout (a session's and CI's layout alike)."""
+    for base in (Path(__file__).resolve().parents[2], Path("/work")):
+        candidate = base / "shared" / "corpus"
+        if candidate.is_dir():
+            return candidate
+    return Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+#: The public archives of ``shared/corpus``. Tests that read it are skipped when it is
+#: missing, except under CI=true, where they run (and fail).
+CORPUS = _corpus()
+needs_corpus = pytest.mark.skipif(
+    not CORPUS.is_dir() and os.environ.get("CI") != "true",
+    reason=f"shared/corpus is not at {CORPUS}",
+)
