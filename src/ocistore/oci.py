@@ -108,7 +108,7 @@ from typing import IO, Any, Final, cast
 
 from . import fsutil
 from .archive import ArchiveReader, ImageSource, LayerSource, TarWriter, read_bytes, read_json
-from .compression import Compression
+from .compression import Compression, detect
 from .digest import CHUNK, Digest, ImageID, VerifyingReader, digest_bytes, new_hasher
 from .errors import (
     CorruptStore,
@@ -683,7 +683,41 @@ def _kept_manifest(
                 f"{what}: blob {layer_digest} is {blob.size} bytes, the manifest says {size}"
             )
         blobs.append(blob)
+    if media_type == MT_DOCKER_MANIFEST:
+        raw, media_type = _oci_from_docker(store, doc, len(config)), MT_OCI_MANIFEST
     return raw, media_type, blobs
+
+
+def _oci_from_docker(store: Store, doc: dict[str, Any], config_size: int) -> bytes:
+    """The OCI manifest for a Docker v2 manifest: the same config and layer blobs, OCI
+    media types (layer types from each blob's magic bytes), as ``skopeo copy`` to ``oci:``
+    writes it. An OCI layout holding Docker media types is unreadable to skopeo and umoci."""
+    layers: list[dict[str, Any]] = []
+    for ld in doc.get("layers") or []:
+        d = Digest(ld["digest"])
+        with open(store.content.path(d), "rb") as f:
+            compression = detect(f.read(8), f"blob {d}")
+        entry: dict[str, Any] = {
+            "mediaType": _LAYER_MEDIA_TYPE[compression],
+            "digest": d,
+            "size": int(ld["size"]),
+        }
+        if ld.get("annotations"):
+            entry["annotations"] = ld["annotations"]
+        layers.append(entry)
+    out: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": MT_OCI_MANIFEST,
+        "config": {
+            "mediaType": MT_OCI_CONFIG,
+            "digest": doc["config"]["digest"],
+            "size": config_size,
+        },
+        "layers": layers,
+    }
+    if doc.get("annotations"):
+        out["annotations"] = doc["annotations"]
+    return _json_bytes(out)
 
 
 def _generated_manifest(store: Store, image: Image) -> tuple[bytes, list[_Blob]]:
