@@ -22,6 +22,7 @@ from typing import IO, Any, NoReturn
 from .errors import OcistoreError
 from .platforms import parse_platform
 from .progress import Progress, human_size
+from .reference import parse
 from .store import Store
 
 EXIT_OK = 0
@@ -186,6 +187,9 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
 
 
 def _images_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "reference", metavar="REPOSITORY[:TAG]", nargs="?", help="only this repository (or tag)"
+    )
     p.add_argument("-a", "--all", action="store_true", help="show intermediate images too")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--no-trunc", action="store_true", help="full image IDs")
@@ -199,12 +203,20 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     example:
       ocistore images
+      ocistore images busybox
       ocistore images -q --no-trunc
       ocistore images --format json
     """
     store = open_store(args)
+    wanted = parse(args.reference) if args.reference else None
     rows: list[dict[str, str]] = []
     for rec, refs in store.list_images(all_images=args.all):
+        if wanted is not None:
+            refs = [r for r in refs if r.name == wanted.name]
+            if wanted.tag is not None:
+                refs = [r for r in refs if r.tag == wanted.tag]
+            if not refs:
+                continue
         image_id = rec.id if args.no_trunc else rec.id.short()
         tags = [r for r in refs if r.digest is None]
         digests = {r.familiar_name: r.digest for r in refs if r.digest is not None}

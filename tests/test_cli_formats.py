@@ -1,0 +1,152 @@
+"""``ocistore load`` and ``ocistore save`` end to end, as real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from util import CORPUS, make_tar, snapshot
+
+OCISTORE = Path(sys.executable).parent / "ocistore"
+
+
+def run(
+    root: Path, *args: str | Path, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [OCISTORE, "--root", root, *args], input=stdin, capture_output=True, check=False
+    )
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A store holding one imported image, ``app:v1``."""
+    root = tmp_path / "store"
+    tarball = tmp_path / "rootfs.tar"
+    tarball.write_bytes(make_tar({"etc/hostname": b"app\n", "bin/tool": b"\x7fELF" * 1000}))
+    assert run(root, "import", tarball, "app:v1").returncode == 0
+    return root
+
+
+def image_id(root: Path, name: str) -> str:
+    proc = run(root, "images", "-q", "--no-trunc", name)
+    assert proc.returncode == 0, proc.stderr
+    ids = proc.stdout.decode().split()
+    assert len(ids) == 1
+    return ids[0]
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci-archive"])
+def test_save_to_stdout_loads_from_stdin(root: Path, tmp_path: Path, fmt: str) -> None:
+    saved = run(root, "save", "--format", fmt, "-o", "-", "app:v1")
+    assert saved.returncode == 0, saved.stderr
+    assert saved.stderr == b""
+    other = tmp_path / "other"
+    loaded = run(other, "load", "-i", "-", stdin=saved.stdout)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.decode().splitlines() == ["Loaded image: app:v1"]
+    assert image_id(other, "app:v1") == image_id(root, "app:v1")
+    assert list((other / "tmp").iterdir()) == []
+
+
+def test_save_oci_directory_and_load_it(root: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    assert run(root, "save", "--format", "oci", "-o", layout, "app:v1").returncode == 0
+    assert (layout / "oci-layout").is_file() and (layout / "index.json").is_file()
+    other = tmp_path / "other"
+    proc = run(other, "load", "-i", layout)
+    assert proc.returncode == 0, proc.stderr
+    assert image_id(other, "app:v1") == image_id(root, "app:v1")
+
+
+def test_gzipped_docker_archive_loads(root: Path, tmp_path: Path) -> None:
+    import gzip
+
+    saved = run(root, "save", "-o", "-", "app:v1").stdout
+    other = tmp_path / "other"
+    proc = run(other, "load", "-i", "-", stdin=gzip.compress(saved))
+    assert proc.returncode == 0, proc.stderr
+    assert image_id(other, "app:v1") == image_id(root, "app:v1")
+
+
+def one_line_error(proc: subprocess.CompletedProcess[bytes]) -> str:
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "Traceback" not in err
+    assert err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "empty file"),
+        (b"garbage that is not a tar" * 40, "not a tar"),
+        (b"BZh91AY&SY" + bytes(600), "bzip2"),
+    ],
+)
+def test_bad_input_is_one_line_and_changes_nothing(
+    root: Path, tmp_path: Path, content: bytes, expected: str
+) -> None:
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(content)
+    before = snapshot(root)
+    err = one_line_error(run(root, "load", "-i", bad))
+    assert str(bad) in err and expected in err
+    assert snapshot(root) == before
+
+
+def test_null_manifest_from_the_corpus(root: Path) -> None:
+    path = CORPUS / "docker-archive" / "null_manifest.tar"
+    before = snapshot(root)
+    err = one_line_error(run(root, "load", "-i", path))
+    assert "manifest.json" in err and "null" in err
+    assert snapshot(root) == before
+
+
+def test_truncated_archive_from_stdin(root: Path, tmp_path: Path) -> None:
+    saved = run(root, "save", "-o", "-", "app:v1").stdout
+    other = tmp_path / "other"
+    run(other, "images")  # an empty store
+    before = snapshot(other)
+    err = one_line_error(run(other, "load", "-i", "-", stdin=saved[: len(saved) // 2]))
+    assert "truncated" in err or "missing" in err
+    assert snapshot(other) == before
+
+
+def test_missing_input_and_unknown_image(root: Path, tmp_path: Path) -> None:
+    err = one_line_error(run(root, "load", "-i", tmp_path / "nope.tar"))
+    assert "nope.tar" in err
+    out = tmp_path / "out.tar"
+    err = one_line_error(run(root, "save", "-o", out, "missing:image"))
+    assert "missing:image" in err
+    assert not out.exists()
+    assert list(tmp_path.glob(".out.tar*")) == []
+
+
+def test_bad_platform_is_an_error(root: Path) -> None:
+    layout = CORPUS / "oci-layout" / "test_index"
+    err = one_line_error(run(root, "load", "--platform", "linux", "-i", layout))
+    assert "platform" in err
+
+
+def test_usage_errors_exit_2(root: Path) -> None:
+    proc = run(root, "load")
+    assert proc.returncode == 2
+    proc = run(root, "save", "app:v1")
+    assert proc.returncode == 2
+    proc = run(root, "save", "--format", "tarball", "-o", "-", "app:v1")
+    assert proc.returncode == 2
+
+
+def test_saved_docker_archive_has_the_legacy_layout(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.tar"
+    assert run(root, "save", "-o", out, "app:v1").returncode == 0
+    with tarfile.open(out) as tf:
+        names = tf.getnames()
+    assert "manifest.json" in names and "repositories" in names
+    assert any(n.endswith("/layer.tar") for n in names)
+    assert any(n.endswith("/VERSION") for n in names)
