@@ -15,6 +15,7 @@ from ocistore.reference import (
     parse,
     parse_any,
     parse_tagged,
+    parse_trusted,
     sort_key,
 )
 
@@ -338,3 +339,34 @@ def test_id_helpers() -> None:
     for name in ["", "busybox", "sha256:", "DBCC", HEX + "0", "dbcc:latest", "sha256:xyz"]:
         assert not looks_like_id_prefix(name), name
     assert looks_like_id is looks_like_id_prefix
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "busybox",
+        "busybox:latest",
+        "library/busybox:1.36",
+        "docker.io/library/busybox:latest",
+        "index.docker.io/team/app:v1",
+        "localhost/app:1",
+        "localhost:5000/team/app:v1",
+        "myregistry:5000/team/app",
+        "Foo/bar:baz",
+        "example.com/a/b/c:x.y-z_1",
+        "busybox@sha256:" + "a" * 64,
+        "quay.io/team/app@sha256:" + "0" * 64,
+    ],
+)
+def test_parse_trusted_agrees_with_parse(text: str) -> None:
+    """The store reads its own repositories.json with the fast path: it must give the same
+    references as the grammar for every familiar form the store writes."""
+    ref = parse(text).digest_only().tagged_or_default()
+    fast = parse_trusted(ref.familiar())
+    assert fast == ref
+    assert fast is not None and fast.familiar() == ref.familiar()
+
+
+@pytest.mark.parametrize("text", ["", "a b", "UPPER:tag", "x@md5:00", "app:", "app:-x"])
+def test_parse_trusted_declines_what_it_does_not_know(text: str) -> None:
+    assert parse_trusted(text) is None

@@ -98,36 +98,30 @@ def human_duration(seconds: float) -> str:
 
 
 def parse_time(value: str) -> datetime | None:
-    if not value:
-        return None
-    v = value.strip()
-    if v.endswith("Z"):
-        v = v[:-1] + "+00:00"
-    # Python before 3.11 handles at most 6 fractional digits; trim Go's nanoseconds.
-    if "." in v:
-        head, _, rest = v.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        tz = rest[len(digits) :]
-        v = f"{head}.{digits[:6]}{tz}"
+    """An RFC 3339 time as Go writes it (``Z`` or an offset, up to nanoseconds)."""
     try:
-        t = datetime.fromisoformat(v)
-    except ValueError:
+        t = datetime.fromisoformat(value)
+    except (ValueError, TypeError):
         return None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def since(value: str) -> str:
+def since(value: str, now: datetime | None = None) -> str:
     t = parse_time(value)
     if t is None:
         return "N/A"
-    return human_duration((datetime.now(UTC) - t).total_seconds()) + " ago"
+    return human_duration(((now or datetime.now(UTC)) - t).total_seconds()) + " ago"
 
 
 def print_table(rows: list[list[str]], out: IO[str]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)][:-1]
+    lines = []
     for r in rows:
-        cells = [c.ljust(widths[i]) for i, c in enumerate(r[:-1])] + [r[-1]]
-        out.write("   ".join(cells).rstrip() + "\n")
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
+        cells.append(r[-1])
+        lines.append("   ".join(cells).rstrip())
+    lines.append("")
+    out.write("\n".join(lines))
 
 
 def format_option(p: argparse.ArgumentParser) -> None:
@@ -209,15 +203,31 @@ def cmd_images(args: argparse.Namespace) -> int:
     """
     store = open_store(args)
     wanted = parse(args.reference) if args.reference else None
+    images = store.list_images(all_images=args.all)
+    if wanted is not None:
+        images = [
+            (rec, kept)
+            for rec, refs in images
+            if (
+                kept := [
+                    r
+                    for r in refs
+                    if r.name == wanted.name and (wanted.tag is None or r.tag == wanted.tag)
+                ]
+            )
+        ]
+    if args.quiet:
+        ids = [rec.id if args.no_trunc else rec.id.short() for rec, _ in images]
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
+        return EXIT_OK
+    now = datetime.now(UTC)
+    ages: dict[str, str] = {}
     rows: list[dict[str, str]] = []
-    for rec, refs in store.list_images(all_images=args.all):
-        if wanted is not None:
-            refs = [r for r in refs if r.name == wanted.name]
-            if wanted.tag is not None:
-                refs = [r for r in refs if r.tag == wanted.tag]
-            if not refs:
-                continue
+    for rec, refs in images:
         image_id = rec.id if args.no_trunc else rec.id.short()
+        age = ages.get(rec.created)
+        if age is None:
+            age = ages[rec.created] = since(rec.created, now)
         tags = [r for r in refs if r.digest is None]
         digests = {r.familiar_name: r.digest for r in refs if r.digest is not None}
         entries: list[tuple[str, str, str]] = []
@@ -238,17 +248,10 @@ def cmd_images(args: argparse.Namespace) -> int:
                     "Digest": digest,
                     "ID": image_id,
                     "CreatedAt": rec.created,
-                    "CreatedSince": since(rec.created),
+                    "CreatedSince": age,
                     "Size": human_size(rec.size),
                 }
             )
-    if args.quiet:
-        seen: set[str] = set()
-        for row in rows:
-            if row["ID"] not in seen:
-                seen.add(row["ID"])
-                print(row["ID"])
-        return EXIT_OK
     if args.format == "json":
         for row in rows:
             print(json.dumps(row))

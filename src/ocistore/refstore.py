@@ -48,7 +48,7 @@ from typing import Any, Final, TypeVar
 from .digest import Digest, ImageID
 from .errors import Conflict, CorruptStore, InvalidInput, NotFound
 from .fsutil import StoreLock, atomic_write
-from .reference import Reference, parse, sort_key
+from .reference import Reference, parse, parse_trusted, sort_key
 
 #: Repository names refused because ``<name>:<hex>`` would read as a digest.
 RESERVED_NAMES: Final = frozenset({"sha256", "sha512"})
@@ -104,6 +104,9 @@ def encode(refs: Mapping[Reference, ImageID]) -> bytes:
     return json.dumps({"Repositories": repos}, sort_keys=True, separators=(",", ":")).encode()
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def decode(data: bytes, path: Path) -> dict[Reference, ImageID]:
     """Parse ``repositories.json``; :class:`CorruptStore` naming ``path`` when it is damaged."""
     try:
@@ -128,8 +131,11 @@ def decode(data: bytes, path: Path) -> dict[Reference, ImageID]:
             if not isinstance(value, str):
                 raise CorruptStore(f"{where}: image ID is not a string")
             try:
-                ref = parse(key).digest_only()
-                image_id = ImageID(Digest(value))
+                ref = parse_trusted(key) or parse(key).digest_only()
+                if len(value) == 71 and value.startswith("sha256:") and _HEX.issuperset(value[7:]):
+                    image_id = ImageID(Digest.trusted(value))
+                else:
+                    image_id = ImageID(Digest(value))
             except InvalidInput as e:
                 raise CorruptStore(f"{where}: {e}") from None
             if ref.is_name_only:

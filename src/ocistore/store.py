@@ -230,7 +230,7 @@ class Store:
         untagged intermediate images (those with children) are left out, as Docker does."""
         with self.lock.shared():
             records = self.images.list()
-            refs_by_image = {r.id: self.references.references(r.id) for r in records}
+            refs_by_image = self.references.by_image()
         parents = {r.parent for r in records if r.parent}
         out: list[tuple[ImageRecord, list[Reference]]] = []
         for rec in records:
