@@ -1,0 +1,1075 @@
+#!/usr/bin/env python3
+"""Benchmark ocistore side by side with skopeo (issue 4): ``make bench``.
+
+One run:
+
+1. builds a realistic image from files on this machine with umoci (several layers of
+   copies of /usr/lib, /usr/share, /usr/bin, /usr/local, generated files; whiteouts,
+   hardlinks, symlinks; about ``300 MB × --scale`` uncompressed) and, with skopeo, turns
+   it into a docker-archive, a gzip oci-archive and a zstd OCI layout. The inputs are
+   cached in the work directory (``bench-out/``); ``--rebuild`` makes them again;
+2. times every operation ``--repeat`` times, alternating ocistore and the peer, each run
+   on a fresh destination, skopeo's blob cache deleted before each skopeo run; the page
+   cache is warm for both (the inputs were just read), and ``sync`` runs, untimed, before
+   each timed run so that no run pays for the previous one's writeback;
+3. runs the physical baseline of each load (``bench_baseline.py``: read every input byte
+   once, sha256 it, decompress compressed blobs and sha256 the result, one thread), and
+   the same again also writing the blobs to files with fsync ("baseline + write": what
+   keeping the input durably costs at least);
+4. measures ``images`` and an ID-prefix ``inspect`` on stores of 100 and 10,000 images
+   (built through the library by ``bench_store.py``, cached), and counts with strace how
+   many image configs each opens;
+5. prints a Markdown table with medians, ratios, throughput and peak memory, each target
+   of the issue marked PASS or FAIL, the machine and the command; writes it to
+   ``bench-out/results.md`` and every single run to ``bench-out/results.json``.
+
+Peak memory is each child's own ``ru_maxrss`` from ``wait4``: exact per process, like
+``/usr/bin/time -v``'s "Maximum resident set size". Throughput is the image's
+uncompressed size (the sum of its layer tars) divided by the median wall time, in
+MB/s (10^6 bytes per second).
+
+    make bench                                   # the full run, about 6 minutes
+    make bench BENCH_ARGS=--quick                # 30 MB image, 2 repeats
+    .venv/bin/python scripts/bench.py --only load-docker,images --repeat 3
+
+Exit status: 0 when every operation ran (whatever the targets say; ``--strict`` makes a
+failed target exit 1 too), 1 when something could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent
+MB = 1_000_000
+MIB = 1 << 20
+BASE_BYTES = 300 * MB  # uncompressed image size at --scale 1
+SKOPEO_BLOB_CACHES = [
+    Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb"),
+    Path.home() / ".local/share/containers/cache/blob-info-cache-v1.boltdb",
+]
+TAG = "bench"  # the OCI ref name in the layouts and archives
+REF = "bench:latest"  # the docker reference
+INPUTS_VERSION = 1  # bump when the image recipe changes, to invalidate cached inputs
+STORE_VERSION = 1  # likewise for the stores of many images
+
+# Targets of issue 4.
+PEER_TARGETS = {
+    "load-docker": 0.25,
+    "load-oci-gzip": 0.35,
+    "load-oci-zstd": 0.35,
+    "save-docker": 0.30,
+    "save-oci-archive": 0.30,
+}
+BASELINE_TARGET = 1.5
+RSS_TARGET_MIB = 64
+LIST_TARGET_S = 0.5
+GROWTH_TARGET = 3.0
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- running and measuring children -----------------------------------------------------
+
+
+@dataclass
+class Run:
+    argv: list[str]
+    seconds: float
+    maxrss_kib: int
+    user: float
+    system: float
+    rc: int
+    stderr: str = field(default="", repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def measure(
+    argv: Sequence[str], stdout: Path | None = None, env: dict[str, str] | None = None
+) -> Run:
+    """Run a command and return its wall time and its own rusage (via ``wait4``)."""
+    args = [str(a) for a in argv]
+    with tempfile.TemporaryFile() as err:
+        out_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(stdout) if stdout else os.devnull, out_flags, 0o644),
+            (os.POSIX_SPAWN_DUP2, err.fileno(), 2),
+        ]
+        t0 = time.perf_counter()
+        try:
+            pid = os.posix_spawnp(args[0], args, env or dict(os.environ), file_actions=actions)
+        except OSError as e:
+            raise BenchError(f"cannot run {args[0]}: {e}") from None
+        _, status, ru = os.wait4(pid, 0)
+        seconds = time.perf_counter() - t0
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    return Run(
+        argv=args,
+        seconds=seconds,
+        maxrss_kib=ru.ru_maxrss,
+        user=ru.ru_utime,
+        system=ru.ru_stime,
+        rc=os.waitstatus_to_exitcode(status),
+        stderr=text,
+    )
+
+
+def check(run: Run) -> Run:
+    if not run.ok:
+        raise BenchError(
+            f"command failed (exit {run.rc}): {shlex.join(run.argv)}\n{run.stderr.rstrip()}"
+        )
+    return run
+
+
+def run_quiet(argv: Sequence[str | Path]) -> str:
+    """Run a setup command (untimed); its stdout, or BenchError with its stderr."""
+    args = [str(a) for a in argv]
+    p = subprocess.run(args, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise BenchError(
+            f"command failed (exit {p.returncode}): {shlex.join(args)}\n"
+            f"{(p.stderr or p.stdout).rstrip()}"
+        )
+    return p.stdout
+
+
+def rm(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def clear_skopeo_cache() -> None:
+    for p in SKOPEO_BLOB_CACHES:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+# -- the tools --------------------------------------------------------------------------
+
+
+@dataclass
+class Tools:
+    ocistore: str
+    skopeo: str
+    umoci: str
+    python: str
+    strace: str | None
+
+    def skopeo_copy(self, *args: str) -> list[str]:
+        return [self.skopeo, "--insecure-policy", "copy", "-q", *args]
+
+
+def find_tools(args: argparse.Namespace) -> Tools:
+    missing = []
+    found: dict[str, str] = {}
+    venv_bin = Path(sys.executable).parent
+    for name in ("ocistore", "skopeo", "umoci"):
+        given = getattr(args, name)
+        path = given or (str(venv_bin / name) if (venv_bin / name).exists() else shutil.which(name))
+        if not path or not (Path(path).exists() or shutil.which(path)):
+            missing.append(name)
+        else:
+            found[name] = path
+    if missing:
+        hint = {
+            "skopeo": "apt-get install skopeo (make peers does it as root)",
+            "umoci": "apt-get install umoci (make peers does it as root)",
+            "ocistore": "make the venv first: make .venv/.installed, or pass --ocistore",
+        }
+        raise BenchError("missing tools: " + ", ".join(f"{m} ({hint[m]})" for m in missing))
+    return Tools(
+        ocistore=found["ocistore"],
+        skopeo=found["skopeo"],
+        umoci=found["umoci"],
+        python=sys.executable,
+        strace=shutil.which("strace"),
+    )
+
+
+# -- building the input image -----------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    dir: Path
+    layout_gzip: Path  # the OCI layout umoci wrote (gzip layers)
+    docker_archive: Path
+    oci_archive_gzip: Path
+    layout_zstd: Path
+    uncompressed_bytes: int  # sum of the layer tars
+    layers: int
+    entries: int  # tar entries over all layers
+    whiteouts: int
+    hardlinks: int
+    symlinks: int
+    sizes: dict[str, int]  # bytes on disk of each input
+
+    def describe(self) -> str:
+        s = self.sizes
+        return (
+            f"image: {self.layers} layers, {self.uncompressed_bytes / MB:.0f} MB uncompressed, "
+            f"{self.entries:,} tar entries ({self.whiteouts} whiteouts, {self.hardlinks} "
+            f"hardlinks, {self.symlinks} symlinks); docker-archive {s['docker'] / MB:.0f} MB, "
+            f"gzip oci-archive {s['oci-gzip'] / MB:.0f} MB, "
+            f"zstd OCI layout {s['oci-zstd'] / MB:.0f} MB"
+        )
+
+
+def _scan(src: Path) -> list[tuple[str, int, bool]]:
+    """Regular files and symlinks under ``src``: (relative path, size, is symlink)."""
+    out: list[tuple[str, int, bool]] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        for name in sorted(filenames) + sorted(
+            d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
+        ):
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            rel = os.path.relpath(p, src)
+            if os.path.islink(p):
+                out.append((rel, 0, True))
+            elif os.path.isfile(p) and os.access(p, os.R_OK):
+                out.append((rel, st.st_size, False))
+    return out
+
+
+def copy_sample(src: Path, dst: Path, budget: int) -> list[Path]:
+    """Copy an evenly spread sample of ``src`` worth about ``budget`` bytes into ``dst``.
+
+    Every k-th entry of the sorted walk (k from the tree's size and the budget), so every
+    part of the tree contributes and the sample has the tree's mix of small and large
+    files; files larger than a sixth of the budget are left out. Returns the regular
+    files copied.
+    """
+    entries = _scan(src)
+    cap = max(MIB, budget // 6)
+    total = sum(size for _, size, _ in entries if size <= cap) or 1
+    ratio = min(1.0, budget / total)
+    acc = 0.0
+    copied: list[Path] = []
+    used = 0
+    for rel, size, is_link in entries:
+        if used >= budget:
+            break
+        if size > cap:
+            continue
+        acc += ratio
+        if acc < 1:
+            continue
+        acc -= 1
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if is_link:
+                os.symlink(os.readlink(src / rel), target)
+                continue
+            shutil.copyfile(src / rel, target, follow_symlinks=False)
+            shutil.copymode(src / rel, target)
+        except OSError:
+            continue
+        copied.append(target)
+        used += size
+    return copied
+
+
+def _generated_files(root: Path, budget: int, rng: random.Random) -> list[Path]:
+    """An application layer: many small text files, some incompressible assets."""
+    out: list[Path] = []
+    small = root / "srv/app/conf"
+    for i in range(max(50, budget // 40_000)):
+        p = small / f"d{i % 40:02d}" / f"setting-{i:05d}.yaml"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"key{j}: value-{rng.randrange(1 << 30)}\n" for j in range(rng.randrange(5, 60))]
+        p.write_text("".join(lines))
+        out.append(p)
+    assets = root / "srv/app/static"
+    assets.mkdir(parents=True, exist_ok=True)
+    left = budget // 2
+    i = 0
+    while left > 0:
+        n = min(left, rng.randrange(16 << 10, 4 << 20))
+        p = assets / f"asset-{i:04d}.bin"
+        p.write_bytes(rng.randbytes(n))
+        out.append(p)
+        left -= n
+        i += 1
+    return out
+
+
+def build_inputs(work: Path, scale: float, tools: Tools, rebuild: bool) -> Inputs:
+    d = work / "inputs" / f"scale-{scale:g}"
+    meta_path = d / "meta.json"
+    if meta_path.exists() and not rebuild:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") == INPUTS_VERSION:
+            meta.pop("version")
+            fields: dict[str, Any] = {
+                k: (Path(v) if k in _PATH_FIELDS else v) for k, v in meta.items()
+            }
+            inputs = Inputs(**fields)
+            if all(
+                p.exists()
+                for p in (inputs.docker_archive, inputs.oci_archive_gzip, inputs.layout_zstd)
+            ):
+                log(f"using cached inputs in {d} (--rebuild to make them again)")
+                return inputs
+    log(f"building the input image in {d} (scale {scale:g}) ...")
+    t0 = time.perf_counter()
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    layout = d / "oci-gzip-layout"
+    bundle = d / "bundle"
+    rootfs = bundle / "rootfs"
+    image = f"{layout}:{TAG}"
+    budget = int(BASE_BYTES * scale)
+    rng = random.Random(4)
+    run_quiet([tools.umoci, "init", "--layout", layout])
+    run_quiet([tools.umoci, "new", "--image", image])
+    run_quiet([tools.umoci, "unpack", "--rootless", "--image", image, bundle])
+
+    def repack(what: str) -> None:
+        log(f"  layer: {what}")
+        run_quiet(
+            [
+                tools.umoci,
+                "repack",
+                "--refresh-bundle",
+                "--history.created_by",
+                f"bench: {what}",
+                "--image",
+                image,
+                bundle,
+            ]
+        )
+
+    # 1: a sample of /usr/lib
+    libs = copy_sample(Path("/usr/lib"), rootfs / "usr/lib", int(budget * 0.40))
+    repack(f"/usr/lib sample, {len(libs)} files")
+    # 2: a sample of /usr/share, with hardlinks inside the layer
+    share = copy_sample(Path("/usr/share"), rootfs / "usr/share", int(budget * 0.22))
+    for i, p in enumerate(share[::25]):
+        link = rootfs / "usr/share/.bench-links" / f"{i:05d}-{p.name}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.link(p, link)
+    repack(f"/usr/share sample, {len(share)} files and {len(share[::25])} hardlinks")
+    # 3: changes: whiteouts of files and whole directories, modified files, new links
+    deleted = 0
+    for p in libs[::9]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            deleted += 1
+    dirs = sorted({p.parent for p in libs if p.exists() and p.parent != rootfs / "usr/lib"})
+    for sub in dirs[:: max(1, len(dirs) // 4)][:4]:
+        shutil.rmtree(sub, ignore_errors=True)
+    for p in share[1::30]:
+        if p.exists():
+            with open(p, "ab") as f:
+                f.write(b"\n# modified by the bench image\n")
+    for i, p in enumerate(share[2::40]):
+        if p.exists():
+            os.link(p, rootfs / "usr/share/.bench-links" / f"late-{i:05d}")
+            os.symlink(os.path.relpath(p, rootfs / "usr/share"), rootfs / f"usr/share/ln-{i:05d}")
+    repack(f"changes: {deleted} files and 4 directories deleted, files modified, links")
+    # 4: binaries and /usr/local
+    bins = copy_sample(Path("/usr/bin"), rootfs / "usr/bin", int(budget * 0.15))
+    local = copy_sample(Path("/usr/local"), rootfs / "usr/local", int(budget * 0.13))
+    repack(f"/usr/bin and /usr/local samples, {len(bins) + len(local)} files")
+    # 5: the application: many small files, incompressible assets
+    app = _generated_files(rootfs, int(budget * 0.10), rng)
+    repack(f"application, {len(app)} generated files")
+    shutil.rmtree(bundle)
+
+    docker = d / "docker.tar"
+    oci_gzip = d / "oci-gzip.tar"
+    zstd = d / "oci-zstd-layout"
+    log("  skopeo: docker-archive, oci-archive, zstd OCI layout")
+    run_quiet(tools.skopeo_copy(f"oci:{image}", f"docker-archive:{docker}:{REF}"))
+    run_quiet(tools.skopeo_copy(f"oci:{image}", f"oci-archive:{oci_gzip}:{TAG}"))
+    run_quiet(
+        tools.skopeo_copy("--dest-compress-format", "zstd", f"oci:{image}", f"oci:{zstd}:{TAG}")
+    )
+    inputs = Inputs(
+        dir=d,
+        layout_gzip=layout,
+        docker_archive=docker,
+        oci_archive_gzip=oci_gzip,
+        layout_zstd=zstd,
+        sizes={
+            "docker": docker.stat().st_size,
+            "oci-gzip": oci_gzip.stat().st_size,
+            "oci-zstd": _du(zstd),
+            "layout-gzip": _du(layout),
+        },
+        **_describe_docker_archive(docker),
+    )
+    _check_zstd(zstd)
+    meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(inputs).items()}
+    meta_path.write_text(json.dumps({"version": INPUTS_VERSION, **meta}, indent=1))
+    log(f"built in {time.perf_counter() - t0:.0f} s")
+    return inputs
+
+
+_PATH_FIELDS = {"dir", "layout_gzip", "docker_archive", "oci_archive_gzip", "layout_zstd"}
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _describe_docker_archive(path: Path) -> dict[str, int]:
+    with tarfile.open(path, "r:") as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        layer_names = manifest[0]["Layers"]
+        total = entries = whiteouts = hardlinks = symlinks = 0
+        for name in layer_names:
+            member = tar.getmember(name)
+            while member.issym() or member.islnk():  # skopeo links <id>/layer.tar to blobs
+                member = tar.getmember(
+                    os.path.normpath(os.path.join(os.path.dirname(member.name), member.linkname))
+                    if member.issym()
+                    else member.linkname
+                )
+            total += member.size
+            f = tar.extractfile(member)
+            assert f is not None
+            with tarfile.open(fileobj=f, mode="r|") as layer:
+                for m in layer:
+                    entries += 1
+                    whiteouts += os.path.basename(m.name).startswith(".wh.")
+                    hardlinks += m.islnk()
+                    symlinks += m.issym()
+    return {
+        "uncompressed_bytes": total,
+        "layers": len(layer_names),
+        "entries": entries,
+        "whiteouts": whiteouts,
+        "hardlinks": hardlinks,
+        "symlinks": symlinks,
+    }
+
+
+def _check_zstd(layout: Path) -> None:
+    index = json.loads((layout / "index.json").read_text())
+    mdigest = index["manifests"][0]["digest"].split(":", 1)[1]
+    manifest = json.loads((layout / "blobs/sha256" / mdigest).read_text())
+    for layer in manifest["layers"]:
+        blob = layout / "blobs/sha256" / layer["digest"].split(":", 1)[1]
+        with open(blob, "rb") as f:
+            if f.read(4) != b"\x28\xb5\x2f\xfd":
+                raise BenchError(f"skopeo did not write zstd layers into {layout} ({blob.name})")
+
+
+# -- stores of many images --------------------------------------------------------------
+
+
+def build_store(work: Path, n: int, tools: Tools, rebuild: bool) -> tuple[Path, list[str]]:
+    d = work / "stores" / f"images-{n}"
+    ids_path = d / "ids.txt"
+    meta_path = d / "meta.json"
+    root = d / "root"
+    if meta_path.exists() and not rebuild:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") == STORE_VERSION and meta.get("n") == n:
+            ids = ids_path.read_text().split()
+            # Let the current code rewrite its derived index, untimed.
+            run_quiet([tools.python, SCRIPTS / "bench_store.py", "--refresh", root])
+            return root, ids
+    log(f"building a store of {n:,} images in {d} ...")
+    t0 = time.perf_counter()
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    out = run_quiet([tools.python, SCRIPTS / "bench_store.py", root, str(n)])
+    ids = out.split()
+    if len(ids) != n:
+        raise BenchError(f"bench_store.py made {len(ids)} images, not {n}")
+    ids_path.write_text(out)
+    meta_path.write_text(json.dumps({"version": STORE_VERSION, "n": n}))
+    log(f"built in {time.perf_counter() - t0:.0f} s")
+    return root, ids
+
+
+# -- operations -------------------------------------------------------------------------
+
+
+@dataclass
+class OpResult:
+    key: str
+    title: str
+    peer_title: str
+    bytes: int
+    ocistore: list[Run] = field(default_factory=list)
+    peer: list[Run] = field(default_factory=list)
+    baseline: list[Run] = field(default_factory=list)
+    floor: list[Run] = field(default_factory=list)  # baseline + writing the blobs, fsynced
+    error: str | None = None
+
+
+def median_s(runs: list[Run]) -> float | None:
+    return statistics.median(r.seconds for r in runs) if runs else None
+
+
+def max_rss_mib(runs: list[Run]) -> float | None:
+    return max(r.maxrss_kib for r in runs) / 1024 if runs else None
+
+
+Factory = Callable[[Path], tuple[list[str], Path | None]]
+
+
+class Bench:
+    def __init__(self, tools: Tools, inputs: Inputs, work: Path, repeat: int) -> None:
+        self.tools = tools
+        self.inputs = inputs
+        self.work = work
+        self.repeat = repeat
+        self.scratch = work / "run"
+        rm(self.scratch)
+        self.scratch.mkdir(parents=True)
+
+    def ocistore(self, root: Path, *args: str) -> list[str]:
+        return [self.tools.ocistore, "--root", str(root), *args]
+
+    def _one(self, make: Factory, name: str, skopeo: bool) -> Run:
+        dest = self.scratch / name
+        rm(dest)
+        argv, stdout = make(dest)
+        if skopeo:
+            clear_skopeo_cache()
+        os.sync()
+        run = measure(argv, stdout)
+        if not run.ok:
+            raise BenchError(
+                f"{name} failed (exit {run.rc}): {shlex.join(run.argv)}\n{run.stderr.rstrip()}"
+            )
+        return run
+
+    def compare(
+        self,
+        res: OpResult,
+        ours: Factory,
+        peer: Factory,
+        baselines: tuple[Factory, Factory] | None = None,
+        verify: Callable[[Path], None] | None = None,
+    ) -> OpResult:
+        """Alternate ocistore and the peer ``repeat`` times; each round also runs the
+        baselines (read + hash, and read + hash + write), if given, first."""
+        log(
+            f"{res.title}: {self.repeat} × ocistore, {res.peer_title}"
+            + (", baselines" if baselines else "")
+        )
+        names = ["ocistore", "peer", "baseline", "floor"]
+        try:
+            for i in range(self.repeat):
+                if baselines:
+                    base, floor = baselines
+                    res.baseline.append(self._one(base, f"{res.key}-baseline", False))
+                    res.floor.append(self._one(floor, f"{res.key}-floor", False))
+                order = [("ocistore", ours, False), ("peer", peer, True)]
+                if i % 2:
+                    order.reverse()
+                for who, make, skopeo in order:
+                    run = self._one(make, f"{res.key}-{who}", skopeo)
+                    (res.ocistore if who == "ocistore" else res.peer).append(run)
+                    if who == "ocistore" and verify is not None and i == self.repeat - 1:
+                        verify(self.scratch / f"{res.key}-ocistore")
+                extra = ""
+                if baselines:
+                    extra = (
+                        f", baseline {res.baseline[-1].seconds:.2f} s"
+                        f", baseline + write {res.floor[-1].seconds:.2f} s"
+                    )
+                log(
+                    f"  round {i + 1}: ocistore {res.ocistore[-1].seconds:.2f} s, "
+                    f"peer {res.peer[-1].seconds:.2f} s{extra}"
+                )
+        except BenchError as e:
+            res.error = str(e)
+            log(f"  ERROR: {e}")
+        finally:
+            for who in names:
+                rm(self.scratch / f"{res.key}-{who}")
+        return res
+
+    # The loads: a fresh empty store each time; the peer copies into a fresh directory.
+
+    def _verify_loaded(self, root: Path) -> None:
+        out = run_quiet(self.ocistore(root, "images", "-q", "--no-trunc"))
+        if len(out.split()) != 1:
+            raise BenchError(f"after load, `ocistore images -q` listed {out.split()} in {root}")
+
+    def load(
+        self, key: str, title: str, src: Path, peer_src: str, peer_dest: str, flags: list[str]
+    ) -> OpResult:
+        """Load ``src`` into a fresh store; the peer copies ``peer_src`` to a fresh
+        ``peer_dest`` (``oci`` or ``dir``) directory."""
+        scheme = peer_src.split(":", 1)[0]
+        shown = " ".join([*flags, f"{scheme}:…", f"{peer_dest}:…"])
+        res = OpResult(key, title, f"`skopeo copy {shown}`", self.inputs.uncompressed_bytes)
+        suffix = f":{TAG}" if peer_dest == "oci" else ""
+        baseline = SCRIPTS / "bench_baseline.py"
+        return self.compare(
+            res,
+            lambda dest: (self.ocistore(dest, "load", "-q", "-i", str(src)), None),
+            lambda dest: (
+                self.tools.skopeo_copy(*flags, peer_src, f"{peer_dest}:{dest}{suffix}"),
+                None,
+            ),
+            (
+                lambda dest: ([self.tools.python, str(baseline), str(src)], None),
+                lambda dest: (
+                    [self.tools.python, str(baseline), "--write", str(dest), str(src)],
+                    None,
+                ),
+            ),
+            self._verify_loaded,
+        )
+
+    # The saves: from a store preloaded with the image (from the gzip OCI layout, so it
+    # holds the very blobs the peer reads), to a fresh output file.
+
+    def preload(self) -> Path:
+        root = self.scratch / "preloaded"
+        rm(root)
+        check(measure(self.ocistore(root, "load", "-q", "-i", str(self.inputs.layout_gzip))))
+        image_id = run_quiet(self.ocistore(root, "images", "-q", "--no-trunc")).split()
+        if len(image_id) != 1:
+            raise BenchError(f"preloaded store {root} holds {image_id}, not one image")
+        run_quiet(self.ocistore(root, "tag", image_id[0], REF))
+        return root
+
+    def save(
+        self, key: str, title: str, fmt: str, peer_dest: str, root: Path | None, error: str | None
+    ) -> OpResult:
+        res = OpResult(
+            key, title, f"`skopeo copy oci:… {peer_dest}:…`", self.inputs.uncompressed_bytes
+        )
+        if root is None:
+            res.error = error
+            return res
+        src = f"oci:{self.inputs.layout_gzip}:{TAG}"
+        peer_ref = f":{REF}" if peer_dest == "docker-archive" else f":{TAG}"
+
+        def verify(out: Path) -> None:
+            transport = "docker-archive" if fmt == "docker" else "oci-archive"
+            run_quiet(
+                [self.tools.skopeo, "--insecure-policy", "inspect", "--raw", f"{transport}:{out}"]
+            )
+
+        return self.compare(
+            res,
+            lambda dest: (
+                self.ocistore(root, "save", "-o", str(dest), "--format", fmt, REF),
+                None,
+            ),
+            lambda dest: (self.tools.skopeo_copy(src, f"{peer_dest}:{dest}{peer_ref}"), None),
+            None,
+            verify,
+        )
+
+
+# -- the store operations ---------------------------------------------------------------
+
+
+@dataclass
+class ListResult:
+    sizes: list[int]
+    images: dict[int, list[Run]] = field(default_factory=dict)
+    lookup: dict[int, list[Run]] = field(default_factory=dict)
+    configs_opened: dict[str, int] = field(default_factory=dict)  # "images-N"/"lookup-N"
+    startup: list[Run] = field(default_factory=list)  # ocistore --help
+    error: str | None = None
+
+
+def count_config_opens(tools: Tools, argv: list[str], work: Path) -> int | None:
+    if not tools.strace:
+        return None
+    trace = work / "strace.txt"
+    check(
+        measure(
+            [tools.strace, "-f", "-qq", "-e", "trace=open,openat,openat2", "-o", str(trace), *argv]
+        )
+    )
+    n = 0
+    for line in trace.read_text(errors="replace").splitlines():
+        if "imagedb/content/sha256/" in line and "= -1" not in line:
+            n += 1
+    trace.unlink()
+    return n
+
+
+def bench_stores(
+    tools: Tools, work: Path, sizes: list[int], repeat: int, rebuild: bool
+) -> ListResult:
+    res = ListResult(sizes)
+    try:
+        res.startup = [check(measure([tools.ocistore, "--help"])) for _ in range(repeat)]
+        for n in sizes:
+            root, ids = build_store(work, n, tools, rebuild)
+            prefix = ids[len(ids) // 2].split(":", 1)[1][:12]
+            images = [tools.ocistore, "--root", str(root), "images"]
+            lookup = [tools.ocistore, "--root", str(root), "inspect", prefix]
+            log(f"store of {n:,} images: {repeat} × images, inspect {prefix}")
+            check(measure(images))  # warm the page cache
+            res.images[n] = [check(measure(images)) for _ in range(repeat)]
+            res.lookup[n] = [check(measure(lookup)) for _ in range(repeat)]
+            for name, argv in (("images", images), ("lookup", lookup)):
+                opened = count_config_opens(tools, argv, work)
+                if opened is not None:
+                    res.configs_opened[f"{name}-{n}"] = opened
+    except BenchError as e:
+        res.error = str(e)
+        log(f"  ERROR: {e}")
+    return res
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def filesystem_of(path: Path) -> str:
+    """The file system type and device the path lives on, from /proc/self/mounts."""
+    best = ("", "", "")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            dev, mnt, fstype = line.split()[:3]
+            if str(path).startswith(mnt) and len(mnt) >= len(best[1]):
+                best = (dev, mnt, fstype)
+    return f"{best[2]} on {best[0]}" if best[2] else ""
+
+
+def machine_line(tools: Tools, work: Path, start_load: float) -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cpus = os.cpu_count() or 0
+    usable = len(os.sched_getaffinity(0))
+    mem = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kib / (1 << 20):.0f} GiB RAM"
+    versions = []
+    for tool, args in ((tools.skopeo, ["--version"]), (tools.umoci, ["--version"])):
+        with contextlib.suppress(BenchError):
+            versions.append(run_quiet([tool, *args]).strip().replace(" version ", " "))
+    fs = filesystem_of(work)
+    load = f"; load average {start_load:.2f} (1 min) before the run" if start_load >= 0 else ""
+    return (
+        f"{cpus} CPUs ({usable} usable), {model}{mem}; Linux {platform.release()}"
+        f"{f', {fs}' if fs else ''}; Python {platform.python_version()}; "
+        + ", ".join(versions)
+        + load
+    )
+
+
+def _fmt_s(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "**FAIL**"
+
+
+def report(
+    ops: list[OpResult],
+    stores: ListResult | None,
+    inputs: Inputs,
+    machine: str,
+    command: str,
+    repeat: int,
+) -> tuple[str, int, int]:
+    lines: list[str] = []
+    passed = total = 0
+
+    def target(ok: bool) -> str:
+        nonlocal passed, total
+        total += 1
+        passed += ok
+        return _verdict(ok)
+
+    if ops:
+        lines.append(
+            "| operation | peer | ocistore s | peer s | ocistore / peer (target) "
+            "| baseline s | ocistore / baseline (≤ 1.5) | baseline + write s "
+            "| ocistore MB/s | peer MB/s "
+            "| ocistore peak RSS (≤ 64 MiB) | peer peak RSS |"
+        )
+        lines.append("|---|---|--:|--:|---|--:|---|--:|--:|--:|---|--:|")
+    for op in ops:
+        o, p, b = median_s(op.ocistore), median_s(op.peer), median_s(op.baseline)
+        if op.error or o is None or p is None:
+            total += 1
+            reason = (op.error or "no runs").splitlines()[0][:120]
+            lines.append(f"| {op.title} | {op.peer_title} | **FAIL**: {reason} | | | | | | | | | |")
+            continue
+        ratio = o / p
+        tgt = PEER_TARGETS[op.key]
+        ratio_cell = f"{ratio:.2f} (≤ {tgt:g}) {target(ratio <= tgt)}"
+        base_cell = f"{o / b:.2f} {target(o / b <= BASELINE_TARGET)}" if b is not None else "—"
+        rss_o = max_rss_mib(op.ocistore) or 0.0
+        rss_p = max_rss_mib(op.peer) or 0.0
+        lines.append(
+            f"| {op.title} | {op.peer_title} | {_fmt_s(o)} | {_fmt_s(p)} | {ratio_cell} "
+            f"| {_fmt_s(b)} | {base_cell} | {_fmt_s(median_s(op.floor))} "
+            f"| {op.bytes / MB / o:.0f} | {op.bytes / MB / p:.0f} "
+            f"| {rss_o:.0f} MiB {target(rss_o <= RSS_TARGET_MIB)} | {rss_p:.0f} MiB |"
+        )
+    if stores is not None:
+        if ops:
+            lines.append("")
+        small, big = min(stores.sizes), max(stores.sizes)
+        lines.append(
+            f"| store operation | {small:,} images | {big:,} images "
+            f"| growth (< {GROWTH_TARGET:g}×) "
+            f"| target on {big:,} | configs opened ({small:,} / {big:,}) | peak RSS on {big:,} |"
+        )
+        lines.append("|---|--:|--:|---|---|---|--:|")
+        for name, label, runs in (
+            ("images", "`ocistore images`", stores.images),
+            ("lookup", "`ocistore inspect <12-hex ID prefix>`", stores.lookup),
+        ):
+            ts, tb = median_s(runs.get(small, [])), median_s(runs.get(big, []))
+            if ts is None or tb is None:
+                total += 1
+                reason = (stores.error or "no runs").splitlines()[0][:120]
+                lines.append(f"| {label} | **FAIL**: {reason} | | | | | |")
+                continue
+            growth = tb / ts
+            if name == "images":
+                abs_cell = f"< {LIST_TARGET_S:g} s {target(tb < LIST_TARGET_S)}"
+                growth_cell = f"{growth:.2f}× {target(growth < GROWTH_TARGET)}"
+            else:
+                abs_cell = "—"
+                growth_cell = f"{growth:.2f}×"
+            os_, ob = (
+                stores.configs_opened.get(f"{name}-{small}"),
+                stores.configs_opened.get(f"{name}-{big}"),
+            )
+            if ob is None:
+                opened = "n/a (no strace)"
+            else:
+                opened = f"{os_} / {ob}"
+                if name == "lookup":
+                    opened += f" {target(ob <= 2)}"
+            rss = max_rss_mib(runs[big]) or 0.0
+            lines.append(
+                f"| {label} | {_fmt_s(ts)} s | {_fmt_s(tb)} s | {growth_cell} | {abs_cell} "
+                f"| {opened} | {rss:.0f} MiB |"
+            )
+        if stores.startup:
+            lines.append("")
+            lines.append(
+                f"Start-up, part of every ocistore figure: `ocistore --help` takes "
+                f"{_fmt_s(median_s(stores.startup))} s."
+            )
+    lines.append("")
+    lines.append(f"Targets: {passed} of {total} PASS.")
+    lines.append("")
+    lines.append(
+        f"Medians of {repeat} runs, ocistore and peer alternating, fresh destination each run, "
+        "skopeo's blob cache deleted before each skopeo run, warm page cache. "
+        f"MB/s = the image's {inputs.uncompressed_bytes / MB:.0f} MB of uncompressed layer tars "
+        "(10^6 bytes) / median wall time. Baseline = one thread reading every input byte, "
+        "sha256 over it and, for gzip (isal) or zstd layers, over the decompressed stream; "
+        "baseline + write = the same, also writing each blob as read to a file and fsyncing it "
+        "(what keeping the input durably costs at least; no target). "
+        "Peak RSS = the process's ru_maxrss (as `/usr/bin/time -v`), the largest of the runs."
+    )
+    lines.append("")
+    lines.append(f"Input {inputs.describe()}.")
+    lines.append("")
+    lines.append(f"Machine: {machine}.")
+    lines.append("")
+    lines.append(f"Command: `{command}`")
+    return "\n".join(lines) + "\n", passed, total
+
+
+def cpu_table(ops: list[OpResult]) -> str:
+    """CPU seconds (user + system, medians) per tool: how much of the machine each uses."""
+    rows = [
+        "| operation | ocistore CPU s (wall) | peer CPU s (wall) | baseline CPU s (wall) |",
+        "|---|--:|--:|--:|",
+    ]
+    for op in ops:
+        cells = []
+        for runs in (op.ocistore, op.peer, op.baseline):
+            if runs:
+                cpu = statistics.median(r.user + r.system for r in runs)
+                cells.append(f"{cpu:.2f} ({_fmt_s(median_s(runs))})")
+            else:
+                cells.append("—")
+        rows.append(f"| {op.title} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+OPS = ["load-docker", "load-oci-gzip", "load-oci-zstd", "save-docker", "save-oci-archive", "images"]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        help="image size: 1.0 is about 300 MB uncompressed (default 1, --quick 0.1)",
+    )
+    p.add_argument(
+        "--repeat", type=int, help="runs of each tool per operation (default 5, --quick 2)"
+    )
+    p.add_argument("--quick", action="store_true", help="small image, 2 repeats: for development")
+    p.add_argument(
+        "--images", type=int, default=10_000, help="images in the big store (default 10000)"
+    )
+    p.add_argument(
+        "--small-images", type=int, default=100, help="images in the small store (default 100)"
+    )
+    p.add_argument(
+        "--work", type=Path, default=REPO / "bench-out", help="work directory (default bench-out/)"
+    )
+    p.add_argument("--rebuild", action="store_true", help="build the inputs and stores again")
+    p.add_argument("--only", help=f"comma-separated operations, of: {','.join(OPS)}")
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target fails (default: only on errors)"
+    )
+    p.add_argument("--ocistore", help="the ocistore command (default: next to this Python)")
+    p.add_argument("--skopeo", help="the skopeo command")
+    p.add_argument("--umoci", help="the umoci command")
+    args = p.parse_args(argv)
+    if args.scale is None:
+        args.scale = 0.1 if args.quick else 1.0
+    if args.repeat is None:
+        args.repeat = 2 if args.quick else 5
+    if args.repeat < 1 or args.scale <= 0:
+        p.error("--repeat must be at least 1 and --scale positive")
+    args.only = args.only.split(",") if args.only else OPS
+    unknown = set(args.only) - set(OPS)
+    if unknown:
+        p.error(f"unknown operations: {', '.join(sorted(unknown))} (known: {', '.join(OPS)})")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    start_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
+    command = f"make bench BENCH_ARGS={shlex.quote(shlex.join(argv))}" if argv else "make bench"
+    work: Path = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        tools = find_tools(args)
+        inputs = build_inputs(work, args.scale, tools, args.rebuild)
+    except BenchError as e:
+        log(f"bench: {e}")
+        return 1
+    log(inputs.describe())
+    bench = Bench(tools, inputs, work, args.repeat)
+    ops: list[OpResult] = []
+    loads = [
+        ("load-docker", "load docker-archive", inputs.docker_archive,
+         f"docker-archive:{inputs.docker_archive}", "oci", []),
+        ("load-oci-gzip", "load gzip oci-archive", inputs.oci_archive_gzip,
+         f"oci-archive:{inputs.oci_archive_gzip}:{TAG}", "dir", ["--dest-decompress"]),
+        ("load-oci-zstd", "load zstd OCI layout", inputs.layout_zstd,
+         f"oci:{inputs.layout_zstd}:{TAG}", "dir", ["--dest-decompress"]),
+    ]  # fmt: skip
+    for key, title, src, peer_src, peer_dest, flags in loads:
+        if key in args.only:
+            ops.append(bench.load(key, title, src, peer_src, peer_dest, flags))
+    saves = [k for k in ("save-docker", "save-oci-archive") if k in args.only]
+    if saves:
+        root: Path | None = None
+        error: str | None = None
+        try:
+            root = bench.preload()
+        except BenchError as e:
+            error = f"preloading the store failed: {e}"
+            log(f"  ERROR: {error}")
+        if "save-docker" in saves:
+            ops.append(
+                bench.save(
+                    "save-docker", "save docker-archive", "docker", "docker-archive", root, error
+                )
+            )
+        if "save-oci-archive" in saves:
+            ops.append(
+                bench.save(
+                    "save-oci-archive",
+                    "save oci-archive",
+                    "oci-archive",
+                    "oci-archive",
+                    root,
+                    error,
+                )
+            )
+    stores = None
+    if "images" in args.only:
+        sizes = sorted({args.small_images, args.images})
+        stores = bench_stores(tools, work, sizes, args.repeat, args.rebuild)
+    rm(bench.scratch)
+    machine = machine_line(tools, work, start_load)
+    table, passed, total = report(ops, stores, inputs, machine, command, args.repeat)
+    cpu = cpu_table(ops) if ops else ""
+    print()
+    print(table)
+    if cpu:
+        print(cpu)
+    (work / "results.md").write_text(table + ("\n" + cpu if cpu else ""))
+    raw = {
+        "machine": machine,
+        "command": command,
+        "inputs": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(inputs).items()},
+        "operations": [asdict(op) for op in ops],
+        "stores": asdict(stores) if stores else None,
+    }
+    (work / "results.json").write_text(json.dumps(raw, indent=1, default=str))
+    log(f"written {work / 'results.md'} and {work / 'results.json'}")
+    errors = [op.key for op in ops if op.error] + (["images"] if stores and stores.error else [])
+    if errors:
+        log(f"bench: these operations failed to run: {', '.join(errors)}")
+        return 1
+    return 1 if args.strict and passed < total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
