@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest peers bench clean
+.PHONY: demo test lint typecheck pytest peers bench bytecode clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Compiled once, so every command starts from bytecode even where PYTHONDONTWRITEBYTECODE
+# is set (stale .pyc files are recompiled here, never silently at each start).
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q src
+
 peers:
 	@scripts/install-peers.sh
 
-demo: $(STAMP)
+demo: $(STAMP) bytecode
 	@scripts/demo.sh
 
 lint: $(STAMP)
@@ -32,7 +37,7 @@ pytest: $(STAMP)
 
 test: $(STAMP) peers lint typecheck pytest
 
-bench: $(STAMP) peers
+bench: $(STAMP) peers bytecode
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:

@@ -30,16 +30,17 @@ import shutil
 import stat as stat_mod
 import sys
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Final, Protocol
 
 from . import fsutil
 from .compression import Compression, PeekableReader, decompressed_reader, detect
-from .digest import CHUNK, DiffID, Digest, ImageID
-from .errors import InvalidInput, NotFound, OcistoreError
+from .digest import CHUNK, DiffID, Digest, ImageID, new_hasher
+from .errors import DigestMismatch, InvalidInput, NotFound, OcistoreError
 from .image import ImageConfig, parse_config
 from .layers import StagedLayer, make_chain_id, stage_layer
 from .progress import Progress
@@ -524,17 +525,166 @@ def _publish(
 
 # -- writing ---------------------------------------------------------------------------
 
+#: tar's block: every header and every member's data is padded to a multiple of it.
+_BLOCK: Final = 512
+#: tar's record: the archive is padded to a multiple of it (20 blocks, as tarfile writes).
+_RECORD: Final = 20 * _BLOCK
+#: The most threads that fill the members of one output file at once (each holds a few
+#: MiB of buffers: the peak memory of a save stays well under 64 MiB).
+MAX_FILL_THREADS: Final = 4
+#: While members are filled, a thread calls ``fdatasync`` on the output each time this
+#: many more bytes were written: the disk works while the data is still being made, and
+#: the final ``fsync`` of :func:`output_file` has little left to wait for.
+_SYNC_EVERY: Final = 8 << 20
+
+
+class OutputFile(io.FileIO):
+    """A new regular file that :class:`TarWriter` may fill at known offsets from several
+    threads at once (what :func:`output_file` gives for ``-o PATH``)."""
+
+
+class MemberSink:
+    """Where a member's data goes: exactly ``size`` bytes, in order.
+
+    A fill function (see :meth:`TarWriter.add_file`) calls :meth:`write` with the data
+    as it is read and verified; more than ``size`` bytes is an error at once, fewer when
+    the fill function returns.
+    """
+
+    __slots__ = ("_write", "done", "name", "size")
+
+    def __init__(
+        self, name: str, size: int, write: Callable[[bytes | memoryview, int], object]
+    ) -> None:
+        self.name = name
+        self.size = size
+        self.done = 0
+        self._write = write
+
+    def write(self, data: bytes | memoryview) -> None:
+        n = len(data)
+        if self.done + n > self.size:
+            raise OcistoreError(f"{self.name}: stored content is longer than recorded")
+        if n:
+            self._write(data, self.done)
+            self.done += n
+
+
+#: Writes a member's data into a :class:`MemberSink` (see :meth:`TarWriter.add_file`).
+Fill = Callable[[MemberSink], None]
+
+
+class _Cancelled(Exception):
+    """Another member failed: this one stops."""
+
+
+@dataclass
+class _Job:
+    name: str
+    offset: int
+    size: int
+    fill: Fill
+    error: BaseException | None = None
+
+
+def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+class _Syncer:
+    """Starts the disk early: a thread that calls ``fdatasync`` on a file each time
+    another :data:`_SYNC_EVERY` bytes were written to it (the writers do not wait)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._unsynced = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="tar-sync", daemon=True)
+        self._thread.start()
+
+    def wrote(self, n: int) -> None:
+        with self._lock:
+            self._unsynced += n
+            if self._unsynced < _SYNC_EVERY:
+                return
+            self._unsynced = 0
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError:
+                return  # the final fsync reports it
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+
+
+class _PositionalWriter:
+    """Writes one member's data at its place in the output file."""
+
+    def __init__(self, fd: int, base: int, cancel: threading.Event, syncer: _Syncer) -> None:
+        self._fd = fd
+        self._base = base
+        self._cancel = cancel
+        self._syncer = syncer
+
+    def __call__(self, data: bytes | memoryview, pos: int) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled
+        _pwrite_all(self._fd, data, self._base + pos)
+        self._syncer.wrote(len(data))
+
 
 class TarWriter:
-    """Streams a deterministic tar: owner 0:0, mtime 0, 0644 files, 0755 directories."""
+    """Writes a deterministic tar: owner 0:0, mtime 0, 0644 files, 0755 directories.
 
-    def __init__(self, out: IO[bytes]) -> None:
-        self._tf = tarfile.open(  # noqa: SIM115
-            fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK
-        )
+    Headers are tarfile's own (``TarInfo.tobuf``, PAX format), so the bytes are those
+    ``tarfile`` would write. Member data comes from :meth:`add_file`'s fill functions.
+    Into an :class:`OutputFile` every member has a known place, so the fill functions run
+    at :meth:`close`, several at once (largest first), each writing at its own offset;
+    into any other stream they run in order as they are added. The end-of-archive blocks
+    are written only when every member was filled: a failed save never looks whole.
+    """
+
+    def __init__(self, out: IO[bytes], threads: int | None = None) -> None:
+        self._out = out
+        self._fd = out.fileno() if isinstance(out, OutputFile) else None
+        self._base = out.tell() if self._fd is not None else 0
+        #: Header (and padding) bytes not written yet, and where in the archive they go.
+        self._pending = bytearray()
+        self._pending_at = 0
+        #: The archive's length so far.
+        self._offset = 0
+        self._jobs: list[_Job] = []
         self._dirs: set[str] = set()
+        self._threads = max(1, threads or min(MAX_FILL_THREADS, os.cpu_count() or 1))
+        self._done = False
 
-    def _info(self, name: str, kind: bytes, size: int = 0, mode: int = 0o644) -> tarfile.TarInfo:
+    def __enter__(self) -> TarWriter:
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+    @staticmethod
+    def _header(name: str, kind: bytes, size: int = 0, mode: int = 0o644, link: str = "") -> bytes:
         info = tarfile.TarInfo(name)
         info.type = kind
         info.size = size
@@ -542,71 +692,180 @@ class TarWriter:
         info.mtime = 0
         info.uid = info.gid = 0
         info.uname = info.gname = ""
-        return info
+        info.linkname = link
+        return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+    def _emit(self, data: bytes) -> None:
+        self._pending += data
+        self._offset += len(data)
+        if len(self._pending) >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            if self._fd is None:
+                self._out.write(self._pending)
+            else:
+                _pwrite_all(self._fd, self._pending, self._base + self._pending_at)
+            self._pending = bytearray()
+        self._pending_at = self._offset
+
+    def _parents(self, name: str) -> None:
+        parent = posixpath.dirname(name)
+        if parent:
+            self.add_dir(parent)
 
     def add_dir(self, name: str) -> None:
         name = name.rstrip("/")
         if name in self._dirs:
             return
-        parent = posixpath.dirname(name)
-        if parent:
-            self.add_dir(parent)
+        self._parents(name)
         self._dirs.add(name)
-        self._tf.addfile(self._info(name, tarfile.DIRTYPE, mode=0o755))
+        self._emit(self._header(name, tarfile.DIRTYPE, mode=0o755))
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        parent = posixpath.dirname(name)
-        if parent:
-            self.add_dir(parent)
-        self._tf.addfile(self._info(name, tarfile.REGTYPE, len(data)), io.BytesIO(data))
-
-    def add_stream(self, name: str, stream: IO[bytes], size: int) -> None:
-        """Add ``size`` bytes from ``stream``; a stream of another length is an error."""
-        parent = posixpath.dirname(name)
-        if parent:
-            self.add_dir(parent)
-        counted = _Exact(stream, size, name)
-        self._tf.addfile(self._info(name, tarfile.REGTYPE, size), counted)
-        counted.finish()
+        self._parents(name)
+        self._emit(self._header(name, tarfile.REGTYPE, len(data)))
+        self._emit(data + bytes(-len(data) % _BLOCK))
 
     def add_symlink(self, name: str, target: str) -> None:
-        parent = posixpath.dirname(name)
-        if parent:
-            self.add_dir(parent)
-        info = self._info(name, tarfile.SYMTYPE, mode=0o777)
-        info.linkname = target
-        self._tf.addfile(info)
+        self._parents(name)
+        self._emit(self._header(name, tarfile.SYMTYPE, mode=0o777, link=target))
+
+    def add_file(self, name: str, size: int, fill: Fill) -> None:
+        """A regular file of ``size`` bytes that ``fill`` writes into a :class:`MemberSink`.
+
+        ``fill`` reads and verifies the content, raising if it is not what it must be;
+        into an :class:`OutputFile` it runs later, in another thread, at :meth:`close`.
+        """
+        self._parents(name)
+        self._emit(self._header(name, tarfile.REGTYPE, size))
+        self._flush()
+        if self._fd is None:
+            out = self._out
+            sink = MemberSink(name, size, lambda data, _pos: out.write(data))
+            fill(sink)
+            self._check_filled(sink)
+            self._offset += size
+            self._pending_at = self._offset
+        else:
+            self._jobs.append(_Job(name, self._offset, size, fill))
+            self._offset += size
+            self._pending_at = self._offset
+        self._emit(bytes(-size % _BLOCK))
+
+    @staticmethod
+    def _check_filled(sink: MemberSink) -> None:
+        if sink.done != sink.size:
+            raise OcistoreError(f"{sink.name}: stored content is shorter than recorded")
+
+    def _fill(self, job: _Job, cancel: threading.Event, syncer: _Syncer) -> None:
+        assert self._fd is not None
+        write = _PositionalWriter(self._fd, self._base + job.offset, cancel, syncer)
+        sink = MemberSink(job.name, job.size, write)
+        job.fill(sink)
+        self._check_filled(sink)
+
+    def _run_jobs(self) -> None:
+        """Fill the deferred members, largest first, with up to ``threads`` threads; the
+        first member (in archive order) that failed gives the error."""
+        jobs = sorted(self._jobs, key=lambda j: j.size, reverse=True)
+        if not jobs:
+            return
+        assert self._fd is not None
+        cancel = threading.Event()
+        syncer = _Syncer(self._fd)
+        todo = iter(jobs)
+        lock = threading.Lock()
+
+        def work() -> None:
+            while not cancel.is_set():
+                with lock:
+                    job = next(todo, None)
+                if job is None:
+                    return
+                try:
+                    self._fill(job, cancel, syncer)
+                except BaseException as e:
+                    job.error = e
+                    cancel.set()
+
+        helpers = [
+            threading.Thread(target=work, name=f"tar-fill-{i}", daemon=True)
+            for i in range(min(self._threads, len(jobs)) - 1)
+        ]
+        for t in helpers:
+            t.start()
+        try:
+            work()
+            for t in helpers:
+                t.join()
+        except BaseException:
+            cancel.set()
+            for t in helpers:
+                t.join()
+            raise
+        finally:
+            syncer.stop()
+        errors = [j.error for j in self._jobs if j.error is not None]
+        for e in errors:
+            if not isinstance(e, _Cancelled):
+                raise e
+        if errors:
+            raise errors[0]
 
     def close(self) -> None:
-        self._tf.close()
+        """Fill what is left to fill, then end the archive (two zero blocks, padded to a
+        record, as tarfile does)."""
+        if self._done:
+            return
+        self._done = True
+        self._flush()
+        self._run_jobs()
+        end = self._offset + 2 * _BLOCK
+        self._emit(bytes(2 * _BLOCK + (-end % _RECORD)))
+        self._flush()
+
+    def abort(self) -> None:
+        """Stop without ending the archive (a reader sees it truncated)."""
+        self._done = True
+        self._pending = bytearray()
 
 
-class _Exact:
-    """Reads exactly ``size`` bytes from a stream and then drains it (to run its checks)."""
+def fill_from_file(
+    path: Path, digest: Digest, progress: Callable[[int], None] | None = None
+) -> Fill:
+    """A fill function copying a stored blob, checked against ``digest`` as it is read.
 
-    def __init__(self, stream: IO[bytes], size: int, name: str) -> None:
-        self._stream = stream
-        self._left = size
-        self._name = name
+    Each chunk is read once into a buffer, hashed and written from the same buffer.
+    """
+    digest = Digest(digest)
 
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        want = self._left if n < 0 else min(n, self._left)
-        data = self._stream.read(want)
-        if not data:
-            raise OcistoreError(f"{self._name}: stored content is shorter than recorded")
-        self._left -= len(data)
-        return data
+    def fill(sink: MemberSink) -> None:
+        hasher = new_hasher(digest.algorithm)
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} not found") from None
+        with f:
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            while sink.done < sink.size:
+                n = f.readinto(view[: min(CHUNK, sink.size - sink.done)])
+                if not n:
+                    break
+                chunk = view[:n]
+                hasher.update(chunk)
+                sink.write(chunk)
+                if progress is not None:
+                    progress(sink.done)
+            if sink.done == sink.size and f.read(1):
+                raise OcistoreError(f"{sink.name}: stored content is longer than recorded")
+        got = f"{digest.algorithm}:{hasher.hexdigest()}"
+        if got != digest:
+            raise DigestMismatch(f"blob {digest}", digest, got)
 
-    def readinto(self, buf: Any) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def finish(self) -> None:
-        if self._stream.read(1):
-            raise OcistoreError(f"{self._name}: stored content is longer than recorded")
+    return fill
 
 
 @contextlib.contextmanager
@@ -622,9 +881,8 @@ def output_file(path: str, tmpdir: Path) -> Iterator[IO[bytes]]:
         raise InvalidInput(f"{path}: is a directory")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb", buffering=CHUNK) as f:
+        with OutputFile(tmp, "wb") as f:
             yield f
-            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
     except BaseException:

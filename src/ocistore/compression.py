@@ -145,6 +145,17 @@ class Decompressor:
     def feed(self, data: bytes | memoryview) -> bytes:
         if self._obj is None:
             return bytes(data)
+        if not self._held and not self._obj.eof:
+            # The common case: the middle of one member or frame.
+            try:
+                out = self._obj.decompress(data)
+            except Exception as e:
+                raise InvalidInput(
+                    f"{self._what}: corrupt {self.compression.value} data: {e}"
+                ) from None
+            if not self._obj.eof or not self._obj.unused_data:
+                return bytes(out)
+            return bytes(out) + self.feed(self._obj.unused_data)
         out = bytearray()
         buf: bytes | memoryview = self._held + bytes(data) if self._held else data
         self._held = b""

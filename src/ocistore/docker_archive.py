@@ -41,23 +41,31 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Final, cast
+from typing import IO, Any, Final, NoReturn, cast
 
 from . import gojson, v1
 from .archive import (
     ArchiveReader,
     ImageSource,
     LayerSource,
+    MemberSink,
     TarWriter,
     read_bytes,
     read_json,
 )
-from .compression import Decompressor, PeekableReader, detect
+from .compression import GZIP_MAGIC, Compression, Decompressor, PeekableReader, detect
 from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, digest_bytes, new_hasher
-from .errors import DigestMismatch, InvalidInput, NotFound
+from .errors import (
+    CorruptStore,
+    DigestMismatch,
+    InvalidInput,
+    NotFound,
+    OcistoreError,
+    SizeMismatch,
+)
 from .image import MAX_LAYER_DEPTH, ImageConfig, parse_config
+from .layers import Layer
 from .progress import Progress
 from .reference import Reference, looks_like_id_prefix, parse, parse_any, parse_tagged
 from .store import Store
@@ -485,18 +493,170 @@ class _LegacyDir:
     diff_id: DiffID
 
 
-class _Counting:
-    """Passes reads through, reporting the bytes read so far."""
+#: The most uncompressed bytes one decompression step may give (bounds the memory a
+#: highly compressed layer can take).
+_OUT_MAX: Final = 4 << 20
 
-    def __init__(self, stream: IO[bytes], report: Callable[[int], None]) -> None:
-        self._stream = stream
-        self._report = report
-        self._done = 0
+
+class _LayerCopy:
+    """Copies a stored layer's exact uncompressed tar into a :class:`MemberSink`, reading
+    the blob once: the blob is hashed as read, decompressed (gzip by ISA-L in 1 MiB
+    steps, zstd by zstandard) and the tar hashed on the way out.
+
+    Checks as :meth:`ocistore.layers.LayerStore.open_tar` does, and raises the same
+    errors: the blob against its digest (:class:`DigestMismatch` naming the blob), then
+    the tar against the layer's size and DiffID (:class:`SizeMismatch`,
+    :class:`DigestMismatch` naming the layer); a blob that cannot be decompressed is
+    :class:`CorruptStore` (or the blob's digest mismatch, when it was changed).
+    """
+
+    def __init__(self, store: Store, layer: Layer, progress: Progress) -> None:
+        self.layer = layer
+        self.path = store.content.path(layer.blob.digest)
+        self.progress = progress
+        self.what = f"layer {layer.diff_id}"
+
+    def __call__(self, sink: MemberSink) -> None:
+        layer = self.layer
+        blob = layer.blob
+        task = self.progress.task(f"Saving layer {layer.diff_id.short()}", layer.size)
+        try:
+            f = open(self.path, "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            raise NotFound(f"blob {blob.digest} not found") from None
+        with f:
+            self._blob_hasher = new_hasher(blob.digest.algorithm)
+            if blob.compression is Compression.NONE and blob.digest == layer.diff_id:
+                self._diff_hasher = self._blob_hasher  # the blob is the tar
+            else:
+                self._diff_hasher = new_hasher("sha256")
+            self._sink = sink
+            self._update = task.update
+            try:
+                if blob.compression is Compression.GZIP:
+                    self._gzip(f)
+                elif blob.compression is Compression.ZSTD:
+                    self._zstd(f)
+                else:
+                    self._plain(f)
+            except OcistoreError as e:
+                self._fail(f, e)
+            except _codec_errors() as e:
+                self._fail(
+                    f, CorruptStore(f"{self.what}: corrupt {blob.compression.value} data: {e}")
+                )
+            self._check_blob(f)
+        if sink.done != layer.size:
+            raise SizeMismatch(self.what, layer.size, sink.done)
+        got = f"sha256:{self._diff_hasher.hexdigest()}"
+        if got != layer.diff_id:
+            raise DigestMismatch(self.what, layer.diff_id, got)
+        task.finish()
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        sink = self._sink
+        if sink.done + len(data) > sink.size:
+            raise SizeMismatch(self.what, self.layer.size, sink.done + len(data))
+        if self._diff_hasher is not self._blob_hasher:
+            self._diff_hasher.update(data)
+        sink.write(data)
+        self._update(sink.done)
+
+    def _check_blob(self, f: IO[bytes]) -> None:
+        """Hash what is left of the blob file; a blob not what its name says is the error."""
+        hasher = self._blob_hasher
+        buf = bytearray(CHUNK)
+        while n := f.readinto(buf):  # type: ignore[attr-defined]
+            hasher.update(memoryview(buf)[:n])
+        digest = self.layer.blob.digest
+        got = f"{digest.algorithm}:{hasher.hexdigest()}"
+        if got != digest:
+            raise DigestMismatch(f"blob {digest}", digest, got)
+
+    def _fail(self, f: IO[bytes], error: OcistoreError) -> NoReturn:
+        self._check_blob(f)
+        raise error
+
+    def _plain(self, f: IO[bytes]) -> None:
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):  # type: ignore[attr-defined]
+            chunk = view[:n]
+            self._blob_hasher.update(chunk)
+            self._emit(chunk)
+
+    def _gzip(self, f: IO[bytes]) -> None:
+        from isal import isal_zlib
+
+        what = self.what
+        hasher = self._blob_hasher
+        obj = isal_zlib.decompressobj(wbits=31)
+        padding = False  # zero padding after the last member: only zeros may follow
+        held = b""  # the start of a next member's magic, cut by a chunk boundary
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):  # type: ignore[attr-defined]
+            hasher.update(view[:n])
+            data: bytes | memoryview = view[:n]
+            if held:
+                data, held = held + bytes(data), b""
+            while data:
+                if obj.eof:
+                    # A member ended; what follows starts another one (or is padding).
+                    rest = bytes(data)
+                    if padding or not rest.startswith(GZIP_MAGIC):
+                        if not padding and GZIP_MAGIC.startswith(rest):
+                            held = rest
+                            break
+                        if rest.strip(b"\x00"):
+                            raise CorruptStore(f"{what}: trailing garbage after gzip data")
+                        padding = True
+                        break
+                    obj = isal_zlib.decompressobj(wbits=31)
+                    data = rest
+                out = obj.decompress(data, _OUT_MAX)
+                data = obj.unused_data if obj.eof else obj.unconsumed_tail
+                if out:
+                    self._emit(out)
+        if not obj.eof:
+            out = obj.flush()
+            if out:
+                self._emit(out)
+        if held or not obj.eof:
+            raise CorruptStore(f"{what}: corrupt gzip data: truncated")
+
+    def _zstd(self, f: IO[bytes]) -> None:
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], _Hashing(f, self._blob_hasher)),
+            read_size=CHUNK,
+            read_across_frames=True,
+            closefd=False,
+        )
+        buf = bytearray(_OUT_MAX)
+        view = memoryview(buf)
+        while n := reader.readinto(buf):
+            self._emit(view[:n])
+
+
+def _codec_errors() -> tuple[type[Exception], ...]:
+    import zstandard
+    from isal import isal_zlib
+
+    return (cast(type[Exception], isal_zlib.error), zstandard.ZstdError)
+
+
+class _Hashing:
+    """Reads a file, hashing what is read."""
+
+    def __init__(self, f: IO[bytes], hasher: Any) -> None:
+        self._f = f
+        self._hasher = hasher
 
     def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._done += len(data)
-        self._report(self._done)
+        data = self._f.read(n)
+        self._hasher.update(data)
         return data
 
 
@@ -554,27 +714,22 @@ def write_docker_archive(
         owner.setdefault(dirs[v1_id].diff_id, v1_id)
 
     top_level = sorted([*files, *dirs, MANIFEST, *([REPOSITORIES] if repositories else [])])
-    tar = TarWriter(out)
-    for name in top_level:
-        if name in files:
-            tar.add_bytes(name, files[name])
-        elif name in dirs:
-            d = dirs[name]
-            tar.add_dir(name)
-            tar.add_bytes(f"{name}/VERSION", LEGACY_VERSION)
-            tar.add_bytes(f"{name}/json", d.json)
-            first = owner[d.diff_id]
-            if first != name:
-                tar.add_symlink(f"{name}/layer.tar", f"../{first}/layer.tar")
-                continue
-            size = store.layers.get(d.chain).size
-            task = progress.task(f"Saving layer {d.diff_id.short()}", size)
-            with store.layers.open_tar(d.chain) as stream:
-                counted = cast(IO[bytes], _Counting(stream, task.update))
-                tar.add_stream(f"{name}/layer.tar", counted, size)
-            task.finish()
-        elif name == MANIFEST:
-            tar.add_bytes(MANIFEST, _go_json(manifest, _MANIFEST_TYPE))
-        else:
-            tar.add_bytes(REPOSITORIES, _go_json(repositories, _REPOSITORIES_TYPE))
-    tar.close()
+    with TarWriter(out) as tar:
+        for name in top_level:
+            if name in files:
+                tar.add_bytes(name, files[name])
+            elif name in dirs:
+                d = dirs[name]
+                tar.add_dir(name)
+                tar.add_bytes(f"{name}/VERSION", LEGACY_VERSION)
+                tar.add_bytes(f"{name}/json", d.json)
+                first = owner[d.diff_id]
+                if first != name:
+                    tar.add_symlink(f"{name}/layer.tar", f"../{first}/layer.tar")
+                    continue
+                stored = store.layers.get(d.chain)
+                tar.add_file(f"{name}/layer.tar", stored.size, _LayerCopy(store, stored, progress))
+            elif name == MANIFEST:
+                tar.add_bytes(MANIFEST, _go_json(manifest, _MANIFEST_TYPE))
+            else:
+                tar.add_bytes(REPOSITORIES, _go_json(repositories, _REPOSITORIES_TYPE))

@@ -45,6 +45,18 @@ def makedirs(path: Path) -> None:
             fsync_dir(d.parent)
 
 
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range of a file out now, without waiting.
+
+    A large blob then reaches the disk while the rest is still being read and hashed, and
+    the final fsync has little left to wait for (and the page cache is not filled with
+    what was only being copied). ``POSIX_FADV_DONTNEED`` starts writeback of dirty pages
+    and drops only clean ones.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 def temp_path(tmpdir: Path, suffix: str = "") -> Path:
     return tmpdir / f"{os.urandom(16).hex()}{suffix}"
 

@@ -57,7 +57,7 @@ class ImageRecord(NamedTuple):
     def to_json(self) -> list[object]:
         return [
             self.created,
-            [c.hex for c in self.chains],
+            [c[7:] for c in self.chains],
             self.size,
             self.parent or "",
             self.os,
@@ -75,7 +75,8 @@ class ImageRecord(NamedTuple):
         return cls(
             trusted("sha256:" + hex_),  # type: ignore[arg-type]
             created,
-            tuple([trusted("sha256:" + c) for c in chains]),  # type: ignore[misc]
+            # Chains stay plain strings (equal to their Digest): only used as keys.
+            tuple(["sha256:" + c for c in chains]),  # type: ignore[misc]
             size,
             trusted(parent) if parent else None,  # type: ignore[arg-type]
             os_,

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -117,6 +119,57 @@ class StagedLayer:
         self.blob.discard()
 
 
+#: Compressed input is read in smaller pieces: each expands several times when decompressed.
+COMPRESSED_CHUNK = 256 << 10
+#: How much of a staged blob may sit dirty in the page cache before writeback is started.
+WRITEBACK_EVERY = 16 << 20
+
+
+class _Digester(threading.Thread):
+    """Hashes (and decompresses) a layer's chunks on its own thread, while the caller's
+    thread reads and writes: hashlib, isal and zstandard release the GIL, so reading,
+    writing, decompressing and hashing overlap on two cores."""
+
+    def __init__(
+        self,
+        compression: Compression,
+        what: str,
+        blob_hasher: Any,
+        diff_hasher: Any,
+    ) -> None:
+        super().__init__(name=f"digest {what}", daemon=True)
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.plain = compression is Compression.NONE
+        self.decompressor = Decompressor(compression, what)
+        self.blob_hasher = blob_hasher
+        self.diff_hasher = diff_hasher
+        self.tar_size = 0
+        self.head = b""
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        ended = False
+        try:
+            while (chunk := self.queue.get()) is not None:
+                if self.plain:
+                    self.blob_hasher.update(chunk)
+                    if self.diff_hasher is not self.blob_hasher:
+                        self.diff_hasher.update(chunk)
+                    out = chunk
+                else:
+                    out = self.decompressor.feed(chunk)
+                    self.diff_hasher.update(out)
+                self.tar_size += len(out)
+                if len(self.head) < 512:
+                    self.head += out[: 512 - len(self.head)]
+            ended = True
+            self.decompressor.finish()
+        except BaseException as e:
+            self.error = e
+            while not ended and self.queue.get() is not None:  # let the reader finish
+                pass
+
+
 def stage_layer(
     stream: IO[bytes],
     content: ContentStore,
@@ -138,35 +191,33 @@ def stage_layer(
     blob_hasher = new_hasher(blob_algo)
     plain = compression is Compression.NONE
     diff_hasher = blob_hasher if plain and blob_algo == "sha256" else new_hasher("sha256")
-    decompressor = Decompressor(compression, what)
+    digester = _Digester(compression, what, blob_hasher, diff_hasher)
+    chunk_size = CHUNK if plain else COMPRESSED_CHUNK
     tmp = fsutil.TempFile(content.tmpdir)
     blob_size = 0
-    tar_size = 0
-    head = b""
+    flushed = 0
+    digester.start()
     try:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while True:
-            n = reader.readinto(buf)
-            if not n:
-                break
-            chunk = view[:n]
-            tmp.write(chunk)
-            blob_hasher.update(chunk)
-            blob_size += n
-            if plain:
-                out: bytes | memoryview = chunk
-                if diff_hasher is not blob_hasher:
-                    diff_hasher.update(chunk)
-            else:
-                out = decompressor.feed(chunk)
-                diff_hasher.update(out)
-            tar_size += len(out)
-            if len(head) < 512:
-                head += bytes(out[: 512 - len(head)])
-            if progress is not None:
-                progress(blob_size)
-        decompressor.finish()
+        try:
+            while digester.error is None:
+                chunk = reader.read(chunk_size)
+                if not chunk:
+                    break
+                tmp.write(chunk)
+                if not plain:
+                    blob_hasher.update(chunk)  # the compressed side hashes here
+                digester.queue.put(chunk)
+                blob_size += len(chunk)
+                if blob_size - flushed >= WRITEBACK_EVERY:
+                    fsutil.start_writeback(tmp.file.fileno(), flushed, blob_size - flushed)
+                    flushed = blob_size
+                if progress is not None:
+                    progress(blob_size)
+        finally:
+            digester.queue.put(None)
+            digester.join()
+        if digester.error is not None:
+            raise digester.error
         tmp.finish()
         blob_digest = Digest(f"{blob_algo}:{blob_hasher.hexdigest()}")
         diff_id = DiffID(Digest(f"sha256:{diff_hasher.hexdigest()}"))
@@ -176,12 +227,14 @@ def stage_layer(
             raise DigestMismatch(what, expected_blob, blob_digest)
         if expected_diff_id is not None and diff_id != expected_diff_id:
             raise DigestMismatch(f"{what}: diff ID", expected_diff_id, diff_id)
-        if not _tar_header_ok(head):
+        if not _tar_header_ok(digester.head):
             raise InvalidInput(f"{what}: not a tar archive")
     except BaseException:
         tmp.discard()
         raise
-    return StagedLayer(StagedBlob(tmp.path, blob_digest, blob_size), compression, diff_id, tar_size)
+    return StagedLayer(
+        StagedBlob(tmp.path, blob_digest, blob_size), compression, diff_id, digester.tar_size
+    )
 
 
 class LayerStore:

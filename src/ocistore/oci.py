@@ -95,7 +95,6 @@ import contextlib
 import errno
 import fcntl
 import functools
-import io
 import json
 import os
 import shutil
@@ -104,12 +103,22 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, cast
+from typing import IO, Any, Final
 
 from . import fsutil
-from .archive import ArchiveReader, ImageSource, LayerSource, TarWriter, read_bytes, read_json
+from .archive import (
+    ArchiveReader,
+    Fill,
+    ImageSource,
+    LayerSource,
+    MemberSink,
+    TarWriter,
+    fill_from_file,
+    read_bytes,
+    read_json,
+)
 from .compression import Compression, detect
-from .digest import CHUNK, Digest, ImageID, VerifyingReader, digest_bytes, new_hasher
+from .digest import CHUNK, Digest, ImageID, digest_bytes, new_hasher
 from .errors import (
     CorruptStore,
     DigestMismatch,
@@ -580,8 +589,8 @@ class _Blob:
     digest: Digest
     size: int
     data: bytes | None = None
-    #: Opens the stored content, verified as it is read (when ``data`` is None).
-    open: Callable[[], IO[bytes]] | None = None
+    #: The stored blob's file (when ``data`` is None); verified as it is copied.
+    path: Path | None = None
 
 
 @dataclass
@@ -651,7 +660,7 @@ def _stored_blob(store: Store, digest: Digest, what: str) -> _Blob:
         size = store.content.size(digest)
     except NotFound:
         raise CorruptStore(f"{what}: blob {digest} is not in the store") from None
-    return _Blob(digest, size, open=functools.partial(store.content.open, digest, True))
+    return _Blob(digest, size, path=store.content.path(digest))
 
 
 def _kept_manifest(
@@ -788,27 +797,17 @@ def _index_bytes(manifests: list[Any], base: dict[str, Any] | None = None) -> by
     return _json_bytes(doc)
 
 
-class _Counted(io.RawIOBase):
-    """A stream that reports the bytes read so far to a progress task."""
+def _blob_fill(blob: _Blob, progress: Progress) -> Fill:
+    """Copies a stored blob into the archive, checked against its digest on the way."""
+    assert blob.path is not None
+    path, digest, size = blob.path, blob.digest, blob.size
 
-    def __init__(self, stream: IO[bytes], update: Callable[[int], None]) -> None:
-        self._stream = stream
-        self._update = update
-        self._done = 0
+    def fill(sink: MemberSink) -> None:
+        task = progress.task(f"Copying blob {digest.short()}", size)
+        fill_from_file(path, digest, task.update)(sink)
+        task.finish()
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        self._done += len(data)
-        self._update(self._done)
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
+    return fill
 
 
 def write_oci_archive(
@@ -817,13 +816,12 @@ def write_oci_archive(
     """Write the images ``names`` select as an oci-archive (a tar of an OCI layout).
 
     Deterministic: the same images give the same bytes. Layer blobs are verified against
-    their digests while they are copied.
+    their digests while they are copied; after a failure the archive has no end-of-archive
+    marker (a reader sees it truncated).
     """
     progress = progress or Progress(False)
     plan = _plan(store, names)
-    gate = _Gate(out)
-    tar = TarWriter(cast(IO[bytes], gate))
-    try:
+    with TarWriter(out) as tar:
         tar.add_bytes(LAYOUT_FILE, LAYOUT_BYTES)
         tar.add_bytes(INDEX_FILE, _index_bytes(plan.entries))
         tar.add_dir("blobs")
@@ -831,37 +829,8 @@ def write_oci_archive(
             blob = plan.blobs[digest]
             if blob.data is not None:
                 tar.add_bytes(blob_path(digest), blob.data)
-                continue
-            assert blob.open is not None
-            task = progress.task(f"Copying blob {digest.short()}", blob.size)
-            with blob.open() as f:
-                counted = cast(IO[bytes], _Counted(f, task.update))
-                tar.add_stream(blob_path(digest), counted, blob.size)
-            task.finish()
-    except BaseException:
-        # No end-of-archive marker after a failure: a reader must see a truncated tar.
-        gate.shut = True
-        with contextlib.suppress(Exception):
-            tar.close()
-        raise
-    tar.close()
-
-
-class _Gate:
-    """Passes writes through to ``out`` until shut; then swallows them."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self._out = out
-        self.shut = False
-
-    def write(self, data: bytes) -> int:
-        if self.shut:
-            return len(data)
-        return self._out.write(data)
-
-    def flush(self) -> None:
-        if not self.shut:
-            self._out.flush()
+            else:
+                tar.add_file(blob_path(digest), blob.size, _blob_fill(blob, progress))
 
 
 def _existing_blob_ok(path: Path, blob: _Blob) -> bool:
@@ -902,21 +871,15 @@ def _write_blob(root: Path, blob: _Blob, progress: Progress) -> None:
         data = blob.data
         _write_file(path, lambda f: f.write(data))
         return
-    assert blob.open is not None
-    opener = blob.open
-    task = progress.task(f"Copying blob {blob.digest.short()}", blob.size)
+    fill = _blob_fill(blob, progress)
 
     def copy(f: IO[bytes]) -> None:
-        done = 0
-        with opener() as src:
-            reader = VerifyingReader(src, blob.digest, f"blob {blob.digest}", blob.size)
-            while chunk := reader.read(CHUNK):
-                f.write(chunk)
-                done += len(chunk)
-                task.update(done)
+        sink = MemberSink(blob_path(blob.digest), blob.size, lambda data, _pos: f.write(data))
+        fill(sink)
+        if sink.done != sink.size:
+            raise SizeMismatch(f"blob {blob.digest}", blob.size, sink.done)
 
     _write_file(path, copy)
-    task.finish()
 
 
 def _read_existing_index(dest: Path) -> dict[str, Any]:
