@@ -76,7 +76,7 @@ class ImageRecord(NamedTuple):
             trusted("sha256:" + hex_),  # type: ignore[arg-type]
             created,
             # Chains stay plain strings (equal to their Digest): only used as keys.
-            tuple(["sha256:" + c for c in chains]),  # type: ignore[misc]
+            tuple(["sha256:" + c for c in chains]),
             size,
             trusted(parent) if parent else None,  # type: ignore[arg-type]
             os_,
