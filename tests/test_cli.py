@@ -456,3 +456,22 @@ def test_subprocess_error_and_env_root(tmp_path: Path) -> None:
     p = ocistore("frobnicate", env=env)
     assert p.returncode == 2
     assert b"Traceback" not in p.stderr
+
+
+def test_a_tampered_config_is_reported_and_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    tarball = tmp_path / "a.tar"
+    tarball.write_bytes(make_tar({"etc/a": b"a"}))
+    ok = subprocess.run([OCISTORE, "--root", root, "import", tarball, "a:1"], capture_output=True)
+    assert ok.returncode == 0
+    image_id = ok.stdout.decode().split()[-1]
+    config = root / "imagedb" / "content" / "sha256" / image_id[7:]
+    config.chmod(0o644)
+    config.write_bytes(config.read_bytes().replace(b'"os"', b'"OS"'))
+    proc = subprocess.run(
+        [OCISTORE, "--root", root, "images", "-q"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"ocistore: warning: skipped image {image_id}: ")
+    assert "digest mismatch" in proc.stderr and proc.stderr.count("\n") == 1

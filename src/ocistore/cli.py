@@ -63,7 +63,18 @@ def command(
 
 
 def open_store(args: argparse.Namespace) -> Store:
-    return Store(args.root)
+    store = Store(args.root)
+    args.store = store
+    return store
+
+
+def report_skipped(args: argparse.Namespace) -> None:
+    """Warn about images the store skipped on opening because they failed verification."""
+    store: Store | None = getattr(args, "store", None)
+    if store is None:
+        return
+    for digest, reason in store.images.skipped:
+        print(f"ocistore: warning: skipped image {digest}: {reason}", file=sys.stderr)
 
 
 # -- output helpers --------------------------------------------------------------------
@@ -548,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.root is None:
         args.root = default_root()
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        report_skipped(args)
+        return code
     except OcistoreError as e:
         print(f"ocistore: {e}", file=sys.stderr)
         return EXIT_ERROR
