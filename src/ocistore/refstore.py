@@ -70,7 +70,9 @@ class _Snapshot:
         for ref, image_id in self.refs.items():
             by_id.setdefault(image_id, []).append(ref)
         object.__setattr__(
-            self, "by_id", {k: tuple(sorted(v, key=sort_key)) for k, v in by_id.items()}
+            self,
+            "by_id",
+            {k: tuple(sorted(v, key=sort_key) if len(v) > 1 else v) for k, v in by_id.items()},
         )
 
 
@@ -121,30 +123,49 @@ def decode(data: bytes, path: Path) -> dict[Reference, ImageID]:
     if not isinstance(repos, dict):
         raise CorruptStore(f'{path}: reference store: "Repositories" is not an object')
     refs: dict[Reference, ImageID] = {}
+    trusted = Digest.trusted
+    hexdigits = _HEX
     for repo_name, entries in repos.items():
         if entries is None:
             continue
         if not isinstance(entries, dict):
             raise CorruptStore(f"{path}: repository {repo_name!r} is not an object")
         for key, value in entries.items():
-            where = f"{path}: repository {repo_name!r}: reference {key!r}"
-            if not isinstance(value, str):
-                raise CorruptStore(f"{where}: image ID is not a string")
-            try:
-                ref = parse_trusted(key) or parse(key).digest_only()
-                if len(value) == 71 and value.startswith("sha256:") and _HEX.issuperset(value[7:]):
-                    image_id = ImageID(Digest.trusted(value))
-                else:
-                    image_id = ImageID(Digest(value))
-            except InvalidInput as e:
-                raise CorruptStore(f"{where}: {e}") from None
-            if ref.is_name_only:
-                raise CorruptStore(f"{where}: reference has neither tag nor digest")
-            previous = refs.get(ref)
-            if previous is not None and previous != image_id:
-                raise CorruptStore(f"{where}: listed twice, for {previous} and {image_id}")
-            refs[ref] = image_id
+            # The fast path: the simple shapes this store writes (checked, not re-parsed).
+            ref = parse_trusted(key)
+            if (
+                ref is not None
+                and (ref.tag is not None or ref.digest is not None)
+                and type(value) is str
+                and len(value) == 71
+                and value.startswith("sha256:")
+                and hexdigits.issuperset(value[7:])
+                and ref not in refs
+            ):
+                refs[ref] = trusted(value)  # type: ignore[assignment]
+                continue
+            _decode_slowly(refs, path, repo_name, key, value)
     return refs
+
+
+def _decode_slowly(
+    refs: dict[Reference, ImageID], path: Path, repo_name: str, key: str, value: object
+) -> None:
+    """One entry through the full grammar, with an error naming what is wrong."""
+    where = f"{path}: repository {repo_name!r}: reference {key!r}"
+    if not isinstance(value, str):
+        raise CorruptStore(f"{where}: image ID is not a string")
+    try:
+        ref = parse(key).digest_only()
+        image_id = ImageID(Digest(value))
+    except InvalidInput as e:
+        raise CorruptStore(f"{where}: {e}") from None
+    if ref.is_name_only:
+        raise CorruptStore(f"{where}: reference has neither tag nor digest")
+    previous = refs.get(ref)
+    if previous is not None and previous != image_id:
+        raise CorruptStore(f"{where}: listed twice, for {previous} and {image_id}")
+    refs[ref] = image_id
 
 
 def check_tag(ref: Reference) -> None:
