@@ -14,9 +14,12 @@ decompression release the GIL), checks every digest, size and DiffID, and only t
 publishes everything under one lock, bottom-up. Bad input is refused before anything
 becomes visible, and staged files are removed: the store is as it was.
 
-Writing. :class:`TarWriter` streams a tar with fixed owners, modes and times, so the same
+Writing. :class:`TarWriter` writes a tar with fixed owners, modes and times, so the same
 images give the same bytes; :func:`output_file` writes ``-o PATH`` through a temporary
-file so a failed save leaves nothing behind.
+file so a failed save leaves nothing behind. Into that file every member's place is known
+in advance, so large members (layers, blobs) are read, checked, decompressed and written
+by several threads at once, each at its own offset; into a pipe they are written in
+order, with a second thread reading and checking a few MiB ahead.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import posixpath
+import queue
 import shutil
 import stat as stat_mod
 import sys
@@ -536,6 +540,8 @@ MAX_FILL_THREADS: Final = 4
 #: many more bytes were written: the disk works while the data is still being made, and
 #: the final ``fsync`` of :func:`output_file` has little left to wait for.
 _SYNC_EVERY: Final = 8 << 20
+#: Into a stream, how many chunks (of a few MiB) the filling thread may be ahead.
+_AHEAD: Final = 4
 
 
 class OutputFile(io.FileIO):
@@ -653,11 +659,12 @@ class TarWriter:
     """Writes a deterministic tar: owner 0:0, mtime 0, 0644 files, 0755 directories.
 
     Headers are tarfile's own (``TarInfo.tobuf``, PAX format), so the bytes are those
-    ``tarfile`` would write. Member data comes from :meth:`add_file`'s fill functions.
-    Into an :class:`OutputFile` every member has a known place, so the fill functions run
-    at :meth:`close`, several at once (largest first), each writing at its own offset;
-    into any other stream they run in order as they are added. The end-of-archive blocks
-    are written only when every member was filled: a failed save never looks whole.
+    ``tarfile`` writes. Member data comes from :meth:`add_file`'s fill functions, run at
+    :meth:`close`. Into an :class:`OutputFile` every member has a known place: the fill
+    functions run several at once (largest first), each writing at its own offset. Into
+    any other stream they run in order in one thread, a few MiB ahead of this one, which
+    writes. The end-of-archive blocks are written only when every member was filled: a
+    failed save never looks whole.
     """
 
     def __init__(self, out: IO[bytes], threads: int | None = None) -> None:
@@ -669,6 +676,8 @@ class TarWriter:
         self._pending_at = 0
         #: The archive's length so far.
         self._offset = 0
+        #: Into a stream: the archive in order, bytes and members to fill.
+        self._segments: list[bytes | _Job] = []
         self._jobs: list[_Job] = []
         self._dirs: set[str] = set()
         self._threads = max(1, threads or min(MAX_FILL_THREADS, os.cpu_count() or 1))
@@ -698,13 +707,11 @@ class TarWriter:
     def _emit(self, data: bytes) -> None:
         self._pending += data
         self._offset += len(data)
-        if len(self._pending) >= CHUNK:
-            self._flush()
 
     def _flush(self) -> None:
         if self._pending:
             if self._fd is None:
-                self._out.write(self._pending)
+                self._segments.append(bytes(self._pending))
             else:
                 _pwrite_all(self._fd, self._pending, self._base + self._pending_at)
             self._pending = bytearray()
@@ -735,23 +742,18 @@ class TarWriter:
     def add_file(self, name: str, size: int, fill: Fill) -> None:
         """A regular file of ``size`` bytes that ``fill`` writes into a :class:`MemberSink`.
 
-        ``fill`` reads and verifies the content, raising if it is not what it must be;
-        into an :class:`OutputFile` it runs later, in another thread, at :meth:`close`.
+        ``fill`` reads and verifies the content, raising if it is not what it must be. It
+        runs at :meth:`close`, in another thread.
         """
         self._parents(name)
         self._emit(self._header(name, tarfile.REGTYPE, size))
         self._flush()
+        job = _Job(name, self._offset, size, fill)
+        self._jobs.append(job)
         if self._fd is None:
-            out = self._out
-            sink = MemberSink(name, size, lambda data, _pos: out.write(data))
-            fill(sink)
-            self._check_filled(sink)
-            self._offset += size
-            self._pending_at = self._offset
-        else:
-            self._jobs.append(_Job(name, self._offset, size, fill))
-            self._offset += size
-            self._pending_at = self._offset
+            self._segments.append(job)
+        self._offset += size
+        self._pending_at = self._offset
         self._emit(bytes(-size % _BLOCK))
 
     @staticmethod
@@ -767,8 +769,9 @@ class TarWriter:
         self._check_filled(sink)
 
     def _run_jobs(self) -> None:
-        """Fill the deferred members, largest first, with up to ``threads`` threads; the
-        first member (in archive order) that failed gives the error."""
+        """Fill the members of an :class:`OutputFile`, largest first, with up to
+        ``threads`` threads; the first member (in archive order) that failed gives the
+        error."""
         jobs = sorted(self._jobs, key=lambda j: j.size, reverse=True)
         if not jobs:
             return
@@ -814,22 +817,83 @@ class TarWriter:
         if errors:
             raise errors[0]
 
+    def _stream(self) -> None:
+        """Write the archive in order into a stream; members are filled by one thread,
+        at most :data:`_AHEAD` chunks ahead of the writes."""
+        out = self._out
+        if not self._jobs or self._threads == 1:
+            for seg in self._segments:
+                if isinstance(seg, _Job):
+                    sink = MemberSink(seg.name, seg.size, lambda data, _pos: out.write(data))
+                    seg.fill(sink)
+                    self._check_filled(sink)
+                else:
+                    out.write(seg)
+            return
+        chunks: queue.Queue[bytes | _Job] = queue.Queue(maxsize=_AHEAD)
+        cancel = threading.Event()
+
+        def put(item: bytes | _Job) -> None:
+            while not cancel.is_set():
+                try:
+                    chunks.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    pass
+            raise _Cancelled
+
+        def produce() -> None:
+            for job in self._jobs:
+                try:
+                    sink = MemberSink(job.name, job.size, lambda data, _pos: put(bytes(data)))
+                    job.fill(sink)
+                    self._check_filled(sink)
+                except BaseException as e:
+                    job.error = e
+                try:
+                    put(job)  # the end of its data; job.error tells whether it failed
+                except _Cancelled:
+                    return
+                if job.error is not None:
+                    return
+
+        reader = threading.Thread(target=produce, name="tar-read", daemon=True)
+        reader.start()
+        try:
+            for seg in self._segments:
+                if not isinstance(seg, _Job):
+                    out.write(seg)
+                    continue
+                while not isinstance(item := chunks.get(), _Job):
+                    out.write(item)
+                if item.error is not None:
+                    raise item.error
+        finally:
+            cancel.set()
+            reader.join()
+
     def close(self) -> None:
-        """Fill what is left to fill, then end the archive (two zero blocks, padded to a
-        record, as tarfile does)."""
+        """Fill the members, then end the archive (two zero blocks, padded to a record,
+        as tarfile does)."""
         if self._done:
             return
         self._done = True
-        self._flush()
-        self._run_jobs()
         end = self._offset + 2 * _BLOCK
-        self._emit(bytes(2 * _BLOCK + (-end % _RECORD)))
-        self._flush()
+        if self._fd is None:
+            self._emit(bytes(2 * _BLOCK + (-end % _RECORD)))
+            self._flush()
+            self._stream()
+        else:
+            self._flush()
+            self._run_jobs()
+            self._emit(bytes(2 * _BLOCK + (-end % _RECORD)))
+            self._flush()
 
     def abort(self) -> None:
-        """Stop without ending the archive (a reader sees it truncated)."""
+        """Stop without writing anything more (a reader sees the archive truncated)."""
         self._done = True
         self._pending = bytearray()
+        self._segments = []
 
 
 def fill_from_file(

@@ -495,7 +495,7 @@ class _LegacyDir:
 
 #: The most uncompressed bytes one decompression step may give (bounds the memory a
 #: highly compressed layer can take).
-_OUT_MAX: Final = 4 << 20
+_OUT_MAX: Final = 2 << 20
 
 
 class _LayerCopy:

@@ -99,7 +99,6 @@ import json
 import os
 import shutil
 import stat as stat_mod
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -849,7 +848,7 @@ def _existing_blob_ok(path: Path, blob: _Blob) -> bool:
 
 def _write_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write a file whole or not at all: a temporary file beside it, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(16).hex()}.tmp")
     try:
         with open(tmp, "xb") as f:
             write(f)
@@ -958,7 +957,7 @@ def write_oci_layout(
         parent = dest.parent
         if not parent.is_dir():
             raise NotFound(f"{dest}: parent directory {parent} does not exist")
-        tmp = parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+        tmp = parent / f".{dest.name}.{os.urandom(16).hex()}.tmp"
         try:
             tmp.mkdir(mode=0o755)
             _fill_layout(tmp, plan, progress, None)
