@@ -36,7 +36,6 @@ import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
@@ -456,6 +455,8 @@ def load_images(
                 k, s = stage(key)
                 staged[k] = s
         else:
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(workers) as pool:
                 futures = [pool.submit(stage, key) for key in wanted]
                 errors: list[BaseException] = []
@@ -536,10 +537,6 @@ _RECORD: Final = 20 * _BLOCK
 #: The most threads that fill the members of one output file at once (each holds a few
 #: MiB of buffers: the peak memory of a save stays well under 64 MiB).
 MAX_FILL_THREADS: Final = 4
-#: While members are filled, a thread calls ``fdatasync`` on the output each time this
-#: many more bytes were written: the disk works while the data is still being made, and
-#: the final ``fsync`` of :func:`output_file` has little left to wait for.
-_SYNC_EVERY: Final = 8 << 20
 #: Into a stream, how many chunks (of a few MiB) the filling thread may be ahead.
 _AHEAD: Final = 4
 
@@ -601,48 +598,12 @@ def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> N
         offset += n
 
 
-class _Syncer:
-    """Starts the disk early: a thread that calls ``fdatasync`` on a file each time
-    another :data:`_SYNC_EVERY` bytes were written to it (the writers do not wait)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._lock = threading.Lock()
-        self._unsynced = 0
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="tar-sync", daemon=True)
-        self._thread.start()
-
-    def wrote(self, n: int) -> None:
-        with self._lock:
-            self._unsynced += n
-            if self._unsynced < _SYNC_EVERY:
-                return
-            self._unsynced = 0
-        self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop:
-                return
-            try:
-                os.fdatasync(self._fd)
-            except OSError:
-                return  # the final fsync reports it
-
-    def stop(self) -> None:
-        self._stop = True
-        self._wake.set()
-        self._thread.join()
-
-
 class _PositionalWriter:
     """Writes one member's data at its place in the output file."""
 
-    def __init__(self, fd: int, base: int, cancel: threading.Event, syncer: _Syncer) -> None:
+    def __init__(
+        self, fd: int, base: int, cancel: threading.Event, syncer: fsutil.BackgroundSync
+    ) -> None:
         self._fd = fd
         self._base = base
         self._cancel = cancel
@@ -761,7 +722,7 @@ class TarWriter:
         if sink.done != sink.size:
             raise OcistoreError(f"{sink.name}: stored content is shorter than recorded")
 
-    def _fill(self, job: _Job, cancel: threading.Event, syncer: _Syncer) -> None:
+    def _fill(self, job: _Job, cancel: threading.Event, syncer: fsutil.BackgroundSync) -> None:
         assert self._fd is not None
         write = _PositionalWriter(self._fd, self._base + job.offset, cancel, syncer)
         sink = MemberSink(job.name, job.size, write)
@@ -777,7 +738,7 @@ class TarWriter:
             return
         assert self._fd is not None
         cancel = threading.Event()
-        syncer = _Syncer(self._fd)
+        syncer = fsutil.BackgroundSync(self._fd)
         todo = iter(jobs)
         lock = threading.Lock()
 

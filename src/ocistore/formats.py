@@ -61,17 +61,19 @@ def save(
     progress: Progress | None = None,
 ) -> None:
     """Save images to ``output`` (``-`` is stdout; a directory for :attr:`SaveFormat.OCI`)."""
-    from . import docker_archive, oci
-
+    # Only the writer this save needs is imported: each costs start-up time.
     if not names:
         raise InvalidInput("save needs at least one image")
     if format is SaveFormat.OCI:
         if output == "-":
             raise InvalidInput("the oci format writes a directory: give -o DIR")
-        oci.write_oci_layout(store, names, Path(output), progress)
+        from .oci import write_oci_layout
+
+        write_oci_layout(store, names, Path(output), progress)
         return
+    if format is SaveFormat.DOCKER:
+        from .docker_archive import write_docker_archive as write
+    else:
+        from .oci import write_oci_archive as write
     with output_file(output, store.tmpdir) as out:
-        if format is SaveFormat.DOCKER:
-            docker_archive.write_docker_archive(store, names, out, progress)
-        else:
-            oci.write_oci_archive(store, names, out, progress)
+        write(store, names, out, progress)

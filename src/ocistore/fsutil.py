@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -45,16 +46,46 @@ def makedirs(path: Path) -> None:
             fsync_dir(d.parent)
 
 
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range of a file out now, without waiting.
+#: :class:`BackgroundSync` calls ``fdatasync`` each time this many more bytes were written.
+SYNC_EVERY = 8 << 20
 
-    A large blob then reaches the disk while the rest is still being read and hashed, and
-    the final fsync has little left to wait for (and the page cache is not filled with
-    what was only being copied). ``POSIX_FADV_DONTNEED`` starts writeback of dirty pages
-    and drops only clean ones.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+class BackgroundSync:
+    """Starts the disk early: a thread that calls ``fdatasync`` on a file each time
+    another :data:`SYNC_EVERY` bytes were written to it (the writers do not wait)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._unsynced = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="background-sync", daemon=True)
+        self._thread.start()
+
+    def wrote(self, n: int) -> None:
+        with self._lock:
+            self._unsynced += n
+            if self._unsynced < SYNC_EVERY:
+                return
+            self._unsynced = 0
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError:
+                return  # the final fsync reports it
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
 
 
 def temp_path(tmpdir: Path, suffix: str = "") -> Path:

@@ -121,8 +121,6 @@ class StagedLayer:
 
 #: Compressed input is read in smaller pieces: each expands several times when decompressed.
 COMPRESSED_CHUNK = 256 << 10
-#: How much of a staged blob may sit dirty in the page cache before writeback is started.
-WRITEBACK_EVERY = 16 << 20
 
 
 class _Digester(threading.Thread):
@@ -195,8 +193,8 @@ def stage_layer(
     chunk_size = CHUNK if plain else COMPRESSED_CHUNK
     tmp = fsutil.TempFile(content.tmpdir)
     blob_size = 0
-    flushed = 0
     digester.start()
+    syncer = fsutil.BackgroundSync(tmp.file.fileno())  # the disk works while we hash
     try:
         try:
             while digester.error is None:
@@ -208,14 +206,13 @@ def stage_layer(
                     blob_hasher.update(chunk)  # the compressed side hashes here
                 digester.queue.put(chunk)
                 blob_size += len(chunk)
-                if blob_size - flushed >= WRITEBACK_EVERY:
-                    fsutil.start_writeback(tmp.file.fileno(), flushed, blob_size - flushed)
-                    flushed = blob_size
+                syncer.wrote(len(chunk))
                 if progress is not None:
                     progress(blob_size)
         finally:
             digester.queue.put(None)
             digester.join()
+            syncer.stop()
         if digester.error is not None:
             raise digester.error
         tmp.finish()
