@@ -33,19 +33,23 @@ def load(
     progress: Progress | None = None,
 ) -> list[LoadedImage]:
     """Load every image of an archive or layout into ``store``; returns what was loaded."""
-    from . import docker_archive, oci
+    from . import oci
 
     archive = open_archive(source, store.tmpdir)
     try:
-        if docker_archive.is_docker_archive(archive):
-            sources = docker_archive.read_docker_archive(archive)
-        elif oci.is_oci_layout(archive):
+        # manifest.json wins (Docker 25+ archives are OCI layouts too); the docker-archive
+        # code (and Go-JSON machinery of the v1 format) is only imported when needed.
+        if not archive.exists("manifest.json") and oci.is_oci_layout(archive):
             sources = oci.read_oci_layout(archive, platform)
         else:
-            raise InvalidInput(
-                f"{archive.name}: not an image archive: no manifest.json, repositories "
-                "or oci-layout with index.json"
-            )
+            from . import docker_archive
+
+            if not docker_archive.is_docker_archive(archive):
+                raise InvalidInput(
+                    f"{archive.name}: not an image archive: no manifest.json, repositories "
+                    "or oci-layout with index.json"
+                )
+            sources = docker_archive.read_docker_archive(archive)
         if not sources:
             raise InvalidInput(f"{archive.name}: the archive holds no image")
         return load_images(store, sources, progress)

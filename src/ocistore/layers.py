@@ -120,7 +120,7 @@ class StagedLayer:
 
 
 #: Compressed input is read in smaller pieces: each expands several times when decompressed.
-COMPRESSED_CHUNK = 256 << 10
+COMPRESSED_CHUNK = 128 << 10
 
 
 class _Digester(threading.Thread):
@@ -136,7 +136,7 @@ class _Digester(threading.Thread):
         diff_hasher: Any,
     ) -> None:
         super().__init__(name=f"digest {what}", daemon=True)
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         self.plain = compression is Compression.NONE
         self.decompressor = Decompressor(compression, what)
         self.blob_hasher = blob_hasher
