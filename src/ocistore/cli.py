@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -233,47 +234,43 @@ def cmd_images(args: argparse.Namespace) -> int:
         return EXIT_OK
     now = datetime.now(UTC)
     ages: dict[str, str] = {}
-    rows: list[dict[str, str]] = []
+    # repository, tag, digest, image ID, created, created since, size
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
     for rec, refs in images:
         image_id = rec.id if args.no_trunc else rec.id.short()
-        age = ages.get(rec.created)
+        created = rec.created
+        age = ages.get(created)
         if age is None:
-            age = ages[rec.created] = since(rec.created, now)
-        tags = [r for r in refs if r.digest is None]
-        digests = {r.familiar_name: r.digest for r in refs if r.digest is not None}
-        entries: list[tuple[str, str, str]] = []
-        for r in tags:
-            entries.append(
-                (r.familiar_name, r.tag or "<none>", digests.get(r.familiar_name) or "<none>")
-            )
-        for name, d in digests.items():
-            if not any(t.familiar_name == name for t in tags):
-                entries.append((name, "<none>", d or "<none>"))
-        if not entries:
-            entries.append(("<none>", "<none>", "<none>"))
-        for repo, tag, digest in entries:
-            rows.append(
-                {
-                    "Repository": repo,
-                    "Tag": tag,
-                    "Digest": digest,
-                    "ID": image_id,
-                    "CreatedAt": rec.created,
-                    "CreatedSince": age,
-                    "Size": human_size(rec.size),
-                }
-            )
+            age = ages[created] = since(created, now)
+        size = human_size(rec.size)
+        if not refs:
+            rows.append(("<none>", "<none>", "<none>", image_id, created, age, size))
+            continue
+        named = [(r.familiar_name, r) for r in refs]
+        digests = {n: str(r.digest) for n, r in named if r.digest is not None}
+        tagged: set[str] = set()
+        for n, r in named:
+            if r.digest is None:
+                tagged.add(n)
+                rows.append(
+                    (n, r.tag or "<none>", digests.get(n, "<none>"), image_id, created, age, size)
+                )
+        for n, d in digests.items():
+            if n not in tagged:
+                rows.append((n, "<none>", d, image_id, created, age, size))
     if args.format == "json":
-        for row in rows:
-            print(json.dumps(row))
+        keys = ("Repository", "Tag", "Digest", "ID", "CreatedAt", "CreatedSince", "Size")
+        sys.stdout.write(
+            "".join(json.dumps(dict(zip(keys, row, strict=True))) + "\n" for row in rows)
+        )
         return EXIT_OK
     header = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else [])
     header += ["IMAGE ID", "CREATED", "SIZE"]
     table = [header]
-    for row in rows:
-        line = [row["Repository"], row["Tag"]] + ([row["Digest"]] if args.digests else [])
-        line += [row["ID"], row["CreatedSince"], row["Size"]]
-        table.append(line)
+    if args.digests:
+        table += [[r[0], r[1], r[2], r[3], r[5], r[6]] for r in rows]
+    else:
+        table += [[r[0], r[1], r[3], r[5], r[6]] for r in rows]
     print_table(table, sys.stdout)
     return EXIT_OK
 
@@ -551,6 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A command is a short-lived process that makes many small objects (a record per
+    # image, a reference per tag) and few cycles: collect garbage rarely. With the
+    # default thresholds, listing 10,000 images spent a quarter of its time in the GC.
+    gc.set_threshold(100_000, 50, 100)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

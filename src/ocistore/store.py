@@ -238,7 +238,7 @@ class Store:
             if not all_images and not refs and rec.id in parents:
                 continue
             out.append((rec, refs))
-        out.sort(key=lambda x: (x[0].created, x[0].id), reverse=True)
+        out.sort(key=lambda x: (x[0][1], x[0][0]), reverse=True)  # created, then ID
         return out
 
     def inspect(self, name: str) -> dict[str, Any]:
