@@ -63,14 +63,26 @@ def small_archive(tmp_path: Path) -> Path:
     return archive
 
 
+#: Starts ocistore and reports its exit code and peak RSS (KiB). It runs in a small
+#: process of its own: a child's ru_maxrss counts its parent's memory at the fork (and
+#: pytest's grows over a run), which would be measured instead of ocistore's.
+_MEASURE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def peak_rss_kib(args: list[str]) -> tuple[int, int]:
     """Run ocistore; returns its exit code and its own peak RSS (KiB, from wait4)."""
-    proc = subprocess.Popen(
-        [str(OCISTORE), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(OCISTORE), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return int(out[0]), int(out[1])
 
 
 def test_progress_shows_on_a_terminal_and_not_with_quiet(tmp_path: Path) -> None:

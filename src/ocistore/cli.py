@@ -203,6 +203,18 @@ def _images_args(p: argparse.ArgumentParser) -> None:
     format_option(p)
 
 
+def _matches(familiar: str, repo: str, tag: str | None) -> bool:
+    """Whether a familiar reference (``busybox:1``, ``app@sha256:…``) is of ``repo``
+    (and has ``tag``, when one is given)."""
+    name, at, _ = familiar.partition("@")
+    if not at:
+        slash, colon = name.rfind("/"), name.rfind(":")
+        if colon > slash:
+            name, found = name[:colon], name[colon + 1 :]
+            return name == repo and (tag is None or found == tag)
+    return name == repo and tag is None
+
+
 @command("images", _images_args)
 def cmd_images(args: argparse.Namespace) -> int:
     """List images, newest first.
@@ -215,18 +227,13 @@ def cmd_images(args: argparse.Namespace) -> int:
     """
     store = open_store(args)
     wanted = parse(args.reference) if args.reference else None
-    images = store.list_images(all_images=args.all)
+    images = store.list_image_names(all_images=args.all)
     if wanted is not None:
+        repo = wanted.familiar_name
         images = [
             (rec, kept)
-            for rec, refs in images
-            if (
-                kept := [
-                    r
-                    for r in refs
-                    if r.name == wanted.name and (wanted.tag is None or r.tag == wanted.tag)
-                ]
-            )
+            for rec, names in images
+            if (kept := [n for n in names if _matches(n, repo, wanted.tag)])
         ]
     if args.quiet:
         ids = [rec.id if args.no_trunc else rec.id.short() for rec, _ in images]
@@ -236,28 +243,34 @@ def cmd_images(args: argparse.Namespace) -> int:
     ages: dict[str, str] = {}
     # repository, tag, digest, image ID, created, created since, size
     rows: list[tuple[str, str, str, str, str, str, str]] = []
-    for rec, refs in images:
+    for rec, names in images:
         image_id = rec.id if args.no_trunc else rec.id.short()
         created = rec.created
         age = ages.get(created)
         if age is None:
             age = ages[created] = since(created, now)
         size = human_size(rec.size)
-        if not refs:
+        if not names:
             rows.append(("<none>", "<none>", "<none>", image_id, created, age, size))
             continue
-        named = [(r.familiar_name, r) for r in refs]
-        digests = {n: str(r.digest) for n, r in named if r.digest is not None}
-        tagged: set[str] = set()
-        for n, r in named:
-            if r.digest is None:
-                tagged.add(n)
-                rows.append(
-                    (n, r.tag or "<none>", digests.get(n, "<none>"), image_id, created, age, size)
-                )
-        for n, d in digests.items():
-            if n not in tagged:
-                rows.append((n, "<none>", d, image_id, created, age, size))
+        tags: list[tuple[str, str]] = []
+        digests: dict[str, str] = {}
+        for n in names:
+            repo_name, at, digest = n.partition("@")
+            if at:
+                digests[repo_name] = digest
+            else:
+                slash = n.rfind("/")
+                colon = n.rfind(":")
+                tags.append((n[:colon], n[colon + 1 :]) if colon > slash else (n, "<none>"))
+        for repo_name, tag in tags:
+            rows.append(
+                (repo_name, tag, digests.get(repo_name, "<none>"), image_id, created, age, size)
+            )
+        tagged = {t for t, _ in tags}
+        for repo_name, digest in digests.items():
+            if repo_name not in tagged:
+                rows.append((repo_name, "<none>", digest, image_id, created, age, size))
     if args.format == "json":
         keys = ("Repository", "Tag", "Digest", "ID", "CreatedAt", "CreatedSince", "Size")
         sys.stdout.write(

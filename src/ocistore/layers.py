@@ -126,7 +126,13 @@ COMPRESSED_CHUNK = 128 << 10
 class _Digester(threading.Thread):
     """Hashes (and decompresses) a layer's chunks on its own thread, while the caller's
     thread reads and writes: hashlib, isal and zstandard release the GIL, so reading,
-    writing, decompressing and hashing overlap on two cores."""
+    writing, decompressing and hashing overlap on two cores.
+
+    Chunks travel in a fixed set of buffers (:attr:`free` back to the reader once
+    digested): allocating a fresh megabyte per read let glibc's per-thread arenas keep
+    freed chunks, and a 512 MiB load reached 110 MiB of memory."""
+
+    BUFFERS = 4
 
     def __init__(
         self,
@@ -134,9 +140,13 @@ class _Digester(threading.Thread):
         what: str,
         blob_hasher: Any,
         diff_hasher: Any,
+        chunk_size: int,
     ) -> None:
         super().__init__(name=f"digest {what}", daemon=True)
-        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self.queue: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(self.BUFFERS):
+            self.free.put(bytearray(chunk_size))
         self.plain = compression is Compression.NONE
         self.decompressor = Decompressor(compression, what)
         self.blob_hasher = blob_hasher
@@ -148,7 +158,10 @@ class _Digester(threading.Thread):
     def run(self) -> None:
         ended = False
         try:
-            while (chunk := self.queue.get()) is not None:
+            while (item := self.queue.get()) is not None:
+                buf, n = item
+                chunk = memoryview(buf)[:n]
+                out: bytes | memoryview
                 if self.plain:
                     self.blob_hasher.update(chunk)
                     if self.diff_hasher is not self.blob_hasher:
@@ -159,13 +172,15 @@ class _Digester(threading.Thread):
                     self.diff_hasher.update(out)
                 self.tar_size += len(out)
                 if len(self.head) < 512:
-                    self.head += out[: 512 - len(self.head)]
+                    self.head += bytes(out[: 512 - len(self.head)])
+                del chunk, out
+                self.free.put(buf)
             ended = True
             self.decompressor.finish()
         except BaseException as e:
             self.error = e
-            while not ended and self.queue.get() is not None:  # let the reader finish
-                pass
+            while not ended and (item := self.queue.get()) is not None:  # let the reader finish
+                self.free.put(item[0])
 
 
 def stage_layer(
@@ -189,8 +204,8 @@ def stage_layer(
     blob_hasher = new_hasher(blob_algo)
     plain = compression is Compression.NONE
     diff_hasher = blob_hasher if plain and blob_algo == "sha256" else new_hasher("sha256")
-    digester = _Digester(compression, what, blob_hasher, diff_hasher)
     chunk_size = CHUNK if plain else COMPRESSED_CHUNK
+    digester = _Digester(compression, what, blob_hasher, diff_hasher, chunk_size)
     tmp = fsutil.TempFile(content.tmpdir)
     blob_size = 0
     digester.start()
@@ -198,15 +213,19 @@ def stage_layer(
     try:
         try:
             while digester.error is None:
-                chunk = reader.read(chunk_size)
-                if not chunk:
+                buf = digester.free.get()
+                n = reader.readinto(buf)
+                if not n:
+                    digester.free.put(buf)
                     break
+                chunk = memoryview(buf)[:n]
                 tmp.write(chunk)
                 if not plain:
                     blob_hasher.update(chunk)  # the compressed side hashes here
-                digester.queue.put(chunk)
-                blob_size += len(chunk)
-                syncer.wrote(len(chunk))
+                del chunk
+                digester.queue.put((buf, n))
+                blob_size += n
+                syncer.wrote(n)
                 if progress is not None:
                     progress(blob_size)
         finally:

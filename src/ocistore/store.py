@@ -24,11 +24,11 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from . import fsutil
 from .backend import FSBackend
@@ -58,6 +58,22 @@ class RemoveEvent:
 
     def __str__(self) -> str:
         return f"{self.action}: {self.subject}"
+
+
+_R = TypeVar("_R")
+
+
+def _newest_first(
+    records: list[ImageRecord], refs: Mapping[ImageID, list[_R]], all_images: bool
+) -> list[tuple[ImageRecord, list[_R]]]:
+    parents = {r.parent for r in records if r.parent}
+    out: list[tuple[ImageRecord, list[_R]]] = []
+    for rec in records:
+        named = refs.get(rec.id, [])
+        if all_images or named or rec.id not in parents:
+            out.append((rec, named))
+    out.sort(key=lambda x: (x[0][1], x[0][0]), reverse=True)  # created, then ID
+    return out
 
 
 class Store:
@@ -230,16 +246,16 @@ class Store:
         untagged intermediate images (those with children) are left out, as Docker does."""
         with self.lock.shared():
             records = self.images.list()
-            refs_by_image = self.references.by_image()
-        parents = {r.parent for r in records if r.parent}
-        out: list[tuple[ImageRecord, list[Reference]]] = []
-        for rec in records:
-            refs = refs_by_image.get(rec.id, [])
-            if not all_images and not refs and rec.id in parents:
-                continue
-            out.append((rec, refs))
-        out.sort(key=lambda x: (x[0][1], x[0][0]), reverse=True)  # created, then ID
-        return out
+            refs = self.references.by_image()
+        return _newest_first(records, refs, all_images)
+
+    def list_image_names(self, all_images: bool = False) -> list[tuple[ImageRecord, list[str]]]:
+        """:meth:`list_images` with each reference in its familiar form (``busybox:1``):
+        what a listing prints, without building a reference object per tag."""
+        with self.lock.shared():
+            records = self.images.list()
+            names = self.references.familiar_by_image()
+        return _newest_first(records, names, all_images)
 
     def inspect(self, name: str) -> dict[str, Any]:
         """A dict shaped like ``docker image inspect``."""
