@@ -904,6 +904,8 @@ def output_file(path: str, tmpdir: Path) -> Iterator[IO[bytes]]:
     dest = Path(path)
     if dest.is_dir():
         raise InvalidInput(f"{path}: is a directory")
+    if not dest.parent.is_dir():
+        raise NotFound(f"{path}: no such directory {dest.parent}")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         with OutputFile(tmp, "wb") as f:

@@ -14,9 +14,10 @@ import enum
 from pathlib import Path
 
 from .archive import LoadedImage, load_images, open_archive, output_file
-from .errors import InvalidInput
+from .errors import InvalidInput, NotFound
 from .platforms import Platform
 from .progress import Progress
+from .reference import parse
 from .store import Store
 
 
@@ -57,6 +58,19 @@ def load(
         archive.close()
 
 
+def _check_name(store: Store, name: str) -> None:
+    """An image, or a bare repository name with tags (``docker save repo`` saves them all)."""
+    try:
+        store.resolve(name)
+    except NotFound:
+        try:
+            ref = parse(name)
+        except InvalidInput:
+            ref = None
+        if ref is None or not ref.is_name_only or not store.references.references_by_name(ref):
+            raise
+
+
 def save(
     store: Store,
     names: list[str],
@@ -68,6 +82,8 @@ def save(
     # Only the writer this save needs is imported: each costs start-up time.
     if not names:
         raise InvalidInput("save needs at least one image")
+    for name in names:  # a name that is nothing fails before any output is made
+        _check_name(store, name)
     if format is SaveFormat.OCI:
         if output == "-":
             raise InvalidInput("the oci format writes a directory: give -o DIR")
