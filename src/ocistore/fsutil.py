@@ -16,7 +16,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,16 +117,23 @@ def publish(tmp: Path, path: Path) -> None:
     except OSError as e:
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and tmp.is_dir():
             # A directory already published by somebody else: content-addressed, so equal.
-            shutil.rmtree(tmp, ignore_errors=True)
+            _rmtree(tmp, ignore_errors=True)
             return
         raise
     fsync_dir(path.parent)
 
 
+def _rmtree(path: Path, ignore_errors: bool = False) -> None:
+    # shutil is imported here: it pulls in bz2 and lzma, and most commands never need it.
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
 def remove(path: Path) -> None:
     """Remove a file or a directory tree if present, and make the removal durable."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        _rmtree(path)
     else:
         try:
             path.unlink()
