@@ -126,14 +126,10 @@ def since(value: str, now: datetime | None = None) -> str:
 
 
 def print_table(rows: list[list[str]], out: IO[str]) -> None:
+    """Columns padded to their widest cell, three spaces apart, as docker prints them."""
     widths = [max(map(len, column)) for column in zip(*rows, strict=True)][:-1]
-    lines = []
-    for r in rows:
-        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
-        cells.append(r[-1])
-        lines.append("   ".join(cells).rstrip())
-    lines.append("")
-    out.write("\n".join(lines))
+    line = "   ".join(f"{{:<{w}}}" for w in widths) + "   {}"
+    out.write("".join(line.format(*r).rstrip() + "\n" for r in rows))
 
 
 def format_option(p: argparse.ArgumentParser) -> None:
