@@ -24,7 +24,7 @@ from ocistore import formats, oci
 from ocistore.archive import LoadedImage, load_images, open_archive, output_file
 from ocistore.compression import Compression
 from ocistore.digest import Digest, ImageID, digest_bytes
-from ocistore.errors import InvalidInput, NotFound, OcistoreError
+from ocistore.errors import Conflict, InvalidInput, NotFound, OcistoreError
 from ocistore.platforms import Platform, host_platform, parse_platform
 from ocistore.reference import parse_tagged
 from ocistore.store import Store
@@ -404,6 +404,24 @@ def test_tags_from_annotations(store: Store, tmp_path: Path) -> None:
         ["example.com/other:latest"],
     ]
     assert store.resolve("localhost/v1:latest") == imgs[0].id
+
+
+def test_a_digest_name_of_another_image_is_refused_before_publishing(
+    store: Store, tmp_path: Path
+) -> None:
+    name = "example.com/team/app@sha256:" + "ab" * 32
+    first = Layout(tmp_path / "first")
+    a = first.image([{"f": b"a"}], comment="a")
+    first.add(a.desc, {"io.containerd.image.name": name})
+    assert [x.id for x in load(store, first.write())] == [a.id]
+    second = Layout(tmp_path / "second")
+    b = second.image([{"f": b"b"}], comment="b")
+    second.add(b.desc, {"io.containerd.image.name": name})
+    before = snapshot(store.root)
+    with pytest.raises(Conflict, match="already names image"):
+        load(store, second.write())
+    assert snapshot(store.root) == before
+    assert list(store.tmpdir.iterdir()) == []
 
 
 def test_same_manifest_twice_loads_once_with_both_tags(store: Store, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from typing import IO, Any, Final, Protocol
 from . import fsutil
 from .compression import Compression, PeekableReader, decompressed_reader, detect
 from .digest import CHUNK, DiffID, Digest, ImageID, new_hasher
-from .errors import DigestMismatch, InvalidInput, NotFound, OcistoreError
+from .errors import Conflict, DigestMismatch, InvalidInput, NotFound, OcistoreError
 from .image import ImageConfig, parse_config
 from .layers import StagedLayer, make_chain_id, stage_layer
 from .progress import Progress
@@ -474,6 +474,27 @@ def load_images(
             s.discard()
 
 
+def _check_tags(store: Any, sources: list[ImageSource], configs: list[ImageConfig]) -> None:
+    """Refuse the names a load could not set, before anything is published: a reserved
+    repository name, or a digest reference that already names another image."""
+    from .refstore import check_tag
+
+    for src, cfg in zip(sources, configs, strict=True):
+        for ref in src.tags:
+            if ref.digest is None:
+                check_tag(ref)
+                continue
+            try:
+                current = store.references.get(ref)
+            except NotFound:
+                continue
+            if current != cfg.id:
+                raise Conflict(
+                    f"{src.what}: {ref.familiar()} already names image {current}, "
+                    f"not {cfg.id}"
+                )
+
+
 def _publish(
     store: Any,
     sources: list[ImageSource],
@@ -482,6 +503,7 @@ def _publish(
 ) -> list[LoadedImage]:
     loaded: list[LoadedImage] = []
     with store.transaction():
+        _check_tags(store, sources, configs)  # under the lock: refuse before publishing
         ids: list[ImageID] = []
         for src, cfg in zip(sources, configs, strict=True):
             parent_chain = None
