@@ -490,8 +490,7 @@ def _check_tags(store: Any, sources: list[ImageSource], configs: list[ImageConfi
                 continue
             if current != cfg.id:
                 raise Conflict(
-                    f"{src.what}: {ref.familiar()} already names image {current}, "
-                    f"not {cfg.id}"
+                    f"{src.what}: {ref.familiar()} already names image {current}, not {cfg.id}"
                 )
 
 
