@@ -11,6 +11,7 @@ import pytest
 import zstandard
 
 from ocistore.compression import (
+    OUT_MAX,
     Compression,
     Decompressor,
     PeekableReader,
@@ -175,3 +176,20 @@ def test_decompressor_accepts_memoryview_chunks() -> None:
     view = memoryview(data)
     out = b"".join(d.feed(view[i : i + 333]) for i in range(0, len(data), 333))
     assert out + d.finish() == DATA_A + DATA_B
+
+
+@pytest.mark.parametrize("kind", [Compression.GZIP, Compression.ZSTD])
+def test_pieces_stay_small_whatever_the_ratio(kind: Compression) -> None:
+    """64 MiB of zeros compresses to a few kilobytes; decompressing it must not hand the
+    whole of it over at once (a layer of zeros would otherwise fill memory)."""
+    data = bytes(64 << 20)
+    packed = (
+        gzip.compress(data, 1)
+        if kind is Compression.GZIP
+        else zstandard.ZstdCompressor().compress(data)
+    )
+    d = Decompressor(kind, "zeros")
+    sizes = [len(out) for out in d.chunks(packed)]
+    d.finish()
+    assert sum(sizes) == len(data)
+    assert max(sizes) <= 2 * OUT_MAX

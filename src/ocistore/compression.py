@@ -13,6 +13,7 @@ gzip goes through ``isal`` (ISA-L, several times zlib's speed) and zstd through
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from typing import IO, Any, Final, cast
 
 from .errors import InvalidInput
@@ -116,11 +117,21 @@ def decompressed_reader(stream: IO[bytes], compression: Compression) -> IO[bytes
     return stream
 
 
+#: The most uncompressed bytes :meth:`Decompressor.chunks` hands over at a time (about).
+OUT_MAX: Final = 1 << 20
+_MIN_STEP: Final = 64
+
+
 class Decompressor:
     """Incremental decompression: feed compressed chunks, get uncompressed ones back.
 
     Handles multi-member gzip and multi-frame zstd. :meth:`finish` raises
     :class:`InvalidInput` naming ``what`` when the stream ended early.
+
+    Memory stays bounded whatever the ratio (a megabyte of gzip or zstd can hold a
+    gigabyte of zeros): gzip output comes :data:`OUT_MAX` at a time; zstd input is handed
+    over in slices sized from the ratio seen so far (growing at most twofold per step),
+    which bounds each piece unless the ratio jumps within a slice.
     """
 
     def __init__(self, compression: Compression, what: str) -> None:
@@ -131,6 +142,8 @@ class Decompressor:
         self._held = b""
         #: Zero padding seen after the last gzip member: only more zeros may follow.
         self._padding = False
+        #: How much zstd input to decompress at once: starts small, follows the ratio.
+        self._step = _MIN_STEP
 
     def _new(self) -> Any:
         import zstandard
@@ -143,50 +156,57 @@ class Decompressor:
         return None
 
     def feed(self, data: bytes | memoryview) -> bytes:
+        """All the uncompressed bytes ``data`` gives, at once."""
+        return b"".join(self.chunks(data))
+
+    def chunks(self, data: bytes | memoryview) -> Iterator[bytes | memoryview]:
+        """The uncompressed bytes ``data`` gives, in pieces of about :data:`OUT_MAX`."""
         if self._obj is None:
-            return bytes(data)
-        if not self._held and not self._obj.eof:
-            # The common case: the middle of one member or frame.
-            try:
-                out = self._obj.decompress(data)
-            except Exception as e:
-                raise InvalidInput(
-                    f"{self._what}: corrupt {self.compression.value} data: {e}"
-                ) from None
-            if not self._obj.eof or not self._obj.unused_data:
-                return bytes(out)
-            return bytes(out) + self.feed(self._obj.unused_data)
-        out = bytearray()
-        buf: bytes | memoryview = self._held + bytes(data) if self._held else data
+            yield data
+            return
+        view = memoryview(self._held + bytes(data)) if self._held else memoryview(data)
         self._held = b""
         try:
-            while buf:
+            while view:
                 if self._obj.eof:
-                    buf = bytes(buf)
                     # A member (frame) ended; what follows starts another one. Chunk
                     # boundaries may fall anywhere, even inside the next magic.
                     if self.compression is Compression.GZIP and (
-                        self._padding or not buf.startswith(GZIP_MAGIC)
+                        self._padding or bytes(view[:2]) != GZIP_MAGIC
                     ):
-                        if GZIP_MAGIC.startswith(buf) and not self._padding:
-                            self._held = buf
-                            break
+                        rest = bytes(view)
+                        if GZIP_MAGIC.startswith(rest) and not self._padding:
+                            self._held = rest
+                            return
                         # Trailing zero padding after the last member, as some tools
                         # write it.
-                        if buf.strip(b"\x00"):
+                        if rest.strip(b"\x00"):
                             raise InvalidInput(f"{self._what}: trailing garbage after gzip data")
                         self._padding = True
-                        break
+                        return
                     self._obj = self._new()
-                out += self._obj.decompress(buf)
-                buf = self._obj.unused_data if self._obj.eof else b""
+                if self.compression is Compression.GZIP:
+                    # zlib's interface bounds the output exactly.
+                    out = self._obj.decompress(view, OUT_MAX)
+                    rest = self._obj.unused_data if self._obj.eof else self._obj.unconsumed_tail
+                    view = memoryview(rest)
+                else:
+                    # zstandard's does not: slice the input by the ratio seen so far.
+                    piece = view[: self._step]
+                    out = self._obj.decompress(piece)
+                    view = view[len(piece) :]
+                    if self._obj.eof and self._obj.unused_data:
+                        view = memoryview(self._obj.unused_data + bytes(view))
+                    ratio = len(out) // len(piece) + 1
+                    self._step = max(_MIN_STEP, min(2 * len(piece), OUT_MAX // ratio))
+                if out:
+                    yield out
         except InvalidInput:
             raise
         except Exception as e:  # zlib.error, isal_zlib.error, zstandard.ZstdError
             raise InvalidInput(
                 f"{self._what}: corrupt {self.compression.value} data: {e}"
             ) from None
-        return bytes(out)
 
     def finish(self) -> bytes:
         if self._obj is None:

@@ -42,7 +42,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import IO, Any, Final, NoReturn, cast
+from typing import IO, Any, Final, NoReturn
 
 from . import gojson, v1
 from .archive import (
@@ -54,7 +54,7 @@ from .archive import (
     read_bytes,
     read_json,
 )
-from .compression import GZIP_MAGIC, Compression, Decompressor, PeekableReader, detect
+from .compression import Compression, Decompressor, PeekableReader, detect
 from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, digest_bytes, new_hasher
 from .errors import (
     CorruptStore,
@@ -493,15 +493,10 @@ class _LegacyDir:
     diff_id: DiffID
 
 
-#: The most uncompressed bytes one decompression step may give (bounds the memory a
-#: highly compressed layer can take).
-_OUT_MAX: Final = 2 << 20
-
-
 class _LayerCopy:
     """Copies a stored layer's exact uncompressed tar into a :class:`MemberSink`, reading
-    the blob once: the blob is hashed as read, decompressed (gzip by ISA-L in 1 MiB
-    steps, zstd by zstandard) and the tar hashed on the way out.
+    the blob once: the blob is hashed as read, decompressed (a megabyte at a time, by
+    :class:`~ocistore.compression.Decompressor`) and the tar hashed on the way out.
 
     Checks as :meth:`ocistore.layers.LayerStore.open_tar` does, and raises the same
     errors: the blob against its digest (:class:`DigestMismatch` naming the blob), then
@@ -533,18 +528,14 @@ class _LayerCopy:
             self._sink = sink
             self._update = task.update
             try:
-                if blob.compression is Compression.GZIP:
-                    self._gzip(f)
-                elif blob.compression is Compression.ZSTD:
-                    self._zstd(f)
-                else:
+                if blob.compression is Compression.NONE:
                     self._plain(f)
+                else:
+                    self._decompress(f)
+            except InvalidInput as e:  # the codec choked on what the store holds
+                self._fail(f, CorruptStore(str(e)))
             except OcistoreError as e:
                 self._fail(f, e)
-            except _codec_errors() as e:
-                self._fail(
-                    f, CorruptStore(f"{self.what}: corrupt {blob.compression.value} data: {e}")
-                )
             self._check_blob(f)
         if sink.done != layer.size:
             raise SizeMismatch(self.what, layer.size, sink.done)
@@ -585,79 +576,15 @@ class _LayerCopy:
             self._blob_hasher.update(chunk)
             self._emit(chunk)
 
-    def _gzip(self, f: IO[bytes]) -> None:
-        from isal import isal_zlib
-
-        what = self.what
-        hasher = self._blob_hasher
-        obj = isal_zlib.decompressobj(wbits=31)
-        padding = False  # zero padding after the last member: only zeros may follow
-        held = b""  # the start of a next member's magic, cut by a chunk boundary
+    def _decompress(self, f: IO[bytes]) -> None:
+        decompressor = Decompressor(self.layer.blob.compression, self.what)
         buf = bytearray(CHUNK)
         view = memoryview(buf)
         while n := f.readinto(buf):  # type: ignore[attr-defined]
-            hasher.update(view[:n])
-            data: bytes | memoryview = view[:n]
-            if held:
-                data, held = held + bytes(data), b""
-            while data:
-                if obj.eof:
-                    # A member ended; what follows starts another one (or is padding).
-                    rest = bytes(data)
-                    if padding or not rest.startswith(GZIP_MAGIC):
-                        if not padding and GZIP_MAGIC.startswith(rest):
-                            held = rest
-                            break
-                        if rest.strip(b"\x00"):
-                            raise CorruptStore(f"{what}: trailing garbage after gzip data")
-                        padding = True
-                        break
-                    obj = isal_zlib.decompressobj(wbits=31)
-                    data = rest
-                out = obj.decompress(data, _OUT_MAX)
-                data = obj.unused_data if obj.eof else obj.unconsumed_tail
-                if out:
-                    self._emit(out)
-        if not obj.eof:
-            out = obj.flush()
-            if out:
+            self._blob_hasher.update(view[:n])
+            for out in decompressor.chunks(view[:n]):
                 self._emit(out)
-        if held or not obj.eof:
-            raise CorruptStore(f"{what}: corrupt gzip data: truncated")
-
-    def _zstd(self, f: IO[bytes]) -> None:
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            cast(IO[bytes], _Hashing(f, self._blob_hasher)),
-            read_size=CHUNK,
-            read_across_frames=True,
-            closefd=False,
-        )
-        buf = bytearray(_OUT_MAX)
-        view = memoryview(buf)
-        while n := reader.readinto(buf):
-            self._emit(view[:n])
-
-
-def _codec_errors() -> tuple[type[Exception], ...]:
-    import zstandard
-    from isal import isal_zlib
-
-    return (cast(type[Exception], isal_zlib.error), zstandard.ZstdError)
-
-
-class _Hashing:
-    """Reads a file, hashing what is read."""
-
-    def __init__(self, f: IO[bytes], hasher: Any) -> None:
-        self._f = f
-        self._hasher = hasher
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self._hasher.update(data)
-        return data
+        decompressor.finish()
 
 
 def _go_json(value: Any, t: gojson.GoType) -> bytes:

@@ -161,19 +161,16 @@ class _Digester(threading.Thread):
             while (item := self.queue.get()) is not None:
                 buf, n = item
                 chunk = memoryview(buf)[:n]
-                out: bytes | memoryview
                 if self.plain:
                     self.blob_hasher.update(chunk)
+                # A plain chunk comes back as it is; a compressed one a megabyte at a time.
+                for out in self.decompressor.chunks(chunk):
                     if self.diff_hasher is not self.blob_hasher:
-                        self.diff_hasher.update(chunk)
-                    out = chunk
-                else:
-                    out = self.decompressor.feed(chunk)
-                    self.diff_hasher.update(out)
-                self.tar_size += len(out)
-                if len(self.head) < 512:
-                    self.head += bytes(out[: 512 - len(self.head)])
-                del chunk, out
+                        self.diff_hasher.update(out)
+                    self.tar_size += len(out)
+                    if len(self.head) < 512:
+                        self.head += bytes(out[: 512 - len(self.head)])
+                del chunk
                 self.free.put(buf)
             ended = True
             self.decompressor.finish()
