@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import IO
 
 from . import fsutil
-from .digest import CHUNK, Digest, VerifyingReader, digest_bytes, new_hasher
-from .errors import DigestMismatch, NotFound, SizeMismatch
+from .digest import Digest, VerifyingReader, digest_bytes
+from .errors import DigestMismatch, NotFound
 
 
 @dataclass(frozen=True)
@@ -79,34 +79,6 @@ class ContentStore:
             tmp.discard()
             raise
         return StagedBlob(tmp.path, digest_bytes(data), len(data))
-
-    def stage(
-        self,
-        stream: IO[bytes],
-        expected: Digest | None = None,
-        expected_size: int | None = None,
-        what: str = "blob",
-    ) -> StagedBlob:
-        """Copy a stream into ``tmp/`` while hashing it; check digest and size if given."""
-        algorithm = Digest(expected).algorithm if expected else "sha256"
-        h = new_hasher(algorithm)
-        size = 0
-        tmp = fsutil.TempFile(self.tmpdir)
-        try:
-            while chunk := stream.read(CHUNK):
-                h.update(chunk)
-                tmp.write(chunk)
-                size += len(chunk)
-            tmp.finish()
-            got = Digest(f"{algorithm}:{h.hexdigest()}")
-            if expected_size is not None and size != expected_size:
-                raise SizeMismatch(what, expected_size, size)
-            if expected is not None and got != expected:
-                raise DigestMismatch(what, expected, got)
-        except BaseException:
-            tmp.discard()
-            raise
-        return StagedBlob(tmp.path, got, size)
 
     def commit(self, staged: StagedBlob) -> Digest:
         """Make a staged blob visible. Committing a blob that exists already succeeds."""

@@ -224,10 +224,6 @@ class StoreLock:
             self._fd = None
             self._mode = 0
 
-    @property
-    def held_exclusive(self) -> bool:
-        return self._depth > 0 and self._mode == fcntl.LOCK_EX
-
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         self._acquire(fcntl.LOCK_EX)
