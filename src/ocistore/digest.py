@@ -105,6 +105,29 @@ def digest_bytes(data: bytes, algorithm: str = "sha256") -> Digest:
     return Digest(f"{algorithm}:{h.hexdigest()}")
 
 
+def digest_stream(stream: IO[bytes], algorithm: str = "sha256") -> tuple[Digest, int]:
+    """Hash a stream to its end; returns the digest and the number of bytes read."""
+    h = new_hasher(algorithm)
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    readinto = getattr(stream, "readinto", None)
+    while True:
+        if readinto is not None:
+            n = readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+        else:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                break
+            n = len(chunk)
+            h.update(chunk)
+        size += n
+    return Digest(f"{algorithm}:{h.hexdigest()}"), size
+
+
 def chain_id(diff_ids: list[DiffID] | list[Digest] | list[str]) -> ChainID | None:
     """The ChainID of a stack of layers, bottom first; ``None`` for no layers.
 
