@@ -95,22 +95,30 @@ def test_output_file_is_filled_in_parallel_to_the_same_bytes(tmp_path: Path, thr
     assert path.read_bytes() == reference()
 
 
-def test_a_failed_fill_leaves_no_output_and_names_the_first_member(tmp_path: Path) -> None:
-    def bad(n: int):
+@pytest.mark.parametrize("bad_member", [0, 1])
+def test_a_failed_fill_leaves_no_output_and_names_the_member(
+    tmp_path: Path, bad_member: int
+) -> None:
+    """Whichever member fails (the small one, filled last, or the large one, filled
+    first, which cancels the rest), the error names it and nothing is left behind."""
+
+    def fill(n: int):
         def fill(sink: MemberSink) -> None:
             sink.write(b"x" * 10)
-            raise DigestMismatch(f"member {n}", "sha256:a", "sha256:b")
+            if n == bad_member:
+                raise DigestMismatch(f"member {n}", "sha256:a", "sha256:b")
+            sink.write(b"x" * (sink.size - 10))
 
         return fill
 
     dest = tmp_path / "out.tar"
     with (
-        pytest.raises(DigestMismatch, match="member 0"),
+        pytest.raises(DigestMismatch, match=f"member {bad_member}"),
         output_file(str(dest), tmp_path) as f,
         TarWriter(f, threads=2) as tar,
     ):
-        tar.add_file("m0", 100, bad(0))
-        tar.add_file("m1", 200, bad(1))
+        tar.add_file("m0", 100, fill(0))
+        tar.add_file("m1", 200, fill(1))
     assert list(tmp_path.iterdir()) == []
 
 
