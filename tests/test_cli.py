@@ -458,7 +458,7 @@ def test_subprocess_error_and_env_root(tmp_path: Path) -> None:
     assert b"Traceback" not in p.stderr
 
 
-def test_a_tampered_config_is_reported_and_skipped(tmp_path: Path) -> None:
+def test_a_replaced_config_is_reported_and_skipped(tmp_path: Path) -> None:
     root = tmp_path / "store"
     tarball = tmp_path / "a.tar"
     tarball.write_bytes(make_tar({"etc/a": b"a"}))
@@ -466,8 +466,9 @@ def test_a_tampered_config_is_reported_and_skipped(tmp_path: Path) -> None:
     assert ok.returncode == 0
     image_id = ok.stdout.decode().split()[-1]
     config = root / "imagedb" / "content" / "sha256" / image_id[7:]
-    config.chmod(0o644)
-    config.write_bytes(config.read_bytes().replace(b'"os"', b'"OS"'))
+    forged = config.with_name("forged")
+    forged.write_bytes(config.read_bytes().replace(b'"os"', b'"OS"'))
+    forged.replace(config)
     proc = subprocess.run(
         [OCISTORE, "--root", root, "images", "-q"], capture_output=True, text=True
     )

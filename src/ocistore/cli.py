@@ -15,8 +15,10 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from itertools import starmap
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -125,11 +127,15 @@ def since(value: str, now: datetime | None = None) -> str:
     return human_duration(((now or datetime.now(UTC)) - t).total_seconds()) + " ago"
 
 
-def print_table(rows: list[list[str]], out: IO[str]) -> None:
-    """Columns padded to their widest cell, three spaces apart, as docker prints them."""
+def print_table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
+    """Columns padded to their widest cell, three spaces apart, as docker prints them
+    (no trailing blanks)."""
     widths = [max(map(len, column)) for column in zip(*rows, strict=True)][:-1]
     line = "   ".join(f"{{:<{w}}}" for w in widths) + "   {}"
-    out.write("".join(line.format(*r).rstrip() + "\n" for r in rows))
+    lines: Iterable[str] = starmap(line.format, rows)
+    if not all(r[-1][-1:].strip() for r in rows):  # a blank last cell: strip the padding
+        lines = map(str.rstrip, lines)
+    out.write("\n".join(lines) + "\n")
 
 
 def format_option(p: argparse.ArgumentParser) -> None:
@@ -237,17 +243,22 @@ def cmd_images(args: argparse.Namespace) -> int:
         return EXIT_OK
     now = datetime.now(UTC)
     ages: dict[str, str] = {}
+    sizes: dict[int, str] = {}
+    no_trunc = args.no_trunc
     # repository, tag, digest, image ID, created, created since, size
     rows: list[tuple[str, str, str, str, str, str, str]] = []
+    append = rows.append
     for rec, names in images:
-        image_id = rec.id if args.no_trunc else rec.id.short()
+        image_id = rec.id if no_trunc else rec.id[7:19]
         created = rec.created
         age = ages.get(created)
         if age is None:
             age = ages[created] = since(created, now)
-        size = human_size(rec.size)
+        size = sizes.get(rec.size)
+        if size is None:
+            size = sizes[rec.size] = human_size(rec.size)
         if not names:
-            rows.append(("<none>", "<none>", "<none>", image_id, created, age, size))
+            append(("<none>", "<none>", "<none>", image_id, created, age, size))
             continue
         tags: list[tuple[str, str]] = []
         digests: dict[str, str] = {}
@@ -256,17 +267,15 @@ def cmd_images(args: argparse.Namespace) -> int:
             if at:
                 digests[repo_name] = digest
             else:
-                slash = n.rfind("/")
                 colon = n.rfind(":")
-                tags.append((n[:colon], n[colon + 1 :]) if colon > slash else (n, "<none>"))
+                tags.append((n[:colon], n[colon + 1 :]) if colon > n.rfind("/") else (n, "<none>"))
         for repo_name, tag in tags:
-            rows.append(
-                (repo_name, tag, digests.get(repo_name, "<none>"), image_id, created, age, size)
-            )
-        tagged = {t for t, _ in tags}
-        for repo_name, digest in digests.items():
-            if repo_name not in tagged:
-                rows.append((repo_name, "<none>", digest, image_id, created, age, size))
+            append((repo_name, tag, digests.get(repo_name, "<none>"), image_id, created, age, size))
+        if digests:
+            tagged = {t for t, _ in tags}
+            for repo_name, digest in digests.items():
+                if repo_name not in tagged:
+                    append((repo_name, "<none>", digest, image_id, created, age, size))
     if args.format == "json":
         keys = ("Repository", "Tag", "Digest", "ID", "CreatedAt", "CreatedSince", "Size")
         sys.stdout.write(
@@ -275,11 +284,9 @@ def cmd_images(args: argparse.Namespace) -> int:
         return EXIT_OK
     header = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else [])
     header += ["IMAGE ID", "CREATED", "SIZE"]
-    table = [header]
-    if args.digests:
-        table += [[r[0], r[1], r[2], r[3], r[5], r[6]] for r in rows]
-    else:
-        table += [[r[0], r[1], r[3], r[5], r[6]] for r in rows]
+    table: list[Sequence[str]] = [header]
+    columns = itemgetter(0, 1, 2, 3, 5, 6) if args.digests else itemgetter(0, 1, 3, 5, 6)
+    table += map(columns, rows)
     print_table(table, sys.stdout)
     return EXIT_OK
 

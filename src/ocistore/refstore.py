@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from .digest import Digest, ImageID
 from .errors import Conflict, CorruptStore, InvalidInput, NotFound
@@ -101,23 +101,30 @@ class _Snapshot:
             return {i: [r.familiar() for r in refs] for i, refs in self.by_id.items()}
         try:
             repos = json.loads(self._raw)["Repositories"] or {}
-            out: dict[ImageID, list[str]] = {}
+            # Keyed by the ID as a plain string: equal to, and hashed as, the ImageID.
+            out: dict[str, list[str]] = {}
+            get = out.get
+            keys: list[str] = []
             for entries in repos.values():
                 for key, value in (entries or {}).items():
-                    if not (
-                        type(value) is str
-                        and len(value) == 71
-                        and value.startswith("sha256:")
-                        and _FAMILIAR_CHARS.issuperset(key)
-                    ):
+                    if type(value) is not str or len(value) != 71:
                         raise ValueError(key)
-                    out.setdefault(ImageID(Digest.trusted(value)), []).append(key)
+                    names = get(value)
+                    if names is None:
+                        out[value] = [key]
+                    else:
+                        names.append(key)
+                keys.extend(entries or ())
+            if not _FAMILIAR_CHARS.issuperset("".join(keys)) or not all(
+                v.startswith("sha256:") for v in out
+            ):
+                raise ValueError("unusual reference")
         except (ValueError, TypeError, KeyError, AttributeError):
             return {i: [r.familiar() for r in refs] for i, refs in self.by_id.items()}
         for names in out.values():
             if len(names) > 1:
                 names.sort()
-        return out
+        return cast("dict[ImageID, list[str]]", out)
 
 
 #: Characters of the familiar references this store writes (names, tags, digests).

@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 from . import fsutil
 from .backend import FSBackend
@@ -66,14 +67,23 @@ _R = TypeVar("_R")
 def _newest_first(
     records: list[ImageRecord], refs: Mapping[ImageID, list[_R]], all_images: bool
 ) -> list[tuple[ImageRecord, list[_R]]]:
+    records = sorted(records, key=_CREATED_THEN_ID, reverse=True)
+    get = refs.get
+    if all_images:
+        return [(rec, get(rec.id) or []) for rec in records]
     parents = {r.parent for r in records if r.parent}
     out: list[tuple[ImageRecord, list[_R]]] = []
+    append = out.append
     for rec in records:
-        named = refs.get(rec.id, [])
-        if all_images or named or rec.id not in parents:
-            out.append((rec, named))
-    out.sort(key=lambda x: (x[0][1], x[0][0]), reverse=True)  # created, then ID
+        named = get(rec.id)
+        if named:
+            append((rec, named))
+        elif rec.id not in parents:
+            append((rec, []))
     return out
+
+
+_CREATED_THEN_ID: Final = itemgetter(1, 0)  # of an ImageRecord
 
 
 class Store:
