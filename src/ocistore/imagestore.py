@@ -152,9 +152,7 @@ class ImageStore:
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return {}  # a damaged cache is rebuilt, not fatal
 
-    def _record_from_files(
-        self, image_id: ImageID, inode: int
-    ) -> tuple[ImageRecord, ImageConfig]:
+    def _record_from_files(self, image_id: ImageID, inode: int) -> tuple[ImageRecord, ImageConfig]:
         raw = self.backend.get(image_id)  # verifies the digest
         config = parse_config(raw, f"image config {image_id}")
         chains = tuple(config.chain_ids)
