@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import starmap
@@ -84,31 +85,27 @@ def report_skipped(args: argparse.Namespace) -> None:
 
 
 def human_duration(seconds: float) -> str:
-    """Docker's ``units.HumanDuration``: "About a minute", "3 hours", "2 weeks"."""
+    """Docker's ``units.HumanDuration``: "About a minute", "3 hours", "2 weeks".
+
+    Longest durations first: images are mostly days to years old."""
     s = int(seconds)
+    if s >= 3600:
+        hours = round(s / 3600)
+        if hours >= 24 * 365 * 2:
+            return f"{hours // 24 // 365} years"
+        if hours >= 24 * 30 * 2:
+            return f"{hours // 24 // 30} months"
+        if hours >= 24 * 7 * 2:
+            return f"{hours // 24 // 7} weeks"
+        if hours >= 48:
+            return f"{hours // 24} days"
+        return "About an hour" if hours == 1 else f"{hours} hours"
+    if s >= 60:
+        minutes = s // 60
+        return "About a minute" if minutes == 1 else f"{minutes} minutes"
     if s < 1:
         return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = s // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = round(s / 3600)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{hours // 24 // 365} years"
+    return "1 second" if s == 1 else f"{s} seconds"
 
 
 def parse_time(value: str) -> datetime | None:
@@ -120,11 +117,12 @@ def parse_time(value: str) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def since(value: str, now: datetime | None = None) -> str:
+def since(value: str, now: float | None = None) -> str:
+    """How long ago an RFC 3339 time was (``now`` in seconds since the epoch)."""
     t = parse_time(value)
     if t is None:
         return "N/A"
-    return human_duration(((now or datetime.now(UTC)) - t).total_seconds()) + " ago"
+    return human_duration((time.time() if now is None else now) - t.timestamp()) + " ago"
 
 
 def print_table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
@@ -241,7 +239,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         ids = [rec.id if args.no_trunc else rec.id.short() for rec, _ in images]
         sys.stdout.write("".join(f"{i}\n" for i in ids))
         return EXIT_OK
-    now = datetime.now(UTC)
+    now = time.time()
     ages: dict[str, str] = {}
     sizes: dict[int, str] = {}
     no_trunc = args.no_trunc
@@ -260,6 +258,11 @@ def cmd_images(args: argparse.Namespace) -> int:
         if not names:
             append(("<none>", "<none>", "<none>", image_id, created, age, size))
             continue
+        if len(names) == 1 and "@" not in (name := names[0]):  # the usual: one tag
+            colon = name.rfind(":")
+            if colon > name.rfind("/"):
+                append((name[:colon], name[colon + 1 :], "<none>", image_id, created, age, size))
+                continue
         tags: list[tuple[str, str]] = []
         digests: dict[str, str] = {}
         for n in names:

@@ -27,16 +27,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, TypeVar
 
 from . import fsutil
 from .backend import FSBackend
 from .content import ContentStore
 from .digest import ChainID, Digest, ImageID
 from .errors import Conflict, InvalidInput, NotFound, OcistoreError
-from .imagestore import Image, ImageRecord, ImageStore
+from .imagestore import Image, ImageRecord, ImageStore, newest_first
 from .layers import Layer, LayerStore, stage_layer
 from .platforms import host_platform
 from .reference import Reference, looks_like_id_prefix, parse_tagged
@@ -67,23 +66,12 @@ _R = TypeVar("_R")
 def _newest_first(
     records: list[ImageRecord], refs: Mapping[ImageID, list[_R]], all_images: bool
 ) -> list[tuple[ImageRecord, list[_R]]]:
-    records = sorted(records, key=_CREATED_THEN_ID, reverse=True)
+    records = newest_first(records)
     get = refs.get
     if all_images:
         return [(rec, get(rec.id) or []) for rec in records]
     parents = {r.parent for r in records if r.parent}
-    out: list[tuple[ImageRecord, list[_R]]] = []
-    append = out.append
-    for rec in records:
-        named = get(rec.id)
-        if named:
-            append((rec, named))
-        elif rec.id not in parents:
-            append((rec, []))
-    return out
-
-
-_CREATED_THEN_ID: Final = itemgetter(1, 0)  # of an ImageRecord
+    return [(rec, get(rec.id) or []) for rec in records if rec.id not in parents or get(rec.id)]
 
 
 class Store:
