@@ -36,9 +36,8 @@ import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, Protocol
+from typing import IO, Any, Final, NamedTuple, Protocol
 
 from . import fsutil
 from .compression import Compression, PeekableReader, decompressed_reader, detect
@@ -103,8 +102,7 @@ def read_bytes(archive: ArchiveReader, name: str) -> bytes:
         return f.read()
 
 
-@dataclass
-class _Member:
+class _Member(NamedTuple):
     kind: str  # "file", "dir", "link"
     offset: int = 0
     size: int = 0
@@ -364,8 +362,7 @@ def open_archive(source: str | Path, tmpdir: Path) -> ArchiveReader:
 # -- loading ---------------------------------------------------------------------------
 
 
-@dataclass
-class LayerSource:
+class LayerSource(NamedTuple):
     """Where one layer of an image comes from, and what it must hash to."""
 
     open: Callable[[], IO[bytes]]
@@ -376,22 +373,34 @@ class LayerSource:
     key: str = ""
 
 
-@dataclass
 class ImageSource:
     """One image as a format found it."""
 
-    config: bytes
-    what: str
-    layers: list[LayerSource]
-    tags: list[Reference] = field(default_factory=list)
-    #: An OCI/Docker manifest to keep with the image, so a later save can re-emit it.
-    manifest: bytes | None = None
-    #: Index into the list given to :func:`load_images` of this image's parent.
-    parent: int | None = None
+    __slots__ = ("config", "layers", "manifest", "parent", "tags", "what")
+
+    def __init__(
+        self,
+        config: bytes,
+        what: str,
+        layers: list[LayerSource],
+        tags: list[Reference] | None = None,
+        manifest: bytes | None = None,
+        parent: int | None = None,
+    ) -> None:
+        self.config = config
+        self.what = what
+        self.layers = layers
+        self.tags: list[Reference] = [] if tags is None else tags
+        #: An OCI/Docker manifest to keep with the image, so a later save can re-emit it.
+        self.manifest = manifest
+        #: Index into the list given to :func:`load_images` of this image's parent.
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"ImageSource({self.what!r})"
 
 
-@dataclass(frozen=True)
-class LoadedImage:
+class LoadedImage(NamedTuple):
     id: ImageID
     tags: tuple[Reference, ...]
 
@@ -602,13 +611,17 @@ class _Cancelled(Exception):
     """Another member failed: this one stops."""
 
 
-@dataclass
 class _Job:
-    name: str
-    offset: int
-    size: int
-    fill: Fill
-    error: BaseException | None = None
+    """A member the tar writer fills at ``offset``, and how that went."""
+
+    __slots__ = ("error", "fill", "name", "offset", "size")
+
+    def __init__(self, name: str, offset: int, size: int, fill: Fill) -> None:
+        self.name = name
+        self.offset = offset
+        self.size = size
+        self.fill = fill
+        self.error: BaseException | None = None
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:

@@ -146,12 +146,14 @@ class Decompressor:
         self._step = _MIN_STEP
 
     def _new(self) -> Any:
-        import zstandard
-        from isal import isal_zlib
-
+        # Each codec is imported when first needed: a plain load imports neither.
         if self.compression is Compression.GZIP:
+            from isal import isal_zlib
+
             return isal_zlib.decompressobj(wbits=31)
         if self.compression is Compression.ZSTD:
+            import zstandard
+
             return zstandard.ZstdDecompressor().decompressobj()
         return None
 

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from . import fsutil
 from .digest import Digest, VerifyingReader, digest_bytes
 from .errors import DigestMismatch, NotFound
 
 
-@dataclass(frozen=True)
-class StagedBlob:
+class StagedBlob(NamedTuple):
     """A blob written and hashed in ``tmp/``, not yet visible in the store."""
 
     path: Path

@@ -41,10 +41,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass, field
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Any, Final, NamedTuple, NoReturn
 
-from . import gojson, v1
 from .archive import (
     ArchiveReader,
     ImageSource,
@@ -77,19 +75,6 @@ REPOSITORIES: Final = "repositories"
 LEGACY_VERSION: Final = b"1.0"
 _V1_ID: Final = re.compile(r"[a-f0-9]{64}")
 _BLOB_PATH: Final = re.compile(r"blobs/([a-z0-9]+)/([a-f0-9]+)")
-
-#: moby's ``manifestItem`` as ``docker save`` (20.10 to 24) writes it.
-_MANIFEST_ITEM: Final = gojson.Struct(
-    "tarexport.manifestItem",
-    (
-        gojson.Field("Config", gojson.STRING),
-        gojson.Field("RepoTags", gojson.Slice(gojson.STRING)),
-        gojson.Field("Layers", gojson.Slice(gojson.STRING)),
-        gojson.Field("Parent", gojson.STRING, omitempty=True),
-    ),
-)
-_MANIFEST_TYPE: Final = gojson.Slice(_MANIFEST_ITEM)
-_REPOSITORIES_TYPE: Final = gojson.Map(gojson.Map(gojson.STRING))
 
 
 # -- detection ----------------------------------------------------------------------------
@@ -264,8 +249,7 @@ def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
 # -- reading: Docker before 1.10 -------------------------------------------------------------
 
 
-@dataclass
-class _LegacyLayer:
+class _LegacyLayer(NamedTuple):
     v1_id: str
     json: bytes
     parent: str
@@ -273,12 +257,12 @@ class _LegacyLayer:
     layer_key: str
 
 
-@dataclass
-class _Built:
-    index: int
+class _Built(NamedTuple):
+    #: Where the image this layer tops is in the list of sources.
+    source: int
     diff_ids: list[str]
     history: list[dict[str, Any]]
-    layers: list[LayerSource] = field(default_factory=list)
+    layers: list[LayerSource]
 
 
 def _diff_id(archive: ArchiveReader, path: str, what: str) -> DiffID:
@@ -309,6 +293,8 @@ def _legacy_layer(archive: ArchiveReader, v1_id: str) -> _LegacyLayer:
     if not isinstance(parent, str):
         raise InvalidInput(f"{what}: field parent must be a string, got {parent!r}")
     if parent:
+        from . import v1  # the legacy format only: not imported for other loads
+
         try:
             v1.validate_id(parent)
         except InvalidInput as e:
@@ -355,6 +341,8 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
             diff_id = _diff_id(archive, layer.layer_path, what)
             diff_ids = [*(below.diff_ids if below else []), str(diff_id)]
             json_what = f"{archive.name}: {layer.v1_id}/json"
+            from . import v1
+
             try:
                 entry = v1.history_from_config(layer.json, False)
                 history = [*(below.history if below else []), entry]
@@ -374,7 +362,7 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
                     config=config,
                     what=json_what,
                     layers=layers,
-                    parent=below.index if below else None,
+                    parent=below.source if below else None,
                 )
             )
             below = _Built(len(sources) - 1, diff_ids, history, layers)
@@ -415,7 +403,7 @@ def _legacy_tags(
                     f"{where}: {ref.familiar()} points at {v1_id!r}, "
                     "which is not a layer directory of the archive"
                 )
-            tags = sources[target.index].tags
+            tags = sources[target.source].tags
             if ref not in tags:
                 tags.append(ref)
 
@@ -434,14 +422,13 @@ def read_docker_archive(archive: ArchiveReader) -> list[ImageSource]:
 # -- writing ---------------------------------------------------------------------------
 
 
-@dataclass
-class _SaveImage:
+class _SaveImage(NamedTuple):
     id: ImageID
-    tags: list[Reference] = field(default_factory=list)
+    tags: list[Reference]
 
 
 def _add(images: dict[ImageID, _SaveImage], image_id: ImageID, ref: Reference | None) -> None:
-    item = images.setdefault(image_id, _SaveImage(image_id))
+    item = images.setdefault(image_id, _SaveImage(image_id, []))
     if ref is None or ref.digest is not None:
         return
     tagged = ref.tagged_or_default()
@@ -485,8 +472,7 @@ def _select(store: Store, names: list[str]) -> dict[ImageID, _SaveImage]:
     return images
 
 
-@dataclass
-class _LegacyDir:
+class _LegacyDir(NamedTuple):
     v1_id: str
     json: bytes
     chain: ChainID
@@ -587,9 +573,29 @@ class _LayerCopy:
         decompressor.finish()
 
 
-def _go_json(value: Any, t: gojson.GoType) -> bytes:
-    """What Go's ``json.NewEncoder(w).Encode(v)`` writes: compact JSON and a newline."""
-    return gojson.marshal(value, t) + b"\n"
+def _manifest_json(manifest: list[dict[str, Any]]) -> bytes:
+    """``manifest.json`` as moby's ``tarexport.manifestItem`` list is written by Go's
+    ``json.NewEncoder(w).Encode(v)`` in ``docker save`` (20.10 to 24): compact JSON, Go's
+    field order and escaping, and a newline."""
+    from . import gojson
+
+    item = gojson.Struct(
+        "tarexport.manifestItem",
+        (
+            gojson.Field("Config", gojson.STRING),
+            gojson.Field("RepoTags", gojson.Slice(gojson.STRING)),
+            gojson.Field("Layers", gojson.Slice(gojson.STRING)),
+            gojson.Field("Parent", gojson.STRING, omitempty=True),
+        ),
+    )
+    return gojson.marshal(manifest, gojson.Slice(item)) + b"\n"
+
+
+def _repositories_json(repositories: dict[str, dict[str, str]]) -> bytes:
+    """``repositories`` as Go's ``json.NewEncoder(w).Encode(v)`` writes it."""
+    from . import gojson
+
+    return gojson.marshal(repositories, gojson.Map(gojson.Map(gojson.STRING))) + b"\n"
 
 
 def write_docker_archive(
@@ -601,6 +607,8 @@ def write_docker_archive(
     tags), image IDs or ID prefixes (no tags), as for ``docker save``. Every layer is
     streamed from the store and verified against its DiffID on the way.
     """
+    from .v1 import legacy_layers  # imported here: loads need it only for old archives
+
     progress = progress or Progress(False)
     selected = _select(store, names)
     manifest: list[dict[str, Any]] = []
@@ -616,7 +624,7 @@ def write_docker_archive(
                 f"image {image_id}: has no layers, and a docker-archive cannot hold such an "
                 "image (docker save: empty export - not implemented)"
             )
-        legacy = v1.legacy_layers(cfg.raw)
+        legacy = legacy_layers(cfg.raw)
         for layer, chain, diff_id in zip(legacy, cfg.chain_ids, cfg.diff_ids, strict=True):
             dirs.setdefault(layer.v1_id, _LegacyDir(layer.v1_id, layer.json, chain, diff_id))
         top = legacy[-1].v1_id
@@ -657,6 +665,6 @@ def write_docker_archive(
                 stored = store.layers.get(d.chain)
                 tar.add_file(f"{name}/layer.tar", stored.size, _LayerCopy(store, stored, progress))
             elif name == MANIFEST:
-                tar.add_bytes(MANIFEST, _go_json(manifest, _MANIFEST_TYPE))
+                tar.add_bytes(MANIFEST, _manifest_json(manifest))
             else:
-                tar.add_bytes(REPOSITORIES, _go_json(repositories, _REPOSITORIES_TYPE))
+                tar.add_bytes(REPOSITORIES, _repositories_json(repositories))

@@ -7,8 +7,7 @@ Parsing checks what the store relies on and names the field that is wrong.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .digest import ChainID, DiffID, Digest, ImageID, chain_ids, digest_bytes
 from .errors import InvalidInput
@@ -17,12 +16,14 @@ from .errors import InvalidInput
 MAX_LAYER_DEPTH = 125
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(NamedTuple):
     id: ImageID
-    raw: bytes = field(repr=False)
-    data: dict[str, Any] = field(repr=False, compare=False)
+    raw: bytes
+    data: dict[str, Any]
     diff_ids: tuple[DiffID, ...]
+
+    def __repr__(self) -> str:
+        return f"ImageConfig(id={self.id!r}, diff_ids={self.diff_ids!r})"
 
     @property
     def chain_ids(self) -> list[ChainID]:

@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -131,8 +130,7 @@ _BY_ID: Final = itemgetter(0)
 _BY_CREATED: Final = itemgetter(1)
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     """An image: its verified config and what the store knows of it."""
 
     config: ImageConfig

@@ -19,9 +19,8 @@ import json
 import os
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from . import fsutil
 from .compression import Compression, Decompressor, PeekableReader, decompressed_reader, detect
@@ -46,8 +45,7 @@ from .errors import (
 from .image import MAX_LAYER_DEPTH
 
 
-@dataclass(frozen=True)
-class BlobRef:
+class BlobRef(NamedTuple):
     """The blob a layer is stored in."""
 
     digest: Digest
@@ -55,8 +53,7 @@ class BlobRef:
     compression: Compression
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(NamedTuple):
     chain_id: ChainID
     diff_id: DiffID
     parent: ChainID | None
@@ -106,8 +103,7 @@ def _tar_header_ok(block: bytes) -> bool:
     return stored in (unsigned, signed)
 
 
-@dataclass(frozen=True)
-class StagedLayer:
+class StagedLayer(NamedTuple):
     """A layer copied into ``tmp/`` and hashed, not yet visible in the store."""
 
     blob: StagedBlob

@@ -100,9 +100,8 @@ import os
 import shutil
 import stat as stat_mod
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NamedTuple
 
 from . import fsutil
 from .archive import (
@@ -221,8 +220,7 @@ def is_oci_layout(archive: ArchiveReader) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class _Descriptor:
+class _Descriptor(NamedTuple):
     media_type: str
     digest: Digest
     size: int
@@ -298,11 +296,11 @@ def _names(annotations: dict[str, str]) -> list[Reference]:
     return []
 
 
-@dataclass
 class _LayoutReader:
-    archive: ArchiveReader
-    platform: Platform | None
-    found: dict[Digest, ImageSource] = field(default_factory=dict)
+    def __init__(self, archive: ArchiveReader, platform: Platform | None) -> None:
+        self.archive = archive
+        self.platform = platform
+        self.found: dict[Digest, ImageSource] = {}
 
     @property
     def name(self) -> str:
@@ -583,8 +581,7 @@ def read_oci_layout(archive: ArchiveReader, platform: Platform | None = None) ->
 # -- writing -----------------------------------------------------------------------------
 
 
-@dataclass
-class _Blob:
+class _Blob(NamedTuple):
     digest: Digest
     size: int
     data: bytes | None = None
@@ -592,8 +589,7 @@ class _Blob:
     path: Path | None = None
 
 
-@dataclass
-class _Plan:
+class _Plan(NamedTuple):
     entries: list[dict[str, Any]]
     blobs: dict[Digest, _Blob]
 

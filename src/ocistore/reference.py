@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Final
 
 from .digest import Digest
@@ -91,34 +90,62 @@ def _invalid(s: str, detail: str | None = None) -> InvalidInput:
     return InvalidInput(message)
 
 
-@dataclass(frozen=True, slots=True)
 class Reference:
     """A named reference: ``domain/path``, with an optional tag and an optional digest.
 
     Equality and hashing are over the normalized parts, so ``parse("busybox")`` and
     ``parse("docker.io/library/busybox")`` are the same key. ``domain`` is empty only for a
-    reference built by hand without one (``parse`` always fills it in).
+    reference built by hand without one (``parse`` always fills it in). Immutable.
     """
+
+    __slots__ = ("digest", "domain", "path", "tag")
 
     domain: str
     path: str
-    tag: str | None = None
-    digest: Digest | None = None
+    tag: str | None
+    digest: Digest | None
 
-    def __post_init__(self) -> None:
-        name = self.name
+    def __init__(
+        self, domain: str, path: str, tag: str | None = None, digest: Digest | str | None = None
+    ) -> None:
+        name = f"{domain}/{path}" if domain else path
         m = _ANCHORED_NAME_RE.fullmatch(name)
-        if m is None or (m.group(1) or "") != self.domain or m.group(2) != self.path:
+        if m is None or (m.group(1) or "") != domain or m.group(2) != path:
             raise InvalidInput(f"invalid reference format: invalid repository name {_quote(name)}")
-        if len(self.path) > NAME_TOTAL_LENGTH_MAX:
+        if len(path) > NAME_TOTAL_LENGTH_MAX:
             raise InvalidInput(
                 f"invalid reference format: repository name must not be more than "
                 f"{NAME_TOTAL_LENGTH_MAX} characters: {_quote(name)}"
             )
-        if self.tag is not None and not _TAG_RE.fullmatch(self.tag):
-            raise InvalidInput(f"invalid tag format: {_quote(self.tag)}")
-        if self.digest is not None and not isinstance(self.digest, Digest):
-            object.__setattr__(self, "digest", Digest(self.digest))
+        if tag is not None and not _TAG_RE.fullmatch(tag):
+            raise InvalidInput(f"invalid tag format: {_quote(tag)}")
+        if digest is not None and not isinstance(digest, Digest):
+            digest = Digest(digest)
+        set_ = object.__setattr__
+        set_(self, "domain", domain)
+        set_(self, "path", path)
+        set_(self, "tag", tag)
+        set_(self, "digest", digest)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Reference is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Reference is immutable: cannot delete {name}")
+
+    def _key(self) -> tuple[str, str, str | None, Digest | None]:
+        return (self.domain, self.path, self.tag, self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Reference:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __reduce__(self) -> tuple[type[Reference], tuple[str, str, str | None, Digest | None]]:
+        return (Reference, self._key())
 
     # -- names -------------------------------------------------------------------------
 

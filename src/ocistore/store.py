@@ -25,10 +25,9 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NamedTuple, TypeVar
 
 from . import fsutil
 from .backend import FSBackend
@@ -49,8 +48,7 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(frozen=True)
-class RemoveEvent:
+class RemoveEvent(NamedTuple):
     """One line of what ``rmi`` did: ``("Untagged", "busybox:latest")`` or ``("Deleted", id)``."""
 
     action: str
