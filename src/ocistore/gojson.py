@@ -36,8 +36,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .errors import InvalidInput
 
@@ -82,15 +81,43 @@ class GoJSONError(InvalidInput):
 
 
 class GoType:
-    """Base of the Go type descriptions."""
+    """Base of the Go type descriptions: immutable, equal when they describe the same type.
+
+    Plain classes with slots, not dataclasses: the descriptions of Docker's structs are
+    built at import, and a dataclass costs about a millisecond to create."""
 
     __slots__ = ()
 
+    def _key(self) -> tuple[Any, ...]:
+        raise NotImplementedError
 
-@dataclass(frozen=True)
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((self.__class__.__name__, *self._key()))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}{self._key()!r}"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{self.__class__.__name__} is immutable")
+
+
 class _Scalar(GoType):
+    __slots__ = ("bits", "kind")
+
     kind: str  # "string", "bool", "int", "uint", "float", "time", "raw", "strslice", "any"
-    bits: int = 64
+    bits: int
+
+    def __init__(self, kind: str, bits: int = 64) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "bits", bits)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.kind, self.bits)
 
 
 #: Go ``string``.
@@ -115,29 +142,37 @@ STRSLICE: Final = _Scalar("strslice")
 ANY: Final = _Scalar("any")
 
 
-@dataclass(frozen=True)
-class Ptr(GoType):
+class _Composite(GoType):
+    __slots__ = ("elem",)
+
+    elem: GoType
+
+    def __init__(self, elem: GoType) -> None:
+        object.__setattr__(self, "elem", elem)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.elem,)
+
+
+class Ptr(_Composite):
     """Go ``*T``."""
 
-    elem: GoType
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Slice(GoType):
+class Slice(_Composite):
     """Go ``[]T``."""
 
-    elem: GoType
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Map(GoType):
+class Map(_Composite):
     """Go ``map[string]T`` (also any named string key type, such as ``nat.Port``)."""
 
-    elem: GoType
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One exported struct field: its Go name, type and ``json`` tag."""
 
     go_name: str
@@ -151,25 +186,32 @@ class Field:
         return self.json_name or self.go_name
 
 
-@dataclass(frozen=True)
 class Struct(GoType):
     """A Go struct: its exported fields in declaration order (embedded ones flattened)."""
 
+    __slots__ = ("_by_fold", "_by_name", "fields", "name")
+
     name: str
     fields: tuple[Field, ...]
-    _by_name: dict[str, Field] = field(init=False, repr=False, compare=False, hash=False)
-    _by_fold: dict[str, Field] = field(init=False, repr=False, compare=False, hash=False)
+    _by_name: dict[str, Field]
+    _by_fold: dict[str, Field]
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, fields: tuple[Field, ...]) -> None:
         by_name: dict[str, Field] = {}
         by_fold: dict[str, Field] = {}
-        for f in self.fields:
+        for f in fields:
             if f.name in by_name:
-                raise ValueError(f"struct {self.name}: duplicate json name {f.name!r}")
+                raise ValueError(f"struct {name}: duplicate json name {f.name!r}")
             by_name[f.name] = f
             by_fold.setdefault(_fold_name(f.name), f)
-        object.__setattr__(self, "_by_name", by_name)
-        object.__setattr__(self, "_by_fold", by_fold)
+        set_ = object.__setattr__
+        set_(self, "name", name)
+        set_(self, "fields", fields)
+        set_(self, "_by_name", by_name)
+        set_(self, "_by_fold", by_fold)
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.name, self.fields)
 
     def field_for_key(self, key: str) -> Field | None:
         """The field an object key decodes into: exact name first, then case-folded."""
@@ -239,8 +281,7 @@ _RFC3339_LENIENT: Final = re.compile(
 )
 
 
-@dataclass(frozen=True, order=True)
-class GoTime:
+class GoTime(NamedTuple):
     """A Go ``time.Time`` as its wall clock in its zone, and the zone's UTC offset.
 
     Marshalling only needs what Go prints: the local date and time, the nanoseconds and
@@ -349,8 +390,7 @@ def _go_decode_utf8(b: bytes) -> str:
     return "".join(out)
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
+class Node(NamedTuple):
     """A parsed JSON value and where its bytes are in the input.
 
     ``kind`` is one of ``object`` (value: list of ``(key, Node)`` in input order),

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from . import gojson
 from .digest import chain_ids, digest_bytes
@@ -388,8 +387,7 @@ def make_v1_config_from_config(
     return _marshal_raw_map(c)
 
 
-@dataclass(frozen=True)
-class LegacyLayer:
+class LegacyLayer(NamedTuple):
     """One legacy layer directory of a ``docker save`` archive."""
 
     #: The directory name: the layer's v1 ID, 64 hex characters.
