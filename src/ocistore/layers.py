@@ -115,8 +115,10 @@ class StagedLayer(NamedTuple):
         self.blob.discard()
 
 
-#: Compressed input is read in smaller pieces: each expands several times when decompressed.
-COMPRESSED_CHUNK = 128 << 10
+#: Compressed input is read in half-megabyte pieces. The decompressor hands its output
+#: over about a megabyte at a time whatever the ratio, so the piece size only sets the
+#: overhead per piece: 128 KiB pieces made a zstd load about 10% slower.
+COMPRESSED_CHUNK = 512 << 10
 
 
 class _Digester(threading.Thread):
