@@ -25,6 +25,18 @@ class ImageConfig(NamedTuple):
     def __repr__(self) -> str:
         return f"ImageConfig(id={self.id!r}, diff_ids={self.diff_ids!r})"
 
+    # Equal and hashed by ID and bytes: ``data`` is derived from ``raw`` (and a dict).
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ImageConfig):
+            return NotImplemented
+        return self.id == other.id and self.raw == other.raw
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
     @property
     def chain_ids(self) -> list[ChainID]:
         return chain_ids(list(self.diff_ids))
