@@ -6,6 +6,7 @@ import argparse
 import bz2
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -476,3 +477,46 @@ def test_a_replaced_config_is_reported_and_skipped(tmp_path: Path) -> None:
     assert proc.stdout == ""
     assert proc.stderr.startswith(f"ocistore: warning: skipped image {image_id}: ")
     assert "digest mismatch" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+# -- output helpers -----------------------------------------------------------------------
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (-5.0, "Less than a second"),
+        (0.5, "Less than a second"),
+        (1.9, "1 second"),
+        (59.9, "59 seconds"),
+        (60.0, "About a minute"),
+        (119.9, "About a minute"),
+        (120.0, "2 minutes"),
+        (3599.9, "59 minutes"),
+        (HOUR, "About an hour"),
+        (1.5 * HOUR - 1, "About an hour"),
+        (1.5 * HOUR, "2 hours"),  # Go rounds half up: int(1.5 + 0.5)
+        (2.5 * HOUR, "3 hours"),  # not half to even
+        (47.5 * HOUR - 1, "47 hours"),
+        (47.5 * HOUR, "2 days"),
+        (14 * DAY - HOUR, "13 days"),
+        (14 * DAY, "2 weeks"),
+        (60 * DAY, "2 months"),
+        (729 * DAY, "24 months"),
+        (730 * DAY - 0.4 * HOUR, "1 years"),  # rounded hours say years, truncated 729 days
+        (730 * DAY, "2 years"),
+        (3 * 365 * DAY, "3 years"),
+    ],
+)
+def test_human_duration_is_dockers(seconds: float, shown: str) -> None:
+    """units.HumanDuration (docker/go-units), including its rounding at the edges."""
+    assert cli.human_duration(seconds) == shown
+
+
+def test_print_table_pads_columns_and_strips_only_trailing_blanks() -> None:
+    out = io.StringIO()
+    cli.print_table([["A", "BB", "C"], ["aaaa", "b", ""], ["x", "yyy", "z"]], out)
+    assert out.getvalue() == "A      BB    C\naaaa   b\nx      yyy   z\n"

@@ -402,3 +402,18 @@ def test_time_zone_offset_limits_follow_go_parse() -> None:
     assert t.format_rfc3339nano() == "2016-01-01T00:00:00+24:00"
     with pytest.raises(GoJSONError):
         gojson.unmarshal(b'"2016-01-01T00:00:00+25:00"', TIME)
+
+
+def test_go_types_are_immutable_values_that_copy_and_pickle() -> None:
+    import copy
+    import pickle
+
+    from ocistore import v1
+
+    for t in (gojson.STRING, gojson.Slice(gojson.STRING), gojson.Map(gojson.Ptr(INT)), v1.IMAGE):
+        assert copy.deepcopy(t) == t
+        assert pickle.loads(pickle.dumps(t)) == t
+        assert hash(copy.copy(t)) == hash(t)
+    assert gojson.Slice(gojson.STRING) != gojson.Map(gojson.STRING)
+    with pytest.raises(AttributeError):
+        gojson.STRING.kind = "int"

@@ -378,7 +378,19 @@ def test_stale_index_without_marker_is_trusted_as_a_cache(store: Store) -> None:
     assert Store(store.root).images.get_parent(child) is None
 
 
-@pytest.mark.parametrize("damage", ["delete", "garbage", "wrong-version", "bad-record"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "delete",
+        "garbage",
+        "wrong-version",
+        "bad-record",
+        "null-created",
+        "string-size",
+        "list-chains",
+        "bad-name",
+    ],
+)
 def test_missing_or_damaged_index_is_rebuilt(store: Store, damage: str) -> None:
     base = add_image(store, [TAR_A], comment="base")
     child = add_image(store, [TAR_A, TAR_B], comment="child")
@@ -392,7 +404,17 @@ def test_missing_or_damaged_index_is_rebuilt(store: Store, damage: str) -> None:
         index.write_text(json.dumps({"version": 99, "images": {}}))
     else:
         doc = json.loads(index.read_bytes())
-        doc["images"][0] = ["x"]
+        row = doc["images"][0]
+        if damage == "bad-record":
+            doc["images"][0] = ["x"]
+        elif damage == "null-created":
+            row[1] = None
+        elif damage == "string-size":
+            row[2] = "12"
+        elif damage == "list-chains":
+            row[6] = row[6].split(" ")
+        else:
+            row[0] = "../" + row[0][3:]
         index.write_text(json.dumps(doc))
     fresh = Store(store.root)
     assert sorted(r.id for r in fresh.images.list()) == sorted([base, child])

@@ -922,12 +922,14 @@ def fill_from_file(
 
 @contextlib.contextmanager
 def output_file(path: str, tmpdir: Path) -> Iterator[IO[bytes]]:
-    """``-`` is stdout; a path is written whole or not at all (temporary file, rename).
+    """``-`` is stdout; a path is written to a temporary file beside it and renamed into
+    place when complete, so a failed save leaves nothing and no reader sees half a file.
 
     Like ``docker save -o``, ``skopeo copy`` and ``tar``, the file is not fsynced: it is
-    an export, not part of the store, and is complete for every reader once the command
-    exits; it reaches the disk with the kernel's writeback (``sync`` forces it). Waiting
-    for the disk cost a third of the time of an oci-archive save.
+    an export, not part of the store. It reaches the disk with the kernel's writeback
+    (``sync`` forces it); until then a power loss can leave the path empty or short, or
+    lose the file it replaced. Waiting for the disk cost a third of the time of an
+    oci-archive save.
     """
     if path == "-":
         out = sys.stdout.buffer

@@ -85,14 +85,16 @@ def report_skipped(args: argparse.Namespace) -> None:
 
 
 def human_duration(seconds: float) -> str:
-    """Docker's ``units.HumanDuration``: "About a minute", "3 hours", "2 weeks".
+    """Docker's ``units.HumanDuration``, exactly: "About a minute", "3 hours", "2 weeks".
 
-    Longest durations first: images are mostly days to years old."""
-    s = int(seconds)
-    if s >= 3600:
-        hours = round(s / 3600)
+    As in Go, seconds and minutes are truncated, hours rounded half up (``int(h + 0.5)``)
+    and years counted from the truncated hours. Longest durations are tested first:
+    images are mostly days to years old.
+    """
+    if seconds >= 3600:
+        hours = int(seconds / 3600 + 0.5)
         if hours >= 24 * 365 * 2:
-            return f"{hours // 24 // 365} years"
+            return f"{int(seconds / 3600) // 24 // 365} years"
         if hours >= 24 * 30 * 2:
             return f"{hours // 24 // 30} months"
         if hours >= 24 * 7 * 2:
@@ -100,9 +102,10 @@ def human_duration(seconds: float) -> str:
         if hours >= 48:
             return f"{hours // 24} days"
         return "About an hour" if hours == 1 else f"{hours} hours"
-    if s >= 60:
-        minutes = s // 60
+    if seconds >= 60:
+        minutes = int(seconds / 60)
         return "About a minute" if minutes == 1 else f"{minutes} minutes"
+    s = int(seconds)
     if s < 1:
         return "Less than a second"
     return "1 second" if s == 1 else f"{s} seconds"

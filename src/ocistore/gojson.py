@@ -105,6 +105,10 @@ class GoType:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{self.__class__.__name__} is immutable")
 
+    def __reduce__(self) -> tuple[type[GoType], tuple[Any, ...]]:
+        # copy and pickle rebuild through __init__ (they cannot set the slots).
+        return (self.__class__, self._key())
+
 
 class _Scalar(GoType):
     __slots__ = ("bits", "kind")

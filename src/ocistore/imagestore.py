@@ -9,8 +9,9 @@ Opening the store lists ``imagedb/content/sha256`` (names and inode numbers, whi
 listing gives without a stat per file) and reads, and verifies, only the configs whose
 name or inode the index does not have: configs added, or replaced by writing a new file,
 outside the store. A config that fails verification is skipped and reported in
-:attr:`ImageStore.skipped`. A config edited in place keeps its inode; every read of a
-config verifies its digest, and ``fsck`` verifies them all. A writer marks the index
+:attr:`ImageStore.skipped`. A config edited in place keeps its inode (and one deleted and
+written again may get the same inode number back); every read of a config verifies its
+digest, and ``fsck`` verifies them all. A writer marks the index
 dirty (``index.dirty``) before it changes anything and rewrites the index before it
 releases the lock; after a crash the marker is still there, and the next opener rebuilds
 the index from the files. Layer reference counts are derived from the records, never
@@ -97,9 +98,23 @@ def _records_from_rows(rows: list[list[Any]]) -> dict[str, ImageRecord]:
     TypeError, ValueError or IndexError, and the index is rebuilt."""
     new, digest = _new_record, _new_digest
     records: dict[str, ImageRecord] = {}
+    hexdigits = _HEXDIGITS
     for hex_, created, size, parent, os_, arch, chains, blobs, inode in rows:
-        if type(chains) is not str or type(blobs) is not str:
-            raise TypeError(f"index row {hex_}: lists that are not strings")
+        # Every field's type, so that a damaged row means a rebuild, never a crash later.
+        if not (
+            type(hex_) is str
+            and len(hex_) == 64
+            and hexdigits.issuperset(hex_)
+            and type(created) is str
+            and type(size) is int
+            and type(parent) is str
+            and type(os_) is str
+            and type(arch) is str
+            and type(chains) is str
+            and type(blobs) is str
+            and type(inode) is int
+        ):
+            raise TypeError(f"index row {hex_!r}: a field of the wrong type")
         records[hex_] = new(
             ImageRecord,
             (
