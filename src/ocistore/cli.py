@@ -495,10 +495,36 @@ def cmd_save(args: argparse.Namespace) -> int:
     if args.output == "-" and sys.stdout.isatty():
         raise OcistoreError("refusing to write an archive to a terminal: give -o PATH")
     progress = Progress.for_terminal(args.quiet)
+    if args.format == "docker":
+        keep_freed_memory()
     from . import formats
 
     formats.save(store, args.images, args.output, formats.SaveFormat(args.format), progress)
     return EXIT_OK
+
+
+def keep_freed_memory() -> None:
+    """Tune glibc's allocator for a docker-archive save.
+
+    Decompressing a layer makes a fresh megabyte-sized ``bytes`` per piece on each of two
+    threads. By default glibc hands such freed memory straight back to the kernel, and
+    fetches it again (zeroed, a page fault per page) for the next piece: 50,000 page
+    faults and a third of the save's system time for the bench image. Serving them from
+    the heap and keeping up to 128 MiB freed made that save about 12% faster, for ~2 MB
+    more peak memory. Loads are left alone: their zstd decoders grew by 16 MB with it.
+    A no-op where the C library has no ``mallopt`` (not glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
+    mallopt(m_trim_threshold, 128 << 20)
 
 
 def _gc_args(p: argparse.ArgumentParser) -> None:
