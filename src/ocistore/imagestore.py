@@ -241,6 +241,8 @@ class ImageStore:
         for name, rec in cached.items():
             if on_disk.get(name) == rec.inode:
                 images[rec.id] = rec
+        if len(images) == len(on_disk):
+            on_disk = {}  # every file matched a record: nothing new to read
         for name, inode in on_disk.items():
             known = cached.get(name)
             if (known is not None and known.inode == inode) or not (
