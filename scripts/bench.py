@@ -17,8 +17,8 @@ One run:
    the same again also writing the blobs to files with fsync ("baseline + write": what
    keeping the input durably costs at least);
 4. measures ``images`` and an ID-prefix ``inspect`` on stores of 100 and 10,000 images
-   (built through the library by ``bench_store.py``, cached), and counts with strace how
-   many image configs each opens;
+   (built through the library by ``bench_store.py``, cached), the two sizes alternating,
+   and counts with strace how many image configs each opens;
 5. prints a Markdown table with medians, ratios, throughput and peak memory, each target
    of the issue marked PASS or FAIL, the machine and the command; writes it to
    ``bench-out/results.md`` and every single run to ``bench-out/results.json``.
@@ -740,16 +740,25 @@ def bench_stores(
     res = ListResult(sizes)
     try:
         res.startup = [check(measure([tools.ocistore, "--help"])) for _ in range(repeat)]
+        commands: dict[int, tuple[list[str], list[str]]] = {}
         for n in sizes:
             root, ids = build_store(work, n, tools, rebuild)
             prefix = ids[len(ids) // 2].split(":", 1)[1][:12]
             images = [tools.ocistore, "--root", str(root), "images"]
             lookup = [tools.ocistore, "--root", str(root), "inspect", prefix]
-            log(f"store of {n:,} images: {repeat} × images, inspect {prefix}")
+            commands[n] = (images, lookup)
             check(measure(images))  # warm the page cache
-            res.images[n] = [check(measure(images)) for _ in range(repeat)]
-            res.lookup[n] = [check(measure(lookup)) for _ in range(repeat)]
-            for name, argv in (("images", images), ("lookup", lookup)):
+            res.images[n], res.lookup[n] = [], []
+        # The sizes alternate, as ocistore and the peer do: the growth is a ratio of two
+        # medians, and this machine's speed drifts over a run.
+        log(f"stores of {', '.join(f'{n:,}' for n in sizes)} images: {repeat} × images, inspect")
+        for _ in range(repeat):
+            for n in sizes:
+                res.images[n].append(check(measure(commands[n][0])))
+            for n in sizes:
+                res.lookup[n].append(check(measure(commands[n][1])))
+        for n in sizes:
+            for name, argv in (("images", commands[n][0]), ("lookup", commands[n][1])):
                 opened = count_config_opens(tools, argv, work)
                 if opened is not None:
                     res.configs_opened[f"{name}-{n}"] = opened
