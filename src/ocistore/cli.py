@@ -18,8 +18,6 @@ import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from itertools import starmap
-from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -129,12 +127,17 @@ def since(value: str, now: float | None = None) -> str:
 
 
 def print_table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
-    """Columns padded to their widest cell, three spaces apart, as docker prints them
-    (no trailing blanks)."""
-    widths = [max(map(len, column)) for column in zip(*rows, strict=True)][:-1]
+    """Rows (the header first) as :func:`print_columns` prints them."""
+    print_columns([list(column) for column in zip(*rows, strict=True)], out)
+
+
+def print_columns(columns: Sequence[Sequence[str]], out: IO[str]) -> None:
+    """Columns (each headed by its title) padded to their widest cell, three spaces apart,
+    as docker prints them (no trailing blanks)."""
+    widths = [max(map(len, column)) for column in columns[:-1]]
     line = "   ".join(f"{{:<{w}}}" for w in widths) + "   {}"
-    lines: Iterable[str] = starmap(line.format, rows)
-    if not all(r[-1][-1:].strip() for r in rows):  # a blank last cell: strip the padding
+    lines: Iterable[str] = map(line.format, *columns)
+    if not all(c[-1:].strip() for c in columns[-1]):  # a blank last cell: strip the padding
         lines = map(str.rstrip, lines)
     out.write("\n".join(lines) + "\n")
 
@@ -246,9 +249,27 @@ def cmd_images(args: argparse.Namespace) -> int:
     ages: dict[str, str] = {}
     sizes: dict[int, str] = {}
     no_trunc = args.no_trunc
-    # repository, tag, digest, image ID, created, created since, size
-    rows: list[tuple[str, str, str, str, str, str, str]] = []
-    append = rows.append
+    # One list per column (repository, tag, digest, image ID, created, created since,
+    # size): no tuple per row to build and then transpose again for the widths.
+    repos: list[str] = []
+    tags: list[str] = []
+    digests: list[str] = []
+    image_ids: list[str] = []
+    createds: list[str] = []
+    sinces: list[str] = []
+    shown_sizes: list[str] = []
+
+    def add(
+        repo: str, tag: str, digest: str, image_id: str, created: str, age: str, size: str
+    ) -> None:
+        repos.append(repo)
+        tags.append(tag)
+        digests.append(digest)
+        image_ids.append(image_id)
+        createds.append(created)
+        sinces.append(age)
+        shown_sizes.append(size)
+
     for rec, names in images:
         image_id = rec.id if no_trunc else rec.id[7:19]
         created = rec.created
@@ -259,41 +280,41 @@ def cmd_images(args: argparse.Namespace) -> int:
         if size is None:
             size = sizes[rec.size] = human_size(rec.size)
         if not names:
-            append(("<none>", "<none>", "<none>", image_id, created, age, size))
+            add("<none>", "<none>", "<none>", image_id, created, age, size)
             continue
         if len(names) == 1 and "@" not in (name := names[0]):  # the usual: one tag
             colon = name.rfind(":")
             if colon > name.rfind("/"):
-                append((name[:colon], name[colon + 1 :], "<none>", image_id, created, age, size))
+                add(name[:colon], name[colon + 1 :], "<none>", image_id, created, age, size)
                 continue
-        tags: list[tuple[str, str]] = []
-        digests: dict[str, str] = {}
+        named: list[tuple[str, str]] = []
+        by_repo: dict[str, str] = {}
         for n in names:
             repo_name, at, digest = n.partition("@")
             if at:
-                digests[repo_name] = digest
+                by_repo[repo_name] = digest
             else:
                 colon = n.rfind(":")
-                tags.append((n[:colon], n[colon + 1 :]) if colon > n.rfind("/") else (n, "<none>"))
-        for repo_name, tag in tags:
-            append((repo_name, tag, digests.get(repo_name, "<none>"), image_id, created, age, size))
-        if digests:
-            tagged = {t for t, _ in tags}
-            for repo_name, digest in digests.items():
+                named.append((n[:colon], n[colon + 1 :]) if colon > n.rfind("/") else (n, "<none>"))
+        for repo_name, tag in named:
+            add(repo_name, tag, by_repo.get(repo_name, "<none>"), image_id, created, age, size)
+        if by_repo:
+            tagged = {t for t, _ in named}
+            for repo_name, digest in by_repo.items():
                 if repo_name not in tagged:
-                    append((repo_name, "<none>", digest, image_id, created, age, size))
+                    add(repo_name, "<none>", digest, image_id, created, age, size)
     if args.format == "json":
         keys = ("Repository", "Tag", "Digest", "ID", "CreatedAt", "CreatedSince", "Size")
+        rows = zip(repos, tags, digests, image_ids, createds, sinces, shown_sizes, strict=True)
         sys.stdout.write(
             "".join(json.dumps(dict(zip(keys, row, strict=True))) + "\n" for row in rows)
         )
         return EXIT_OK
-    header = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else [])
-    header += ["IMAGE ID", "CREATED", "SIZE"]
-    table: list[Sequence[str]] = [header]
-    columns = itemgetter(0, 1, 2, 3, 5, 6) if args.digests else itemgetter(0, 1, 3, 5, 6)
-    table += map(columns, rows)
-    print_table(table, sys.stdout)
+    columns = [["REPOSITORY", *repos], ["TAG", *tags]]
+    if args.digests:
+        columns.append(["DIGEST", *digests])
+    columns += [["IMAGE ID", *image_ids], ["CREATED", *sinces], ["SIZE", *shown_sizes]]
+    print_columns(columns, sys.stdout)
     return EXIT_OK
 
 
