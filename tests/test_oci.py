@@ -424,6 +424,52 @@ def test_a_digest_name_of_another_image_is_refused_before_publishing(
     assert list(store.tmpdir.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        # A digest reference under a reserved repository name.
+        ["sha256@sha256:" + "ab" * 32],
+        # One digest reference given to two images of the same load.
+        ["example.com/app@sha256:" + "cd" * 32, "example.com/app@sha256:" + "cd" * 32],
+    ],
+)
+def test_a_name_refused_by_the_reference_store_is_refused_before_publishing(
+    store: Store, tmp_path: Path, names: list[str]
+) -> None:
+    base = Layout(tmp_path / "base")
+    base.tag(base.image([{"base": b"b"}], comment="base").desc, "base")
+    load(store, base.write())  # a store in use: its lock and index exist
+    lay = Layout(tmp_path / "l")
+    for i, name in enumerate(names):
+        built = lay.image([{"f": str(i).encode()}], comment=str(i))
+        lay.add(built.desc, {"io.containerd.image.name": name})
+    before = snapshot(store.root)
+    with pytest.raises(OcistoreError, match=r"sha256@sha256|already names image"):
+        load(store, lay.write())
+    assert snapshot(store.root) == before
+    assert list(store.tmpdir.iterdir()) == []
+
+
+def test_a_layer_removed_while_loading_is_refused_before_publishing(
+    store: Store, tmp_path: Path
+) -> None:
+    """A layer that was not read because the store had it, and is gone by the time the
+    load takes the lock, stops the load before anything is published."""
+    from ocistore import archive
+
+    base = Layout(tmp_path / "base")
+    base.tag(base.image([{"base": b"b"}], comment="base").desc, "base")
+    load(store, base.write())  # a store in use: its lock and index exist
+    lay = Layout(tmp_path / "l")
+    lay.tag(lay.image([{"f": b"x"}]).desc, "v1")
+    sources = oci.read_oci_layout(open_archive(str(lay.write()), store.tmpdir), None)
+    configs = [archive.parse_config(src.config) for src in sources]
+    before = snapshot(store.root)
+    with pytest.raises(Conflict, match="removed from the store while loading"):
+        archive._publish(store, sources, configs, staged={})
+    assert snapshot(store.root) == before
+
+
 def test_same_manifest_twice_loads_once_with_both_tags(store: Store, tmp_path: Path) -> None:
     lay = Layout(tmp_path / "l")
     built = lay.image([{"f": b"x"}])

@@ -135,6 +135,34 @@ def test_digest_references_are_never_moved(store: ReferenceStore) -> None:
     assert store.get(ref) == ID_A
 
 
+def test_add_all_is_one_write_of_all_or_none(store: ReferenceStore) -> None:
+    store.add_tag(parse("busybox:1"), ID_A)
+    digested = parse(f"busybox@{MANIFEST}")
+    store.add_digest(digested, ID_A)
+    before = read_json(store)
+    # The second item is refused: the first is not kept either, checking or not.
+    for check_only in (True, False):
+        with pytest.raises(Conflict, match="already names image"):
+            store.add_all(
+                [(parse("app:v1"), ID_B), (digested, ID_B)], force_tags=True, check_only=check_only
+            )
+        assert read_json(store) == before
+    # One digest reference for two images of the same batch.
+    other = parse(f"app@{MANIFEST}")
+    with pytest.raises(Conflict, match=f"cannot overwrite digest reference app@{MANIFEST}"):
+        store.add_all([(other, ID_B), (other, ID_C)], check_only=True)
+    with pytest.raises(InvalidInput, match="ambiguous tag using digest algorithm as name"):
+        store.add_all([(parse(f"sha256@{MANIFEST}"), ID_B)], check_only=True)
+    assert read_json(store) == before
+    # Accepted: tags move only with force_tags, a later item wins.
+    with pytest.raises(Conflict, match="use the force option"):
+        store.add_all([(parse("busybox:1"), ID_B)])
+    store.add_all([(parse("busybox:1"), ID_B), (parse("app"), ID_B), (parse("app"), ID_C)], True)
+    assert store.get(parse("busybox:1")) == ID_B
+    assert store.get(parse("app:latest")) == ID_C
+    assert store.get(digested) == ID_A
+
+
 def test_refusals(store: ReferenceStore) -> None:
     digested = parse(f"busybox@{MANIFEST}")
     with pytest.raises(InvalidInput, match="refusing to create a tag with a digest reference"):

@@ -41,7 +41,7 @@ from typing import IO, Any, Final, NamedTuple, Protocol
 
 from . import fsutil
 from .compression import Compression, PeekableReader, decompressed_reader, detect
-from .digest import CHUNK, DiffID, Digest, ImageID, new_hasher
+from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, new_hasher
 from .errors import Conflict, DigestMismatch, InvalidInput, NotFound, OcistoreError
 from .image import ImageConfig, parse_config
 from .layers import StagedLayer, make_chain_id, stage_layer
@@ -483,24 +483,20 @@ def load_images(
             s.discard()
 
 
-def _check_tags(store: Any, sources: list[ImageSource], configs: list[ImageConfig]) -> None:
-    """Refuse the names a load could not set, before anything is published: a reserved
-    repository name, or a digest reference that already names another image."""
-    from .refstore import check_tag
+def _plan(
+    sources: list[ImageSource], configs: list[ImageConfig]
+) -> Iterator[tuple[int, LayerSource, ChainID, ChainID | None]]:
+    """Each layer of each image, with its chain and its parent's chain."""
+    for i, (src, cfg) in enumerate(zip(sources, configs, strict=True)):
+        parent: ChainID | None = None
+        for layer, diff_id in zip(src.layers, cfg.diff_ids, strict=True):
+            chain = make_chain_id(parent, diff_id)
+            yield i, layer, chain, parent
+            parent = chain
 
-    for src, cfg in zip(sources, configs, strict=True):
-        for ref in src.tags:
-            if ref.digest is None:
-                check_tag(ref)
-                continue
-            try:
-                current = store.references.get(ref)
-            except NotFound:
-                continue
-            if current != cfg.id:
-                raise Conflict(
-                    f"{src.what}: {ref.familiar()} already names image {current}, not {cfg.id}"
-                )
+
+def _staged(layer: LayerSource, staged: dict[str, StagedLayer]) -> StagedLayer | None:
+    return staged.get(layer.key or layer.blob_digest or layer.what)
 
 
 def _publish(
@@ -509,53 +505,60 @@ def _publish(
     configs: list[ImageConfig],
     staged: dict[str, StagedLayer],
 ) -> list[LoadedImage]:
-    loaded: list[LoadedImage] = []
-    with store.transaction():
-        _check_tags(store, sources, configs)  # under the lock: refuse before publishing
-        ids: list[ImageID] = []
-        for src, cfg in zip(sources, configs, strict=True):
-            parent_chain = None
-            extra_blobs: list[Digest] = []
-            for layer, diff_id in zip(src.layers, cfg.diff_ids, strict=True):
-                chain = make_chain_id(parent_chain, diff_id)
-                key = layer.key or layer.blob_digest or layer.what
-                s = staged.get(key)
-                # A staged layer may sit at several places (the same tar in two chains): its
-                # blob is committed by the first, and the later ones point at that blob.
-                if s is not None and (s.blob.path.exists() or store.content.exists(s.blob.digest)):
-                    if store.layers.exists(chain):
-                        stored = store.layers.get(chain)
-                        if stored.blob.digest != s.blob.digest:
-                            # Same layer, other blob: keep the blob this image came with.
-                            store.content.commit(s.blob)
-                            extra_blobs.append(s.blob.digest)
-                    else:
-                        store.layers.publish(s, parent_chain)
-                elif not store.layers.exists(chain):
-                    raise NotFound(f"{layer.what}: layer {chain} was not staged")  # a bug
-                stored_blob = store.layers.get(chain).blob.digest
-                if layer.blob_digest and layer.blob_digest != stored_blob:
-                    extra_blobs.append(layer.blob_digest)
-                parent_chain = chain
-            image_id = store.images.create(cfg)
-            if src.manifest is not None:
-                manifest_digest = store.content.write(src.manifest)
-                store.backend.set_metadata(image_id, "manifest", manifest_digest.encode())
-                extra_blobs.append(manifest_digest)
-            if extra_blobs:
-                store.images.set_blobs(image_id, extra_blobs)
-            ids.append(image_id)
-        for i, src in enumerate(sources):
-            if src.parent is not None and ids[src.parent] != ids[i]:
-                store.images.set_parent(ids[i], ids[src.parent])
-        for image_id, src in zip(ids, sources, strict=True):
-            for ref in src.tags:
-                if ref.digest is not None:
-                    store.references.add_digest(ref, image_id, force=False)
-                else:
-                    store.references.add_tag(ref, image_id, force=True)
-            loaded.append(LoadedImage(image_id, tuple(src.tags)))
-    return loaded
+    tags = [(ref, cfg.id) for src, cfg in zip(sources, configs, strict=True) for ref in src.tags]
+    with store.lock.exclusive():
+        # Under the lock, and before the transaction marks the index dirty, refuse what
+        # would fail half-way: a name that cannot be set, or a layer that was not read
+        # because the store had it, and that is gone since.
+        store.references.add_all(tags, force_tags=True, check_only=True)
+        for _, layer, chain, _ in _plan(sources, configs):
+            if _staged(layer, staged) is None and not store.layers.exists(chain):
+                raise Conflict(
+                    f"{layer.what}: layer {chain} was removed from the store while "
+                    "loading; load again"
+                )
+        with store.transaction():
+            ids = _publish_images(store, sources, configs, staged)
+            store.references.add_all(tags, force_tags=True)
+    return [LoadedImage(i, tuple(src.tags)) for i, src in zip(ids, sources, strict=True)]
+
+
+def _publish_images(
+    store: Any,
+    sources: list[ImageSource],
+    configs: list[ImageConfig],
+    staged: dict[str, StagedLayer],
+) -> list[ImageID]:
+    """Layers, then images, then parents (the caller holds the transaction)."""
+    extra_blobs: list[list[Digest]] = [[] for _ in sources]
+    for i, layer, chain, parent in _plan(sources, configs):
+        s = _staged(layer, staged)
+        # A staged layer may sit at several places (the same tar in two chains): its
+        # blob is committed by the first, and the later ones point at that blob.
+        if s is not None and (s.blob.path.exists() or store.content.exists(s.blob.digest)):
+            if not store.layers.exists(chain):
+                store.layers.publish(s, parent)
+            elif store.layers.get(chain).blob.digest != s.blob.digest:
+                # Same layer, other blob: keep the blob this image came with.
+                store.content.commit(s.blob)
+                extra_blobs[i].append(s.blob.digest)
+        stored_blob = store.layers.get(chain).blob.digest
+        if layer.blob_digest and layer.blob_digest != stored_blob:
+            extra_blobs[i].append(layer.blob_digest)
+    ids: list[ImageID] = []
+    for src, cfg, blobs in zip(sources, configs, extra_blobs, strict=True):
+        image_id = store.images.create(cfg)
+        if src.manifest is not None:
+            manifest_digest = store.content.write(src.manifest)
+            store.backend.set_metadata(image_id, "manifest", manifest_digest.encode())
+            blobs.append(manifest_digest)
+        if blobs:
+            store.images.set_blobs(image_id, blobs)
+        ids.append(image_id)
+    for i, src in enumerate(sources):
+        if src.parent is not None and ids[src.parent] != ids[i]:
+            store.images.set_parent(ids[i], ids[src.parent])
+    return ids
 
 
 # -- writing ---------------------------------------------------------------------------

@@ -272,7 +272,8 @@ def _diff_id(archive: ArchiveReader, path: str, what: str) -> DiffID:
         reader = PeekableReader(f)
         decompressor = Decompressor(detect(reader.peek(8), what), what)
         while chunk := reader.read(CHUNK):
-            hasher.update(decompressor.feed(chunk))
+            for out in decompressor.chunks(chunk):  # a megabyte at a time, whatever the ratio
+                hasher.update(out)
         decompressor.finish()
     return DiffID(Digest(f"sha256:{hasher.hexdigest()}"))
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
@@ -237,6 +237,53 @@ def check_tag(ref: Reference) -> None:
         )
 
 
+def _tag_key(ref: Reference) -> Reference:
+    """The key a tag is stored under (``latest`` added), refused as :func:`check_tag` does."""
+    check_tag(ref)
+    return normalize(ref).tagged_or_default()
+
+
+def _digest_key(ref: Reference) -> Reference:
+    """The key a digest reference is stored under; refused without a digest, with a tag,
+    or under a reserved name."""
+    if ref.digest is None:
+        raise InvalidInput(
+            f"refusing to create a digest reference without a digest: {ref.familiar()}"
+        )
+    if ref.tag is not None:
+        raise InvalidInput(f"refusing to create a digest reference with a tag: {ref.familiar()}")
+    if ref.familiar_name in RESERVED_NAMES:
+        raise InvalidInput(
+            f"refusing to create an ambiguous tag using digest algorithm as name: {ref.familiar()}"
+        )
+    return normalize(ref)
+
+
+def _point(
+    refs: dict[Reference, ImageID], key: Reference, image_id: ImageID, force: bool
+) -> ImageID | None:
+    """Point ``key`` at ``image_id`` in ``refs``; the image a forced tag pointed at before.
+
+    A digest reference never moves; a tag moves only with ``force``.
+    """
+    old = refs.get(key)
+    if old == image_id:
+        return None
+    if old is not None:
+        if key.digest is not None:
+            raise Conflict(
+                f"Conflict: cannot overwrite digest reference {key.familiar()}: "
+                f"it already names image {old}"
+            )
+        if not force:
+            raise Conflict(
+                f"Conflict: tag {key.familiar()} is already set to image {old}, "
+                "use the force option to replace it"
+            )
+    refs[key] = image_id
+    return old
+
+
 class ReferenceStore:
     """Tags and digests pointing at image IDs, shared safely by many processes.
 
@@ -339,48 +386,41 @@ class ReferenceStore:
 
         Returns the image the tag pointed at before when ``force`` moved it, else ``None``.
         """
-        check_tag(ref)
-        return self._add(normalize(ref).tagged_or_default(), image_id, force)
+        key, new_id = _tag_key(ref), ImageID(Digest(image_id))
+        return self._mutate(lambda refs: _point(refs, key, new_id, force))
 
     def add_digest(self, ref: Reference, image_id: Digest, force: bool = False) -> None:
         """Point a digest reference (``name@sha256:…``) at an image. Never moved once set."""
-        if ref.digest is None:
-            raise InvalidInput(
-                f"refusing to create a digest reference without a digest: {ref.familiar()}"
-            )
-        if ref.tag is not None:
-            raise InvalidInput(
-                f"refusing to create a digest reference with a tag: {ref.familiar()}"
-            )
-        self._add(normalize(ref), image_id, force)
+        key, new_id = _digest_key(ref), ImageID(Digest(image_id))
+        self._mutate(lambda refs: _point(refs, key, new_id, force))
 
-    def _add(self, ref: Reference, image_id: Digest, force: bool) -> ImageID | None:
-        if ref.familiar_name in RESERVED_NAMES:
-            raise InvalidInput(
-                "refusing to create an ambiguous tag using digest algorithm as name: "
-                f"{ref.familiar()}"
-            )
-        new_id = ImageID(Digest(image_id))
+    def add_all(
+        self,
+        items: Sequence[tuple[Reference, Digest]],
+        force_tags: bool = False,
+        check_only: bool = False,
+    ) -> None:
+        """Point each reference (tags and digest references) at its image, in one write:
+        all of them or, when one is refused, none. Tags move only with ``force_tags``;
+        digest references never move. Later items win over earlier ones for the same tag.
 
-        def change(refs: dict[Reference, ImageID]) -> ImageID | None:
-            old = refs.get(ref)
-            if old == new_id:
-                return None
-            if old is not None:
-                if ref.digest is not None:
-                    raise Conflict(
-                        f"Conflict: cannot overwrite digest reference {ref.familiar()}: "
-                        f"already set to image {old}"
-                    )
-                if not force:
-                    raise Conflict(
-                        f"Conflict: tag {ref.familiar()} is already set to image {old}, "
-                        "use the force option to replace it"
-                    )
-            refs[ref] = new_id
-            return old
+        With ``check_only``, raise what adding them would raise and write nothing: a
+        caller holding the store's lock can refuse before doing work it would have to undo.
+        """
+        keyed = [
+            (_digest_key(ref) if ref.digest is not None else _tag_key(ref), ImageID(Digest(i)))
+            for ref, i in items
+        ]
 
-        return self._mutate(change)
+        def change(refs: dict[Reference, ImageID]) -> None:
+            for key, new_id in keyed:
+                _point(refs, key, new_id, force_tags)
+
+        if check_only:
+            with self._lock.exclusive():
+                change(dict(self._load().refs))
+            return
+        self._mutate(change)
 
     def delete(self, ref: Reference) -> bool:
         """Remove a reference (a name alone means ``:latest``); whether it existed."""
