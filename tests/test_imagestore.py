@@ -339,6 +339,57 @@ def test_config_with_missing_layer_is_skipped(store: Store) -> None:
     assert [d for d, _ in fresh.images.skipped] == [orphan]
 
 
+def count_config_reads(store: Store) -> list[ImageID]:
+    """Every config the store reads from now on (the backend's verified read)."""
+    reads: list[ImageID] = []
+    get = store.backend.get
+
+    def counting(digest: Any) -> bytes:
+        reads.append(digest)
+        return get(digest)
+
+    store.backend.get = counting  # type: ignore[method-assign]
+    return reads
+
+
+@pytest.mark.parametrize("damage", ["dirty-marker", "no-index"])
+def test_a_reader_rebuilds_a_stale_index_once(store: Store, damage: str) -> None:
+    """The first reader after a crash (or with the index gone) reads every config and
+    writes the index again; neither it nor the next process reads them again."""
+    ids = [add_image(store, [TAR_A], comment=str(i)) for i in range(3)]
+    index = store.backend.root / "index.json"
+    if damage == "dirty-marker":
+        (store.backend.root / "index.dirty").write_bytes(b"")
+    else:
+        index.unlink()
+    first = Store(store.root)
+    reads = count_config_reads(first)
+    for _ in range(3):
+        assert sorted(r.id for r in first.images.list()) == sorted(ids)
+        first.images.search(ids[0].hex[:12])
+    assert sorted(reads) == sorted(ids)  # once each, not once per call
+    assert not (store.backend.root / "index.dirty").exists()
+    assert len(json.loads(index.read_bytes())["images"]) == 3
+    second = Store(store.root)
+    reads = count_config_reads(second)
+    assert sorted(r.id for r in second.images.list()) == sorted(ids)
+    assert reads == []
+
+
+def test_damaged_metadata_skips_the_image_instead_of_failing(store: Store) -> None:
+    good = add_image(store, [TAR_A], comment="good")
+    bad = add_image(store, [TAR_B], comment="bad")
+    store.images.set_blobs(bad, [digest_bytes(b"a blob")])
+    blobs = store.backend._metadata_path(bad, "blobs")
+    os.chmod(blobs, 0o644)
+    blobs.write_bytes(b"{not json")
+    (store.backend.root / "index.json").unlink()
+    fresh = Store(store.root)
+    assert [r.id for r in fresh.images.list()] == [good]
+    assert [d for d, _ in fresh.images.skipped] == [bad]
+    assert "damaged metadata" in fresh.images.skipped[0][1]
+
+
 def test_crash_with_dirty_marker_rebuilds_the_index(store: Store) -> None:
     base = add_image(store, [TAR_A], comment="base")
     child = add_image(store, [TAR_A, TAR_B], comment="child")

@@ -216,6 +216,11 @@ class StoreLock:
             raise
         self._fd, self._mode, self._depth = fd, mode, 1
 
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock (in either mode)."""
+        return self._depth > 0
+
     def _release(self) -> None:
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:

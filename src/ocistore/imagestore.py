@@ -175,6 +175,7 @@ class ImageStore:
         self.dirty_path = backend.root / "index.dirty"
         self._images: dict[ImageID, ImageRecord] = {}
         self._index_sig: tuple[int, int, int] | None = None
+        self._dirty_seen = False
         self._loaded = False
         self._writing_depth = 0
         #: Configs skipped by the last full load, as ``(digest or name, reason)``.
@@ -182,23 +183,25 @@ class ImageStore:
 
     # -- loading ---------------------------------------------------------------------
 
-    def _read_index(self) -> dict[str, ImageRecord]:
-        """The index's records by config file name (the ID's hex), or nothing when
-        there is no usable index."""
-        if self.dirty_path.exists():
-            return {}  # a writer died mid-way: trust nothing in the index
+    def _read_index(self) -> dict[str, ImageRecord] | None:
+        """The index's records by config file name (the ID's hex), or ``None`` when there
+        is no usable index. Remembers what it saw, for :meth:`_current`."""
+        self._dirty_seen = self.dirty_path.exists()
         try:
             raw = self.index_path.read_bytes()
             self._index_sig = _sig(os.stat(self.index_path))
         except FileNotFoundError:
-            return {}
+            self._index_sig = None
+            return None
+        if self._dirty_seen:
+            return None  # a writer died mid-way: trust nothing in the index
         try:
             doc = json.loads(raw)
             if doc.get("version") != INDEX_VERSION:
-                return {}
+                return None
             return _records_from_rows(doc["images"])
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            return {}  # a damaged cache is rebuilt, not fatal
+            return None  # a damaged cache is rebuilt, not fatal
 
     def _record_from_files(self, image_id: ImageID, inode: int) -> tuple[ImageRecord, ImageConfig]:
         raw = self.backend.get(image_id)  # verifies the digest
@@ -208,13 +211,17 @@ class ImageStore:
         for c in chains:
             size += self.layers.get(c).size  # NotFound if a layer is missing
         parent: ImageID | None = None
-        with contextlib.suppress(NotFound):
-            parent = ImageID(Digest(self.backend.get_metadata(image_id, "parent").decode()))
         blobs: tuple[Digest, ...] = ()
-        with contextlib.suppress(NotFound):
-            blobs = tuple(
-                Digest(b) for b in json.loads(self.backend.get_metadata(image_id, "blobs"))
-            )
+        try:
+            with contextlib.suppress(NotFound):
+                raw_parent = self.backend.get_metadata(image_id, "parent")
+                parent = ImageID(Digest(raw_parent.decode()))
+            with contextlib.suppress(NotFound):
+                blobs = tuple(
+                    Digest(b) for b in json.loads(self.backend.get_metadata(image_id, "blobs"))
+                )
+        except (ValueError, TypeError) as e:  # InvalidInput is a ValueError too
+            raise CorruptStore(f"image {image_id}: damaged metadata: {e}") from None
         record = ImageRecord(
             id=image_id,
             created=config.created,
@@ -228,9 +235,14 @@ class ImageStore:
         )
         return record, config
 
-    def _load(self) -> None:
-        """Bring the in-memory records up to date with the files (caller holds a lock)."""
-        cached = self._read_index()
+    def _load(self) -> bool:
+        """Bring the in-memory records up to date with the files (caller holds a lock).
+
+        Returns whether the index on disk is stale: unusable, or not what the files say.
+        """
+        index = self._read_index()
+        cached = index or {}
+        read_from_files = False
         images: dict[ImageID, ImageRecord] = {}
         skipped: list[tuple[str, str]] = []
         try:
@@ -259,30 +271,39 @@ class ImageStore:
                 skipped.append((image_id, str(e)))
                 continue
             images[image_id] = rec
+            read_from_files = True
         self._images = images
         self.skipped = skipped
         self._loaded = True
+        return index is None or read_from_files or len(images) != len(cached)
 
     def _current(self) -> bool:
-        """Whether the records are those of the index on disk (no writer since)."""
+        """Whether no writer came by since the last load: every writer rewrites the index
+        and removes the dirty marker, so the same index file and marker mean the same
+        store (even when that index was unusable and the records came from the files)."""
         if not self._loaded:
             return False
         try:
-            sig = _sig(os.stat(self.index_path))
+            sig: tuple[int, int, int] | None = _sig(os.stat(self.index_path))
         except FileNotFoundError:
-            return False
-        return sig == self._index_sig and not self.dirty_path.exists()
+            sig = None
+        return sig == self._index_sig and self.dirty_path.exists() == self._dirty_seen
 
     def refresh(self, force: bool = False) -> None:
         """Re-read the store if another process changed it since the last look.
 
-        Every writer rewrites the index, so an unchanged index file means nothing to do.
+        When the index was stale (a crashed writer's marker, a missing or damaged index,
+        configs added outside the store), write it again, so that the next process does
+        not read every config too; a reader that may not write still reads.
         """
         if self._writing_depth or (not force and self._current()):
             return
         with self.lock.shared():
             self.layers.forget()
-            self._load()
+            stale = self._load()
+        if stale and not self.lock.held:  # (a caller's shared lock cannot be upgraded)
+            with contextlib.suppress(OSError), self.writing():
+                pass
 
     def _save_index(self) -> None:
         doc = {
@@ -322,6 +343,7 @@ class ImageStore:
                 # Whatever happened, the records describe the files as they now are.
                 self._save_index()
                 fsutil.remove(self.dirty_path)
+                self._dirty_seen = False
 
     # -- reading ---------------------------------------------------------------------
 

@@ -240,6 +240,7 @@ class Store:
     def list_images(self, all_images: bool = False) -> list[tuple[ImageRecord, list[Reference]]]:
         """Images with their references, newest first; without ``all_images`` the
         untagged intermediate images (those with children) are left out, as Docker does."""
+        self.images.refresh()  # first: it may rewrite a stale index
         with self.lock.shared():
             records = self.images.list()
             refs = self.references.by_image()
@@ -248,6 +249,7 @@ class Store:
     def list_image_names(self, all_images: bool = False) -> list[tuple[ImageRecord, list[str]]]:
         """:meth:`list_images` with each reference in its familiar form (``busybox:1``):
         what a listing prints, without building a reference object per tag."""
+        self.images.refresh()  # first: it may rewrite a stale index
         with self.lock.shared():
             records = self.images.list()
             names = self.references.familiar_by_image()
