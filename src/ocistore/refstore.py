@@ -431,6 +431,16 @@ class ReferenceStore:
 
         return self._mutate(change)
 
+    def delete_all(self, refs: Sequence[Reference]) -> list[Reference]:
+        """Remove references in one write; the ones that existed, sorted."""
+        keys = [_lookup_key(ref) for ref in refs]
+
+        def change(current: dict[Reference, ImageID]) -> list[Reference]:
+            gone = [k for k in keys if current.pop(k, None) is not None]
+            return sorted(gone, key=sort_key)
+
+        return self._mutate(change)
+
     def delete_image(self, image_id: Digest) -> list[Reference]:
         """Remove every reference to an image; the ones removed, sorted."""
 

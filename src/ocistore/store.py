@@ -183,10 +183,9 @@ class Store:
                     r.digest is None and r.name == ref.name for r in remaining
                 ):
                     # Only digest references of that repository are left: drop them too.
-                    for r in remaining:
-                        if r.digest is not None and r.name == ref.name:
-                            self.references.delete(r)
-                            events.append(RemoveEvent("Untagged", r.familiar()))
+                    digests = [r for r in remaining if r.digest is not None and r.name == ref.name]
+                    for r in self.references.delete_all(digests):
+                        events.append(RemoveEvent("Untagged", r.familiar()))
                     remaining = self.references.references(image_id)
                 if remaining or self.images.children(image_id):
                     # Untagged only: an image with children stays, as in Docker.
@@ -204,8 +203,7 @@ class Store:
                         f"conflict: unable to delete {image_id.short()} (must be forced) "
                         "- image is referenced in multiple repositories"
                     )
-                for r in refs:
-                    self.references.delete(r)
+                for r in self.references.delete_image(image_id):  # one write for all
                     events.append(RemoveEvent("Untagged", r.familiar()))
             events.extend(self._delete_image(image_id, prune))
         return events
