@@ -338,19 +338,17 @@ class LayerStore:
     def publish(self, staged: StagedLayer, parent: ChainID | None) -> Layer:
         """Commit a staged layer on top of ``parent``; call with the store lock held.
 
-        Registering a chain that exists returns the existing layer (and drops the staged
-        copy). A chain deeper than 125 layers is refused.
+        Registering a chain that exists returns the existing layer. A chain deeper than
+        125 layers is refused. Whatever happens, a staged copy not committed is the
+        caller's to discard.
         """
         chain_id = make_chain_id(parent, staged.diff_id)
         if self.exists(chain_id):
-            staged.discard()
             return self.get(chain_id)
         if parent is not None:
             if not self.exists(parent):
-                staged.discard()
                 raise NotFound(f"parent layer {parent} not found")
             if self.depth(parent) + 1 > MAX_LAYER_DEPTH:
-                staged.discard()
                 raise InvalidInput(
                     f"layer {chain_id}: chain deeper than the maximum depth {MAX_LAYER_DEPTH}"
                 )
@@ -364,8 +362,7 @@ class LayerStore:
         )
         tmpdir = fsutil.temp_path(self.tmpdir, ".layer")
         tmpdir.mkdir()
-        fsutil.atomic_write(tmpdir / "layer.json", layer.to_json(), self.tmpdir)
-        fsutil.fsync_dir(tmpdir)
+        fsutil.atomic_write(tmpdir / "layer.json", layer.to_json(), self.tmpdir)  # fsyncs tmpdir
         fsutil.publish(tmpdir, self._dir(chain_id))
         self._cache[chain_id] = layer
         return layer

@@ -96,8 +96,11 @@ class Store:
     def register_layer(self, stream: IO[bytes], parent: ChainID | None = None) -> Layer:
         """Register a layer (plain, gzip or zstd tar) on top of ``parent``."""
         staged = stage_layer(stream, self.content)
-        with self.transaction():
-            return self.layers.publish(staged, parent)
+        try:
+            with self.transaction():
+                return self.layers.publish(staged, parent)
+        finally:
+            staged.discard()  # whatever was not committed
 
     # -- lookups ----------------------------------------------------------------------
 
