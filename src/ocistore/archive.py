@@ -41,10 +41,10 @@ from typing import IO, Any, Final, NamedTuple, Protocol
 
 from . import fsutil
 from .compression import Compression, PeekableReader, decompressed_reader, detect
-from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, new_hasher
+from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, make_chain_id, new_hasher
 from .errors import Conflict, DigestMismatch, InvalidInput, NotFound, OcistoreError
 from .image import ImageConfig, parse_config
-from .layers import StagedLayer, make_chain_id, stage_layer
+from .layers import StagedLayer, stage_layer
 from .progress import Progress
 from .reference import Reference
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 from . import fsutil
-from .digest import Digest, digest_bytes
-from .errors import DigestMismatch, InvalidInput, NotFound
+from .digest import Digest, digest_bytes, read_verified
+from .errors import InvalidInput, NotFound
 
 
 class StoreBackend(Protocol):
@@ -66,14 +66,7 @@ class FSBackend:
 
     def get(self, digest: Digest) -> bytes:
         """The content, re-hashed: a :class:`DigestMismatch` names a tampered config."""
-        try:
-            data = self.content_path(digest).read_bytes()
-        except FileNotFoundError:
-            raise NotFound(f"image config {digest} not found") from None
-        got = digest_bytes(data, Digest(digest).algorithm)
-        if got != digest:
-            raise DigestMismatch(f"image config {digest}", digest, got)
-        return data
+        return read_verified(self.content_path(digest), digest, f"image config {digest}")
 
     def exists(self, digest: Digest) -> bool:
         return self.content_path(digest).is_file()

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Final, NewType
 
-from .errors import DigestMismatch, InvalidInput, SizeMismatch
+from .errors import DigestMismatch, InvalidInput, NotFound, SizeMismatch
 
 _GRAMMAR: Final = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _HEX_LENGTH: Final = {"sha256": 64, "sha512": 128}
@@ -141,12 +142,28 @@ def chain_ids(diff_ids: list[DiffID] | list[Digest] | list[str]) -> list[ChainID
     """The ChainID of every prefix of a stack of layers, bottom first."""
     out: list[ChainID] = []
     for diff in diff_ids:
-        d = Digest(diff)
-        if not out:
-            out.append(ChainID(d))
-        else:
-            out.append(ChainID(digest_bytes(f"{out[-1]} {d}".encode())))
+        out.append(make_chain_id(out[-1] if out else None, DiffID(Digest(diff))))
     return out
+
+
+def make_chain_id(parent: ChainID | None, diff_id: DiffID) -> ChainID:
+    """The ChainID of a layer on top of ``parent``: its DiffID alone at the bottom."""
+    if parent is None:
+        return ChainID(Digest(diff_id))
+    return ChainID(digest_bytes(f"{parent} {diff_id}".encode()))
+
+
+def read_verified(path: Path, digest: Digest, what: str) -> bytes:
+    """A small file's content, re-hashed: :class:`NotFound` or :class:`DigestMismatch`
+    naming ``what`` when it is missing or not what ``digest`` says."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"{what} not found") from None
+    got = digest_bytes(data, Digest(digest).algorithm)
+    if got != digest:
+        raise DigestMismatch(what, digest, got)
+    return data
 
 
 class VerifyingReader:

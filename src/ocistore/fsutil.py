@@ -87,6 +87,11 @@ class BackgroundSync:
         self._thread.join()
 
 
+def stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells one version of a file from the next: inode, mtime and size."""
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def temp_path(tmpdir: Path, suffix: str = "") -> Path:
     return tmpdir / f"{os.urandom(16).hex()}{suffix}"
 

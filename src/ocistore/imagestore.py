@@ -159,10 +159,6 @@ class Image(NamedTuple):
         return self.config.id
 
 
-def _sig(st: os.stat_result) -> tuple[int, int, int]:
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
 class ImageStore:
     def __init__(
         self, backend: FSBackend, layers: LayerStore, lock: fsutil.StoreLock, tmpdir: Path
@@ -189,7 +185,7 @@ class ImageStore:
         self._dirty_seen = self.dirty_path.exists()
         try:
             raw = self.index_path.read_bytes()
-            self._index_sig = _sig(os.stat(self.index_path))
+            self._index_sig = fsutil.stat_key(os.stat(self.index_path))
         except FileNotFoundError:
             self._index_sig = None
             return None
@@ -284,7 +280,7 @@ class ImageStore:
         if not self._loaded:
             return False
         try:
-            sig: tuple[int, int, int] | None = _sig(os.stat(self.index_path))
+            sig: tuple[int, int, int] | None = fsutil.stat_key(os.stat(self.index_path))
         except FileNotFoundError:
             sig = None
         return sig == self._index_sig and self.dirty_path.exists() == self._dirty_seen
@@ -313,7 +309,7 @@ class ImageStore:
         }
         data = json.dumps(doc, separators=(",", ":")).encode()
         fsutil.atomic_write(self.index_path, data, self.tmpdir)
-        self._index_sig = _sig(os.stat(self.index_path))
+        self._index_sig = fsutil.stat_key(os.stat(self.index_path))
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:

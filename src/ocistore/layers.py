@@ -31,7 +31,7 @@ from .digest import (
     DiffID,
     Digest,
     VerifyingReader,
-    digest_bytes,
+    make_chain_id,
     new_hasher,
 )
 from .errors import (
@@ -76,12 +76,6 @@ class Layer(NamedTuple):
             },
             sort_keys=True,
         ).encode()
-
-
-def make_chain_id(parent: ChainID | None, diff_id: DiffID) -> ChainID:
-    if parent is None:
-        return ChainID(Digest(diff_id))
-    return ChainID(digest_bytes(f"{parent} {diff_id}".encode()))
 
 
 def _tar_header_ok(block: bytes) -> bool:

@@ -46,7 +46,7 @@ from typing import Any, Final, TypeVar, cast
 
 from .digest import Digest, ImageID
 from .errors import Conflict, CorruptStore, InvalidInput, NotFound
-from .fsutil import StoreLock, atomic_write
+from .fsutil import StoreLock, atomic_write, stat_key
 from .reference import Reference, parse, parse_trusted, sort_key
 
 #: Repository names refused because ``<name>:<hex>`` would read as a digest.
@@ -132,10 +132,6 @@ _FAMILIAR_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@"
 )
 _EMPTY: Final = _Snapshot(None, {})
-
-
-def _stat_key(st: os.stat_result) -> _StatKey:
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _close_fd(box: list[int]) -> None:
@@ -330,7 +326,7 @@ class ReferenceStore:
         except FileNotFoundError:
             return _EMPTY
         snapshot = self._snapshot
-        if snapshot.key is not None and snapshot.key == _stat_key(st):
+        if snapshot.key is not None and snapshot.key == stat_key(st):
             return snapshot
         return self._load()
 
@@ -342,7 +338,7 @@ class ReferenceStore:
             self.close()
             return _EMPTY
         try:
-            key = _stat_key(os.fstat(fd))
+            key = stat_key(os.fstat(fd))
             chunks: list[bytes] = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
@@ -363,7 +359,7 @@ class ReferenceStore:
         atomic_write(self._path, encode(refs), self._tmpdir)
         fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            key = _stat_key(os.fstat(fd))
+            key = stat_key(os.fstat(fd))
         except BaseException:
             os.close(fd)
             raise
