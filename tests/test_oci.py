@@ -762,7 +762,7 @@ def test_save_refuses_a_damaged_store_blob_and_leaves_nothing(
     archive = tmp_path / "out.tar"
     with (
         pytest.raises(OcistoreError, match=images[0].layer_blobs[1]),
-        output_file(str(archive), store.tmpdir) as f,
+        output_file(str(archive)) as f,
     ):
         oci.write_oci_archive(store, ["example.com/test/a:a1"], f)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample", "store"]

@@ -114,7 +114,7 @@ def test_a_failed_fill_leaves_no_output_and_names_the_member(
     dest = tmp_path / "out.tar"
     with (
         pytest.raises(DigestMismatch, match=f"member {bad_member}"),
-        output_file(str(dest), tmp_path) as f,
+        output_file(str(dest)) as f,
         TarWriter(f, threads=2) as tar,
     ):
         tar.add_file("m0", 100, fill(0))
@@ -183,7 +183,7 @@ def test_layers_saved_in_parallel_are_the_stored_tars(loaded: Store, tmp_path: P
     names = ["example/app:1", "example/zst:1"]
     streamed = save(loaded, names)
     dest = tmp_path / "saved.tar"
-    with output_file(str(dest), tmp_path) as f:
+    with output_file(str(dest)) as f:
         write_docker_archive(loaded, names, f)
     assert dest.read_bytes() == streamed
     with tarfile.open(fileobj=io.BytesIO(streamed)) as tf:
@@ -207,9 +207,35 @@ def test_a_changed_layer_blob_is_refused(
     dest = tmp_path / "saved.tar"
     with pytest.raises((DigestMismatch, CorruptStore), match=blob.hex):
         if to_file:
-            with output_file(str(dest), tmp_path) as f:
+            with output_file(str(dest)) as f:
                 write_docker_archive(loaded, ["example/app:1"], f)
         else:
             write_docker_archive(loaded, ["example/app:1"], io.BytesIO())
     assert not dest.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".saved")]
+
+
+def test_output_through_a_symlink_or_into_a_fifo_keeps_them(loaded: Store, tmp_path: Path) -> None:
+    """-o names a file to write: a symlink stays a link (its target gets the archive), a
+    FIFO or a device is written to, never replaced by a regular file."""
+    import threading
+
+    names = ["example/app:1"]
+    expected = save(loaded, names)
+    target = tmp_path / "real.tar"
+    link = tmp_path / "link.tar"
+    link.symlink_to(target)
+    with output_file(str(link)) as f:
+        write_docker_archive(loaded, names, f)
+    assert link.is_symlink() and target.read_bytes() == expected
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    with output_file(str(fifo)) as f:
+        write_docker_archive(loaded, names, f)
+    reader.join()
+    assert got == [expected]
+    assert not fifo.is_file() and fifo.exists()

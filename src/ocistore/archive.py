@@ -924,7 +924,7 @@ def fill_from_file(
 
 
 @contextlib.contextmanager
-def output_file(path: str, tmpdir: Path) -> Iterator[IO[bytes]]:
+def output_file(path: str) -> Iterator[IO[bytes]]:
     """``-`` is stdout; a path is written to a temporary file beside it and renamed into
     place when complete, so a failed save leaves nothing and no reader sees half a file.
 
@@ -939,11 +939,16 @@ def output_file(path: str, tmpdir: Path) -> Iterator[IO[bytes]]:
         yield out
         out.flush()
         return
-    dest = Path(path)
+    dest = Path(os.path.realpath(path))  # through a symlink: the link stays a link
     if dest.is_dir():
         raise InvalidInput(f"{path}: is a directory")
     if not dest.parent.is_dir():
         raise NotFound(f"{path}: no such directory {dest.parent}")
+    if dest.exists() and not dest.is_file():
+        # A FIFO or a device (/dev/null, /dev/stdout): written to, never replaced.
+        with open(dest, "wb") as stream:
+            yield stream
+        return
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         with OutputFile(tmp, "wb") as f:

@@ -95,5 +95,5 @@ def save(
         from .docker_archive import write_docker_archive as write
     else:
         from .oci import write_oci_archive as write
-    with output_file(output, store.tmpdir) as out:
+    with output_file(output) as out:
         write(store, names, out, progress)
