@@ -20,6 +20,7 @@ import zstandard
 from util import make_tar, snapshot
 
 from ocistore import cli
+from ocistore.reference import parse
 from ocistore.store import Store
 
 OCISTORE = Path(sys.executable).parent / "ocistore"
@@ -173,6 +174,34 @@ def test_images(run: Run, files: dict[str, Path]) -> None:
     code, out, _ = run("images", "--digests")
     assert code == 0
     assert "DIGEST" in out.splitlines()[0]
+
+
+def test_images_filtered_by_repository_tag_or_digest(
+    run: Run, files: dict[str, Path], root: Path
+) -> None:
+    a = import_(run, files["a.tar"], "app:v1")
+    b = import_(run, files["b.tar.gz"], "app:v2")
+    other = import_(run, files["a.tar.zst"], "other:v1")
+    digest = "sha256:" + "0" * 64
+    Store(root).references.add_digest(parse(f"app@{digest}"), b)
+
+    def listed(*args: str) -> list[str]:
+        code, out, _ = run("images", "-q", "--no-trunc", *args)
+        assert code == 0
+        return sorted(out.split())
+
+    assert listed("app") == sorted([a, b])
+    assert listed("app:v1") == [a]
+    assert listed(f"app@{digest}") == [b]
+    assert listed(f"app@sha256:{'1' * 64}") == []
+    assert listed("other") == [other]
+
+
+def test_gc_grace_must_be_a_number_of_seconds(run: Run) -> None:
+    for bad in ("-1", "nan", "soon"):
+        code, _, err = run("gc", f"--grace={bad}")
+        assert code == 2 and "--grace" in err and "Traceback" not in err
+    assert run("gc", "--grace=0")[0] == 0
 
 
 def test_images_of_empty_store(run: Run) -> None:

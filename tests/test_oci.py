@@ -552,6 +552,23 @@ def test_multi_platform_index_picks_the_platform(store: Store, tmp_path: Path) -
     assert store.images.get(loaded[0].id).config.architecture == "arm"
 
 
+@pytest.mark.parametrize(
+    ("given", "picked"),
+    [
+        ("Linux/x86_64", "linux/amd64"),
+        ("linux/aarch64", "linux/arm64/v8"),
+        ("linux/armv7l", "linux/arm/v7"),
+    ],
+)
+def test_platform_spellings_of_the_machine_are_normalized(
+    store: Store, tmp_path: Path, given: str, picked: str
+) -> None:
+    """As containerd's platforms.Normalize: case, and uname's names for architectures."""
+    path, built, _ = multi_platform(tmp_path)
+    sources = oci.read_oci_layout(open_archive(path, store.tmpdir), parse_platform(given))
+    assert [s.manifest for s in sources] == [built[picked].manifest]
+
+
 def test_multi_platform_index_defaults_to_this_machine(store: Store, tmp_path: Path) -> None:
     path, built, _ = multi_platform(tmp_path)
     loaded = load(store, path)

@@ -209,10 +209,12 @@ def _images_args(p: argparse.ArgumentParser) -> None:
     format_option(p)
 
 
-def _matches(familiar: str, repo: str, tag: str | None) -> bool:
+def _matches(familiar: str, repo: str, tag: str | None, digest: str | None = None) -> bool:
     """Whether a familiar reference (``busybox:1``, ``app@sha256:…``) is of ``repo``
-    (and has ``tag``, when one is given)."""
-    name, at, _ = familiar.partition("@")
+    (and has ``tag``, or is ``repo@digest``, when one is given)."""
+    name, at, found_digest = familiar.partition("@")
+    if digest is not None:
+        return at != "" and name == repo and found_digest == digest
     if not at:
         slash, colon = name.rfind("/"), name.rfind(":")
         if colon > slash:
@@ -231,15 +233,15 @@ def cmd_images(args: argparse.Namespace) -> int:
       ocistore images -q --no-trunc
       ocistore images --format json
     """
+    wanted = parse(args.reference) if args.reference else None  # before opening the store
     store = open_store(args)
-    wanted = parse(args.reference) if args.reference else None
     images = store.list_image_names(all_images=args.all)
     if wanted is not None:
-        repo = wanted.familiar_name
+        repo, tag, wanted_digest = wanted.familiar_name, wanted.tag, wanted.digest
         images = [
             (rec, kept)
             for rec, names in images
-            if (kept := [n for n in names if _matches(n, repo, wanted.tag)])
+            if (kept := [n for n in names if _matches(n, repo, tag, wanted_digest)])
         ]
     if args.quiet:
         ids = [rec.id if args.no_trunc else rec.id.short() for rec, _ in images]
@@ -471,8 +473,8 @@ def cmd_load(args: argparse.Namespace) -> int:
       skopeo copy docker://busybox oci-archive:/dev/stdout | ocistore load -i -
       ocistore load -i ./layout --platform linux/arm64
     """
-    store = open_store(args)
     platform = parse_platform(args.platform) if args.platform else None
+    store = open_store(args)
     progress = Progress.for_terminal(args.quiet)
     from . import formats
 
@@ -548,10 +550,18 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 128 << 20)
 
 
+def seconds(text: str) -> float:
+    """A number of seconds, zero or more (argparse reports the ValueError)."""
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(text)
+    return value
+
+
 def _gc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grace",
-        type=float,
+        type=seconds,
         default=24 * 3600,
         help="seconds a temporary file is left alone (default: one day)",
     )

@@ -47,10 +47,17 @@ class Platform(NamedTuple):
 
 
 def parse_platform(s: str) -> Platform:
-    parts = s.split("/")
+    """``os/arch[/variant]``, normalized as containerd does: lower case, and the
+    machine's names for an architecture (``x86_64``, ``aarch64``) in Go's words."""
+    parts = s.lower().split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise InvalidInput(f"invalid platform {s!r}: expected os/arch[/variant]")
-    return Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+    machine = parts[1]
+    arch = _ARCH.get(machine, machine)
+    # armv7l says its variant; arm64 needs none (see Platform.matches).
+    default_variant = _VARIANT.get(machine, "") if arch == "arm" else ""
+    variant = parts[2] if len(parts) == 3 else default_variant
+    return Platform(parts[0], arch, variant)
 
 
 def host_platform() -> Platform:
