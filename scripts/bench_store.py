@@ -106,12 +106,8 @@ def build(root: Path, n: int) -> list[str]:
         with store.transaction():
             for i in range(n):
                 ids.append(store.images.create(config_for(i, chains[i % LAYER_CHAINS])))
-        tags = {parse_tagged(f"bench/app{i % 100}:build-{i}"): ids[i] for i in range(n)}
-
-        def add_all(refs: dict[Any, Any]) -> None:
-            refs.update(tags)
-
-        store.references._mutate(add_all)
+        tags = [(parse_tagged(f"bench/app{i % 100}:build-{i}"), ids[i]) for i in range(n)]
+        store.references.add_all(tags)  # one write for all
     refresh(root)
     return [str(i) for i in ids]
 

@@ -187,14 +187,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _open_input(path: str) -> Iterator[IO[bytes]]:
+    """``-`` is stdin; an unreadable path is main's OSError: one line naming it."""
     if path == "-":
         yield sys.stdin.buffer
         return
-    try:
-        f = open(path, "rb")  # noqa: SIM115
-    except OSError as e:
-        raise OcistoreError(f"{path}: {e.strerror}") from None
-    with f:
+    with open(path, "rb") as f:
         yield f
 
 

@@ -102,14 +102,15 @@ class PeekableReader:
 
 def decompressed_reader(stream: IO[bytes], compression: Compression) -> IO[bytes]:
     """A stream of the uncompressed bytes of ``stream``."""
-    # Imported here: listing images should not pay for the codecs.
-    import zstandard
-    from isal import igzip
-
+    # Each codec is imported when first needed: listing images pays for neither.
     if compression is Compression.GZIP:
+        from isal import igzip
+
         gz = igzip.IGzipFile(fileobj=stream, mode="rb")  # type: ignore[no-untyped-call]
         return cast(IO[bytes], gz)
     if compression is Compression.ZSTD:
+        import zstandard
+
         reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
             stream, read_across_frames=True, closefd=True
         )

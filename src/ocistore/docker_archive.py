@@ -65,7 +65,14 @@ from .errors import (
 from .image import MAX_LAYER_DEPTH, ImageConfig, parse_config
 from .layers import Layer
 from .progress import Progress
-from .reference import Reference, looks_like_id_prefix, parse, parse_any, parse_tagged
+from .reference import (
+    Reference,
+    is_identifier,
+    looks_like_id_prefix,
+    parse,
+    parse_any,
+    parse_tagged,
+)
 from .store import Store
 
 __all__ = ["is_docker_archive", "read_docker_archive", "write_docker_archive"]
@@ -73,7 +80,6 @@ __all__ = ["is_docker_archive", "read_docker_archive", "write_docker_archive"]
 MANIFEST: Final = "manifest.json"
 REPOSITORIES: Final = "repositories"
 LEGACY_VERSION: Final = b"1.0"
-_V1_ID: Final = re.compile(r"[a-f0-9]{64}")
 _BLOB_PATH: Final = re.compile(r"blobs/([a-z0-9]+)/([a-f0-9]+)")
 
 
@@ -82,7 +88,7 @@ _BLOB_PATH: Final = re.compile(r"blobs/([a-z0-9]+)/([a-f0-9]+)")
 
 def _is_legacy_json(name: str) -> bool:
     head, sep, tail = name.partition("/")
-    return bool(sep) and tail == "json" and _V1_ID.fullmatch(head) is not None
+    return bool(sep) and tail == "json" and is_identifier(head)
 
 
 def is_docker_archive(archive: ArchiveReader) -> bool:

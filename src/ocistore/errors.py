@@ -11,15 +11,9 @@ from __future__ import annotations
 class OcistoreError(Exception):
     """Base of every error ocistore raises on purpose."""
 
-    exit_code = 1
-
 
 class NotFound(OcistoreError):
     """An image, layer, blob, reference or metadata key that does not exist."""
-
-
-class AlreadyExists(OcistoreError):
-    """Something that must be new already exists."""
 
 
 class InvalidInput(OcistoreError):

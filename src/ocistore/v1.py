@@ -45,6 +45,7 @@ from .gojson import (
     Slice,
     Struct,
 )
+from .reference import is_identifier
 
 __all__ = [
     "CONTAINER_CONFIG",
@@ -64,7 +65,6 @@ __all__ = [
     "validate_id",
 ]
 
-_VALID_HEX: Final = re.compile(r"[a-f0-9]{64}")
 
 # --- Docker's structs -------------------------------------------------------------------
 
@@ -284,7 +284,7 @@ def _create_id(v1_image: dict[str, Any], v1_type: Struct, layer_id: str, parent:
 
 def validate_id(s: str) -> None:
     """Check a legacy v1 image ID: 64 lowercase hex characters, nothing else."""
-    if not isinstance(s, str) or not _VALID_HEX.fullmatch(s):
+    if not isinstance(s, str) or not is_identifier(s):
         raise InvalidInput(f"image ID {s!r} is invalid: need 64 lowercase hex characters")
 
 
