@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Final, NamedTuple, Protocol
 
 from . import fsutil
-from .compression import Compression, PeekableReader, decompressed_reader, detect
+from .compression import Compression, decompressed_reader, detect
 from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, make_chain_id, new_hasher
 from .errors import Conflict, DigestMismatch, InvalidInput, NotFound, OcistoreError
 from .image import ImageConfig, parse_config
@@ -335,20 +335,20 @@ def open_archive(source: str | Path, tmpdir: Path) -> ArchiveReader:
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-        compression = detect(head, display)
-        if not head:
-            raise InvalidInput(f"{display}: empty file, not an archive")
-        if compression is not Compression.NONE:
-            with open(path, "rb") as f:
-                reader = decompressed_reader(PeekableReader(f), compression)  # type: ignore[arg-type]
+            if not head:
+                raise InvalidInput(f"{display}: empty file, not an archive")
+            compression = detect(head, display)
+            if compression is not Compression.NONE:
+                f.seek(0)
                 try:
-                    plain = _spool(reader, tmpdir)
+                    plain = _spool(decompressed_reader(f, compression), tmpdir)
                 except OcistoreError:
                     raise
                 except Exception as e:  # a damaged gzip or zstd stream
                     raise InvalidInput(
                         f"{display}: corrupt {compression.value} data: {e}"
                     ) from None
+        if compression is not Compression.NONE:
             if cleanup:
                 path.unlink(missing_ok=True)
             path, cleanup = plain, True
