@@ -56,9 +56,11 @@ descriptor is (``index.json manifests[2] → manifests[0] → layers[1]``).
 Writing (:func:`write_oci_layout`, :func:`write_oci_archive`)
 -------------------------------------------------------------
 
-For every image: if the store kept a manifest for it (backend metadata ``manifest``) that
-manifest is written byte for byte, with the config and the layer blobs it names (from the
-content store, verified while copied); otherwise an OCI image manifest is generated
+For every image: if the store kept an OCI manifest for it (backend metadata ``manifest``)
+that manifest is written byte for byte, with the config and the layer blobs it names (from
+the content store, verified while copied); a kept Docker v2 manifest is written in its
+OCI form (same config and layer blobs, OCI media types), as ``skopeo copy`` to ``oci:``
+does, because skopeo and umoci refuse Docker media types in an OCI layout; otherwise an OCI image manifest is generated
 (``application/vnd.oci.image.manifest.v1+json``, config ``…config.v1+json``, layers
 ``…layer.v1.tar[+gzip|+zstd]`` after the stored blob's compression), serialized compactly
 with the fields in the image-spec's Go struct order. Blobs shared by several images are
@@ -84,9 +86,8 @@ atomically, with earlier descriptors kept except those carrying one of the ref n
 written, or identical to one now written. A destination that exists and is neither an OCI
 layout nor an empty directory is refused.
 
-Note: a kept Docker v2 schema 2 manifest stays one (its digest is the image's identity
-elsewhere). skopeo 1.9's ``oci:`` transport only reads OCI manifests; containerd, Docker
-and ocistore read both.
+Loading keeps a Docker v2 schema 2 manifest as it came; only writing an OCI layout turns
+it into its OCI form (so that manifest's digest differs from the one loaded).
 """
 
 from __future__ import annotations
