@@ -57,11 +57,12 @@ Writing (:func:`write_oci_layout`, :func:`write_oci_archive`)
 -------------------------------------------------------------
 
 For every image: if the store kept an OCI manifest for it (backend metadata ``manifest``)
-that manifest is written byte for byte, with the config and the layer blobs it names (from
-the content store, verified while copied); a kept Docker v2 manifest is written in its
-OCI form (same config and layer blobs, OCI media types), as ``skopeo copy`` to ``oci:``
-does, because skopeo and umoci refuse Docker media types in an OCI layout; otherwise an
-OCI image manifest is generated (``application/vnd.oci.image.manifest.v1+json``, config ``…config.v1+json``, layers
+that manifest is written byte for byte, with the config and the layer blobs it names
+(from the content store, verified while copied); a kept Docker v2 manifest is written in
+its OCI form (same config and layer blobs, OCI media types), as ``skopeo copy`` to
+``oci:`` does, because skopeo and umoci refuse Docker media types in an OCI layout;
+otherwise an OCI image manifest is generated
+(``application/vnd.oci.image.manifest.v1+json``, config ``…config.v1+json``, layers
 ``…layer.v1.tar[+gzip|+zstd]`` after the stored blob's compression), serialized compactly
 with the fields in the image-spec's Go struct order. Blobs shared by several images are
 written once. The output is deterministic: ``oci-layout``, ``index.json``, then the blobs
