@@ -493,3 +493,29 @@ def test_walk_skips_foreign_files_in_imagedb(store: Store) -> None:
     assert [r.id for r in fresh.images.list()] == [image_id]
     assert fresh.images.skipped == []
     assert isinstance(image_id, Digest)
+
+
+def test_records_are_listed_newest_first_then_by_id(store: Store) -> None:
+    from ocistore.imagestore import ImageRecord, newest_first
+
+    def rec(hex_char: str, created: str) -> ImageRecord:
+        return ImageRecord(
+            id=ImageID(Digest("sha256:" + hex_char * 64)),
+            created=created,
+            chain_list="",
+            size=0,
+            parent=None,
+            os="linux",
+            architecture="amd64",
+            blob_list="",
+            inode=0,
+        )
+
+    a = rec("a", "2024-01-01T00:00:00Z")
+    b = rec("b", "2024-01-01T00:00:00Z")
+    c = rec("c", "2023-06-01T00:00:00Z")
+    d = rec("d", "2025-01-01T00:00:00Z")
+    expected = [d, b, a, c]
+    assert newest_first(expected) == expected  # already in order: kept
+    for shuffled in ([a, b, c, d], [c, a, d, b], [a, d, b, c]):
+        assert newest_first(shuffled) == expected
