@@ -1027,6 +1027,75 @@ def test_diff_id_that_does_not_match(store: Store, tmp_path: Path) -> None:
     assert "bad.tar: layer1/layer.tar" in msg and sha(TAR_B) in msg and sha(TAR_C) in msg
 
 
+def _spy_on_staging(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The layers load_images stages, in the order it starts them (the real staging runs)."""
+    import ocistore.archive
+
+    started: list[str] = []
+    real = ocistore.archive.stage_layer
+
+    def spy(stream: Any, content: Any, what: str = "layer", **kwargs: Any) -> Any:
+        started.append(what.rsplit(": ", 1)[-1])
+        return real(stream, content, what=what, **kwargs)
+
+    monkeypatch.setattr(ocistore.archive, "stage_layer", spy)
+    return started
+
+
+SMALL = layer_tar({"s": b"s" * 10})
+MEDIUM = layer_tar({"m": b"m" * 20_000})
+LARGE = layer_tar({"l": b"l" * 90_000})
+
+
+def test_largest_layer_is_staged_first(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Largest first, so a large layer is never left to run alone at the end.
+    started = _spy_on_staging(monkeypatch)
+    path = write_tar(tmp_path / "img.tar", classic([SMALL, LARGE, MEDIUM])[0])
+    archive = open_archive(path, store.tmpdir)
+    try:
+        load_images(store, read_docker_archive(archive), jobs=1)
+    finally:
+        archive.close()
+    assert started == ["layer1/layer.tar", "layer2/layer.tar", "layer0/layer.tar"]
+    assert diff_ids_of(store, "example/app:1") == [sha(SMALL), sha(LARGE), sha(MEDIUM)]
+
+
+def test_no_layer_is_started_after_one_failed(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = _spy_on_staging(monkeypatch)
+    members, _ = classic([SMALL, LARGE, MEDIUM])
+    members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})  # not what the config says
+    path = write_tar(tmp_path / "bad.tar", members)
+    archive = open_archive(path, store.tmpdir)
+    try:
+        with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
+            load_images(store, read_docker_archive(archive), jobs=1)
+    finally:
+        archive.close()
+    assert started == ["layer1/layer.tar"]
+    assert os.listdir(store.tmpdir) == []
+
+
+def test_with_several_workers_the_first_failure_in_order_is_reported(
+    store: Store, tmp_path: Path
+) -> None:
+    # Both bad layers are staged at once; which finishes first does not decide the message.
+    members, _ = classic([SMALL, LARGE, MEDIUM])
+    members["layer0/layer.tar"] = layer_tar({"s": b"S" * 10})
+    members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})
+    path = write_tar(tmp_path / "bad.tar", members)
+    archive = open_archive(path, store.tmpdir)
+    try:
+        with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
+            load_images(store, read_docker_archive(archive), jobs=3)
+    finally:
+        archive.close()
+    assert os.listdir(store.tmpdir) == []
+
+
 def test_unknown_compression(store: Store, tmp_path: Path) -> None:
     members, _ = classic([TAR_A], blobs=[bz2.compress(TAR_A)])
     path = write_tar(tmp_path / "bad.tar", members)

@@ -371,6 +371,13 @@ class LayerSource(NamedTuple):
     blob_size: int | None = None
     #: A key that identifies the same bytes across images (so they are staged once).
     key: str = ""
+    #: How many bytes reading gives, when known but not promised by a digest (a member's
+    #: size in a tar): for progress, and to stage the largest layers first. Not checked.
+    read_size: int | None = None
+
+    @property
+    def expected_read(self) -> int | None:
+        return self.blob_size if self.blob_size is not None else self.read_size
 
 
 class ImageSource:
@@ -443,7 +450,7 @@ def load_images(
 
     def stage(key: str) -> tuple[str, StagedLayer]:
         layer, diff_id = wanted[key]
-        task = progress.task(layer.what, layer.blob_size)
+        task = progress.task(layer.what, layer.expected_read)
         with layer.open() as f:
             s = stage_layer(
                 f,
@@ -458,29 +465,60 @@ def load_images(
         return key, s
 
     try:
-        workers = max(1, min(jobs or (os.cpu_count() or 1), len(wanted) or 1))
-        if workers == 1:
-            for key in wanted:
-                k, s = stage(key)
-                staged[k] = s
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(workers) as pool:
-                futures = [pool.submit(stage, key) for key in wanted]
-                errors: list[BaseException] = []
-                for fut in futures:
-                    try:
-                        k, s = fut.result()
-                        staged[k] = s
-                    except BaseException as e:
-                        errors.append(e)
-                if errors:
-                    raise errors[0]
+        _stage_all(stage, wanted, staged, jobs)
         return _publish(store, sources, configs, staged)
     finally:
         for s in staged.values():
             s.discard()
+
+
+def _stage_all(
+    stage: Callable[[str], tuple[str, StagedLayer]],
+    wanted: dict[str, tuple[LayerSource, DiffID]],
+    staged: dict[str, StagedLayer],
+    jobs: int | None,
+) -> None:
+    """Stage every wanted layer into ``staged``, several at once, largest first.
+
+    Largest first, so that the last layer to finish is a small one rather than a large
+    one started late on a worker that is otherwise done. After a failure no new layer is
+    started; what was staged stays in ``staged`` for the caller to discard, and the
+    first failure, in that order, is raised.
+    """
+    order = sorted(wanted, key=lambda k: wanted[k][0].expected_read or 0, reverse=True)
+    workers = max(1, min(jobs or (os.cpu_count() or 1), len(order) or 1))
+    if workers == 1:
+        for key in order:
+            k, s = stage(key)
+            staged[k] = s
+        return
+    todo = iter(order)
+    lock = threading.Lock()
+    errors: list[tuple[int, BaseException]] = []
+    position = {key: i for i, key in enumerate(order)}
+
+    def work() -> None:
+        while True:
+            with lock:
+                key = None if errors else next(todo, None)
+            if key is None:
+                return
+            try:
+                k, s = stage(key)
+            except BaseException as e:
+                with lock:
+                    errors.append((position[key], e))
+                return
+            with lock:
+                staged[k] = s
+
+    threads = [threading.Thread(target=work, name=f"stage-{i}") for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise min(errors, key=lambda item: item[0])[1]
 
 
 def _plan(

@@ -231,6 +231,7 @@ def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
                     blob_digest=blob,
                     blob_size=size if blob is not None else None,
                     key=f"blob {blob}" if blob is not None else f"member {resolved}",
+                    read_size=size,
                 )
             )
         sources.append(ImageSource(config=raw, what=config_what, layers=layers, tags=tags))
@@ -362,6 +363,7 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
                 open=functools.partial(archive.open, layer.layer_path),
                 what=what,
                 key=layer.layer_key,
+                read_size=archive.size(layer.layer_path),
             )
             layers = [*(below.layers if below else []), source]
             sources.append(
