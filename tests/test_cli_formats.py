@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import tarfile
@@ -150,3 +151,73 @@ def test_saved_docker_archive_has_the_legacy_layout(root: Path, tmp_path: Path) 
     assert "manifest.json" in names and "repositories" in names
     assert any(n.endswith("/layer.tar") for n in names)
     assert any(n.endswith("/VERSION") for n in names)
+
+
+def _zeros_layer(size: int) -> tuple[bytes, str]:
+    """A zstd tar holding one file of ``size`` zero bytes (small on disk, long to stage),
+    and its DiffID."""
+    import hashlib
+
+    import zstandard
+
+    info = tarfile.TarInfo("zeros")
+    info.size = size
+    header = info.tobuf(format=tarfile.USTAR_FORMAT)
+    piece = bytes(1 << 20)
+    diff = hashlib.sha256(header)
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False) as w:
+        w.write(header)
+        for _ in range(size // len(piece)):
+            w.write(piece)
+            diff.update(piece)
+        end = bytes(1024)  # size is a multiple of 512: no padding, just the end blocks
+        w.write(end)
+        diff.update(end)
+    return out.getvalue(), "sha256:" + diff.hexdigest()
+
+
+def test_ctrl_c_during_a_load_leaves_the_store_as_it_was(root: Path, tmp_path: Path) -> None:
+    import json
+    import os
+    import signal
+    import time
+
+    layers = [_zeros_layer(512 << 20) for _ in range(2)]
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [d for _, d in layers]},
+        }
+    ).encode()
+    archive = tmp_path / "big.tar"
+    with tarfile.open(archive, "w") as tar:
+        members = {"config.json": config, "manifest.json": b""}
+        for i, (blob, _) in enumerate(layers):
+            members[f"l{i}.tar"] = blob
+        members["manifest.json"] = json.dumps(
+            [{"Config": "config.json", "RepoTags": ["big:1"], "Layers": ["l0.tar", "l1.tar"]}]
+        ).encode()
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    before = snapshot(root)
+    proc = subprocess.Popen(
+        [OCISTORE, "--root", root, "load", "-q", "-i", archive],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # Interrupt once both layers are being staged (their files appear in tmp/).
+    deadline = time.monotonic() + 60
+    while len(os.listdir(root / "tmp")) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the load never started staging"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode() == "ocistore: interrupted\n"
+    assert out == b""
+    assert os.listdir(root / "tmp") == []  # the layers being staged were discarded
+    assert snapshot(root) == before

@@ -448,9 +448,14 @@ def load_images(
 
     staged: dict[str, StagedLayer] = {}
 
-    def stage(key: str) -> tuple[str, StagedLayer]:
+    def stage(key: str, check: Callable[[], None]) -> tuple[str, StagedLayer]:
         layer, diff_id = wanted[key]
         task = progress.task(layer.what, layer.expected_read)
+
+        def update(done: int) -> None:
+            check()
+            task.update(done)
+
         with layer.open() as f:
             s = stage_layer(
                 f,
@@ -459,7 +464,7 @@ def load_images(
                 expected_blob=layer.blob_digest,
                 expected_blob_size=layer.blob_size,
                 expected_diff_id=diff_id,
-                progress=task.update,
+                progress=update,
             )
         task.finish()
         return key, s
@@ -472,8 +477,12 @@ def load_images(
             s.discard()
 
 
+class _Abandoned(Exception):
+    """Raised inside a staging thread once the load was interrupted."""
+
+
 def _stage_all(
-    stage: Callable[[str], tuple[str, StagedLayer]],
+    stage: Callable[[str, Callable[[], None]], tuple[str, StagedLayer]],
     wanted: dict[str, tuple[LayerSource, DiffID]],
     staged: dict[str, StagedLayer],
     jobs: int | None,
@@ -483,40 +492,66 @@ def _stage_all(
     Largest first, so that the last layer to finish is a small one rather than a large
     one started late on a worker that is otherwise done. After a failure no new layer is
     started; what was staged stays in ``staged`` for the caller to discard, and the
-    first failure, in that order, is raised.
+    first failure, in that order, is raised. ``stage`` calls the function it is given as
+    it goes: after an interrupt (Ctrl-C) that function raises, so layers being staged
+    stop and remove their files before the interrupt goes on up.
     """
     order = sorted(wanted, key=lambda k: wanted[k][0].expected_read or 0, reverse=True)
     workers = max(1, min(jobs or (os.cpu_count() or 1), len(order) or 1))
     if workers == 1:
         for key in order:
-            k, s = stage(key)
+            k, s = stage(key, lambda: None)
             staged[k] = s
         return
     todo = iter(order)
     lock = threading.Lock()
     errors: list[tuple[int, BaseException]] = []
     position = {key: i for i, key in enumerate(order)}
+    abandoned = threading.Event()
+    running = [workers]
+    finished = threading.Event()
+
+    def check() -> None:
+        if abandoned.is_set():
+            raise _Abandoned
+
+    def take() -> str | None:
+        with lock:
+            return None if errors or abandoned.is_set() else next(todo, None)
 
     def work() -> None:
-        while True:
-            with lock:
-                key = None if errors else next(todo, None)
-            if key is None:
-                return
-            try:
-                k, s = stage(key)
-            except BaseException as e:
+        try:
+            while (key := take()) is not None:
+                try:
+                    k, s = stage(key, check)
+                except BaseException as e:
+                    with lock:
+                        errors.append((position[key], e))
+                    return
                 with lock:
-                    errors.append((position[key], e))
-                return
+                    if abandoned.is_set():
+                        s.discard()
+                        return
+                    staged[k] = s
+        finally:
             with lock:
-                staged[k] = s
+                running[0] -= 1
+                if not running[0]:
+                    finished.set()
 
-    threads = [threading.Thread(target=work, name=f"stage-{i}") for i in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    # Waited for with an event, not Thread.join: in Python 3.11 a join cut short by
+    # Ctrl-C takes its thread for finished, and the interpreter would then exit without
+    # waiting for it to remove its staged file.
+    for i in range(workers):
+        threading.Thread(target=work, name=f"stage-{i}").start()
+    try:
+        finished.wait()
+    except BaseException:
+        # Interrupted: the layers in flight stop at their next piece and remove their files.
+        with lock:
+            abandoned.set()
+        finished.wait()
+        raise
     if errors:
         raise min(errors, key=lambda item: item[0])[1]
 
