@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -152,7 +151,6 @@ def test_parallel_cli_imports_and_tags(tmp_path: Path) -> None:
             lines.append(f'"{OCISTORE}" --root "{root}" tag cli{w}/img:{item} alias{w}:{item}')
         lines.append(f'"{OCISTORE}" --root "{root}" images -q --no-trunc > /dev/null')
         scripts.append("\n".join(lines))
-    start = time.monotonic()
     procs = [
         subprocess.Popen(["sh", "-c", s], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for s in scripts
@@ -161,7 +159,6 @@ def test_parallel_cli_imports_and_tags(tmp_path: Path) -> None:
     for p, (_out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err.decode()
         assert b"Traceback" not in err
-    assert time.monotonic() - start < 60
 
     ids = [line for out, _ in outputs for line in out.decode().split() if line.startswith("sha")]
     assert len(set(ids)) == WRITERS * 2
