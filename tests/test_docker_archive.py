@@ -1079,10 +1079,39 @@ def test_no_layer_is_started_after_one_failed(
     assert os.listdir(store.tmpdir) == []
 
 
+def _gated_spy(
+    monkeypatch: pytest.MonkeyPatch, waits_for: dict[str, str]
+) -> tuple[list[str], dict[str, Any]]:
+    """Like :func:`_spy_on_staging`, but the layer named as a key of ``waits_for`` starts
+    only once the layer named as its value has finished staging (failed or not)."""
+    import threading
+
+    import ocistore.archive
+
+    started: list[str] = []
+    ended = {name: threading.Event() for name in waits_for.values()}
+    real = ocistore.archive.stage_layer
+
+    def spy(stream: Any, content: Any, what: str = "layer", **kwargs: Any) -> Any:
+        name = what.rsplit(": ", 1)[-1]
+        started.append(name)
+        if name in waits_for:
+            assert ended[waits_for[name]].wait(30)
+        try:
+            return real(stream, content, what=what, **kwargs)
+        finally:
+            if name in ended:
+                ended[name].set()
+
+    monkeypatch.setattr(ocistore.archive, "stage_layer", spy)
+    return started, ended
+
+
 def test_with_several_workers_the_first_failure_in_order_is_reported(
-    store: Store, tmp_path: Path
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Both bad layers are staged at once; which finishes first does not decide the message.
+    # The largest bad layer fails last, after the smallest: its error is still the one.
+    _gated_spy(monkeypatch, {"layer1/layer.tar": "layer0/layer.tar"})
     members, _ = classic([SMALL, LARGE, MEDIUM])
     members["layer0/layer.tar"] = layer_tar({"s": b"S" * 10})
     members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})
@@ -1093,6 +1122,25 @@ def test_with_several_workers_the_first_failure_in_order_is_reported(
             load_images(store, read_docker_archive(archive), jobs=3)
     finally:
         archive.close()
+    assert os.listdir(store.tmpdir) == []
+
+
+def test_with_several_workers_no_layer_is_started_after_one_failed(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers: the largest layer fails while the second is staged; the worker that
+    # staged the second must not go on to the third.
+    started, _ = _gated_spy(monkeypatch, {"layer2/layer.tar": "layer1/layer.tar"})
+    members, _ = classic([SMALL, LARGE, MEDIUM])
+    members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})
+    path = write_tar(tmp_path / "bad.tar", members)
+    archive = open_archive(path, store.tmpdir)
+    try:
+        with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
+            load_images(store, read_docker_archive(archive), jobs=2)
+    finally:
+        archive.close()
+    assert sorted(started) == ["layer1/layer.tar", "layer2/layer.tar"]
     assert os.listdir(store.tmpdir) == []
 
 

@@ -517,5 +517,5 @@ def test_records_are_listed_newest_first_then_by_id(store: Store) -> None:
     d = rec("d", "2025-01-01T00:00:00Z")
     expected = [d, b, a, c]
     assert newest_first(expected) == expected  # already in order: kept
-    for shuffled in ([a, b, c, d], [c, a, d, b], [a, d, b, c]):
+    for shuffled in ([a, b, c, d], [c, a, d, b], [a, d, b, c], [d, a, b, c]):
         assert newest_first(shuffled) == expected

@@ -508,8 +508,16 @@ def _stage_all(
     errors: list[tuple[int, BaseException]] = []
     position = {key: i for i, key in enumerate(order)}
     abandoned = threading.Event()
-    running = [workers]
+    # Threads still working, plus one for the starting below (so that a thread done
+    # early does not look like the last one).
+    running = [1]
     finished = threading.Event()
+
+    def done() -> None:
+        with lock:
+            running[0] -= 1
+            if not running[0]:
+                finished.set()
 
     def check() -> None:
         if abandoned.is_set():
@@ -534,23 +542,33 @@ def _stage_all(
                         return
                     staged[k] = s
         finally:
-            with lock:
-                running[0] -= 1
-                if not running[0]:
-                    finished.set()
+            done()
 
     # Waited for with an event, not Thread.join: in Python 3.11 a join cut short by
     # Ctrl-C takes its thread for finished, and the interpreter would then exit without
     # waiting for it to remove its staged file.
-    for i in range(workers):
-        threading.Thread(target=work, name=f"stage-{i}").start()
+    threads: list[threading.Thread] = []
     try:
+        try:
+            for i in range(workers):
+                thread = threading.Thread(target=work, name=f"stage-{i}")
+                with lock:
+                    running[0] += 1
+                try:
+                    thread.start()
+                except Exception:  # it could not start, so it will not count itself out
+                    done()
+                    raise
+                threads.append(thread)
+        finally:
+            done()
         finished.wait()
     except BaseException:
-        # Interrupted: the layers in flight stop at their next piece and remove their files.
-        with lock:
-            abandoned.set()
-        finished.wait()
+        # Interrupted (or a thread could not start): the layers in flight stop at their
+        # next piece and remove their files; nothing is left running behind the caller.
+        abandoned.set()
+        while not finished.wait(0.05) and any(t.is_alive() for t in threads):
+            pass
         raise
     if errors:
         raise min(errors, key=lambda item: item[0])[1]
