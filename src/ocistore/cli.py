@@ -534,6 +534,25 @@ def keep_freed_memory() -> None:
     more peak memory. Loads are left alone: their zstd decoders grew by 16 MB with it.
     A no-op where the C library has no ``mallopt`` (not glibc).
     """
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    _mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
+    _mallopt(m_trim_threshold, 128 << 20)
+
+
+def one_malloc_arena() -> None:
+    """Make glibc's allocator serve every thread from one arena (``M_ARENA_MAX`` 1).
+
+    A load stages two layers at once, each on a reading and a digesting thread, and
+    glibc gives each thread an arena of its own that keeps what the thread freed: a zstd
+    load's peak memory went from about 60 MiB to 50 MiB with one arena, at the same speed
+    (the threads allocate a few large pieces per megabyte, so they hardly contend). Called
+    before any thread starts. A no-op where the C library has no ``mallopt``.
+    """
+    m_arena_max = -8  # <malloc.h>
+    _mallopt(m_arena_max, 1)
+
+
+def _mallopt(param: int, value: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -542,9 +561,7 @@ def keep_freed_memory() -> None:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
-    mallopt(m_trim_threshold, 128 << 20)
+    mallopt(param, value)
 
 
 def seconds(text: str) -> float:
@@ -656,12 +673,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> int:
-    """The ``ocistore`` command: :func:`main`, then a quicker exit.
+    """The ``ocistore`` command: :func:`main` with one malloc arena
+    (:func:`one_malloc_arena`), then a quicker exit.
 
     Freezing every object before the interpreter shuts down spares its last garbage
     collections a walk over all of them: 10 to 20 ms per command. Exit handlers and file
     flushes still run as usual.
     """
+    one_malloc_arena()
     code = main()
     gc.freeze()
     return code
