@@ -549,3 +549,20 @@ def test_print_table_pads_columns_and_strips_only_trailing_blanks() -> None:
     out = io.StringIO()
     cli.print_table([["A", "BB", "C"], ["aaaa", "b", ""], ["x", "yyy", "z"]], out)
     assert out.getvalue() == "A      BB    C\naaaa   b\nx      yyy   z\n"
+
+
+def test_the_installed_command_goes_through_run(tmp_path: Path) -> None:
+    # run() sets up the process (one malloc arena, a frozen exit) around main().
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="ocistore")
+    assert script.value == "ocistore.cli:run"
+    proc = subprocess.run(
+        [OCISTORE, "--root", tmp_path / "store", "images"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    missing = subprocess.run(
+        [OCISTORE, "--root", tmp_path / "store", "inspect", "x"], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and missing.stderr.startswith("ocistore: "), missing.stderr
