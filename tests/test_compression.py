@@ -15,6 +15,7 @@ from ocistore.compression import (
     Compression,
     Decompressor,
     PeekableReader,
+    ZstdFrames,
     decompressed_reader,
     detect,
 )
@@ -193,3 +194,92 @@ def test_pieces_stay_small_whatever_the_ratio(kind: Compression) -> None:
     d.finish()
     assert sum(sizes) == len(data)
     assert max(sizes) <= 2 * OUT_MAX
+
+
+# -- following zstd frames -------------------------------------------------------------
+
+
+def _zstd_streams() -> dict[str, bytes]:
+    """zstd streams of every shape the frame format allows that the tests meet."""
+    data = bytes(range(256)) * 900 + b"\x00" * 300_000  # literal blocks and RLE-able runs
+    out: dict[str, bytes] = {}
+    for level in (1, 19):
+        for checksum in (True, False):
+            for size in (True, False):
+                c = zstandard.ZstdCompressor(
+                    level=level, write_checksum=checksum, write_content_size=size
+                )
+                out[f"level{level}-checksum{checksum}-size{size}"] = c.compress(data)
+    streamed = io.BytesIO()
+    with zstandard.ZstdCompressor().stream_writer(streamed, closefd=False) as w:
+        for i in range(8):
+            w.write(bytes([i]) * 70_000 + DATA_A)
+    out["streamed"] = streamed.getvalue()
+    out["empty"] = zstandard.ZstdCompressor().compress(b"")
+    out["raw-blocks"] = zstandard.ZstdCompressor(level=1).compress(bytes(range(256)) * 4)
+    skippable = b"\x5a\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"hello"
+    out["multi-frame-and-skippable"] = (
+        skippable + out["level1-checksumTrue-sizeTrue"] + out["empty"] + skippable
+    )
+    return out
+
+
+ZSTD_STREAMS = _zstd_streams()
+
+
+def follow(data: bytes, chunk: int) -> None:
+    frames = ZstdFrames("l.zst")
+    for i in range(0, len(data), chunk):
+        frames.feed(memoryview(data)[i : i + chunk])
+    frames.finish()
+
+
+@pytest.mark.parametrize("name", ZSTD_STREAMS)
+@pytest.mark.parametrize("chunk", [1, 3, 4096, 1 << 20])
+def test_zstd_frames_accept_every_whole_stream(name: str, chunk: int) -> None:
+    follow(ZSTD_STREAMS[name], chunk)
+
+
+def _frame_ends(data: bytes) -> set[int]:
+    """Where the frames of a stream end: a stream cut there is whole, only shorter."""
+    ends = set()
+    for i in range(1, len(data) + 1):
+        try:
+            follow(data[:i], 1 << 20)
+        except InvalidInput:
+            continue
+        ends.add(i)
+    return ends
+
+
+@pytest.mark.parametrize("name", ["level1-checksumTrue-sizeTrue", "streamed", "empty"])
+def test_zstd_frames_refuse_a_stream_cut_anywhere_in_a_frame(name: str) -> None:
+    data = ZSTD_STREAMS[name]
+    # Every cut in the first and last 64 bytes (headers, block headers, checksum) and
+    # every 997th byte in between.
+    cuts = {*range(min(64, len(data))), *range(max(0, len(data) - 64), len(data))}
+    cuts |= set(range(0, len(data), 997))
+    for cut in sorted(cuts):
+        with pytest.raises(InvalidInput, match=r"l\.zst: truncated zstd data"):
+            follow(data[:cut], 4096)
+
+
+def test_zstd_frames_accept_a_cut_only_where_a_frame_ends() -> None:
+    parts = [ZSTD_STREAMS["raw-blocks"], ZSTD_STREAMS["empty"], ZSTD_STREAMS["raw-blocks"]]
+    data = b"".join(parts)
+    ends = {len(parts[0]), len(parts[0]) + len(parts[1]), len(data)}
+    assert _frame_ends(data) == ends
+
+
+def test_zstd_frames_refuse_what_is_not_a_frame() -> None:
+    data = ZSTD_STREAMS["empty"] + b"garbage!"
+    with pytest.raises(InvalidInput, match=r"l\.zst: corrupt zstd data: not a zstd frame"):
+        follow(data, 4096)
+
+
+def test_decompressed_reader_refuses_a_cut_zstd_stream_when_told_what_it_reads() -> None:
+    data = zstandard.ZstdCompressor().compress(DATA_A * 10)[:-7]
+    reader = decompressed_reader(io.BytesIO(data), Compression.ZSTD, "app.tar.zst")
+    with pytest.raises(InvalidInput, match=r"app\.tar\.zst: truncated zstd data"):
+        while reader.read(4096):
+            pass

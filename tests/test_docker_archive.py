@@ -1010,6 +1010,17 @@ def test_truncated_archive(store: Store, tmp_path: Path) -> None:
         assert "truncated" in str(err.value) or "not a tar" in str(err.value), where
 
 
+def test_truncated_zstd_archive(store: Store, tmp_path: Path) -> None:
+    # Cut inside the checksum: every byte of the tar decodes, and zstandard's reader says
+    # nothing. Following the frames does.
+    packed = zstandard.ZstdCompressor(write_checksum=True).compress(
+        corpus("test_image_1.tar").read_bytes()
+    )
+    path = write_tar_bytes(tmp_path / "cut.tar.zst", packed[:-2])
+    with unchanged(store), pytest.raises(InvalidInput, match=r"cut.tar.zst: truncated zstd"):
+        load(store, path)
+
+
 def test_truncated_gzip_archive(store: Store, tmp_path: Path) -> None:
     packed = gzip.compress(corpus("test_image_1.tar").read_bytes())
     path = write_tar_bytes(tmp_path / "cut.tar.gz", packed[: len(packed) // 2])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from util import make_tar, snapshot
+from util import make_tar, snapshot, unchanged
 
 from ocistore.compression import Compression
 from ocistore.digest import EMPTY_TAR_DIGEST, Digest, chain_id, digest_bytes
@@ -244,6 +244,33 @@ BAD_INPUTS: dict[str, tuple[bytes, str]] = {
     "truncated-zstd": (zstd(TAR_A)[:-20], "truncated zstd"),
     "corrupt-gzip": (gzip.compress(TAR_A)[:10] + b"\xff" * 50, "corrupt gzip"),
 }
+
+
+def test_zstd_layer_cut_anywhere_is_refused(store: Store) -> None:
+    # zstandard's reader ends quietly where its input does; the frames are followed to
+    # tell. Cuts in the frame header, in block headers, in the data and in the checksum.
+    data = zstandard.ZstdCompressor(write_checksum=True).compress(TAR_A * 50)
+    for cut in sorted({4, 5, 6, 9, 12, 20, len(data) // 2, len(data) - 4, len(data) - 1}):
+        with unchanged(store), pytest.raises(InvalidInput, match=r"truncated zstd data"):
+            store.register_layer(io.BytesIO(data[:cut]))
+
+
+def test_zstd_layer_of_several_frames_and_a_skippable_one(store: Store) -> None:
+    c = zstandard.ZstdCompressor()
+    skippable = b"\x50\x2a\x4d\x18" + (3).to_bytes(4, "little") + b"abc"
+    half = len(TAR_A) // 2
+    data = c.compress(TAR_A[:half]) + skippable + c.compress(TAR_A[half:])
+    layer = store.register_layer(io.BytesIO(data))
+    assert layer.diff_id == digest_bytes(TAR_A)
+    with store.layers.open_tar(layer.chain_id) as f:
+        assert f.read() == TAR_A
+
+
+def test_zstd_layer_corrupt_in_the_middle(store: Store) -> None:
+    data = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(TAR_A * 50))
+    data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16
+    with unchanged(store), pytest.raises(InvalidInput, match=r"corrupt zstd data"):
+        store.register_layer(io.BytesIO(bytes(data)))
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)

@@ -341,7 +341,7 @@ def open_archive(source: str | Path, tmpdir: Path) -> ArchiveReader:
             if compression is not Compression.NONE:
                 f.seek(0)
                 try:
-                    plain = _spool(decompressed_reader(f, compression), tmpdir)
+                    plain = _spool(decompressed_reader(f, compression, display), tmpdir)
                 except OcistoreError:
                     raise
                 except Exception as e:  # a damaged gzip or zstd stream

@@ -20,10 +20,17 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, cast
 
 from . import fsutil
-from .compression import Compression, Decompressor, PeekableReader, decompressed_reader, detect
+from .compression import (
+    Compression,
+    Decompressor,
+    PeekableReader,
+    ZstdFrames,
+    decompressed_reader,
+    detect,
+)
 from .content import ContentStore, StagedBlob
 from .digest import (
     CHUNK,
@@ -140,7 +147,9 @@ class _Digester(threading.Thread):
         for _ in range(self.BUFFERS):
             self.free.put(bytearray(chunk_size))
         self.plain = compression is Compression.NONE
-        self.decompressor = Decompressor(compression, what)
+        self.zstd = compression is Compression.ZSTD
+        self.compression = compression
+        self.what = what
         self.blob_hasher = blob_hasher
         self.diff_hasher = diff_hasher
         self.tar_size = 0
@@ -148,6 +157,10 @@ class _Digester(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        if self.zstd:
+            self._run_zstd()
+            return
+        decompressor = Decompressor(self.compression, self.what)
         ended = False
         try:
             while (item := self.queue.get()) is not None:
@@ -156,7 +169,7 @@ class _Digester(threading.Thread):
                 if self.plain:
                     self.blob_hasher.update(chunk)
                 # A plain chunk comes back as it is; a compressed one a megabyte at a time.
-                for out in self.decompressor.chunks(chunk):
+                for out in decompressor.chunks(chunk):
                     if self.diff_hasher is not self.blob_hasher:
                         self.diff_hasher.update(out)
                     self.tar_size += len(out)
@@ -165,11 +178,96 @@ class _Digester(threading.Thread):
                 del chunk
                 self.free.put(buf)
             ended = True
-            self.decompressor.finish()
+            decompressor.finish()
         except BaseException as e:
             self.error = e
             while not ended and (item := self.queue.get()) is not None:  # let the reader finish
                 self.free.put(item[0])
+
+    def _run_zstd(self) -> None:
+        """zstd is pulled rather than fed: ``zstandard``'s stream reader decompresses
+        straight into one reusable buffer, where its push interface makes a new ``bytes``
+        per piece and joins them. It reads the queued chunks through :class:`_Chunks`, and
+        since it ends silently where its input does, the reading thread follows the
+        frames (:class:`~ocistore.compression.ZstdFrames`) to tell a cut stream."""
+        import zstandard
+
+        chunks = _Chunks(self.queue, self.free)
+        out = bytearray(CHUNK)
+        view = memoryview(out)
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                cast("IO[bytes]", chunks),  # it only calls read()
+                read_size=COMPRESSED_CHUNK,
+                read_across_frames=True,
+            )
+            try:
+                while n := reader.readinto(out):
+                    piece = view[:n]
+                    self.diff_hasher.update(piece)
+                    self.tar_size += n
+                    if len(self.head) < 512:
+                        self.head += bytes(piece[: 512 - len(self.head)])
+                    del piece
+            except zstandard.ZstdError as e:
+                raise InvalidInput(f"{self.what}: corrupt zstd data: {e}") from None
+        except BaseException as e:
+            self.error = e
+        finally:
+            chunks.drain()
+
+
+class _Chunks:
+    """The chunks queued for a :class:`_Digester` as a stream with ``read``. Each
+    chunk's buffer goes back to the reading thread once the next is asked for (the
+    decompressor only asks when it has used up what it was given)."""
+
+    __slots__ = ("_buf", "_ended", "_free", "_pos", "_queue", "_view")
+
+    def __init__(
+        self, chunks: queue.Queue[tuple[bytearray, int] | None], free: queue.Queue[bytearray]
+    ) -> None:
+        self._queue = chunks
+        self._free = free
+        self._buf: bytearray | None = None
+        self._view = memoryview(b"")
+        self._pos = 0
+        self._ended = False
+
+    def read(self, size: int = -1) -> memoryview | bytes:
+        while self._pos >= len(self._view):
+            self._release()
+            if self._ended:
+                return b""
+            item = self._queue.get()
+            if item is None:
+                self._ended = True
+                return b""
+            self._buf, n = item
+            self._view = memoryview(self._buf)[:n]
+            self._pos = 0
+        end = len(self._view) if size < 0 else self._pos + size
+        piece = self._view[self._pos : end]
+        self._pos += len(piece)
+        return piece
+
+    def _release(self) -> None:
+        if self._buf is not None:
+            self._view.release()
+            self._view = memoryview(b"")
+            self._pos = 0
+            self._free.put(self._buf)
+            self._buf = None
+
+    def drain(self) -> None:
+        """Give back every buffer, up to the end of the queue (after an error too)."""
+        self._release()
+        while not self._ended:
+            item = self._queue.get()
+            if item is None:
+                self._ended = True
+            else:
+                self._free.put(item[0])
 
 
 def stage_layer(
@@ -195,6 +293,7 @@ def stage_layer(
     diff_hasher = blob_hasher if plain and blob_algo == "sha256" else new_hasher("sha256")
     chunk_size = CHUNK if plain else COMPRESSED_CHUNK
     digester = _Digester(compression, what, blob_hasher, diff_hasher, chunk_size)
+    frames = ZstdFrames(what) if compression is Compression.ZSTD else None
     tmp = fsutil.TempFile(content.tmpdir)
     blob_size = 0
     digester.start()
@@ -211,6 +310,8 @@ def stage_layer(
                 tmp.write(chunk)
                 if not plain:
                     blob_hasher.update(chunk)  # the compressed side hashes here
+                    if frames is not None:
+                        frames.feed(chunk)
                 del chunk
                 digester.queue.put((buf, n))
                 blob_size += n
@@ -223,6 +324,8 @@ def stage_layer(
             syncer.stop()
         if digester.error is not None:
             raise digester.error
+        if frames is not None:
+            frames.finish()
         tmp.finish()
         blob_digest = Digest(f"{blob_algo}:{blob_hasher.hexdigest()}")
         diff_id = DiffID(Digest(f"sha256:{diff_hasher.hexdigest()}"))
