@@ -2,9 +2,12 @@
 
 Two ways to decompress, both streaming:
 
-* :func:`decompressed_reader` wraps a readable stream (for reading a stored layer back);
-* :class:`Decompressor` is fed chunks (for hashing a layer while it is copied in, so the
-  bytes are read once).
+* :func:`decompressed_reader` wraps a readable stream (for reading a stored layer back,
+  or spooling a compressed archive);
+* :class:`Decompressor` is fed chunks (for hashing a gzip layer while it is copied in, so
+  the bytes are read once, and for a layer written into a save). A zstd layer being
+  copied in is pulled through ``zstandard``'s stream reader instead (see
+  :mod:`ocistore.layers`), with :class:`ZstdFrames` telling a cut stream from a whole one.
 
 gzip goes through ``isal`` (ISA-L, several times zlib's speed) and zstd through
 ``zstandard``; both release the GIL.
