@@ -566,3 +566,41 @@ def test_the_installed_command_goes_through_run(tmp_path: Path) -> None:
         [OCISTORE, "--root", tmp_path / "store", "inspect", "x"], capture_output=True, text=True
     )
     assert missing.returncode == 1 and missing.stderr.startswith("ocistore: "), missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["images"], "images"),
+        (["--root", "/s", "load", "-i", "x"], "load"),
+        (["--root=/s", "rmi", "a"], "rmi"),
+        (["--root", "load", "images"], "images"),  # a store directory named "load"
+        (["--help"], None),
+        (["-h", "images"], None),
+        (["--root", "/s"], None),
+        (["lod"], None),
+        ([], None),
+    ],
+)
+def test_the_command_is_found_before_parsing(argv: list[str], command: str | None) -> None:
+    assert cli._command_named(argv) == command
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    sub: argparse.ArgumentParser = action.choices[name]
+    return sub
+
+
+@pytest.mark.parametrize("name", [name for name, _, _ in cli._COMMANDS])
+def test_a_command_parsed_alone_is_parsed_as_among_all(name: str) -> None:
+    # Only the named command's parser is built; its help and usage must not change.
+    full, alone = cli.build_parser(), cli.build_parser(name)
+    assert _subparser(alone, name).format_help() == _subparser(full, name).format_help()
+
+
+def test_a_load_parsed_alone_gives_the_same_arguments() -> None:
+    argv = ["--root", "/s", "load", "-q", "-i", "a.tar", "--platform", "linux/arm64"]
+    assert vars(cli.build_parser("load").parse_args(argv)) == vars(
+        cli.build_parser().parse_args(argv)
+    )
