@@ -288,3 +288,31 @@ def test_bad_input_is_refused_and_store_unchanged(store: Store, name: str) -> No
 def test_refused_import_names_the_source(store: Store) -> None:
     with pytest.raises(InvalidInput, match=r"tarball rootfs\.tar\.bz2: unsupported compression"):
         store.import_tarball(io.BytesIO(bz2.compress(TAR_A)), source="rootfs.tar.bz2")
+
+
+def test_a_digester_that_fails_before_its_first_chunk_fails_the_staging(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The digesting thread cannot even start decompressing (here: zstandard will not
+    # import). The reading thread must get the error, not wait for a free buffer forever.
+    import sys
+    import threading
+
+    data = zstandard.ZstdCompressor().compress(make_tar({"noise": os.urandom(4 << 20)}))
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    outcome: list[BaseException | None] = []
+
+    def stage() -> None:
+        try:
+            store.register_layer(io.BytesIO(data))
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=stage, daemon=True)
+    worker.start()
+    worker.join(120)  # a guard against the deadlock, not a measure of speed
+    assert not worker.is_alive(), "staging waited forever for the digesting thread"
+    (error,) = outcome
+    assert isinstance(error, ImportError)
+    assert list(store.tmpdir.iterdir()) == []

@@ -150,6 +150,7 @@ class _Digester(threading.Thread):
         self.zstd = compression is Compression.ZSTD
         self.compression = compression
         self.what = what
+        self.chunks = _Chunks(self.queue, self.free)
         self.blob_hasher = blob_hasher
         self.diff_hasher = diff_hasher
         self.tar_size = 0
@@ -157,34 +158,38 @@ class _Digester(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        if self.zstd:
-            self._run_zstd()
-            return
-        decompressor = Decompressor(self.compression, self.what)
-        ended = False
+        # Whatever fails, even before the first chunk (an import, memory), is kept for
+        # the reading thread, and every queued buffer goes back to it: otherwise it would
+        # wait for a free buffer forever.
         try:
-            while (item := self.queue.get()) is not None:
-                buf, n = item
-                chunk = memoryview(buf)[:n]
-                if self.plain:
-                    self.blob_hasher.update(chunk)
-                # A plain chunk comes back as it is; a compressed one a megabyte at a time.
-                for out in decompressor.chunks(chunk):
-                    if self.diff_hasher is not self.blob_hasher:
-                        self.diff_hasher.update(out)
-                    self.tar_size += len(out)
-                    if len(self.head) < 512:
-                        self.head += bytes(out[: 512 - len(self.head)])
-                del chunk
-                self.free.put(buf)
-            ended = True
-            decompressor.finish()
+            if self.zstd:
+                self._pull_zstd()
+            else:
+                self._feed()
         except BaseException as e:
             self.error = e
-            while not ended and (item := self.queue.get()) is not None:  # let the reader finish
-                self.free.put(item[0])
+        finally:
+            self.chunks.drain()
 
-    def _run_zstd(self) -> None:
+    def _got(self, out: bytes | memoryview) -> None:
+        if self.diff_hasher is not self.blob_hasher:
+            self.diff_hasher.update(out)
+        self.tar_size += len(out)
+        if len(self.head) < 512:
+            self.head += bytes(out[: 512 - len(self.head)])
+
+    def _feed(self) -> None:
+        decompressor = Decompressor(self.compression, self.what)
+        while (chunk := self.chunks.next()) is not None:
+            if self.plain:
+                self.blob_hasher.update(chunk)
+            # A plain chunk comes back as it is; a gzip one a megabyte at a time.
+            for out in decompressor.chunks(chunk):
+                self._got(out)
+            del chunk
+        decompressor.finish()
+
+    def _pull_zstd(self) -> None:
         """zstd is pulled rather than fed: ``zstandard``'s stream reader decompresses
         straight into one reusable buffer, where its push interface makes a new ``bytes``
         per piece and joins them. It reads the queued chunks through :class:`_Chunks`, and
@@ -192,35 +197,25 @@ class _Digester(threading.Thread):
         frames (:class:`~ocistore.compression.ZstdFrames`) to tell a cut stream."""
         import zstandard
 
-        chunks = _Chunks(self.queue, self.free)
         out = bytearray(CHUNK)
         view = memoryview(out)
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast("IO[bytes]", self.chunks),  # it only calls read()
+            read_size=COMPRESSED_CHUNK,
+            read_across_frames=True,
+        )
         try:
-            reader = zstandard.ZstdDecompressor().stream_reader(
-                cast("IO[bytes]", chunks),  # it only calls read()
-                read_size=COMPRESSED_CHUNK,
-                read_across_frames=True,
-            )
-            try:
-                while n := reader.readinto(out):
-                    piece = view[:n]
-                    self.diff_hasher.update(piece)
-                    self.tar_size += n
-                    if len(self.head) < 512:
-                        self.head += bytes(piece[: 512 - len(self.head)])
-                    del piece
-            except zstandard.ZstdError as e:
-                raise InvalidInput(f"{self.what}: corrupt zstd data: {e}") from None
-        except BaseException as e:
-            self.error = e
-        finally:
-            chunks.drain()
+            while n := reader.readinto(out):
+                self._got(view[:n])
+        except zstandard.ZstdError as e:
+            raise InvalidInput(f"{self.what}: corrupt zstd data: {e}") from None
 
 
 class _Chunks:
-    """The chunks queued for a :class:`_Digester` as a stream with ``read``. Each
-    chunk's buffer goes back to the reading thread once the next is asked for (the
-    decompressor only asks when it has used up what it was given)."""
+    """The chunks queued for a :class:`_Digester`, whole (:meth:`next`) or as a stream
+    (:meth:`read`). A chunk's buffer goes back to the reading thread once the next chunk
+    is asked for: the caller is done with it then (zstd's reader only asks for more
+    when it has used up what it was given)."""
 
     __slots__ = ("_buf", "_ended", "_free", "_pos", "_queue", "_view")
 
@@ -234,17 +229,24 @@ class _Chunks:
         self._pos = 0
         self._ended = False
 
+    def next(self) -> memoryview | None:
+        """The next chunk whole, or ``None`` at the end."""
+        self._release()
+        if self._ended:
+            return None
+        item = self._queue.get()
+        if item is None:
+            self._ended = True
+            return None
+        self._buf, n = item
+        self._view = memoryview(self._buf)[:n]
+        self._pos = n
+        return self._view
+
     def read(self, size: int = -1) -> memoryview | bytes:
         while self._pos >= len(self._view):
-            self._release()
-            if self._ended:
+            if self.next() is None:
                 return b""
-            item = self._queue.get()
-            if item is None:
-                self._ended = True
-                return b""
-            self._buf, n = item
-            self._view = memoryview(self._buf)[:n]
             self._pos = 0
         end = len(self._view) if size < 0 else self._pos + size
         piece = self._view[self._pos : end]
@@ -253,7 +255,6 @@ class _Chunks:
 
     def _release(self) -> None:
         if self._buf is not None:
-            self._view.release()
             self._view = memoryview(b"")
             self._pos = 0
             self._free.put(self._buf)
@@ -261,13 +262,8 @@ class _Chunks:
 
     def drain(self) -> None:
         """Give back every buffer, up to the end of the queue (after an error too)."""
-        self._release()
-        while not self._ended:
-            item = self._queue.get()
-            if item is None:
-                self._ended = True
-            else:
-                self._free.put(item[0])
+        while self.next() is not None:
+            pass
 
 
 def stage_layer(
