@@ -52,11 +52,11 @@ def corpus(name: str) -> Path:
     return path
 
 
-def load(store: Store, source: Path | str) -> list[LoadedImage]:
+def load(store: Store, source: Path | str, jobs: int | None = None) -> list[LoadedImage]:
     archive = open_archive(source, store.tmpdir)
     try:
         assert is_docker_archive(archive)
-        return load_images(store, read_docker_archive(archive))
+        return load_images(store, read_docker_archive(archive), jobs=jobs)
     finally:
         archive.close()
 
@@ -1038,67 +1038,17 @@ def test_diff_id_that_does_not_match(store: Store, tmp_path: Path) -> None:
     assert "bad.tar: layer1/layer.tar" in msg and sha(TAR_B) in msg and sha(TAR_C) in msg
 
 
-def _spy_on_staging(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The layers load_images stages, in the order it starts them (the real staging runs)."""
-    import ocistore.archive
-
-    started: list[str] = []
-    real = ocistore.archive.stage_layer
-
-    def spy(stream: Any, content: Any, what: str = "layer", **kwargs: Any) -> Any:
-        started.append(what.rsplit(": ", 1)[-1])
-        return real(stream, content, what=what, **kwargs)
-
-    monkeypatch.setattr(ocistore.archive, "stage_layer", spy)
-    return started
-
-
-SMALL = layer_tar({"s": b"s" * 10})
-MEDIUM = layer_tar({"m": b"m" * 20_000})
-LARGE = layer_tar({"l": b"l" * 90_000})
-
-
-def test_largest_layer_is_staged_first(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Largest first, so a large layer is never left to run alone at the end.
-    started = _spy_on_staging(monkeypatch)
-    path = write_tar(tmp_path / "img.tar", classic([SMALL, LARGE, MEDIUM])[0])
-    archive = open_archive(path, store.tmpdir)
-    try:
-        load_images(store, read_docker_archive(archive), jobs=1)
-    finally:
-        archive.close()
-    assert started == ["layer1/layer.tar", "layer2/layer.tar", "layer0/layer.tar"]
-    assert diff_ids_of(store, "example/app:1") == [sha(SMALL), sha(LARGE), sha(MEDIUM)]
-
-
-def test_no_layer_is_started_after_one_failed(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    started = _spy_on_staging(monkeypatch)
-    members, _ = classic([SMALL, LARGE, MEDIUM])
-    members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})  # not what the config says
-    path = write_tar(tmp_path / "bad.tar", members)
-    archive = open_archive(path, store.tmpdir)
-    try:
-        with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
-            load_images(store, read_docker_archive(archive), jobs=1)
-    finally:
-        archive.close()
-    assert started == ["layer1/layer.tar"]
-    assert os.listdir(store.tmpdir) == []
-
-
-def _gated_spy(
-    monkeypatch: pytest.MonkeyPatch, waits_for: dict[str, str]
-) -> tuple[list[str], dict[str, Any]]:
-    """Like :func:`_spy_on_staging`, but the layer named as a key of ``waits_for`` starts
-    only once the layer named as its value has finished staging (failed or not)."""
+def _spy_on_staging(
+    monkeypatch: pytest.MonkeyPatch, waits_for: dict[str, str] | None = None
+) -> list[str]:
+    """The layers load_images stages, in the order it starts them (the real staging
+    runs). A layer named as a key of ``waits_for`` starts only once the layer named as
+    its value has finished staging (failed or not)."""
     import threading
 
     import ocistore.archive
 
+    waits_for = waits_for or {}
     started: list[str] = []
     ended = {name: threading.Event() for name in waits_for.values()}
     real = ocistore.archive.stage_layer
@@ -1115,24 +1065,49 @@ def _gated_spy(
                 ended[name].set()
 
     monkeypatch.setattr(ocistore.archive, "stage_layer", spy)
-    return started, ended
+    return started
+
+
+SMALL = layer_tar({"s": b"s" * 10})
+MEDIUM = layer_tar({"m": b"m" * 20_000})
+LARGE = layer_tar({"l": b"l" * 90_000})
+
+
+def test_largest_layer_is_staged_first(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Largest first, so a large layer is never left to run alone at the end.
+    started = _spy_on_staging(monkeypatch)
+    path = write_tar(tmp_path / "img.tar", classic([SMALL, LARGE, MEDIUM])[0])
+    load(store, path, jobs=1)
+    assert started == ["layer1/layer.tar", "layer2/layer.tar", "layer0/layer.tar"]
+    assert diff_ids_of(store, "example/app:1") == [sha(SMALL), sha(LARGE), sha(MEDIUM)]
+
+
+def test_no_layer_is_started_after_one_failed(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = _spy_on_staging(monkeypatch)
+    members, _ = classic([SMALL, LARGE, MEDIUM])
+    members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})  # not what the config says
+    path = write_tar(tmp_path / "bad.tar", members)
+    with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
+        load(store, path, jobs=1)
+    assert started == ["layer1/layer.tar"]
+    assert os.listdir(store.tmpdir) == []
 
 
 def test_with_several_workers_the_first_failure_in_order_is_reported(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The largest bad layer fails last, after the smallest: its error is still the one.
-    _gated_spy(monkeypatch, {"layer1/layer.tar": "layer0/layer.tar"})
+    _spy_on_staging(monkeypatch, {"layer1/layer.tar": "layer0/layer.tar"})
     members, _ = classic([SMALL, LARGE, MEDIUM])
     members["layer0/layer.tar"] = layer_tar({"s": b"S" * 10})
     members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})
     path = write_tar(tmp_path / "bad.tar", members)
-    archive = open_archive(path, store.tmpdir)
-    try:
-        with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
-            load_images(store, read_docker_archive(archive), jobs=3)
-    finally:
-        archive.close()
+    with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
+        load(store, path, jobs=3)
     assert os.listdir(store.tmpdir) == []
 
 
@@ -1141,16 +1116,12 @@ def test_with_several_workers_no_layer_is_started_after_one_failed(
 ) -> None:
     # Two workers: the largest layer fails while the second is staged; the worker that
     # staged the second must not go on to the third.
-    started, _ = _gated_spy(monkeypatch, {"layer2/layer.tar": "layer1/layer.tar"})
+    started = _spy_on_staging(monkeypatch, {"layer2/layer.tar": "layer1/layer.tar"})
     members, _ = classic([SMALL, LARGE, MEDIUM])
     members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})
     path = write_tar(tmp_path / "bad.tar", members)
-    archive = open_archive(path, store.tmpdir)
-    try:
-        with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
-            load_images(store, read_docker_archive(archive), jobs=2)
-    finally:
-        archive.close()
+    with unchanged(store), pytest.raises(DigestMismatch, match=r"layer1/layer.tar"):
+        load(store, path, jobs=2)
     assert sorted(started) == ["layer1/layer.tar", "layer2/layer.tar"]
     assert os.listdir(store.tmpdir) == []
 
