@@ -604,3 +604,17 @@ def test_a_load_parsed_alone_gives_the_same_arguments() -> None:
     assert vars(cli.build_parser("load").parse_args(argv)) == vars(
         cli.build_parser().parse_args(argv)
     )
+
+
+def test_only_the_streaming_commands_tune_the_allocator(
+    run: Run, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(cli, "_mallopt", lambda param, value: calls.append((param, value)))
+    assert run("images")[0] == 0
+    assert calls == []  # a listing pays nothing for it (not even importing ctypes)
+    assert run("import", files["a.tar"], "a:1")[0] == 0
+    assert calls == [(-8, 1)]  # one arena, before the staging threads start
+    calls.clear()
+    assert run("save", "-o", tmp_path / "a.tar", "a:1")[0] == 0
+    assert calls == [(-8, 1), (-3, 32 << 20), (-1, 128 << 20)]  # and keep freed memory

@@ -175,6 +175,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     """
     store = open_store(args)
     progress = Progress.for_terminal(args.quiet)
+    tune_allocator()
     source = args.file
     with _open_input(source) as f:
         total = None if source == "-" else os.fstat(f.fileno()).st_size
@@ -473,6 +474,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     platform = parse_platform(args.platform) if args.platform else None
     store = open_store(args)
     progress = Progress.for_terminal(args.quiet)
+    tune_allocator()
     from . import formats
 
     for loaded in formats.load(store, args.input, platform, progress):
@@ -515,41 +517,37 @@ def cmd_save(args: argparse.Namespace) -> int:
     if args.output == "-" and sys.stdout.isatty():
         raise OcistoreError("refusing to write an archive to a terminal: give -o PATH")
     progress = Progress.for_terminal(args.quiet)
-    if args.format == "docker":
-        keep_freed_memory()
+    tune_allocator(keep_freed=args.format == "docker")
     from . import formats
 
     formats.save(store, args.images, args.output, formats.SaveFormat(args.format), progress)
     return EXIT_OK
 
 
-def keep_freed_memory() -> None:
-    """Tune glibc's allocator for a docker-archive save.
+def tune_allocator(keep_freed: bool = False) -> None:
+    """Tune glibc's allocator for a command that streams layers on several threads
+    (import, load, save); called before any thread starts. Other commands skip it: it
+    costs them ``ctypes``, about 5 ms.
 
-    Decompressing a layer makes a fresh megabyte-sized ``bytes`` per piece on each of two
-    threads. By default glibc hands such freed memory straight back to the kernel, and
-    fetches it again (zeroed, a page fault per page) for the next piece: 50,000 page
-    faults and a third of the save's system time for the bench image. Serving them from
-    the heap and keeping up to 128 MiB freed made that save about 12% faster, for ~2 MB
-    more peak memory. Loads are left alone: their zstd decoders grew by 16 MB with it.
+    One arena (``M_ARENA_MAX`` 1): glibc gives each thread an arena of its own that keeps
+    what the thread freed, and with a reading and a digesting thread per layer staged, a
+    zstd load's peak memory went from about 60 MiB to 50 MiB with one, at the same speed
+    (the threads allocate a few large pieces per megabyte, so they hardly contend).
+
+    ``keep_freed`` (a docker-archive save): decompressing a layer makes a fresh
+    megabyte-sized ``bytes`` per piece, which glibc by default hands straight back to the
+    kernel and fetches again (zeroed, a page fault per page) for the next piece: 50,000
+    page faults and a third of the save's system time for the bench image. Serving them
+    from the heap and keeping up to 128 MiB freed made that save about 12% faster, for
+    ~2 MB more peak memory. Loads do not: their zstd decoders grew by 16 MB with it.
+
     A no-op where the C library has no ``mallopt`` (not glibc).
     """
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    _mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
-    _mallopt(m_trim_threshold, 128 << 20)
-
-
-def one_malloc_arena() -> None:
-    """Make glibc's allocator serve every thread from one arena (``M_ARENA_MAX`` 1).
-
-    A load stages two layers at once, each on a reading and a digesting thread, and
-    glibc gives each thread an arena of its own that keeps what the thread freed: a zstd
-    load's peak memory went from about 60 MiB to 50 MiB with one arena, at the same speed
-    (the threads allocate a few large pieces per megabyte, so they hardly contend). Called
-    before any thread starts. A no-op where the C library has no ``mallopt``.
-    """
-    m_arena_max = -8  # <malloc.h>
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
     _mallopt(m_arena_max, 1)
+    if keep_freed:
+        _mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
+        _mallopt(m_trim_threshold, 128 << 20)
 
 
 def _mallopt(param: int, value: int) -> None:
@@ -694,14 +692,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> int:
-    """The ``ocistore`` command: :func:`main` with one malloc arena
-    (:func:`one_malloc_arena`), then a quicker exit.
+    """The ``ocistore`` command: :func:`main`, then a quicker exit.
 
     Freezing every object before the interpreter shuts down spares its last garbage
     collections a walk over all of them: 10 to 20 ms per command. Exit handlers and file
     flushes still run as usual.
     """
-    one_malloc_arena()
     code = main()
     gc.freeze()
     return code
