@@ -248,6 +248,7 @@ class Decompressor:
     def __init__(self, compression: Compression, what: str) -> None:
         self.compression = compression
         self._what = what
+        self._zstd: Any = None
         self._obj: Any = self._new()
         #: Bytes after a finished member that cannot be judged yet (half a gzip magic).
         self._held = b""
@@ -263,9 +264,11 @@ class Decompressor:
 
             return isal_zlib.decompressobj(wbits=31)
         if self.compression is Compression.ZSTD:
-            import zstandard
+            if self._zstd is None:
+                import zstandard
 
-            return zstandard.ZstdDecompressor().decompressobj()
+                self._zstd = zstandard.ZstdDecompressor()
+            return self._zstd.decompressobj()  # one per frame: the context is reused
         return None
 
     def feed(self, data: bytes | memoryview) -> bytes:
@@ -307,9 +310,10 @@ class Decompressor:
                     # zstandard's does not: slice the input by the ratio seen so far.
                     piece = view[: self._step]
                     out = self._obj.decompress(piece)
-                    view = view[len(piece) :]
-                    if self._obj.eof and self._obj.unused_data:
-                        view = memoryview(self._obj.unused_data + bytes(view))
+                    # A frame's end leaves the rest of the piece unused: step back over
+                    # it in the view rather than copy it (frames may be many and small).
+                    unused = len(self._obj.unused_data) if self._obj.eof else 0
+                    view = view[len(piece) - unused :]
                     ratio = len(out) // len(piece) + 1
                     self._step = max(_MIN_STEP, min(2 * len(piece), OUT_MAX // ratio))
                 if out:
