@@ -104,13 +104,17 @@ class PeekableReader:
 
 
 def decompressed_reader(
-    stream: IO[bytes], compression: Compression, what: str | None = None
+    stream: IO[bytes],
+    compression: Compression,
+    what: str | None = None,
+    read_size: int | None = None,
 ) -> IO[bytes]:
     """A stream of the uncompressed bytes of ``stream``.
 
     With ``what``, a cut zstd stream raises :class:`InvalidInput` naming it at its end
     (input from outside). Without, nothing tells a cut zstd stream from a whole one:
-    for stored blobs, whose reader checks their digest and the DiffID instead."""
+    for stored blobs, whose reader checks their digest and the DiffID instead.
+    ``read_size`` is how much zstd asks of ``stream`` at a time."""
     # Each codec is imported when first needed: listing images pays for neither.
     if compression is Compression.GZIP:
         from isal import igzip
@@ -123,6 +127,7 @@ def decompressed_reader(
         source = stream if what is None else _FramesChecked(stream, ZstdFrames(what))
         reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
             cast(IO[bytes], source),
+            read_size=read_size or zstandard.DECOMPRESSION_RECOMMENDED_INPUT_SIZE,
             read_across_frames=True,
             closefd=True,
         )

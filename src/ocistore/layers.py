@@ -27,7 +27,6 @@ from .compression import (
     Compression,
     Decompressor,
     PeekableReader,
-    ZstdFrames,
     decompressed_reader,
     detect,
 )
@@ -192,20 +191,16 @@ class _Digester(threading.Thread):
     def _pull_zstd(self) -> None:
         """zstd is pulled rather than fed: ``zstandard``'s stream reader decompresses
         straight into one reusable buffer, where its push interface makes a new ``bytes``
-        per piece and joins them. It reads the queued chunks through :class:`_Chunks`, and
-        since it ends silently where its input does, the reading thread follows the
-        frames (:class:`~ocistore.compression.ZstdFrames`) to tell a cut stream."""
+        per piece and joins them. It reads the queued chunks through :class:`_Chunks`,
+        and a cut stream is told by following its frames (``decompressed_reader``)."""
         import zstandard
 
         out = bytearray(CHUNK)
         view = memoryview(out)
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            cast("IO[bytes]", self.chunks),  # it only calls read()
-            read_size=COMPRESSED_CHUNK,
-            read_across_frames=True,
-        )
+        chunks = cast("IO[bytes]", self.chunks)  # read() is all the reader calls
+        reader = decompressed_reader(chunks, Compression.ZSTD, self.what, COMPRESSED_CHUNK)
         try:
-            while n := reader.readinto(out):
+            while n := reader.readinto(out):  # type: ignore[attr-defined]
                 self._got(view[:n])
         except zstandard.ZstdError as e:
             raise InvalidInput(f"{self.what}: corrupt zstd data: {e}") from None
@@ -260,6 +255,9 @@ class _Chunks:
             self._free.put(self._buf)
             self._buf = None
 
+    def close(self) -> None:
+        """Nothing to close: the queue is the digester's (the zstd reader calls this)."""
+
     def drain(self) -> None:
         """Give back every buffer, up to the end of the queue (after an error too)."""
         while self.next() is not None:
@@ -289,7 +287,6 @@ def stage_layer(
     diff_hasher = blob_hasher if plain and blob_algo == "sha256" else new_hasher("sha256")
     chunk_size = CHUNK if plain else COMPRESSED_CHUNK
     digester = _Digester(compression, what, blob_hasher, diff_hasher, chunk_size)
-    frames = ZstdFrames(what) if compression is Compression.ZSTD else None
     tmp = fsutil.TempFile(content.tmpdir)
     blob_size = 0
     digester.start()
@@ -306,8 +303,6 @@ def stage_layer(
                 tmp.write(chunk)
                 if not plain:
                     blob_hasher.update(chunk)  # the compressed side hashes here
-                    if frames is not None:
-                        frames.feed(chunk)
                 del chunk
                 digester.queue.put((buf, n))
                 blob_size += n
@@ -320,8 +315,6 @@ def stage_layer(
             syncer.stop()
         if digester.error is not None:
             raise digester.error
-        if frames is not None:
-            frames.finish()
         tmp.finish()
         blob_digest = Digest(f"{blob_algo}:{blob_hasher.hexdigest()}")
         diff_id = DiffID(Digest(f"sha256:{diff_hasher.hexdigest()}"))
