@@ -41,7 +41,7 @@ from typing import IO, Any, Final, NamedTuple, Protocol
 
 from . import fsutil
 from .compression import Compression, decompressed_reader, detect
-from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, make_chain_id, new_hasher
+from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, new_hasher
 from .errors import Conflict, DigestMismatch, InvalidInput, NotFound, OcistoreError
 from .image import ImageConfig, parse_config
 from .layers import StagedLayer, stage_layer
@@ -376,6 +376,11 @@ class LayerSource(NamedTuple):
     read_size: int | None = None
 
     @property
+    def stage_key(self) -> str:
+        """What identifies the bytes to stage: equal layers of two images are read once."""
+        return self.key or self.blob_digest or self.what
+
+    @property
     def expected_read(self) -> int | None:
         return self.blob_size if self.blob_size is not None else self.read_size
 
@@ -443,8 +448,7 @@ def load_images(
             have_blob = layer.blob_digest is None or store.content.exists(layer.blob_digest)
             if have_chain and have_blob:
                 continue
-            key = layer.key or layer.blob_digest or layer.what
-            wanted.setdefault(key, (layer, diff_id))
+            wanted.setdefault(layer.stage_key, (layer, diff_id))
 
     staged: dict[str, StagedLayer] = {}
 
@@ -580,14 +584,13 @@ def _plan(
     """Each layer of each image, with its chain and its parent's chain."""
     for i, (src, cfg) in enumerate(zip(sources, configs, strict=True)):
         parent: ChainID | None = None
-        for layer, diff_id in zip(src.layers, cfg.diff_ids, strict=True):
-            chain = make_chain_id(parent, diff_id)
+        for layer, chain in zip(src.layers, cfg.chain_ids, strict=True):
             yield i, layer, chain, parent
             parent = chain
 
 
 def _staged(layer: LayerSource, staged: dict[str, StagedLayer]) -> StagedLayer | None:
-    return staged.get(layer.key or layer.blob_digest or layer.what)
+    return staged.get(layer.stage_key)
 
 
 def _publish(

@@ -21,6 +21,8 @@ class ImageConfig(NamedTuple):
     raw: bytes
     data: dict[str, Any]
     diff_ids: tuple[DiffID, ...]
+    #: One per layer, bottom first: worked out once, when the config is parsed.
+    chain_ids: tuple[ChainID, ...]
 
     def __repr__(self) -> str:
         return f"ImageConfig(id={self.id!r}, diff_ids={self.diff_ids!r})"
@@ -36,10 +38,6 @@ class ImageConfig(NamedTuple):
 
     def __hash__(self) -> int:
         return hash(self.id)
-
-    @property
-    def chain_ids(self) -> list[ChainID]:
-        return chain_ids(list(self.diff_ids))
 
     @property
     def top_chain(self) -> ChainID | None:
@@ -130,4 +128,6 @@ def parse_config(raw: bytes, what: str = "image config") -> ImageConfig:
     config = data.get("config")
     if config is not None and not isinstance(config, dict):
         raise InvalidInput(f"{what}: field config is not an object")
-    return ImageConfig(ImageID(digest_bytes(raw)), raw, data, tuple(diff_ids))
+    return ImageConfig(
+        ImageID(digest_bytes(raw)), raw, data, tuple(diff_ids), tuple(chain_ids(diff_ids))
+    )
