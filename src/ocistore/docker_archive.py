@@ -523,10 +523,7 @@ class _LayerCopy:
             self._sink = sink
             self._update = task.update
             try:
-                if blob.compression is Compression.NONE:
-                    self._plain(f)
-                else:
-                    self._decompress(f)
+                self._copy(f)
             except InvalidInput as e:  # the codec choked on what the store holds
                 self._fail(f, CorruptStore(str(e)))
             except OcistoreError as e:
@@ -563,15 +560,8 @@ class _LayerCopy:
         self._check_blob(f)
         raise error
 
-    def _plain(self, f: IO[bytes]) -> None:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):  # type: ignore[attr-defined]
-            chunk = view[:n]
-            self._blob_hasher.update(chunk)
-            self._emit(chunk)
-
-    def _decompress(self, f: IO[bytes]) -> None:
+    def _copy(self, f: IO[bytes]) -> None:
+        """Hash the blob as it is read and emit the tar (a plain blob passes through)."""
         decompressor = Decompressor(self.layer.blob.compression, self.what)
         buf = bytearray(CHUNK)
         view = memoryview(buf)
