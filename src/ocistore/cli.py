@@ -24,7 +24,7 @@ from typing import IO, Any, NoReturn
 from .errors import OcistoreError
 from .platforms import parse_platform
 from .progress import Progress, human_size
-from .reference import parse
+from .reference import parse, split_familiar
 from .store import Store
 
 EXIT_OK = 0
@@ -210,15 +210,12 @@ def _images_args(p: argparse.ArgumentParser) -> None:
 def _matches(familiar: str, repo: str, tag: str | None, digest: str | None = None) -> bool:
     """Whether a familiar reference (``busybox:1``, ``app@sha256:…``) is of ``repo``
     (and has ``tag``, or is ``repo@digest``, when one is given)."""
-    name, at, found_digest = familiar.partition("@")
+    name, found_tag, found_digest = split_familiar(familiar)
+    if name != repo:
+        return False
     if digest is not None:
-        return at != "" and name == repo and found_digest == digest
-    if not at:
-        slash, colon = name.rfind("/"), name.rfind(":")
-        if colon > slash:
-            name, found = name[:colon], name[colon + 1 :]
-            return name == repo and (tag is None or found == tag)
-    return name == repo and tag is None
+        return found_digest == digest
+    return tag is None or (found_digest is None and found_tag == tag)
 
 
 @command("images", _images_args)
@@ -282,20 +279,19 @@ def cmd_images(args: argparse.Namespace) -> int:
         if not names:
             add("<none>", "<none>", "<none>", image_id, created, age, size)
             continue
-        if len(names) == 1 and "@" not in (name := names[0]):  # the usual: one tag
-            colon = name.rfind(":")
-            if colon > name.rfind("/"):
-                add(name[:colon], name[colon + 1 :], "<none>", image_id, created, age, size)
+        if len(names) == 1:  # the usual: one tag, no list or dict to build
+            repo_name, tag, digest = split_familiar(names[0])
+            if digest is None:
+                add(repo_name, tag or "<none>", "<none>", image_id, created, age, size)
                 continue
         named: list[tuple[str, str]] = []
         by_repo: dict[str, str] = {}
         for n in names:
-            repo_name, at, digest = n.partition("@")
-            if at:
+            repo_name, tag, digest = split_familiar(n)
+            if digest is not None:
                 by_repo[repo_name] = digest
             else:
-                colon = n.rfind(":")
-                named.append((n[:colon], n[colon + 1 :]) if colon > n.rfind("/") else (n, "<none>"))
+                named.append((repo_name, tag or "<none>"))
         for repo_name, tag in named:
             add(repo_name, tag, by_repo.get(repo_name, "<none>"), image_id, created, age, size)
         if by_repo:

@@ -313,6 +313,17 @@ def parse(s: str) -> Reference:
 _TRUSTED_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@")
 
 
+def split_familiar(s: str) -> tuple[str, str | None, str | None]:
+    """A familiar reference as the store lists it, split without checking it into
+    repository, tag and digest: ``busybox:1`` gives ``("busybox", "1", None)``,
+    ``app@sha256:…`` gives ``("app", None, "sha256:…")``."""
+    name, at, digest = s.partition("@")
+    colon = name.rfind(":")
+    if colon > name.rfind("/"):
+        return name[:colon], name[colon + 1 :], digest if at else None
+    return name, None, digest if at else None
+
+
 def parse_trusted(s: str) -> Reference | None:
     """A reference the store wrote itself (a familiar string from ``repositories.json``),
     split without the grammar's regular expressions; ``None`` if it is not of the simple
