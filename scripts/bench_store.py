@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ocistore.reference import parse_tagged
+from ocistore.spec.reference import parse_tagged
 from ocistore.store import Store
 
 LAYER_CHAINS = 8

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ocistore.backend import FSBackend, StoreBackend
-from ocistore.digest import Digest, digest_bytes
 from ocistore.errors import DigestMismatch, InvalidInput, NotFound
+from ocistore.spec.digest import Digest, digest_bytes
+from ocistore.store.backend import FSBackend, StoreBackend
 
 CONFIG_A = b'{"rootfs":{"type":"layers","diff_ids":[]},"comment":"a"}'
 CONFIG_B = b'{"rootfs":{"type":"layers","diff_ids":[]},"comment":"b"}'

@@ -19,8 +19,8 @@ import pytest
 import zstandard
 from util import make_tar, snapshot
 
-from ocistore import cli
-from ocistore.reference import parse
+from ocistore.cli import main as cli
+from ocistore.spec.reference import parse
 from ocistore.store import Store
 
 OCISTORE = Path(sys.executable).parent / "ocistore"

@@ -10,7 +10,8 @@ import lzma
 import pytest
 import zstandard
 
-from ocistore.compression import (
+from ocistore.errors import InvalidInput
+from ocistore.spec.compression import (
     OUT_MAX,
     Compression,
     Decompressor,
@@ -19,7 +20,6 @@ from ocistore.compression import (
     decompressed_reader,
     detect,
 )
-from ocistore.errors import InvalidInput
 
 DATA_A = b"first member " * 1000
 DATA_B = b"second member " * 777

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ocistore.backend import FSBackend
-from ocistore.digest import (
+from ocistore.errors import DigestMismatch, InvalidInput, SizeMismatch
+from ocistore.spec.config import parse_config
+from ocistore.spec.digest import (
     EMPTY_TAR_DIGEST,
     Digest,
     VerifyingReader,
@@ -18,8 +19,7 @@ from ocistore.digest import (
     digest_bytes,
     digest_stream,
 )
-from ocistore.errors import DigestMismatch, InvalidInput, SizeMismatch
-from ocistore.image import parse_config
+from ocistore.store.backend import FSBackend
 
 FOOBAR = "sha256:c3ab8ff13720e8ad9047dd39466b3c8974e592c2fa383d4a3960714caef0c4f2"
 EMPTY_TAR = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"

@@ -24,14 +24,19 @@ import zstandard
 from conftest import Runner
 from util import make_tar, snapshot, unchanged
 
-from ocistore import v1
-from ocistore.archive import LoadedImage, load_images, open_archive
-from ocistore.digest import EMPTY_TAR_DIGEST, digest_bytes
-from ocistore.docker_archive import is_docker_archive, read_docker_archive, write_docker_archive
 from ocistore.errors import DigestMismatch, InvalidInput, NotFound
+from ocistore.formats.docker_archive import (
+    is_docker_archive,
+    read_docker_archive,
+    write_docker_archive,
+)
+from ocistore.formats.legacy import v1
+from ocistore.formats.reader import open_archive
 from ocistore.progress import Progress
-from ocistore.reference import parse_tagged
+from ocistore.spec.digest import EMPTY_TAR_DIGEST, digest_bytes
+from ocistore.spec.reference import parse_tagged
 from ocistore.store import Store
+from ocistore.store.ingest import LoadedImage, load_images
 
 CORPUS = util.CORPUS / "docker-archive"
 
@@ -1046,12 +1051,12 @@ def _spy_on_staging(
     its value has finished staging (failed or not)."""
     import threading
 
-    import ocistore.archive
+    import ocistore.store.ingest
 
     waits_for = waits_for or {}
     started: list[str] = []
     ended = {name: threading.Event() for name in waits_for.values()}
-    real = ocistore.archive.stage_layer
+    real = ocistore.store.ingest.stage_layer
 
     def spy(stream: Any, content: Any, what: str = "layer", **kwargs: Any) -> Any:
         name = what.rsplit(": ", 1)[-1]
@@ -1064,7 +1069,7 @@ def _spy_on_staging(
             if name in ended:
                 ended[name].set()
 
-    monkeypatch.setattr(ocistore.archive, "stage_layer", spy)
+    monkeypatch.setattr(ocistore.store.ingest, "stage_layer", spy)
     return started
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from util import make_tar
 
-from ocistore.digest import Digest, ImageID, chain_id, digest_bytes
 from ocistore.errors import Ambiguous, Conflict, DigestMismatch, InvalidInput, NotFound
+from ocistore.spec.digest import Digest, ImageID, chain_id, digest_bytes
 from ocistore.store import Store
 
 TAR_A = make_tar({"a": b"a" * 100})
@@ -496,7 +496,7 @@ def test_walk_skips_foreign_files_in_imagedb(store: Store) -> None:
 
 
 def test_records_are_listed_newest_first_then_by_id(store: Store) -> None:
-    from ocistore.imagestore import ImageRecord, newest_first
+    from ocistore.store.images import ImageRecord, newest_first
 
     def rec(hex_char: str, created: str) -> ImageRecord:
         return ImageRecord(

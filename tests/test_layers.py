@@ -14,12 +14,12 @@ import pytest
 import zstandard
 from util import make_tar, snapshot, unchanged
 
-from ocistore.compression import Compression
-from ocistore.digest import EMPTY_TAR_DIGEST, Digest, chain_id, digest_bytes
 from ocistore.errors import CorruptStore, DigestMismatch, InvalidInput, NotFound
-from ocistore.image import MAX_LAYER_DEPTH
-from ocistore.layers import LayerStore
+from ocistore.spec.compression import Compression
+from ocistore.spec.config import MAX_LAYER_DEPTH
+from ocistore.spec.digest import EMPTY_TAR_DIGEST, Digest, chain_id, digest_bytes
 from ocistore.store import Store
+from ocistore.store.layers import LayerStore
 
 
 def zstd(data: bytes) -> bytes:

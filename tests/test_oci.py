@@ -20,14 +20,17 @@ import zstandard
 from util import make_tar as util_make_tar
 from util import snapshot
 
-from ocistore import formats, oci
-from ocistore.archive import LoadedImage, load_images, open_archive, output_file
-from ocistore.compression import Compression
-from ocistore.digest import Digest, ImageID, digest_bytes
+from ocistore import formats
 from ocistore.errors import Conflict, InvalidInput, NotFound, OcistoreError
-from ocistore.platforms import Platform, host_platform, parse_platform
-from ocistore.reference import parse_tagged
+from ocistore.formats import oci_layout as oci
+from ocistore.formats.reader import open_archive
+from ocistore.formats.tarwriter import output_file
+from ocistore.spec.compression import Compression
+from ocistore.spec.digest import Digest, ImageID, digest_bytes
+from ocistore.spec.platform import Platform, host_platform, parse_platform
+from ocistore.spec.reference import parse_tagged
 from ocistore.store import Store
+from ocistore.store.ingest import LoadedImage, load_images
 
 CORPUS = util.CORPUS / "oci-layout"
 
@@ -455,7 +458,7 @@ def test_a_layer_removed_while_loading_is_refused_before_publishing(
 ) -> None:
     """A layer that was not read because the store had it, and is gone by the time the
     load takes the lock, stops the load before anything is published."""
-    from ocistore import archive
+    from ocistore.store import ingest as archive
 
     base = Layout(tmp_path / "base")
     base.tag(base.image([{"base": b"b"}], comment="base").desc, "base")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ocistore.digest import Digest
 from ocistore.errors import InvalidInput
-from ocistore.reference import (
+from ocistore.spec.digest import Digest
+from ocistore.spec.reference import (
     Reference,
     is_full_image_id,
     is_identifier,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ocistore import refstore
-from ocistore.digest import Digest, ImageID, digest_bytes
 from ocistore.errors import Conflict, CorruptStore, InvalidInput, NotFound
-from ocistore.fsutil import StoreLock
-from ocistore.reference import Reference, parse, parse_tagged
-from ocistore.refstore import ReferenceStore
+from ocistore.spec.digest import Digest, ImageID, digest_bytes
+from ocistore.spec.reference import Reference, parse, parse_tagged
+from ocistore.store import refs as refstore
+from ocistore.store.fsutil import StoreLock
+from ocistore.store.refs import ReferenceStore
 
 ID_A = ImageID(digest_bytes(b"image a"))
 ID_B = ImageID(digest_bytes(b"image b"))

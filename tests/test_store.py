@@ -14,10 +14,10 @@ import pytest
 import zstandard
 from util import make_tar, snapshot
 
-from ocistore.digest import Digest, ImageID, digest_bytes
 from ocistore.errors import Conflict, InvalidInput, NotFound
-from ocistore.platforms import host_platform
-from ocistore.reference import parse
+from ocistore.spec.digest import Digest, ImageID, digest_bytes
+from ocistore.spec.platform import host_platform
+from ocistore.spec.reference import parse
 from ocistore.store import Store
 
 

@@ -13,9 +13,9 @@ import pytest
 import zstandard
 from test_docker_archive import TAR_A, TAR_B, TAR_C, classic, load_built, save, tar_read
 
-from ocistore.archive import MemberSink, OutputFile, TarWriter, output_file
-from ocistore.docker_archive import write_docker_archive
 from ocistore.errors import CorruptStore, DigestMismatch, OcistoreError
+from ocistore.formats.docker_archive import write_docker_archive
+from ocistore.formats.tarwriter import MemberSink, OutputFile, TarWriter, output_file
 from ocistore.store import Store
 
 LONG = "d/" + "x" * 120 + "/file"  # needs a PAX header

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import util
 
-from ocistore import gojson, v1
-from ocistore.digest import EMPTY_TAR_DIGEST, chain_ids
 from ocistore.errors import InvalidInput
+from ocistore.formats.legacy import gojson, v1
+from ocistore.spec.digest import EMPTY_TAR_DIGEST, chain_ids
 
 DATA = Path(__file__).parent / "data"
 SAVE = DATA / "docker_save"

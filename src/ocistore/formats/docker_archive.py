@@ -43,18 +43,7 @@ import json
 import re
 from typing import IO, Any, Final, NamedTuple, NoReturn
 
-from .archive import (
-    ArchiveReader,
-    ImageSource,
-    LayerSource,
-    MemberSink,
-    TarWriter,
-    read_bytes,
-    read_json,
-)
-from .compression import Compression, Decompressor, PeekableReader, detect
-from .digest import CHUNK, ChainID, DiffID, Digest, ImageID, digest_bytes, new_hasher
-from .errors import (
+from ..errors import (
     CorruptStore,
     DigestMismatch,
     InvalidInput,
@@ -62,10 +51,11 @@ from .errors import (
     OcistoreError,
     SizeMismatch,
 )
-from .image import MAX_LAYER_DEPTH, ImageConfig, parse_config
-from .layers import Layer
-from .progress import Progress
-from .reference import (
+from ..progress import Progress
+from ..spec.compression import Compression, Decompressor, PeekableReader, detect
+from ..spec.config import MAX_LAYER_DEPTH, ImageConfig, parse_config
+from ..spec.digest import CHUNK, ChainID, DiffID, Digest, ImageID, digest_bytes, new_hasher
+from ..spec.reference import (
     Reference,
     is_identifier,
     looks_like_id_prefix,
@@ -73,7 +63,11 @@ from .reference import (
     parse_any,
     parse_tagged,
 )
-from .store import Store
+from ..store.ingest import ImageSource, LayerSource
+from ..store.layers import Layer
+from ..store.store import Store
+from .reader import ArchiveReader, read_bytes, read_json
+from .tarwriter import MemberSink, TarWriter
 
 __all__ = ["is_docker_archive", "read_docker_archive", "write_docker_archive"]
 
@@ -301,7 +295,7 @@ def _legacy_layer(archive: ArchiveReader, v1_id: str) -> _LegacyLayer:
     if not isinstance(parent, str):
         raise InvalidInput(f"{what}: field parent must be a string, got {parent!r}")
     if parent:
-        from . import v1  # the legacy format only: not imported for other loads
+        from .legacy import v1  # the legacy format only: not imported for other loads
 
         try:
             v1.validate_id(parent)
@@ -349,7 +343,7 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
             diff_id = _diff_id(archive, layer.layer_path, what)
             diff_ids = [*(below.diff_ids if below else []), str(diff_id)]
             json_what = f"{archive.name}: {layer.v1_id}/json"
-            from . import v1
+            from .legacy import v1
 
             try:
                 entry = v1.history_from_config(layer.json, False)
@@ -576,7 +570,7 @@ def _manifest_json(manifest: list[dict[str, Any]]) -> bytes:
     """``manifest.json`` as moby's ``tarexport.manifestItem`` list is written by Go's
     ``json.NewEncoder(w).Encode(v)`` in ``docker save`` (20.10 to 24): compact JSON, Go's
     field order and escaping, and a newline."""
-    from . import gojson
+    from .legacy import gojson
 
     item = gojson.Struct(
         "tarexport.manifestItem",
@@ -592,7 +586,7 @@ def _manifest_json(manifest: list[dict[str, Any]]) -> bytes:
 
 def _repositories_json(repositories: dict[str, dict[str, str]]) -> bytes:
     """``repositories`` as Go's ``json.NewEncoder(w).Encode(v)`` writes it."""
-    from . import gojson
+    from .legacy import gojson
 
     return gojson.marshal(repositories, gojson.Map(gojson.Map(gojson.STRING))) + b"\n"
 
@@ -606,7 +600,7 @@ def write_docker_archive(
     tags), image IDs or ID prefixes (no tags), as for ``docker save``. Every layer is
     streamed from the store and verified against its DiffID on the way.
     """
-    from .v1 import legacy_layers  # imported here: loads need it only for old archives
+    from .legacy.v1 import legacy_layers  # imported here: loads need it only for old archives
 
     progress = progress or Progress(False)
     selected = _select(store, names)

@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
-from .errors import InvalidInput
+from ...errors import InvalidInput
 
 __all__ = [
     "ANY",

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Final, NewType
 
-from .errors import DigestMismatch, InvalidInput, NotFound, SizeMismatch
+from ..errors import DigestMismatch, InvalidInput, NotFound, SizeMismatch
 
 _GRAMMAR: Final = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _HEX_LENGTH: Final = {"sha256": 64, "sha512": 128}

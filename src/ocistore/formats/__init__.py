@@ -13,12 +13,14 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from .archive import LoadedImage, load_images, open_archive, output_file
-from .errors import InvalidInput, NotFound
-from .platforms import Platform
-from .progress import Progress
-from .reference import parse
-from .store import Store
+from ..errors import InvalidInput, NotFound
+from ..progress import Progress
+from ..spec.platform import Platform
+from ..spec.reference import parse
+from ..store.ingest import LoadedImage, load_images
+from ..store.store import Store
+from .reader import open_archive
+from .tarwriter import output_file
 
 
 class SaveFormat(enum.Enum):
@@ -34,14 +36,14 @@ def load(
     progress: Progress | None = None,
 ) -> list[LoadedImage]:
     """Load every image of an archive or layout into ``store``; returns what was loaded."""
-    from . import oci
+    from . import oci_layout
 
     archive = open_archive(source, store.tmpdir)
     try:
         # manifest.json wins (Docker 25+ archives are OCI layouts too); the docker-archive
         # code (and Go-JSON machinery of the v1 format) is only imported when needed.
-        if not archive.exists("manifest.json") and oci.is_oci_layout(archive):
-            sources = oci.read_oci_layout(archive, platform)
+        if not archive.exists("manifest.json") and oci_layout.is_oci_layout(archive):
+            sources = oci_layout.read_oci_layout(archive, platform)
         else:
             from . import docker_archive
 
@@ -87,13 +89,13 @@ def save(
     if format is SaveFormat.OCI:
         if output == "-":
             raise InvalidInput("the oci format writes a directory: give -o DIR")
-        from .oci import write_oci_layout
+        from .oci_layout import write_oci_layout
 
         write_oci_layout(store, names, Path(output), progress)
         return
     if format is SaveFormat.DOCKER:
         from .docker_archive import write_docker_archive as write
     else:
-        from .oci import write_oci_archive as write
+        from .oci_layout import write_oci_archive as write
     with output_file(output) as out:
         write(store, names, out, progress)

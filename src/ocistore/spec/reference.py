@@ -37,8 +37,8 @@ import json
 import re
 from typing import Final
 
+from ..errors import InvalidInput
 from .digest import Digest
-from .errors import InvalidInput
 
 #: Docker Hub, as normalized names spell it.
 DEFAULT_DOMAIN: Final = "docker.io"

@@ -105,32 +105,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
 
-from . import fsutil
-from .archive import (
-    ArchiveReader,
-    Fill,
-    ImageSource,
-    LayerSource,
-    MemberSink,
-    TarWriter,
-    fill_from_file,
-    read_bytes,
-    read_json,
-)
-from .compression import Compression, detect
-from .digest import CHUNK, Digest, ImageID, digest_bytes, new_hasher
-from .errors import (
+from ..errors import (
     CorruptStore,
     DigestMismatch,
     InvalidInput,
     NotFound,
     SizeMismatch,
 )
-from .imagestore import Image
-from .platforms import Platform, host_platform
-from .progress import Progress
-from .reference import Reference, looks_like_id_prefix, parse, parse_any, parse_tagged
-from .store import Store
+from ..progress import Progress
+from ..spec.compression import Compression, detect
+from ..spec.digest import CHUNK, Digest, ImageID, digest_bytes, new_hasher
+from ..spec.platform import Platform, host_platform
+from ..spec.reference import Reference, looks_like_id_prefix, parse, parse_any, parse_tagged
+from ..store import fsutil
+from ..store.images import Image
+from ..store.ingest import ImageSource, LayerSource
+from ..store.store import Store
+from .reader import ArchiveReader, read_bytes, read_json
+from .tarwriter import Fill, MemberSink, TarWriter, fill_from_file
 
 __all__ = [
     "ANNOTATION_CONTAINERD_NAME",

@@ -29,16 +29,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NamedTuple, TypeVar
 
+from ..errors import Conflict, InvalidInput, NotFound, OcistoreError
+from ..spec.digest import ChainID, Digest, ImageID
+from ..spec.platform import host_platform
+from ..spec.reference import Reference, looks_like_id_prefix, parse_tagged
 from . import fsutil
 from .backend import FSBackend
 from .content import ContentStore
-from .digest import ChainID, Digest, ImageID
-from .errors import Conflict, InvalidInput, NotFound, OcistoreError
-from .imagestore import Image, ImageRecord, ImageStore, newest_first
-from .layers import Layer, LayerStore, stage_layer
-from .platforms import host_platform
-from .reference import Reference, looks_like_id_prefix, parse_tagged
-from .refstore import ReferenceStore, check_tag
+from .images import Image, ImageRecord, ImageStore, newest_first
+from .layers import Layer, LayerStore
+from .refs import ReferenceStore, check_tag
+from .staging import stage_layer
 
 #: Temporary files older than this are garbage even while other writers run.
 TMP_GRACE_SECONDS = 24 * 3600

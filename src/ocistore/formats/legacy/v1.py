@@ -27,9 +27,10 @@ import json
 import re
 from typing import Any, Final, NamedTuple
 
+from ...errors import InvalidInput
+from ...spec.digest import chain_ids, digest_bytes
+from ...spec.reference import is_identifier
 from . import gojson
-from .digest import chain_ids, digest_bytes
-from .errors import InvalidInput
 from .gojson import (
     BOOL,
     INT,
@@ -45,7 +46,6 @@ from .gojson import (
     Slice,
     Struct,
 )
-from .reference import is_identifier
 
 __all__ = [
     "CONTAINER_CONFIG",

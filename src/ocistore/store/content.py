@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from ..errors import NotFound
+from ..spec.digest import Digest, VerifyingReader, digest_bytes, read_verified
 from . import fsutil
-from .digest import Digest, VerifyingReader, digest_bytes, read_verified
-from .errors import NotFound
 
 
 class StagedBlob(NamedTuple):

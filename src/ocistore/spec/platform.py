@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, NamedTuple
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 _ARCH = {
     "x86_64": "amd64",

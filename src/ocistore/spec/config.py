@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from ..errors import InvalidInput
 from .digest import ChainID, DiffID, Digest, ImageID, chain_ids, digest_bytes
-from .errors import InvalidInput
 
 #: Docker's limit on how many layers a chain may have.
 MAX_LAYER_DEPTH = 125

@@ -29,11 +29,11 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from ..errors import Ambiguous, Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError
+from ..spec.config import ImageConfig, parse_config
+from ..spec.digest import ChainID, Digest, ImageID
 from . import fsutil
 from .backend import FSBackend
-from .digest import ChainID, Digest, ImageID
-from .errors import Ambiguous, Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError
-from .image import ImageConfig, parse_config
 from .layers import Layer, LayerStore
 
 INDEX_VERSION = 2

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from ..errors import InvalidInput, NotFound
+from ..spec.digest import Digest, digest_bytes, read_verified
 from . import fsutil
-from .digest import Digest, digest_bytes, read_verified
-from .errors import InvalidInput, NotFound
 
 
 class StoreBackend(Protocol):

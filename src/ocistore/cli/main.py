@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from .errors import OcistoreError
-from .platforms import parse_platform
-from .progress import Progress, human_size
-from .reference import parse, split_familiar
-from .store import Store
+from ..errors import OcistoreError
+from ..progress import Progress, human_size
+from ..spec.platform import parse_platform
+from ..spec.reference import parse, split_familiar
+from ..store.store import Store
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -471,7 +471,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     store = open_store(args)
     progress = Progress.for_terminal(args.quiet)
     tune_allocator()
-    from . import formats
+    from .. import formats
 
     for loaded in formats.load(store, args.input, platform, progress):
         if loaded.tags:
@@ -514,7 +514,7 @@ def cmd_save(args: argparse.Namespace) -> int:
         raise OcistoreError("refusing to write an archive to a terminal: give -o PATH")
     progress = Progress.for_terminal(args.quiet)
     tune_allocator(keep_freed=args.format == "docker")
-    from . import formats
+    from .. import formats
 
     formats.save(store, args.images, args.output, formats.SaveFormat(args.format), progress)
     return EXIT_OK

@@ -19,7 +19,7 @@ import enum
 from collections.abc import Iterator
 from typing import IO, Any, Final, cast
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"

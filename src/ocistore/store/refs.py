@@ -44,10 +44,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
-from .digest import Digest, ImageID
-from .errors import Conflict, CorruptStore, InvalidInput, NotFound
+from ..errors import Conflict, CorruptStore, InvalidInput, NotFound
+from ..spec.digest import Digest, ImageID
+from ..spec.reference import Reference, parse, parse_trusted, sort_key
 from .fsutil import StoreLock, atomic_write, stat_key
-from .reference import Reference, parse, parse_trusted, sort_key
 
 #: Repository names refused because ``<name>:<hex>`` would read as a digest.
 RESERVED_NAMES: Final = frozenset({"sha256", "sha512"})
