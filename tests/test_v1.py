@@ -247,9 +247,20 @@ def test_create_id_rejects_what_go_cannot_decode(v1_image: dict[str, Any]) -> No
         v1.create_id(v1_image, str(EMPTY_TAR_DIGEST))
 
 
-def test_create_id_rejects_bad_parent() -> None:
-    with pytest.raises(InvalidInput):
-        v1.create_id({}, str(EMPTY_TAR_DIGEST), "sha256:" + "a" * 64)
+@pytest.mark.parametrize("parent", ["sha256:xyz", "a" * 63, "sha512:" + "a" * 64, "A" * 64])
+def test_create_id_rejects_bad_parent(parent: str) -> None:
+    with pytest.raises(InvalidInput, match="parent v1 ID"):
+        v1.create_id({}, str(EMPTY_TAR_DIGEST), parent)
+
+
+def test_create_id_takes_its_own_result_as_parent() -> None:
+    # As moby's CreateID: the parent is a digest, the very value CreateID returned.
+    doc = json.loads((SAVE / "hello-world-arm64" / HELLO_TOP / "json").read_bytes())
+    chains = chain_ids(json.loads(hello_config())["rootfs"]["diff_ids"])
+    bottom = v1.create_id({"created": "1970-01-01T00:00:00Z"}, str(chains[0]))
+    assert bottom == "sha256:" + HELLO_BOTTOM
+    assert v1.create_id(doc, str(chains[1]), bottom) == "sha256:" + HELLO_TOP
+    assert v1.create_id(doc, str(chains[1]), HELLO_BOTTOM) == "sha256:" + HELLO_TOP
 
 
 def test_container_config_round_trip() -> None:

@@ -294,14 +294,27 @@ def create_id(v1_image: dict[str, Any], layer_id: str, parent: str = "") -> str:
     ``v1_image`` is the parsed v1 JSON object; it goes through Docker's ``V1Image``
     struct first (unknown fields dropped, Go zero values filled in, ``omitempty``
     applied). ``layer_id`` is the layer's chain ID string; ``parent`` the parent's v1 ID
-    as 64 hex characters, or ``""`` for a bottom layer.
+    as a digest, as this function returns it (``sha256:<hex>``; 64 bare hex characters
+    are taken too), or ``""`` for a bottom layer.
     """
     if not isinstance(v1_image, dict):
         raise InvalidInput(f"v1 image: expected a JSON object, got {type(v1_image).__name__}")
     if parent != "":
-        validate_id(parent)
+        parent = _parent_digest(parent)
     img = _decode("v1 image", _json_bytes("v1 image", v1_image), V1_IMAGE)
-    return _create_id(img, V1_IMAGE, layer_id, "sha256:" + parent if parent else "")
+    return _create_id(img, V1_IMAGE, layer_id, parent)
+
+
+def _parent_digest(parent: str) -> str:
+    """A parent v1 ID as ``CreateID`` hashes it: ``sha256:<64 hex>``."""
+    hex_ = parent.removeprefix("sha256:") if isinstance(parent, str) else parent
+    try:
+        validate_id(hex_)
+    except InvalidInput:
+        raise InvalidInput(
+            f"parent v1 ID {parent!r} is invalid: need sha256:<64 lowercase hex characters>"
+        ) from None
+    return "sha256:" + hex_
 
 
 def history_from_config(v1_json: bytes, empty_layer: bool) -> dict[str, Any]:
