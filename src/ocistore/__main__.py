@@ -1,0 +1,7 @@
+"""``python -m ocistore``: the ``ocistore`` command."""
+
+import sys
+
+from .cli import run
+
+sys.exit(run())
