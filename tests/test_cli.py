@@ -20,6 +20,7 @@ import zstandard
 from util import make_tar, snapshot
 
 from ocistore.cli import main as cli
+from ocistore.cli import views
 from ocistore.spec.reference import parse
 from ocistore.store import Store
 
@@ -542,12 +543,12 @@ DAY = 24 * HOUR
 )
 def test_human_duration_is_dockers(seconds: float, shown: str) -> None:
     """units.HumanDuration (docker/go-units), including its rounding at the edges."""
-    assert cli.human_duration(seconds) == shown
+    assert views.human_duration(seconds) == shown
 
 
 def test_print_table_pads_columns_and_strips_only_trailing_blanks() -> None:
     out = io.StringIO()
-    cli.print_table([["A", "BB", "C"], ["aaaa", "b", ""], ["x", "yyy", "z"]], out)
+    views.print_table([["A", "BB", "C"], ["aaaa", "b", ""], ["x", "yyy", "z"]], out)
     assert out.getvalue() == "A      BB    C\naaaa   b\nx      yyy   z\n"
 
 

@@ -24,6 +24,7 @@ import zstandard
 from conftest import Runner
 from util import make_tar, snapshot, unchanged
 
+from ocistore.cli.progress import TerminalProgress
 from ocistore.errors import DigestMismatch, InvalidInput, NotFound
 from ocistore.formats.docker_archive import (
     is_docker_archive,
@@ -36,7 +37,7 @@ from ocistore.progress import Progress
 from ocistore.spec.digest import EMPTY_TAR_DIGEST, digest_bytes
 from ocistore.spec.reference import parse_tagged
 from ocistore.store import Store
-from ocistore.store.ingest import LoadedImage, load_images
+from ocistore.store.ingest import LoadedImage, add_images
 
 CORPUS = util.CORPUS / "docker-archive"
 
@@ -58,10 +59,10 @@ def corpus(name: str) -> Path:
 
 
 def load(store: Store, source: Path | str, jobs: int | None = None) -> list[LoadedImage]:
-    archive = open_archive(source, store.tmpdir)
+    archive = open_archive(source, store.spool)
     try:
         assert is_docker_archive(archive)
-        return load_images(store, read_docker_archive(archive), jobs=jobs)
+        return add_images(store, read_docker_archive(archive), jobs=jobs)
     finally:
         archive.close()
 
@@ -487,13 +488,13 @@ def test_docker25_archive(store: Store, tmp_path: Path, kind: str) -> None:
     blobs = [COMPRESS[kind](t) for t in (TAR_A, TAR_B, TAR_C)]
     members, config = docker25([TAR_A, TAR_B, TAR_C], blobs=blobs)
     path = write_tar(tmp_path / "a.tar", members)
-    archive = open_archive(path, store.tmpdir)
+    archive = open_archive(path, store.spool)
     try:
         assert is_docker_archive(archive)  # manifest.json wins over index.json
         sources = read_docker_archive(archive)
         assert [layer.blob_digest for layer in sources[0].layers] == [sha(b) for b in blobs]
         assert [layer.blob_size for layer in sources[0].layers] == [len(b) for b in blobs]
-        (image,) = load_images(store, sources)
+        (image,) = add_images(store, sources)
     finally:
         archive.close()
     assert image.id == sha(config)
@@ -845,7 +846,7 @@ def test_save_reports_progress(store: Store, tmp_path: Path) -> None:
     members, _ = classic([TAR_A])
     load_built(store, tmp_path, members)
     stream = io.StringIO()
-    save(store, ["example/app:1"], Progress(True, stream))
+    save(store, ["example/app:1"], TerminalProgress(True, stream))
     assert "Saving layer" in stream.getvalue()
 
 
@@ -1044,25 +1045,46 @@ def test_diff_id_that_does_not_match(store: Store, tmp_path: Path) -> None:
 
 
 def _spy_on_staging(
-    monkeypatch: pytest.MonkeyPatch, waits_for: dict[str, str] | None = None
+    monkeypatch: pytest.MonkeyPatch,
+    waits_for: dict[str, str] | None = None,
+    waits_for_start: dict[str, str] | None = None,
+    waits_for_worker: dict[str, str] | None = None,
 ) -> list[str]:
-    """The layers load_images stages, in the order it starts them (the real staging
+    """The layers add_images stages, in the order it starts them (the real staging
     runs). A layer named as a key of ``waits_for`` starts only once the layer named as
-    its value has finished staging (failed or not)."""
+    its value has finished staging (failed or not); of ``waits_for_start``, once that
+    layer has started; of ``waits_for_worker``, once the thread that staged that layer
+    has ended (after a failure: once the pool knows of it)."""
     import threading
 
     import ocistore.store.ingest
 
     waits_for = waits_for or {}
+    waits_for_start = waits_for_start or {}
+    waits_for_worker = waits_for_worker or {}
     started: list[str] = []
     ended = {name: threading.Event() for name in waits_for.values()}
+    begun = {
+        name: threading.Event() for name in [*waits_for_start.values(), *waits_for_worker.values()]
+    }
+    worker: dict[str, threading.Thread] = {}
     real = ocistore.store.ingest.stage_layer
 
     def spy(stream: Any, content: Any, what: str = "layer", **kwargs: Any) -> Any:
         name = what.rsplit(": ", 1)[-1]
         started.append(name)
+        if name in begun:
+            worker[name] = threading.current_thread()
+            begun[name].set()
         if name in waits_for:
             assert ended[waits_for[name]].wait(30)
+        if name in waits_for_start:
+            assert begun[waits_for_start[name]].wait(30)
+        if name in waits_for_worker:
+            other = waits_for_worker[name]
+            assert begun[other].wait(30)
+            worker[other].join(30)
+            assert not worker[other].is_alive()
         try:
             return real(stream, content, what=what, **kwargs)
         finally:
@@ -1120,8 +1142,14 @@ def test_with_several_workers_no_layer_is_started_after_one_failed(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two workers: the largest layer fails while the second is staged; the worker that
-    # staged the second must not go on to the third.
-    started = _spy_on_staging(monkeypatch, {"layer2/layer.tar": "layer1/layer.tar"})
+    # staged the second must not go on to the third. The order is forced, whatever the
+    # machine's load: the first fails only once the second has started, and the second
+    # goes on only once the worker of the first has ended (the failure is known then).
+    started = _spy_on_staging(
+        monkeypatch,
+        waits_for_start={"layer1/layer.tar": "layer2/layer.tar"},
+        waits_for_worker={"layer2/layer.tar": "layer1/layer.tar"},
+    )
     members, _ = classic([SMALL, LARGE, MEDIUM])
     members["layer1/layer.tar"] = layer_tar({"l": b"L" * 90_000})
     path = write_tar(tmp_path / "bad.tar", members)
@@ -1233,7 +1261,7 @@ def test_directory_archive(store: Store, tmp_path: Path) -> None:
 
 def test_detection(tmp_path: Path, store: Store) -> None:
     def detect(members: dict[str, Member]) -> bool:
-        archive = open_archive(write_tar(tmp_path / "d.tar", members), store.tmpdir)
+        archive = open_archive(write_tar(tmp_path / "d.tar", members), store.spool)
         try:
             return is_docker_archive(archive)
         finally:

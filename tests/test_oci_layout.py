@@ -30,7 +30,7 @@ from ocistore.spec.digest import Digest, ImageID, digest_bytes
 from ocistore.spec.platform import Platform, host_platform, parse_platform
 from ocistore.spec.reference import parse_tagged
 from ocistore.store import Store
-from ocistore.store.ingest import LoadedImage, load_images
+from ocistore.store.ingest import LoadedImage, add_images
 
 CORPUS = util.CORPUS / "oci-layout"
 
@@ -196,9 +196,9 @@ def with_platform(desc: dict[str, Any], platform: str) -> dict[str, Any]:
 
 
 def load(store: Store, path: Path | str, platform: Platform | None = None) -> list[LoadedImage]:
-    archive = open_archive(path, store.tmpdir)
+    archive = open_archive(path, store.spool)
     try:
-        return load_images(store, oci.read_oci_layout(archive, platform))
+        return add_images(store, oci.read_oci_layout(archive, platform))
     finally:
         archive.close()
 
@@ -465,7 +465,7 @@ def test_a_layer_removed_while_loading_is_refused_before_publishing(
     load(store, base.write())  # a store in use: its lock and index exist
     lay = Layout(tmp_path / "l")
     lay.tag(lay.image([{"f": b"x"}]).desc, "v1")
-    sources = oci.read_oci_layout(open_archive(str(lay.write()), store.tmpdir), None)
+    sources = oci.read_oci_layout(open_archive(str(lay.write()), store.spool), None)
     configs = [archive.parse_config(src.config) for src in sources]
     before = snapshot(store.root)
     with pytest.raises(Conflict, match="removed from the store while loading"):
@@ -480,7 +480,7 @@ def test_same_manifest_twice_loads_once_with_both_tags(store: Store, tmp_path: P
     lay.tag(built.desc, "two", "example.com/x:two")
     inner = lay.index([built.desc])
     lay.tag(inner, "three", "example.com/x:three")
-    sources = oci.read_oci_layout(open_archive(lay.write(), store.tmpdir))
+    sources = oci.read_oci_layout(open_archive(lay.write(), store.spool))
     assert len(sources) == 1
     assert [str(t) for t in sources[0].tags] == [
         "example.com/x:one",
@@ -545,7 +545,7 @@ def multi_platform(tmp_path: Path) -> tuple[Path, dict[str, Built], str]:
 def test_multi_platform_index_picks_the_platform(store: Store, tmp_path: Path) -> None:
     path, built, _ = multi_platform(tmp_path)
     for p in ["linux/arm64", "linux/arm64/v8", "linux/arm/v7", "linux/s390x"]:
-        sources = oci.read_oci_layout(open_archive(path, store.tmpdir), parse_platform(p))
+        sources = oci.read_oci_layout(open_archive(path, store.spool), parse_platform(p))
         assert len(sources) == 1
         want = built["linux/arm64/v8" if p.startswith("linux/arm64") else p]
         assert sources[0].manifest == want.manifest
@@ -568,7 +568,7 @@ def test_platform_spellings_of_the_machine_are_normalized(
 ) -> None:
     """As containerd's platforms.Normalize: case, and uname's names for architectures."""
     path, built, _ = multi_platform(tmp_path)
-    sources = oci.read_oci_layout(open_archive(path, store.tmpdir), parse_platform(given))
+    sources = oci.read_oci_layout(open_archive(path, store.spool), parse_platform(given))
     assert [s.manifest for s in sources] == [built[picked].manifest]
 
 
@@ -604,7 +604,7 @@ def test_platform_descriptors_in_index_json(store: Store, tmp_path: Path) -> Non
     lone["annotations"] = {"org.opencontainers.image.ref.name": "solo"}
     lay.entries.append(lone)
     path = lay.write()
-    sources = oci.read_oci_layout(open_archive(path, store.tmpdir), parse_platform("linux/arm64"))
+    sources = oci.read_oci_layout(open_archive(path, store.spool), parse_platform("linux/arm64"))
     # The pair gives arm64; the lone riscv64 manifest is loaded as it is.
     assert [s.manifest for s in sources] == [arm.manifest, solo.manifest]
 
@@ -850,7 +850,7 @@ def test_refuse_a_destination_that_is_not_a_layout(store: Store, tmp_path: Path)
     empty = tmp_path / "empty"
     empty.mkdir()
     save_dir(store, [image], empty)
-    assert oci.is_oci_layout(open_archive(empty, store.tmpdir))
+    assert oci.is_oci_layout(open_archive(empty, store.spool))
 
 
 # -- bad input -------------------------------------------------------------------------------

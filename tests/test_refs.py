@@ -13,7 +13,7 @@ from ocistore.errors import Conflict, CorruptStore, InvalidInput, NotFound
 from ocistore.spec.digest import Digest, ImageID, digest_bytes
 from ocistore.spec.reference import Reference, parse, parse_tagged
 from ocistore.store import refs as refstore
-from ocistore.store.fsutil import StoreLock
+from ocistore.store.fsutil import FileLock
 from ocistore.store.refs import ReferenceStore
 
 ID_A = ImageID(digest_bytes(b"image a"))
@@ -24,7 +24,7 @@ MANIFEST = Digest(digest_bytes(b"a manifest"))
 
 def make_store(root: Path) -> ReferenceStore:
     (root / "tmp").mkdir(parents=True, exist_ok=True)
-    return ReferenceStore(root / "repositories.json", root / "tmp", StoreLock(root / "lock"))
+    return ReferenceStore(root / "repositories.json", root / "tmp", FileLock(root / "lock"))
 
 
 @pytest.fixture

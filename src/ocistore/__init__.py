@@ -1,0 +1,127 @@
+"""ocistore: a content-addressable container image store, as a library.
+
+It keeps what Docker keeps under ``/var/lib/docker/image/``, without a daemon: images,
+their layers and tags in one directory that many processes may use at once and that
+survives a crash at any instant. Every digest is checked as content comes in and again
+as it is read back::
+
+    import ocistore
+
+    with ocistore.open("/var/lib/ocistore") as store:
+        for loaded in ocistore.load(store, "busybox.tar"):       # any docker/OCI archive
+            print(loaded.id, [ref.familiar() for ref in loaded.tags])
+        image = store.image("busybox:latest")                    # a name, an ID, a prefix
+        for layer in store.layers_of(image):                     # bottom first
+            with store.open_layer(layer) as tar:                 # the exact tar, verified
+                data = tar.read()
+        ocistore.save(store, ["busybox:latest"], "out.tar", format="oci-archive")
+
+The public names are those listed here (``__all__``); the rest of the package is
+organised so (see ``docs/design.md``): :mod:`ocistore.spec` holds pure values (digests,
+references, configs, descriptors, media types, platforms, compression),
+:mod:`ocistore.store` the store (the only code that writes under its root),
+:mod:`ocistore.formats` the archive formats, :mod:`ocistore.cli` the command line.
+Every error ocistore raises on purpose is an :class:`OcistoreError` whose message names
+what it is about.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import (
+    Ambiguous,
+    Conflict,
+    CorruptStore,
+    DigestMismatch,
+    InvalidInput,
+    NotFound,
+    OcistoreError,
+    SizeMismatch,
+)
+from .progress import SILENT, Progress, ProgressTask
+from .spec.digest import ChainID, DiffID, Digest, ImageID
+from .spec.platform import Platform, parse_platform
+from .spec.reference import Reference
+from .spec.reference import parse as parse_reference
+from .store import Store
+from .store.images import Image, ImageRecord
+from .store.ingest import ImageSource, LayerSource, LoadedImage
+from .store.layers import Layer
+
+if TYPE_CHECKING:
+    from .formats import SaveFormat
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SILENT",
+    "Ambiguous",
+    "ChainID",
+    "Conflict",
+    "CorruptStore",
+    "DiffID",
+    "Digest",
+    "DigestMismatch",
+    "Image",
+    "ImageID",
+    "ImageRecord",
+    "ImageSource",
+    "InvalidInput",
+    "Layer",
+    "LayerSource",
+    "LoadedImage",
+    "NotFound",
+    "OcistoreError",
+    "Platform",
+    "Progress",
+    "ProgressTask",
+    "Reference",
+    "SizeMismatch",
+    "Store",
+    "__version__",
+    "load",
+    "open",
+    "parse_platform",
+    "parse_reference",
+    "save",
+]
+
+
+def open(root: str | Path) -> Store:
+    """The store in the directory ``root`` (created if missing); use it as a context
+    manager. :class:`InvalidInput` naming the path if ``root`` is not a directory."""
+    return Store(root)
+
+
+def load(
+    store: Store,
+    source: str | Path,
+    platform: Platform | None = None,
+    progress: Progress | None = None,
+) -> list[LoadedImage]:
+    """Load every image of an archive into ``store``: a docker-archive of any Docker
+    version, an OCI layout directory or an oci-archive, recognized from the content; a
+    tar may be gzip- or zstd-compressed, ``"-"`` is standard input. ``platform`` chooses
+    in multi-platform indexes (default: this machine's). Tags are moved, as ``docker
+    load`` moves them. Returns the images loaded, with their tags."""
+    from . import formats
+
+    return formats.load(store, source, platform, progress)
+
+
+def save(
+    store: Store,
+    names: list[str],
+    output: str | Path,
+    format: SaveFormat | str = "docker",
+    progress: Progress | None = None,
+) -> None:
+    """Save the images ``names`` select, as ``docker save`` selects them (tags, bare
+    repository names, IDs), to ``output``: ``format`` ``"docker"`` (what ``docker save``
+    writes), ``"oci-archive"``, or ``"oci"`` (a layout directory). ``"-"`` is standard
+    output. The output is deterministic, and every blob is verified as it is copied."""
+    from . import formats
+
+    formats.save(store, names, output, format, progress)

@@ -1,75 +1,61 @@
-"""Progress on a terminal for long work (import, load, save): one line per item with
-bytes done and rate. Silent when disabled (``--quiet``, or output is not a terminal)."""
+"""The one progress interface of every long verb (load, save, import; pull, push later).
+
+A verb that reads or writes many bytes takes a ``progress`` argument: anything with a
+``task(label, total)`` method that returns an object with ``update(done)`` and
+``finish()``. The verb makes one task per item (a layer, a blob), calls ``update`` with
+the bytes done so far as it goes, from whichever thread does the work, and ``finish``
+when the item is done. The command line draws these on a terminal; a program may log
+them, or pass nothing (:data:`SILENT`)::
+
+    class Printer:
+        def task(self, label, total=None):
+            return PrintedTask(label, total)
+
+    ocistore.load(store, "busybox.tar", progress=Printer())
+"""
 
 from __future__ import annotations
 
-import sys
-import threading
-import time
-from typing import TextIO
+from typing import Protocol
+
+__all__ = ["SILENT", "Progress", "ProgressTask"]
 
 
-def human_size(n: float) -> str:
-    """Sizes as Docker prints them: decimal units, three significant digits (``5.58MB``)."""
-    units = ["B", "kB", "MB", "GB", "TB", "PB"]
-    i = 0
-    while n >= 1000 and i < len(units) - 1:
-        n /= 1000.0
-        i += 1
-    return f"{n:.3g}{units[i]}"
-
-
-class Progress:
-    """Reports per-item progress on a terminal; does nothing when not enabled."""
-
-    def __init__(self, enabled: bool, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self._lock = threading.Lock()
-
-    @classmethod
-    def for_terminal(cls, quiet: bool, stream: TextIO | None = None) -> Progress:
-        s = stream or sys.stderr
-        return cls(not quiet and s.isatty(), s)
-
-    def task(self, label: str, total: int | None = None) -> Task:
-        return Task(self, label, total)
-
-    def write_line(self, text: str, final: bool) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
-            self.stream.flush()
-
-
-class Task:
-    def __init__(self, progress: Progress, label: str, total: int | None) -> None:
-        self.progress = progress
-        self.label = label
-        self.total = total
-        self.start = time.monotonic()
-        self._last = 0.0
-        self.done = 0
-
-    def _line(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        rate = human_size(self.done / elapsed) + "/s"
-        if self.total:
-            pct = min(100, int(self.done * 100 / self.total))
-            return f"{self.label}: {human_size(self.done)}/{human_size(self.total)} ({pct}%) {rate}"
-        return f"{self.label}: {human_size(self.done)} {rate}"
+class ProgressTask(Protocol):
+    """One item of a long verb: a layer being loaded, a blob being copied."""
 
     def update(self, done: int) -> None:
-        """Set the bytes done so far; redraws at most ten times a second."""
-        self.done = done
-        if not self.progress.enabled:
-            return
-        now = time.monotonic()
-        if now - self._last >= 0.1:
-            self._last = now
-            self.progress.write_line(self._line(), final=False)
+        """``done`` bytes of the item are done (it only grows)."""
 
-    def finish(self, status: str = "done") -> None:
-        if self.progress.enabled:
-            self.progress.write_line(f"{self._line()} {status}", final=True)
+    def finish(self) -> None:
+        """The item is done."""
+
+
+class Progress(Protocol):
+    """Where a long verb reports its items; see the module documentation."""
+
+    def task(self, label: str, total: int | None = None) -> ProgressTask:
+        """A new item called ``label`` (``total`` bytes, when known)."""
+        ...
+
+
+class _SilentTask:
+    __slots__ = ()
+
+    def update(self, done: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class _Silent:
+    __slots__ = ()
+
+    def task(self, label: str, total: int | None = None) -> ProgressTask:
+        return _SILENT_TASK
+
+
+_SILENT_TASK = _SilentTask()
+#: Reports nothing: the default of every verb.
+SILENT: Progress = _Silent()

@@ -15,17 +15,18 @@ import json
 import os
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from .. import __version__
 from ..errors import OcistoreError
-from ..progress import Progress, human_size
 from ..spec.platform import parse_platform
-from ..spec.reference import parse, split_familiar
+from ..spec.reference import parse
+from ..store.resolve import matches
 from ..store.store import Store
+from . import views
+from .progress import TerminalProgress
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -75,71 +76,8 @@ def report_skipped(args: argparse.Namespace) -> None:
     store: Store | None = getattr(args, "store", None)
     if store is None:
         return
-    for digest, reason in store.images.skipped:
+    for digest, reason in store.skipped:
         print(f"ocistore: warning: skipped image {digest}: {reason}", file=sys.stderr)
-
-
-# -- output helpers --------------------------------------------------------------------
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's ``units.HumanDuration``, exactly: "About a minute", "3 hours", "2 weeks".
-
-    As in Go, seconds and minutes are truncated, hours rounded half up (``int(h + 0.5)``)
-    and years counted from the truncated hours. Longest durations are tested first:
-    images are mostly days to years old.
-    """
-    if seconds >= 3600:
-        hours = int(seconds / 3600 + 0.5)
-        if hours >= 24 * 365 * 2:
-            return f"{int(seconds / 3600) // 24 // 365} years"
-        if hours >= 24 * 30 * 2:
-            return f"{hours // 24 // 30} months"
-        if hours >= 24 * 7 * 2:
-            return f"{hours // 24 // 7} weeks"
-        if hours >= 48:
-            return f"{hours // 24} days"
-        return "About an hour" if hours == 1 else f"{hours} hours"
-    if seconds >= 60:
-        minutes = int(seconds / 60)
-        return "About a minute" if minutes == 1 else f"{minutes} minutes"
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    return "1 second" if s == 1 else f"{s} seconds"
-
-
-def parse_time(value: str) -> datetime | None:
-    """An RFC 3339 time as Go writes it (``Z`` or an offset, up to nanoseconds)."""
-    try:
-        t = datetime.fromisoformat(value)
-    except (ValueError, TypeError):
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def since(value: str, now: float | None = None) -> str:
-    """How long ago an RFC 3339 time was (``now`` in seconds since the epoch)."""
-    t = parse_time(value)
-    if t is None:
-        return "N/A"
-    return human_duration((time.time() if now is None else now) - t.timestamp()) + " ago"
-
-
-def print_table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
-    """Rows (the header first) as :func:`print_columns` prints them."""
-    print_columns([list(column) for column in zip(*rows, strict=True)], out)
-
-
-def print_columns(columns: Sequence[Sequence[str]], out: IO[str]) -> None:
-    """Columns (each headed by its title) padded to their widest cell, three spaces apart,
-    as docker prints them (no trailing blanks)."""
-    widths = [max(map(len, column)) for column in columns[:-1]]
-    line = "   ".join(f"{{:<{w}}}" for w in widths) + "   {}"
-    lines: Iterable[str] = map(line.format, *columns)
-    if not all(c[-1:].strip() for c in columns[-1]):  # a blank last cell: strip the padding
-        lines = map(str.rstrip, lines)
-    out.write("\n".join(lines) + "\n")
 
 
 def format_option(p: argparse.ArgumentParser) -> None:
@@ -174,14 +112,13 @@ def cmd_import(args: argparse.Namespace) -> int:
       ocistore import rootfs.tar.gz myapp:latest
     """
     store = open_store(args)
-    progress = Progress.for_terminal(args.quiet)
+    progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
     source = args.file
     with _open_input(source) as f:
-        total = None if source == "-" else os.fstat(f.fileno()).st_size
-        task = progress.task(f"importing {source}", total)
-        image_id = store.import_tarball(f, args.reference, source=source, progress=task.update)
-        task.finish()
+        image_id = store.import_tarball(
+            f, args.reference, source=source, progress=progress, message=args.message
+        )
     print(image_id)
     return EXIT_OK
 
@@ -207,17 +144,6 @@ def _images_args(p: argparse.ArgumentParser) -> None:
     format_option(p)
 
 
-def _matches(familiar: str, repo: str, tag: str | None, digest: str | None = None) -> bool:
-    """Whether a familiar reference (``busybox:1``, ``app@sha256:…``) is of ``repo``
-    (and has ``tag``, or is ``repo@digest``, when one is given)."""
-    name, found_tag, found_digest = split_familiar(familiar)
-    if name != repo:
-        return False
-    if digest is not None:
-        return found_digest == digest
-    return tag is None or (found_digest is None and found_tag == tag)
-
-
 @command("images", _images_args)
 def cmd_images(args: argparse.Namespace) -> int:
     """List images, newest first.
@@ -232,85 +158,16 @@ def cmd_images(args: argparse.Namespace) -> int:
     store = open_store(args)
     images = store.list_image_names(all_images=args.all)
     if wanted is not None:
-        repo, tag, wanted_digest = wanted.familiar_name, wanted.tag, wanted.digest
         images = [
             (rec, kept)
             for rec, names in images
-            if (kept := [n for n in names if _matches(n, repo, tag, wanted_digest)])
+            if (kept := [n for n in names if matches(n, wanted)])
         ]
     if args.quiet:
         ids = [rec.id if args.no_trunc else rec.id.short() for rec, _ in images]
         sys.stdout.write("".join(f"{i}\n" for i in ids))
         return EXIT_OK
-    now = time.time()
-    ages: dict[str, str] = {}
-    sizes: dict[int, str] = {}
-    no_trunc = args.no_trunc
-    # One list per column (repository, tag, digest, image ID, created, created since,
-    # size): no tuple per row to build and then transpose again for the widths.
-    repos: list[str] = []
-    tags: list[str] = []
-    digests: list[str] = []
-    image_ids: list[str] = []
-    createds: list[str] = []
-    sinces: list[str] = []
-    shown_sizes: list[str] = []
-
-    def add(
-        repo: str, tag: str, digest: str, image_id: str, created: str, age: str, size: str
-    ) -> None:
-        repos.append(repo)
-        tags.append(tag)
-        digests.append(digest)
-        image_ids.append(image_id)
-        createds.append(created)
-        sinces.append(age)
-        shown_sizes.append(size)
-
-    for rec, names in images:
-        image_id = rec.id if no_trunc else rec.id[7:19]
-        created = rec.created
-        age = ages.get(created)
-        if age is None:
-            age = ages[created] = since(created, now)
-        size = sizes.get(rec.size)
-        if size is None:
-            size = sizes[rec.size] = human_size(rec.size)
-        if not names:
-            add("<none>", "<none>", "<none>", image_id, created, age, size)
-            continue
-        if len(names) == 1:  # the usual: one tag, no list or dict to build
-            repo_name, tag, digest = split_familiar(names[0])
-            if digest is None:
-                add(repo_name, tag or "<none>", "<none>", image_id, created, age, size)
-                continue
-        named: list[tuple[str, str]] = []
-        by_repo: dict[str, str] = {}
-        for n in names:
-            repo_name, tag, digest = split_familiar(n)
-            if digest is not None:
-                by_repo[repo_name] = digest
-            else:
-                named.append((repo_name, tag or "<none>"))
-        for repo_name, tag in named:
-            add(repo_name, tag, by_repo.get(repo_name, "<none>"), image_id, created, age, size)
-        if by_repo:
-            tagged = {t for t, _ in named}
-            for repo_name, digest in by_repo.items():
-                if repo_name not in tagged:
-                    add(repo_name, "<none>", digest, image_id, created, age, size)
-    if args.format == "json":
-        keys = ("Repository", "Tag", "Digest", "ID", "CreatedAt", "CreatedSince", "Size")
-        rows = zip(repos, tags, digests, image_ids, createds, sinces, shown_sizes, strict=True)
-        sys.stdout.write(
-            "".join(json.dumps(dict(zip(keys, row, strict=True))) + "\n" for row in rows)
-        )
-        return EXIT_OK
-    columns = [["REPOSITORY", *repos], ["TAG", *tags]]
-    if args.digests:
-        columns.append(["DIGEST", *digests])
-    columns += [["IMAGE ID", *image_ids], ["CREATED", *sinces], ["SIZE", *shown_sizes]]
-    print_columns(columns, sys.stdout)
+    views.print_images(images, sys.stdout, args.no_trunc, args.digests, args.format == "json")
     return EXIT_OK
 
 
@@ -361,33 +218,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         for row in rows:
             print(row["Id"] if args.no_trunc or row["Id"] == "<missing>" else row["Id"][7:19])
         return EXIT_OK
-    if args.format == "json":
-        for row in rows:
-            print(
-                json.dumps(
-                    {
-                        "ID": row["Id"],
-                        "CreatedAt": row["Created"],
-                        "CreatedSince": since(row["Created"]),
-                        "CreatedBy": row["CreatedBy"],
-                        "Size": human_size(row["Size"]),
-                        "Comment": row["Comment"],
-                    }
-                )
-            )
-        return EXIT_OK
-    table = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
-    for row in rows:
-        image = row["Id"]
-        if image != "<missing>" and not args.no_trunc:
-            image = image[7:19]
-        created_by = row["CreatedBy"]
-        if not args.no_trunc and len(created_by) > 45:
-            created_by = created_by[:44] + "…"
-        table.append(
-            [image, since(row["Created"]), created_by, human_size(row["Size"]), row["Comment"]]
-        )
-    print_table(table, sys.stdout)
+    views.print_history(rows, sys.stdout, args.no_trunc, args.format == "json")
     return EXIT_OK
 
 
@@ -469,7 +300,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     """
     platform = parse_platform(args.platform) if args.platform else None
     store = open_store(args)
-    progress = Progress.for_terminal(args.quiet)
+    progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
     from .. import formats
 
@@ -512,7 +343,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     store = open_store(args)
     if args.output == "-" and sys.stdout.isatty():
         raise OcistoreError("refusing to write an archive to a terminal: give -o PATH")
-    progress = Progress.for_terminal(args.quiet)
+    progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator(keep_freed=args.format == "docker")
     from .. import formats
 
@@ -521,29 +352,40 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def tune_allocator(keep_freed: bool = False) -> None:
-    """Tune glibc's allocator for a command that streams layers on several threads
-    (import, load, save); called before any thread starts. Other commands skip it: it
-    costs them ``ctypes``, about 5 ms.
+    """Tune the process for a command that streams layers on several threads (import,
+    load, save); called before any thread starts. Other commands skip it: it costs them
+    importing ``ctypes``. (The figures behind each choice are in ``docs/design.md``.)
 
-    One arena (``M_ARENA_MAX`` 1): glibc gives each thread an arena of its own that keeps
-    what the thread freed, and with a reading and a digesting thread per layer staged, a
-    zstd load's peak memory went from about 60 MiB to 50 MiB with one, at the same speed
-    (the threads allocate a few large pieces per megabyte, so they hardly contend).
+    * One malloc arena (``M_ARENA_MAX`` 1): glibc gives each thread an arena of its own
+      that keeps what the thread freed, and a load runs a reading and a digesting
+      thread per layer; with one arena its peak memory is lower at the same speed (the
+      threads allocate a few large pieces per megabyte, so they hardly contend).
+    * ``keep_freed`` (a docker-archive save): decompressing a layer makes a fresh
+      megabyte-sized ``bytes`` per piece, which glibc by default hands straight back to
+      the kernel and fetches again, zeroed, a page fault per page, for the next piece;
+      keeping freed memory in the heap makes that save faster for a little more memory.
+      Loads do not: their zstd decoders grow with it.
+    * As many open files as the hard limit allows: a load keeps every staged layer's
+      file open until it is published (:class:`~ocistore.store.content.StagedBlob`), and
+      an archive may hold more layers than the usual soft limit of 1024.
 
-    ``keep_freed`` (a docker-archive save): decompressing a layer makes a fresh
-    megabyte-sized ``bytes`` per piece, which glibc by default hands straight back to the
-    kernel and fetches again (zeroed, a page fault per page) for the next piece: 50,000
-    page faults and a third of the save's system time for the bench image. Serving them
-    from the heap and keeping up to 128 MiB freed made that save about 12% faster, for
-    ~2 MB more peak memory. Loads do not: their zstd decoders grew by 16 MB with it.
-
-    A no-op where the C library has no ``mallopt`` (not glibc).
+    The malloc settings are a no-op where the C library has no ``mallopt`` (not glibc).
     """
     m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
     _mallopt(m_arena_max, 1)
     if keep_freed:
         _mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
         _mallopt(m_trim_threshold, 128 << 20)
+    _raise_open_file_limit()
+
+
+def _raise_open_file_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _mallopt(param: int, value: int) -> None:
@@ -614,6 +456,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         epilog="example:\n  ocistore import rootfs.tar myapp:v1 && ocistore images",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ocistore {__version__}")
     parser.add_argument(
         "--root",
         type=Path,

@@ -1,11 +1,10 @@
-"""Loading and saving images in every archive format, chosen from content, not names.
+"""The archive formats: loading and saving images in every format, chosen from content.
 
-:func:`load` opens a tar (plain, gzip or zstd; ``-`` for stdin) or a directory and asks
-each format whether it is one of its own: a ``manifest.json`` (or the legacy
-``repositories``) makes a docker-archive, even when Docker 25+ made the same tar an OCI
-layout too; ``oci-layout`` with ``index.json`` makes an OCI layout or oci-archive.
-:func:`save` writes ``docker`` (Docker 1.10–24's format), ``oci`` (a directory) or
-``oci-archive``.
+:func:`load` opens a tar (plain, gzip or zstd; ``-`` for stdin) or a directory, finds
+which format it is (:mod:`ocistore.formats.detect`), reads its images as sources and
+adds them through the store's one way in. :func:`save` writes ``docker`` (Docker
+1.10–24's format), ``oci`` (a directory) or ``oci-archive``. Formats read archives and
+write the user's output; they never write under a store's root.
 """
 
 from __future__ import annotations
@@ -13,14 +12,16 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput
 from ..progress import Progress
 from ..spec.platform import Platform
-from ..spec.reference import parse
-from ..store.ingest import LoadedImage, load_images
+from ..store.ingest import LoadedImage
 from ..store.store import Store
+from .detect import read_images
 from .reader import open_archive
 from .tarwriter import output_file
+
+__all__ = ["SaveFormat", "load", "save"]
 
 
 class SaveFormat(enum.Enum):
@@ -35,57 +36,33 @@ def load(
     platform: Platform | None = None,
     progress: Progress | None = None,
 ) -> list[LoadedImage]:
-    """Load every image of an archive or layout into ``store``; returns what was loaded."""
-    from . import oci_layout
+    """Load every image of an archive or layout into ``store``; returns what was loaded.
 
-    archive = open_archive(source, store.tmpdir)
+    ``platform`` chooses in multi-platform indexes (default: this machine's).
+    """
+    archive = open_archive(source, store.spool)
     try:
-        # manifest.json wins (Docker 25+ archives are OCI layouts too); the docker-archive
-        # code (and Go-JSON machinery of the v1 format) is only imported when needed.
-        if not archive.exists("manifest.json") and oci_layout.is_oci_layout(archive):
-            sources = oci_layout.read_oci_layout(archive, platform)
-        else:
-            from . import docker_archive
-
-            if not docker_archive.is_docker_archive(archive):
-                raise InvalidInput(
-                    f"{archive.name}: not an image archive: no manifest.json, repositories "
-                    "or oci-layout with index.json"
-                )
-            sources = docker_archive.read_docker_archive(archive)
-        if not sources:
-            raise InvalidInput(f"{archive.name}: the archive holds no image")
-        return load_images(store, sources, progress)
+        return store.add_images(read_images(archive, platform), progress)
     finally:
         archive.close()
-
-
-def _check_name(store: Store, name: str) -> None:
-    """An image, or a bare repository name with tags (``docker save repo`` saves them all)."""
-    try:
-        store.resolve(name)
-    except NotFound:
-        try:
-            ref = parse(name)
-        except InvalidInput:
-            ref = None
-        if ref is None or not ref.is_name_only or not store.references.references_by_name(ref):
-            raise
 
 
 def save(
     store: Store,
     names: list[str],
-    output: str,
-    format: SaveFormat = SaveFormat.DOCKER,
+    output: str | Path,
+    format: SaveFormat | str = SaveFormat.DOCKER,
     progress: Progress | None = None,
 ) -> None:
-    """Save images to ``output`` (``-`` is stdout; a directory for :attr:`SaveFormat.OCI`)."""
-    # Only the writer this save needs is imported: each costs start-up time.
+    """Save the images ``names`` select (as ``docker save`` selects them) to ``output``
+    (``-`` is stdout; a directory for :attr:`SaveFormat.OCI`). Every name is found before
+    any output is made."""
+    format = SaveFormat(format)
+    output = str(output)
     if not names:
         raise InvalidInput("save needs at least one image")
-    for name in names:  # a name that is nothing fails before any output is made
-        _check_name(store, name)
+    store.select(names)  # a name that is nothing fails before any output is made
+    # Only the writer this save needs is imported: each costs start-up time.
     if format is SaveFormat.OCI:
         if output == "-":
             raise InvalidInput("the oci format writes a directory: give -o DIR")

@@ -17,8 +17,9 @@ Reading (:func:`read_docker_archive`) knows three shapes:
   image, built as Docker's ``legacyLoadImage`` did: bottom-up, the diff IDs of the layers
   so far, one history entry per layer (``HistoryFromConfig(json, false)``: every legacy
   layer counts as a layer, none is empty), and the config from the layer's own JSON
-  (``MakeConfigFromV1Config``); each image's parent is the image of its parent layer. A
-  missing ``repositories`` file means no tags (Docker refuses the archive).
+  (``MakeConfigFromV1Config``), made once the layers' DiffIDs are known, while they are
+  loaded; each image's parent is the image of its parent layer. A missing
+  ``repositories`` file means no tags (Docker refuses the archive).
 
 Field names in ``manifest.json`` match case-insensitively, as Go's decoder matches them.
 A ``RepoTags`` entry without a tag means ``:latest`` (go-containerregistry writes such
@@ -41,33 +42,27 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import IO, Any, Final, NamedTuple, NoReturn
+from collections.abc import Sequence
+from typing import IO, Any, Final, NamedTuple
 
 from ..errors import (
-    CorruptStore,
     DigestMismatch,
     InvalidInput,
-    NotFound,
-    OcistoreError,
-    SizeMismatch,
 )
-from ..progress import Progress
-from ..spec.compression import Compression, Decompressor, PeekableReader, detect
+from ..progress import SILENT, Progress
 from ..spec.config import MAX_LAYER_DEPTH, ImageConfig, parse_config
-from ..spec.digest import CHUNK, ChainID, DiffID, Digest, ImageID, digest_bytes, new_hasher
+from ..spec.digest import EMPTY_TAR_DIGEST, ChainID, DiffID, Digest, ImageID, digest_bytes
 from ..spec.reference import (
     Reference,
     is_identifier,
-    looks_like_id_prefix,
     parse,
-    parse_any,
     parse_tagged,
 )
 from ..store.ingest import ImageSource, LayerSource
 from ..store.layers import Layer
 from ..store.store import Store
 from .reader import ArchiveReader, read_bytes, read_json
-from .tarwriter import MemberSink, TarWriter
+from .tarwriter import Fill, MemberSink, TarWriter
 
 __all__ = ["is_docker_archive", "read_docker_archive", "write_docker_archive"]
 
@@ -261,22 +256,23 @@ class _LegacyLayer(NamedTuple):
 class _Built(NamedTuple):
     #: Where the image this layer tops is in the list of sources.
     source: int
-    diff_ids: list[str]
     history: list[dict[str, Any]]
     layers: list[LayerSource]
 
 
-def _diff_id(archive: ArchiveReader, path: str, what: str) -> DiffID:
-    """The DiffID of a layer file (plain, gzip or zstd), streamed."""
-    hasher = new_hasher("sha256")
-    with archive.open(path) as f:
-        reader = PeekableReader(f)
-        decompressor = Decompressor(detect(reader.peek(8), what), what)
-        while chunk := reader.read(CHUNK):
-            for out in decompressor.chunks(chunk):  # a megabyte at a time, whatever the ratio
-                hasher.update(out)
-        decompressor.finish()
-    return DiffID(Digest(f"sha256:{hasher.hexdigest()}"))
+def _legacy_config(
+    v1_json: bytes, history: list[dict[str, Any]], what: str, diff_ids: Sequence[DiffID]
+) -> bytes:
+    """The config Docker's ``legacyLoadImage`` makes for a legacy layer, once the DiffIDs
+    of the layers up to it are known (they are learnt while the layers are loaded, so
+    each is read once)."""
+    from .legacy import v1  # the legacy format only: not imported for other loads
+
+    rootfs = {"type": "layers", "diff_ids": [str(d) for d in diff_ids]}
+    try:
+        return v1.make_config_from_v1_config(v1_json, rootfs, history)
+    except InvalidInput as e:
+        raise InvalidInput(f"{what}: {e}") from None
 
 
 def _legacy_layer(archive: ArchiveReader, v1_id: str) -> _LegacyLayer:
@@ -340,19 +336,18 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
         below = built.get(cur) if cur else None
         for layer in reversed(chain):
             what = f"{archive.name}: {layer.layer_path}"
-            diff_id = _diff_id(archive, layer.layer_path, what)
-            diff_ids = [*(below.diff_ids if below else []), str(diff_id)]
             json_what = f"{archive.name}: {layer.v1_id}/json"
             from .legacy import v1
 
             try:
                 entry = v1.history_from_config(layer.json, False)
-                history = [*(below.history if below else []), entry]
-                config = v1.make_config_from_v1_config(
-                    layer.json, {"type": "layers", "diff_ids": diff_ids}, history
-                )
             except InvalidInput as e:
                 raise InvalidInput(f"{json_what}: {e}") from None
+            history = [*(below.history if below else []), entry]
+            config = functools.partial(_legacy_config, layer.json, history, json_what)
+            # Made once now with stand-in DiffIDs, so that a bad JSON is refused before
+            # any layer is read.
+            config([EMPTY_TAR_DIGEST] * (len(below.layers) + 1 if below else 1))
             source = LayerSource(
                 open=functools.partial(archive.open, layer.layer_path),
                 what=what,
@@ -368,7 +363,7 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
                     parent=below.source if below else None,
                 )
             )
-            below = _Built(len(sources) - 1, diff_ids, history, layers)
+            below = _Built(len(sources) - 1, history, layers)
             built[layer.v1_id] = below
 
     for d in dirs:
@@ -414,8 +409,10 @@ def _legacy_tags(
 def read_docker_archive(archive: ArchiveReader) -> list[ImageSource]:
     """The images of a docker-archive (Docker before 1.10, 1.10 to 24, or 25 and later).
 
-    Nothing is read beyond the JSON documents (and, for pre-1.10 archives, each layer
-    once to learn its DiffID): layers are opened by :func:`ocistore.archive.load_images`.
+    Nothing is read beyond the JSON documents: layers are read once, when the store
+    adds the images (:meth:`ocistore.store.Store.add_images`). A pre-1.10 image's config
+    depends on its layers' DiffIDs, so it is made then (an :class:`ImageSource` with a
+    config maker); its v1 JSON is checked here.
     """
     if MANIFEST in archive.names():
         return _read_manifest(archive)
@@ -425,56 +422,6 @@ def read_docker_archive(archive: ArchiveReader) -> list[ImageSource]:
 # -- writing ---------------------------------------------------------------------------
 
 
-class _SaveImage(NamedTuple):
-    id: ImageID
-    tags: list[Reference]
-
-
-def _add(images: dict[ImageID, _SaveImage], image_id: ImageID, ref: Reference | None) -> None:
-    item = images.setdefault(image_id, _SaveImage(image_id, []))
-    if ref is None or ref.digest is not None:
-        return
-    tagged = ref.tagged_or_default()
-    if tagged not in item.tags:
-        item.tags.append(tagged)
-
-
-def _search(store: Store, name: str) -> ImageID:
-    if looks_like_id_prefix(name):
-        try:
-            return store.images.search(name)
-        except (NotFound, InvalidInput):
-            pass
-    raise NotFound(f"No such image: {name}")
-
-
-def _select(store: Store, names: list[str]) -> dict[ImageID, _SaveImage]:
-    """The images ``docker save`` would write for ``names``, with the tags it would keep.
-
-    As moby's ``parseNames``: an ID (full or prefix) adds the image without tags; a bare
-    name adds every tag of that repository; ``name:tag`` adds that tag only;
-    ``name@digest`` adds the image without tags.
-    """
-    images: dict[ImageID, _SaveImage] = {}
-    for name in names:
-        ref = parse_any(name)
-        if isinstance(ref, Digest):
-            _add(images, store.images.search(ref), None)
-            continue
-        if ref.familiar_name == "sha256":
-            _add(images, _search(store, name), None)
-            continue
-        if ref.is_name_only:
-            assocs = store.references.references_by_name(ref)
-            for r, image_id in assocs:
-                _add(images, image_id, r)
-            if not assocs:
-                _add(images, _search(store, name), None)
-            continue
-        _add(images, store.references.get(ref), ref)
-    return images
-
-
 class _LegacyDir(NamedTuple):
     v1_id: str
     json: bytes
@@ -482,88 +429,32 @@ class _LegacyDir(NamedTuple):
     diff_id: DiffID
 
 
-class _LayerCopy:
-    """Copies a stored layer's exact uncompressed tar into a :class:`MemberSink`, reading
-    the blob once: the blob is hashed as read, decompressed (a megabyte at a time, by
-    :class:`~ocistore.compression.Decompressor`) and the tar hashed on the way out.
+def _select(store: Store, names: list[str]) -> dict[ImageID, list[Reference]]:
+    """The images ``docker save`` writes for ``names`` (in ID order), each with the tags
+    it keeps (:meth:`~ocistore.store.Store.select`; a digest reference keeps none)."""
+    selected: dict[ImageID, list[Reference]] = {}
+    for image_id, ref in store.select(names):
+        tags = selected.setdefault(image_id, [])
+        if ref is not None and ref.digest is None:
+            tagged = ref.tagged_or_default()
+            if tagged not in tags:
+                tags.append(tagged)
+    return {image_id: selected[image_id] for image_id in sorted(selected)}
 
-    Checks as :meth:`ocistore.layers.LayerStore.open_tar` does, and raises the same
-    errors: the blob against its digest (:class:`DigestMismatch` naming the blob), then
-    the tar against the layer's size and DiffID (:class:`SizeMismatch`,
-    :class:`DigestMismatch` naming the layer); a blob that cannot be decompressed is
-    :class:`CorruptStore` (or the blob's digest mismatch, when it was changed).
-    """
 
-    def __init__(self, store: Store, layer: Layer, progress: Progress) -> None:
-        self.layer = layer
-        self.path = store.content.path(layer.blob.digest)
-        self.progress = progress
-        self.what = f"layer {layer.diff_id}"
+def _layer_copy(store: Store, layer: Layer, progress: Progress) -> Fill:
+    """Copies a stored layer's exact tar into the archive, verified on the way
+    (:class:`~ocistore.store.layers.LayerReader`)."""
 
-    def __call__(self, sink: MemberSink) -> None:
-        layer = self.layer
-        blob = layer.blob
-        task = self.progress.task(f"Saving layer {layer.diff_id.short()}", layer.size)
-        try:
-            f = open(self.path, "rb", buffering=0)  # noqa: SIM115
-        except FileNotFoundError:
-            raise NotFound(f"blob {blob.digest} not found") from None
-        with f:
-            self._blob_hasher = new_hasher(blob.digest.algorithm)
-            if blob.compression is Compression.NONE and blob.digest == layer.diff_id:
-                self._diff_hasher = self._blob_hasher  # the blob is the tar
-            else:
-                self._diff_hasher = new_hasher("sha256")
-            self._sink = sink
-            self._update = task.update
-            try:
-                self._copy(f)
-            except InvalidInput as e:  # the codec choked on what the store holds
-                self._fail(f, CorruptStore(str(e)))
-            except OcistoreError as e:
-                self._fail(f, e)
-            self._check_blob(f)
-        if sink.done != layer.size:
-            raise SizeMismatch(self.what, layer.size, sink.done)
-        got = f"sha256:{self._diff_hasher.hexdigest()}"
-        if got != layer.diff_id:
-            raise DigestMismatch(self.what, layer.diff_id, got)
+    def fill(sink: MemberSink) -> None:
+        task = progress.task(f"Saving layer {layer.diff_id.short()}", layer.size)
+        with store.open_layer(layer) as tar:
+            for piece in tar.chunks():
+                sink.write(piece)
+                task.update(sink.done)
         task.finish()
 
-    def _emit(self, data: bytes | memoryview) -> None:
-        sink = self._sink
-        if sink.done + len(data) > sink.size:
-            raise SizeMismatch(self.what, self.layer.size, sink.done + len(data))
-        if self._diff_hasher is not self._blob_hasher:
-            self._diff_hasher.update(data)
-        sink.write(data)
-        self._update(sink.done)
-
-    def _check_blob(self, f: IO[bytes]) -> None:
-        """Hash what is left of the blob file; a blob not what its name says is the error."""
-        hasher = self._blob_hasher
-        buf = bytearray(CHUNK)
-        while n := f.readinto(buf):  # type: ignore[attr-defined]
-            hasher.update(memoryview(buf)[:n])
-        digest = self.layer.blob.digest
-        got = f"{digest.algorithm}:{hasher.hexdigest()}"
-        if got != digest:
-            raise DigestMismatch(f"blob {digest}", digest, got)
-
-    def _fail(self, f: IO[bytes], error: OcistoreError) -> NoReturn:
-        self._check_blob(f)
-        raise error
-
-    def _copy(self, f: IO[bytes]) -> None:
-        """Hash the blob as it is read and emit the tar (a plain blob passes through)."""
-        decompressor = Decompressor(self.layer.blob.compression, self.what)
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):  # type: ignore[attr-defined]
-            self._blob_hasher.update(view[:n])
-            for out in decompressor.chunks(view[:n]):
-                self._emit(out)
-        decompressor.finish()
+    return fill
 
 
 def _manifest_json(manifest: list[dict[str, Any]]) -> bytes:
@@ -602,15 +493,15 @@ def write_docker_archive(
     """
     from .legacy.v1 import legacy_layers  # imported here: loads need it only for old archives
 
-    progress = progress or Progress(False)
+    progress = progress or SILENT
     selected = _select(store, names)
     manifest: list[dict[str, Any]] = []
     repositories: dict[str, dict[str, str]] = {}
     files: dict[str, bytes] = {}
     dirs: dict[str, _LegacyDir] = {}
-    ids = sorted(selected)
-    for image_id in ids:
-        image = store.images.get(image_id)
+    layers: dict[ChainID, Layer] = {}
+    for image_id, tags in selected.items():
+        image = store.image(image_id)
         cfg = image.config
         if not cfg.diff_ids:
             raise InvalidInput(
@@ -620,16 +511,17 @@ def write_docker_archive(
         legacy = legacy_layers(cfg.raw)
         for layer, chain, diff_id in zip(legacy, cfg.chain_ids, cfg.diff_ids, strict=True):
             dirs.setdefault(layer.v1_id, _LegacyDir(layer.v1_id, layer.json, chain, diff_id))
+        for stored in store.layers_of(image):
+            layers[stored.chain_id] = stored
         top = legacy[-1].v1_id
-        item = selected[image_id]
-        for ref in item.tags:
+        for ref in tags:
             assert ref.tag is not None
             repositories.setdefault(ref.familiar_name, {})[ref.tag] = top
-        parent = store.images.get_parent(image_id)
+        parent = image.record.parent
         manifest.append(
             {
                 "Config": f"{image_id.hex}.json",
-                "RepoTags": [r.familiar() for r in item.tags] or None,
+                "RepoTags": [r.familiar() for r in tags] or None,
                 "Layers": [f"{layer.v1_id}/layer.tar" for layer in legacy],
                 "Parent": parent if parent in selected and parent != image_id else "",
             }
@@ -655,8 +547,8 @@ def write_docker_archive(
                 if first != name:
                     tar.add_symlink(f"{name}/layer.tar", f"../{first}/layer.tar")
                     continue
-                stored = store.layers.get(d.chain)
-                tar.add_file(f"{name}/layer.tar", stored.size, _LayerCopy(store, stored, progress))
+                stored = layers[d.chain]
+                tar.add_file(f"{name}/layer.tar", stored.size, _layer_copy(store, stored, progress))
             elif name == MANIFEST:
                 tar.add_bytes(MANIFEST, _manifest_json(manifest))
             else:

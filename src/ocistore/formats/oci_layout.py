@@ -95,13 +95,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import json
 import os
 import shutil
 import stat as stat_mod
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple
 
@@ -112,17 +110,24 @@ from ..errors import (
     NotFound,
     SizeMismatch,
 )
-from ..progress import Progress
-from ..spec.compression import Compression, detect
-from ..spec.digest import CHUNK, Digest, ImageID, digest_bytes, new_hasher
+from ..progress import SILENT, Progress
+from ..spec import mediatypes as mt
+from ..spec.compression import detect
+from ..spec.descriptor import (
+    ANNOTATION_CONTAINERD_NAME,
+    ANNOTATION_REF_NAME,
+    Descriptor,
+    parse_descriptor,
+)
+from ..spec.digest import Digest, ImageID, digest_bytes, digest_stream
 from ..spec.platform import Platform, host_platform
-from ..spec.reference import Reference, looks_like_id_prefix, parse, parse_any, parse_tagged
+from ..spec.reference import Reference, is_tag, parse
 from ..store import fsutil
 from ..store.images import Image
 from ..store.ingest import ImageSource, LayerSource
 from ..store.store import Store
 from .reader import ArchiveReader, read_bytes, read_json
-from .tarwriter import Fill, MemberSink, TarWriter, fill_from_file
+from .tarwriter import Fill, MemberSink, TarWriter, fill_from
 
 __all__ = [
     "ANNOTATION_CONTAINERD_NAME",
@@ -138,53 +143,8 @@ INDEX_FILE: Final = "index.json"
 LAYOUT_VERSION: Final = "1.0.0"
 LAYOUT_BYTES: Final = b'{"imageLayoutVersion":"1.0.0"}'
 
-ANNOTATION_REF_NAME: Final = "org.opencontainers.image.ref.name"
-ANNOTATION_CONTAINERD_NAME: Final = "io.containerd.image.name"
-
-MT_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
-MT_OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
-MT_OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
-MT_OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
-MT_DOCKER_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
-MT_DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
-MT_DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
-MT_DOCKER_SCHEMA1: Final = frozenset(
-    {
-        "application/vnd.docker.distribution.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    }
-)
-
-INDEX_TYPES: Final = frozenset({MT_OCI_INDEX, MT_DOCKER_LIST})
-MANIFEST_TYPES: Final = frozenset({MT_OCI_MANIFEST, MT_DOCKER_MANIFEST})
-CONFIG_TYPES: Final = frozenset({MT_OCI_CONFIG, MT_DOCKER_CONFIG})
-FOREIGN_LAYER_TYPES: Final = frozenset(
-    {
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-        "application/vnd.docker.image.rootfs.foreign.diff.tar",
-    }
-)
-LAYER_TYPES: Final = frozenset(
-    {
-        MT_OCI_LAYER,
-        MT_OCI_LAYER + "+gzip",
-        MT_OCI_LAYER + "+zstd",
-        "application/vnd.docker.image.rootfs.diff.tar",
-        "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        "application/vnd.docker.image.rootfs.diff.tar.zstd",
-    }
-    | FOREIGN_LAYER_TYPES
-)
-
-#: Manifests and indexes larger than this are refused (distribution's limit is 4 MiB).
-MAX_MANIFEST: Final = 4 << 20
 #: How deep indexes may nest.
 MAX_NESTING: Final = 8
-
-_TAG_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -214,60 +174,6 @@ def is_oci_layout(archive: ArchiveReader) -> bool:
     )
 
 
-class _Descriptor(NamedTuple):
-    media_type: str
-    digest: Digest
-    size: int
-    annotations: dict[str, str]
-    platform: dict[str, Any] | None
-    #: Where the descriptor is, for messages: ``index.json manifests[0] → config``.
-    where: str
-
-
-def _descriptor(archive: str, obj: Any, where: str, need_type: bool = True) -> _Descriptor:
-    if not isinstance(obj, dict):
-        raise InvalidInput(f"{archive}: {where}: not a descriptor (a JSON object)")
-    media_type = obj.get("mediaType")
-    if media_type is None and not need_type:
-        media_type = ""
-    if not isinstance(media_type, str) or (need_type and not media_type):
-        raise InvalidInput(f"{archive}: {where}: field mediaType is missing or not a string")
-    raw_digest = obj.get("digest")
-    if not isinstance(raw_digest, str):
-        raise InvalidInput(f"{archive}: {where}: field digest is missing or not a string")
-    try:
-        digest = Digest(raw_digest)
-    except InvalidInput as e:
-        raise InvalidInput(f"{archive}: {where}: field digest: {e}") from None
-    size = obj.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidInput(
-            f"{archive}: {where}: field size is missing or not a non-negative integer"
-        )
-    annotations = obj.get("annotations")
-    if annotations is None:
-        annotations = {}
-    if not isinstance(annotations, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
-    ):
-        raise InvalidInput(f"{archive}: {where}: field annotations is not a string map")
-    platform = obj.get("platform")
-    if platform is not None and not isinstance(platform, dict):
-        raise InvalidInput(f"{archive}: {where}: field platform is not an object")
-    return _Descriptor(media_type, digest, size, annotations, platform, where)
-
-
-def _platform_of(desc: _Descriptor) -> Platform:
-    p = desc.platform or {}
-    return Platform(
-        str(p.get("os") or ""), str(p.get("architecture") or ""), str(p.get("variant") or "")
-    )
-
-
-def _is_bare_tag(s: str) -> bool:
-    return 0 < len(s) <= 128 and s[0] != "." and s[0] != "-" and _TAG_CHARS.issuperset(s)
-
-
 def _as_name(ref: Reference) -> Reference:
     return ref.digest_only() if ref.digest is not None else ref.tagged_or_default()
 
@@ -279,10 +185,10 @@ def _names(annotations: dict[str, str]) -> list[Reference]:
     with contextlib.suppress(InvalidInput):
         if containerd:
             ref = parse(containerd)
-            if ref.is_name_only and _is_bare_tag(ref_name):
+            if ref.is_name_only and is_tag(ref_name):
                 return [ref.with_tag(ref_name)]
             return [_as_name(ref)]
-        if ref_name and _is_bare_tag(ref_name):
+        if ref_name and is_tag(ref_name):
             # podman load (libimage NormalizeName): a short name goes to localhost/.
             return [Reference("localhost", ref_name, "latest")]
         if ref_name:
@@ -302,7 +208,7 @@ class _LayoutReader:
 
     # -- blobs --------------------------------------------------------------------------
 
-    def _check_blob(self, desc: _Descriptor, what: str = "blob") -> str:
+    def _check_blob(self, desc: Descriptor, what: str = "blob") -> str:
         """The path of the blob ``desc`` names, checked to exist with the right size."""
         path = blob_path(desc.digest)
         if not self.archive.exists(path):
@@ -321,7 +227,7 @@ class _LayoutReader:
             raise SizeMismatch(f"{self.name}: {path} ({desc.where})", desc.size, size)
         return path
 
-    def _read_blob(self, desc: _Descriptor, what: str, limit: int = MAX_MANIFEST) -> bytes:
+    def _read_blob(self, desc: Descriptor, what: str, limit: int = mt.MAX_MANIFEST) -> bytes:
         path = self._check_blob(desc, what)
         if desc.size > limit:
             raise InvalidInput(
@@ -335,7 +241,7 @@ class _LayoutReader:
             raise DigestMismatch(f"{self.name}: {path} ({desc.where})", desc.digest, got)
         return data
 
-    def _document(self, data: bytes, desc: _Descriptor, what: str) -> dict[str, Any]:
+    def _document(self, data: bytes, desc: Descriptor, what: str) -> dict[str, Any]:
         path = blob_path(desc.digest)
         try:
             doc = json.loads(data)
@@ -371,7 +277,7 @@ class _LayoutReader:
         descs = self._index_entries(index, INDEX_FILE, INDEX_FILE)
         # index.json: each descriptor is an image, except several platform-specific ones
         # sharing a ref name, which together are one multi-platform image.
-        groups: dict[str, list[_Descriptor]] = {}
+        groups: dict[str, list[Descriptor]] = {}
         for d in descs:
             if d.platform is not None:
                 groups.setdefault(d.annotations.get(ANNOTATION_REF_NAME, ""), []).append(d)
@@ -387,7 +293,7 @@ class _LayoutReader:
                 self._visit(chosen, _names(chosen.annotations), 0)
         return list(self.found.values())
 
-    def _index_entries(self, doc: dict[str, Any], where: str, label: str) -> list[_Descriptor]:
+    def _index_entries(self, doc: dict[str, Any], where: str, label: str) -> list[Descriptor]:
         version = doc.get("schemaVersion")
         if version != 2:
             raise InvalidInput(f"{self.name}: {label}: schemaVersion is {version!r}, not 2")
@@ -398,17 +304,17 @@ class _LayoutReader:
             raise InvalidInput(f"{self.name}: {label}: field manifests is not a list")
         prefix = f"{where} " if where == INDEX_FILE else f"{where} → "
         return [
-            _descriptor(self.name, m, f"{prefix}manifests[{i}]", need_type=False)
+            parse_descriptor(m, f"{prefix}manifests[{i}]", self.name, need_type=False)
             for i, m in enumerate(manifests)
         ]
 
-    def _choose(self, group: list[_Descriptor], label: str) -> _Descriptor:
+    def _choose(self, group: list[Descriptor], label: str) -> Descriptor:
         want = self.platform or host_platform()
         matches = [d for d in group if want.matches(d.platform)]
         if not matches:
             available = []
             for d in group:
-                p = str(_platform_of(d))
+                p = str(d.platform_value())
                 if p not in available and p != "unknown/unknown":
                     available.append(p)
             raise InvalidInput(
@@ -420,19 +326,19 @@ class _LayoutReader:
                 return d
         return matches[0]
 
-    def _visit(self, desc: _Descriptor, names: list[Reference], depth: int) -> None:
-        if desc.media_type in MT_DOCKER_SCHEMA1:
+    def _visit(self, desc: Descriptor, names: list[Reference], depth: int) -> None:
+        if desc.media_type in mt.DOCKER_SCHEMA1:
             raise InvalidInput(
                 f"{self.name}: {desc.where}: Docker image manifest schema 1 "
                 f"({desc.media_type}) is not supported"
             )
-        known = desc.media_type in INDEX_TYPES or desc.media_type in MANIFEST_TYPES
+        known = desc.media_type in mt.INDEX_TYPES or desc.media_type in mt.MANIFEST_TYPES
         if not known:
             # Some other type: look at the document itself if it can be one of ours.
             path = blob_path(desc.digest)
-            if desc.size > MAX_MANIFEST or not self.archive.exists(path):
+            if desc.size > mt.MAX_MANIFEST or not self.archive.exists(path):
                 return
-        what = "index" if desc.media_type in INDEX_TYPES else "manifest" if known else "blob"
+        what = "index" if desc.media_type in mt.INDEX_TYPES else "manifest" if known else "blob"
         data = self._read_blob(desc, what)
         if known:
             doc = self._document(data, desc, "document")
@@ -449,33 +355,33 @@ class _LayoutReader:
         elif kind == "manifest":
             self._manifest(desc, data, doc, names)
 
-    def _kind(self, desc: _Descriptor, doc: dict[str, Any]) -> str | None:
+    def _kind(self, desc: Descriptor, doc: dict[str, Any]) -> str | None:
         inner = doc.get("mediaType")
         path = blob_path(desc.digest)
         if inner is not None and not isinstance(inner, str):
             raise InvalidInput(f"{self.name}: {path} ({desc.where}): mediaType is not a string")
-        if inner in MT_DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
+        if inner in mt.DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
             raise InvalidInput(
                 f"{self.name}: {path} ({desc.where}): Docker image manifest schema 1 "
                 "is not supported"
             )
-        if desc.media_type in INDEX_TYPES:
-            if inner in MANIFEST_TYPES:
+        if desc.media_type in mt.INDEX_TYPES:
+            if inner in mt.MANIFEST_TYPES:
                 raise InvalidInput(
                     f"{self.name}: {path} ({desc.where}): the descriptor says "
                     f"{desc.media_type} but the document is a {inner}"
                 )
             return "index"
-        if desc.media_type in MANIFEST_TYPES:
-            if inner in INDEX_TYPES:
+        if desc.media_type in mt.MANIFEST_TYPES:
+            if inner in mt.INDEX_TYPES:
                 raise InvalidInput(
                     f"{self.name}: {path} ({desc.where}): the descriptor says "
                     f"{desc.media_type} but the document is a {inner}"
                 )
             return "manifest"
-        if inner in INDEX_TYPES:
+        if inner in mt.INDEX_TYPES:
             return "index"
-        if inner in MANIFEST_TYPES:
+        if inner in mt.MANIFEST_TYPES:
             return "manifest"
         if inner is None:
             if "manifests" in doc:
@@ -485,7 +391,7 @@ class _LayoutReader:
         return None
 
     def _index(
-        self, desc: _Descriptor, doc: dict[str, Any], names: list[Reference], depth: int
+        self, desc: Descriptor, doc: dict[str, Any], names: list[Reference], depth: int
     ) -> None:
         label = f"index {desc.digest} ({desc.where})"
         if depth >= MAX_NESTING:
@@ -498,15 +404,15 @@ class _LayoutReader:
                 self._visit(d, names, depth + 1)
 
     def _manifest(
-        self, desc: _Descriptor, raw: bytes, doc: dict[str, Any], names: list[Reference]
+        self, desc: Descriptor, raw: bytes, doc: dict[str, Any], names: list[Reference]
     ) -> None:
         path = blob_path(desc.digest)
         here = f"{self.name}: {path} ({desc.where})"
         version = doc.get("schemaVersion")
         if version != 2:
             raise InvalidInput(f"{here}: manifest schemaVersion is {version!r}, not 2")
-        cdesc = _descriptor(self.name, doc.get("config"), f"{desc.where} → config")
-        if cdesc.media_type not in CONFIG_TYPES:
+        cdesc = parse_descriptor(doc.get("config"), f"{desc.where} → config", self.name)
+        if cdesc.media_type not in mt.CONFIG_TYPES:
             return  # an artifact, not an image
         layers_raw = doc.get("layers")
         if layers_raw is None:
@@ -519,9 +425,9 @@ class _LayoutReader:
                 if n not in known.tags:
                     known.tags.append(n)
             return
-        config = self._read_blob(cdesc, "config", limit=MAX_MANIFEST * 16)
+        config = self._read_blob(cdesc, "config", limit=mt.MAX_MANIFEST * 16)
         layers = [
-            self._layer(_descriptor(self.name, ld, f"{desc.where} → layers[{i}]"))
+            self._layer(parse_descriptor(ld, f"{desc.where} → layers[{i}]", self.name))
             for i, ld in enumerate(layers_raw)
         ]
         source = ImageSource(
@@ -533,24 +439,24 @@ class _LayoutReader:
         )
         self.found[desc.digest] = source
 
-    def _layer(self, desc: _Descriptor) -> LayerSource:
-        mt = desc.media_type
-        if "encrypted" in mt:
+    def _layer(self, desc: Descriptor) -> LayerSource:
+        media_type = desc.media_type
+        if "encrypted" in media_type:
             raise InvalidInput(
-                f"{self.name}: {desc.where}: layer {desc.digest} is encrypted ({mt}); "
+                f"{self.name}: {desc.where}: layer {desc.digest} is encrypted ({media_type}); "
                 "encrypted layers are not supported"
             )
-        if mt not in LAYER_TYPES:
+        if media_type not in mt.LAYER_TYPES:
             raise InvalidInput(
-                f"{self.name}: {desc.where}: layer {desc.digest} has media type {mt!r}, "
-                "not an image layer type"
+                f"{self.name}: {desc.where}: layer {desc.digest} has media type "
+                f"{media_type!r}, not an image layer type"
             )
         path = blob_path(desc.digest)
-        if mt in FOREIGN_LAYER_TYPES and not self.archive.exists(path):
+        if media_type in mt.FOREIGN_LAYER_TYPES and not self.archive.exists(path):
             raise InvalidInput(
                 f"{self.name}: {desc.where}: non-distributable (foreign) layer {desc.digest} "
-                f"({mt}) is not in the archive ({path}); ocistore does not fetch layers "
-                "from their URLs"
+                f"({media_type}) is not in the archive ({path}); ocistore does not fetch "
+                "layers from their URLs"
             )
         self._check_blob(desc, "layer blob")
         return LayerSource(
@@ -578,61 +484,14 @@ def read_oci_layout(archive: ArchiveReader, platform: Platform | None = None) ->
 class _Blob(NamedTuple):
     digest: Digest
     size: int
+    #: The blob's bytes, when small (configs, manifests); else it is copied from the
+    #: store, verified on the way.
     data: bytes | None = None
-    #: The stored blob's file (when ``data`` is None); verified as it is copied.
-    path: Path | None = None
 
 
 class _Plan(NamedTuple):
     entries: list[dict[str, Any]]
     blobs: dict[Digest, _Blob]
-
-
-_LAYER_MEDIA_TYPE: Final = {c: MT_OCI_LAYER + c.media_suffix for c in Compression}
-
-
-def _select(store: Store, names: list[str]) -> list[tuple[ImageID, Reference | None]]:
-    """The images to write, each with the reference it is written under (if any).
-
-    As ``docker save``: an ID (full or prefix) gives the image untagged; ``name:tag`` that
-    tag; ``name@digest`` that digest reference; a bare name every tag of its repository.
-    """
-    out: list[tuple[ImageID, Reference | None]] = []
-
-    def add(image_id: ImageID, ref: Reference | None) -> None:
-        if (image_id, ref) not in out:
-            out.append((image_id, ref))
-
-    for name in names:
-        if not name:
-            raise InvalidInput("empty image name")
-        parsed: Reference | Digest | None = None
-        with contextlib.suppress(InvalidInput):
-            parsed = parse_any(name)
-        if isinstance(parsed, Digest):
-            add(store.images.search(parsed), None)
-            continue
-        if parsed is not None and parsed.is_name_only:
-            assocs = [
-                (r, i) for r, i in store.references.references_by_name(parsed) if r.tag is not None
-            ]
-            for r, image_id in sorted(assocs, key=lambda a: str(a[0])):
-                add(image_id, r)
-            if assocs:
-                continue
-        elif parsed is not None:
-            lookup = parsed.digest_only()
-            with contextlib.suppress(NotFound):
-                add(store.references.get(lookup), lookup)
-                continue
-        if looks_like_id_prefix(name):
-            with contextlib.suppress(NotFound, InvalidInput):
-                add(store.images.search(name), None)
-                continue
-        if parsed is None:
-            parse_tagged(name)  # raises the reference error
-        raise NotFound(f"No such image: {name}")
-    return out
 
 
 def _annotations(ref: Reference | None) -> dict[str, str]:
@@ -646,10 +505,10 @@ def _annotations(ref: Reference | None) -> dict[str, str]:
 
 def _stored_blob(store: Store, digest: Digest, what: str) -> _Blob:
     try:
-        size = store.content.size(digest)
+        size = store.blob_size(digest)
     except NotFound:
         raise CorruptStore(f"{what}: blob {digest} is not in the store") from None
-    return _Blob(digest, size, path=store.content.path(digest))
+    return _Blob(digest, size)
 
 
 def _kept_manifest(
@@ -657,7 +516,7 @@ def _kept_manifest(
 ) -> tuple[bytes, str, list[_Blob]]:
     what = f"image {image_id}: kept manifest {digest}"
     try:
-        raw = store.content.read(digest)
+        raw = store.read_blob(digest)
     except NotFound:
         raise CorruptStore(f"{what} is not in the store") from None
     try:
@@ -672,7 +531,7 @@ def _kept_manifest(
         raise CorruptStore(f"{what} names config {cdigest}, not this image's config")
     if not isinstance(media_type, str) or not media_type:
         ctype = cdesc.get("mediaType") if isinstance(cdesc, dict) else None
-        media_type = MT_DOCKER_MANIFEST if ctype == MT_DOCKER_CONFIG else MT_OCI_MANIFEST
+        media_type = mt.DOCKER_MANIFEST if ctype == mt.DOCKER_CONFIG else mt.OCI_MANIFEST
     blobs = [_Blob(cdigest, len(config), data=config)]
     for layer_digest, size in layers:
         blob = _stored_blob(store, layer_digest, what)
@@ -681,8 +540,8 @@ def _kept_manifest(
                 f"{what}: blob {layer_digest} is {blob.size} bytes, the manifest says {size}"
             )
         blobs.append(blob)
-    if media_type == MT_DOCKER_MANIFEST:
-        raw, media_type = _oci_from_docker(store, doc, len(config)), MT_OCI_MANIFEST
+    if media_type == mt.DOCKER_MANIFEST:
+        raw, media_type = _oci_from_docker(store, doc, len(config)), mt.OCI_MANIFEST
     return raw, media_type, blobs
 
 
@@ -693,10 +552,10 @@ def _oci_from_docker(store: Store, doc: dict[str, Any], config_size: int) -> byt
     layers: list[dict[str, Any]] = []
     for ld in doc.get("layers") or []:
         d = Digest(ld["digest"])
-        with open(store.content.path(d), "rb") as f:
+        with store.open_blob(d, verify=False) as f:
             compression = detect(f.read(8), f"blob {d}")
         entry: dict[str, Any] = {
-            "mediaType": _LAYER_MEDIA_TYPE[compression],
+            "mediaType": mt.layer_media_type(compression),
             "digest": d,
             "size": int(ld["size"]),
         }
@@ -705,9 +564,9 @@ def _oci_from_docker(store: Store, doc: dict[str, Any], config_size: int) -> byt
         layers.append(entry)
     out: dict[str, Any] = {
         "schemaVersion": 2,
-        "mediaType": MT_OCI_MANIFEST,
+        "mediaType": mt.OCI_MANIFEST,
         "config": {
-            "mediaType": MT_OCI_CONFIG,
+            "mediaType": mt.OCI_CONFIG,
             "digest": doc["config"]["digest"],
             "size": config_size,
         },
@@ -723,12 +582,11 @@ def _generated_manifest(store: Store, image: Image) -> tuple[bytes, list[_Blob]]
     config = image.config.raw
     blobs = [_Blob(Digest(image_id), len(config), data=config)]
     layers: list[dict[str, Any]] = []
-    top = image.config.top_chain
-    for layer in store.layers.chain(top) if top is not None else []:
+    for layer in store.layers_of(image):
         ref = layer.blob
         layers.append(
             {
-                "mediaType": _LAYER_MEDIA_TYPE[ref.compression],
+                "mediaType": mt.layer_media_type(ref.compression),
                 "digest": ref.digest,
                 "size": ref.size,
             }
@@ -736,31 +594,29 @@ def _generated_manifest(store: Store, image: Image) -> tuple[bytes, list[_Blob]]
         blobs.append(_stored_blob(store, ref.digest, f"image {image_id}: layer {layer.diff_id}"))
     doc = {
         "schemaVersion": 2,
-        "mediaType": MT_OCI_MANIFEST,
-        "config": {"mediaType": MT_OCI_CONFIG, "digest": image_id, "size": len(config)},
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": image_id, "size": len(config)},
         "layers": layers,
     }
     return _json_bytes(doc), blobs
 
 
 def _plan(store: Store, names: list[str]) -> _Plan:
-    selected = _select(store, names)
+    selected = store.select(names)
     manifests: dict[ImageID, dict[str, Any]] = {}
     blobs: dict[Digest, _Blob] = {}
     entries: list[dict[str, Any]] = []
     for image_id, ref in selected:
         desc = manifests.get(image_id)
         if desc is None:
-            image = store.images.get(image_id)  # the config, verified
+            image = store.image(image_id)  # the config, verified
             config = image.config.raw
-            kept: Digest | None = None
-            with contextlib.suppress(NotFound):
-                kept = Digest(store.backend.get_metadata(image_id, "manifest").decode())
+            kept = store.kept_manifest(image_id)
             if kept is not None:
                 raw, media_type, image_blobs = _kept_manifest(store, image_id, config, kept)
             else:
                 raw, image_blobs = _generated_manifest(store, image)
-                media_type = MT_OCI_MANIFEST
+                media_type = mt.OCI_MANIFEST
             manifest_digest = digest_bytes(raw)
             image_blobs.append(_Blob(manifest_digest, len(raw), data=raw))
             for b in image_blobs:
@@ -779,21 +635,20 @@ def _plan(store: Store, names: list[str]) -> _Plan:
 def _index_bytes(manifests: list[Any], base: dict[str, Any] | None = None) -> bytes:
     """``index.json``: a new one, or ``base`` (an existing one) with ``manifests`` replaced."""
     if base is None:
-        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX}
+        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX}
     else:
         doc = dict(base)
     doc["manifests"] = manifests
     return _json_bytes(doc)
 
 
-def _blob_fill(blob: _Blob, progress: Progress) -> Fill:
+def _blob_fill(store: Store, blob: _Blob, progress: Progress) -> Fill:
     """Copies a stored blob into the archive, checked against its digest on the way."""
-    assert blob.path is not None
-    path, digest, size = blob.path, blob.digest, blob.size
+    digest, size = blob.digest, blob.size
 
     def fill(sink: MemberSink) -> None:
         task = progress.task(f"Copying blob {digest.short()}", size)
-        fill_from_file(path, digest, task.update)(sink)
+        fill_from(lambda: store.open_blob(digest), task.update)(sink)
         task.finish()
 
     return fill
@@ -808,7 +663,7 @@ def write_oci_archive(
     their digests while they are copied; after a failure the archive has no end-of-archive
     marker (a reader sees it truncated).
     """
-    progress = progress or Progress(False)
+    progress = progress or SILENT
     plan = _plan(store, names)
     with TarWriter(out) as tar:
         tar.add_bytes(LAYOUT_FILE, LAYOUT_BYTES)
@@ -819,7 +674,7 @@ def write_oci_archive(
             if blob.data is not None:
                 tar.add_bytes(blob_path(digest), blob.data)
             else:
-                tar.add_file(blob_path(digest), blob.size, _blob_fill(blob, progress))
+                tar.add_file(blob_path(digest), blob.size, _blob_fill(store, blob, progress))
 
 
 def _existing_blob_ok(path: Path, blob: _Blob) -> bool:
@@ -829,46 +684,24 @@ def _existing_blob_ok(path: Path, blob: _Blob) -> bool:
         return False
     if not stat_mod.S_ISREG(st.st_mode) or st.st_size != blob.size:
         return False
-    h = new_hasher(blob.digest.algorithm)
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return f"{blob.digest.algorithm}:{h.hexdigest()}" == blob.digest
+        return digest_stream(f, blob.digest.algorithm)[0] == blob.digest
 
 
-def _write_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write a file whole or not at all: a temporary file beside it, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.urandom(16).hex()}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_blob(root: Path, blob: _Blob, progress: Progress) -> None:
+def _write_blob(store: Store, root: Path, blob: _Blob, progress: Progress) -> None:
+    """A blob into the layout (kept if it is there and whole), verified, fsynced."""
     path = root / blob_path(blob.digest)
     if _existing_blob_ok(path, blob):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    if blob.data is not None:
-        data = blob.data
-        _write_file(path, lambda f: f.write(data))
-        return
-    fill = _blob_fill(blob, progress)
-
-    def copy(f: IO[bytes]) -> None:
+    with fsutil.AtomicFile(path) as f:
+        if blob.data is not None:
+            f.write(blob.data)
+            return
         sink = MemberSink(blob_path(blob.digest), blob.size, lambda data, _pos: f.write(data))
-        fill(sink)
+        _blob_fill(store, blob, progress)(sink)
         if sink.done != sink.size:
             raise SizeMismatch(f"blob {blob.digest}", blob.size, sink.done)
-
-    _write_file(path, copy)
 
 
 def _read_existing_index(dest: Path) -> dict[str, Any]:
@@ -913,19 +746,19 @@ def _merge(existing: list[Any], new: list[dict[str, Any]]) -> list[Any]:
     return kept + new
 
 
-def _fill_layout(root: Path, plan: _Plan, progress: Progress, index: dict[str, Any] | None) -> None:
+def _fill_layout(
+    store: Store, root: Path, plan: _Plan, progress: Progress, index: dict[str, Any] | None
+) -> None:
+    """Blobs first, then ``oci-layout``, then ``index.json``: each file whole and durable."""
     for digest in sorted(plan.blobs, key=blob_path):
-        _write_blob(root, plan.blobs[digest], progress)
-    for d in sorted({p.parent for p in (root / blob_path(b) for b in plan.blobs)}):
-        fsutil.fsync_dir(d)
+        _write_blob(store, root, plan.blobs[digest], progress)
     if not (root / LAYOUT_FILE).exists():
-        _write_file(root / LAYOUT_FILE, lambda f: f.write(LAYOUT_BYTES))
+        fsutil.atomic_write(root / LAYOUT_FILE, LAYOUT_BYTES, None)
     if index is None:
         data = _index_bytes(plan.entries)
     else:
         data = _index_bytes(_merge(list(index.get("manifests") or []), plan.entries), index)
-    _write_file(root / INDEX_FILE, lambda f: f.write(data))
-    fsutil.fsync_dir(root)
+    fsutil.atomic_write(root / INDEX_FILE, data, None)
 
 
 def write_oci_layout(
@@ -938,7 +771,7 @@ def write_oci_layout(
     last, under an exclusive ``flock`` of the directory (so concurrent ocistore writers
     do not lose each other's descriptors). Anything else at ``dest`` is refused.
     """
-    progress = progress or Progress(False)
+    progress = progress or SILENT
     dest = Path(dest)
     plan = _plan(store, names)  # every image found and checked before anything is written
     if dest.exists() and not dest.is_dir():
@@ -950,7 +783,7 @@ def write_oci_layout(
         tmp = parent / f".{dest.name}.{os.urandom(16).hex()}.tmp"
         try:
             tmp.mkdir(mode=0o755)
-            _fill_layout(tmp, plan, progress, None)
+            _fill_layout(store, tmp, plan, progress, None)
             os.rename(tmp, dest)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -963,9 +796,7 @@ def write_oci_layout(
         else:
             fsutil.fsync_dir(parent)
             return
-    fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with fsutil.FileLock(dest, directory=True).exclusive():
         if (dest / LAYOUT_FILE).exists():
             index: dict[str, Any] | None = _read_existing_index(dest)
         elif any(dest.iterdir()):
@@ -975,6 +806,4 @@ def write_oci_layout(
             )
         else:
             index = None
-        _fill_layout(dest, plan, progress, index)
-    finally:
-        os.close(fd)
+        _fill_layout(store, dest, plan, progress, index)

@@ -1,11 +1,13 @@
 """Reading archives safely.
 
-:func:`open_archive` gives an :class:`ArchiveReader` over a tar file (plain, gzip or zstd;
-standard input is spooled to the store's ``tmp/`` first) or a directory. Entry names are
-normalized (``./a`` is ``a``); a name that is absolute or climbs out with ``..`` is
-refused, naming the entry. A symlink is followed only while it stays inside the archive
-and ends on a regular file, as ``docker load`` does with the links ``docker save`` writes
-for repeated layers; any other link where a file is expected is refused.
+:func:`open_archive` gives an :class:`ArchiveReader` over a directory or a tar file
+(plain, gzip or zstd): a tar on disk is indexed in place, and standard input or a
+compressed tar is copied once, decompressed, into a scratch file the store gives
+(:meth:`ocistore.store.Store.spool`). Entry names are normalized (``./a`` is ``a``); a
+name that is absolute or climbs out with ``..`` is refused, naming the entry. A symlink
+is followed only while it stays inside the archive and ends on a regular file, as
+``docker load`` does with the links ``docker save`` writes for repeated layers; any
+other link where a file is expected is refused.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ import io
 import json
 import os
 import posixpath
-import shutil
 import stat as stat_mod
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, NamedTuple, Protocol
+from typing import IO, Any, NamedTuple, Protocol, cast
 
 from ..errors import InvalidInput, NotFound, OcistoreError
-from ..spec.compression import Compression, decompressed_reader, detect
+from ..spec.compression import Compression, PeekableReader, decompressed_reader, detect
 from ..spec.digest import CHUNK
 from ..store import fsutil
 
@@ -118,12 +120,17 @@ class _Window(io.RawIOBase):
 class TarArchive:
     """A tar archive on disk, indexed once; members are read in place."""
 
-    def __init__(self, path: Path, display: str, cleanup: bool = False) -> None:
+    def __init__(self, path: Path, display: str, spooled: fsutil.TempFile | None = None) -> None:
         self.path = path
         self.name = display
-        self._cleanup = cleanup
+        #: The store's scratch file the archive was spooled to, removed on close.
+        self._spooled = spooled
         self._members: dict[str, _Member] = {}
-        self._index()
+        try:
+            self._index()
+        except BaseException:
+            self.close()
+            raise
 
     def _index(self) -> None:
         size = self.path.stat().st_size
@@ -221,8 +228,8 @@ class TarArchive:
         return io.BufferedReader(_Window(str(self.path), m.offset, m.size), CHUNK)
 
     def close(self) -> None:
-        if self._cleanup:
-            self.path.unlink(missing_ok=True)
+        if self._spooled is not None:
+            self._spooled.discard()
 
 
 class DirArchive:
@@ -286,52 +293,46 @@ class DirArchive:
         pass
 
 
-def _spool(stream: IO[bytes], tmpdir: Path) -> Path:
-    tmp = fsutil.TempFile(tmpdir, ".archive")
-    try:
-        shutil.copyfileobj(stream, tmp.file, CHUNK)
-        tmp.file.close()
-    except BaseException:
-        tmp.discard()
-        raise
-    return tmp.path
+#: Copies a stream into a scratch file of the store (:meth:`ocistore.store.Store.spool`).
+Spool = Callable[[IO[bytes], str], fsutil.TempFile]
 
 
-def open_archive(source: str | Path, tmpdir: Path) -> ArchiveReader:
-    """Open a directory or a tar (possibly gzip or zstd compressed; ``-`` is stdin)."""
+def open_archive(source: str | Path, spool: Spool) -> ArchiveReader:
+    """Open a directory or a tar (possibly gzip or zstd compressed; ``-`` is stdin).
+
+    A tar on disk is read in place; standard input, or a compressed tar, is first
+    copied (decompressed) once into a scratch file of the store with ``spool``.
+    """
     display = str(source)
     if display != "-" and Path(source).is_dir():
         return DirArchive(Path(source))
     if display == "-":
-        path = _spool(sys.stdin.buffer, tmpdir)
-        cleanup = True
+        opened: IO[bytes] | None = None
+        stream = PeekableReader(sys.stdin.buffer)
     else:
         path = Path(source)
         if not path.exists():
             raise NotFound(f"{display}: no such file or directory")
-        cleanup = False
+        opened = open(path, "rb")  # noqa: SIM115
+        stream = PeekableReader(opened)
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if not head:
-                raise InvalidInput(f"{display}: empty file, not an archive")
-            compression = detect(head, display)
-            if compression is not Compression.NONE:
-                f.seek(0)
-                try:
-                    plain = _spool(decompressed_reader(f, compression, display), tmpdir)
-                except OcistoreError:
-                    raise
-                except Exception as e:  # a damaged gzip or zstd stream
-                    raise InvalidInput(
-                        f"{display}: corrupt {compression.value} data: {e}"
-                    ) from None
-        if compression is not Compression.NONE:
-            if cleanup:
-                path.unlink(missing_ok=True)
-            path, cleanup = plain, True
-        return TarArchive(path, display, cleanup)
-    except BaseException:
-        if cleanup:
-            path.unlink(missing_ok=True)
-        raise
+        head = stream.peek(8)
+        if not head:
+            raise InvalidInput(f"{display}: empty file, not an archive")
+        compression = detect(head, display)
+        if compression is Compression.NONE:
+            if opened is not None:
+                return TarArchive(path, display)
+            spooled = spool(cast("IO[bytes]", stream), ".archive")
+        else:
+            try:
+                plain = decompressed_reader(cast("IO[bytes]", stream), compression, display)
+                spooled = spool(plain, ".archive")
+            except OcistoreError:
+                raise
+            except Exception as e:  # a damaged gzip or zstd stream
+                raise InvalidInput(f"{display}: corrupt {compression.value} data: {e}") from None
+        return TarArchive(spooled.path, display, spooled)
+    finally:
+        if opened is not None:
+            opened.close()

@@ -11,19 +11,21 @@ with a second thread reading and checking a few MiB ahead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import posixpath
 import queue
 import sys
 import tarfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Final
 
-from ..errors import DigestMismatch, InvalidInput, NotFound, OcistoreError
-from ..spec.digest import CHUNK, Digest, new_hasher
+from .. import parallel
+from ..errors import InvalidInput, NotFound, OcistoreError
+from ..spec.digest import CHUNK
+from ..store import fsutil
 
 #: tar's block: every header and every member's data is padded to a multiple of it.
 _BLOCK: Final = 512
@@ -72,10 +74,6 @@ class MemberSink:
 Fill = Callable[[MemberSink], None]
 
 
-class _Cancelled(Exception):
-    """Another member failed: this one stops."""
-
-
 class _Job:
     """A member the tar writer fills at ``offset``, and how that went."""
 
@@ -98,17 +96,21 @@ def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> N
 
 
 class _PositionalWriter:
-    """Writes one member's data at its place in the output file."""
+    """Writes one member's data at its place in the output file; stops once another
+    member failed."""
 
-    def __init__(self, fd: int, base: int, cancel: threading.Event) -> None:
+    def __init__(self, fd: int, base: int, stop: parallel.Stop) -> None:
         self._fd = fd
         self._base = base
-        self._cancel = cancel
+        self._stop = stop
 
     def __call__(self, data: bytes | memoryview, pos: int) -> None:
-        if self._cancel.is_set():
-            raise _Cancelled
+        self._stop.check()
         _pwrite_all(self._fd, data, self._base + pos)
+
+
+#: What the filling thread puts in the queue when it stops (see ``TarWriter._stream``).
+_END: Final = object()
 
 
 class TarWriter:
@@ -217,62 +219,35 @@ class TarWriter:
         if sink.done != sink.size:
             raise OcistoreError(f"{sink.name}: stored content is shorter than recorded")
 
-    def _fill(self, job: _Job, cancel: threading.Event) -> None:
+    def _fill(self, job: _Job, stop: parallel.Stop) -> None:
         assert self._fd is not None
-        write = _PositionalWriter(self._fd, self._base + job.offset, cancel)
+        write = _PositionalWriter(self._fd, self._base + job.offset, stop)
         sink = MemberSink(job.name, job.size, write)
-        job.fill(sink)
-        self._check_filled(sink)
+        try:
+            job.fill(sink)
+            self._check_filled(sink)
+        except parallel.Halted:
+            raise
+        except BaseException as e:
+            job.error = e
+            raise
 
     def _run_jobs(self) -> None:
         """Fill the members of an :class:`OutputFile`, largest first, with up to
         ``threads`` threads; the first member (in archive order) that failed gives the
         error."""
         jobs = sorted(self._jobs, key=lambda j: j.size, reverse=True)
-        if not jobs:
-            return
-        assert self._fd is not None
-        cancel = threading.Event()
-        todo = iter(jobs)
-        lock = threading.Lock()
-
-        def work() -> None:
-            while not cancel.is_set():
-                with lock:
-                    job = next(todo, None)
-                if job is None:
-                    return
-                try:
-                    self._fill(job, cancel)
-                except BaseException as e:
-                    job.error = e
-                    cancel.set()
-
-        helpers = [
-            threading.Thread(target=work, name=f"tar-fill-{i}", daemon=True)
-            for i in range(min(self._threads, len(jobs)) - 1)
-        ]
-        for t in helpers:
-            t.start()
         try:
-            work()
-            for t in helpers:
-                t.join()
-        except BaseException:
-            cancel.set()
-            for t in helpers:
-                t.join()
+            parallel.run_all([functools.partial(self._fill, job) for job in jobs], self._threads)
+        except Exception:
+            for job in self._jobs:
+                if job.error is not None:
+                    raise job.error from None
             raise
-        errors = [j.error for j in self._jobs if j.error is not None]
-        for e in errors:
-            if not isinstance(e, _Cancelled):
-                raise e
-        if errors:
-            raise errors[0]
 
     def _stream(self) -> None:
         """Write the archive in order into a stream; members are filled by one thread,
-        at most :data:`_AHEAD` chunks ahead of the writes."""
+        at most :data:`_AHEAD` chunks ahead of the one that writes."""
         out = self._out
         if not self._jobs or self._threads == 1:
             for seg in self._segments:
@@ -283,47 +258,54 @@ class TarWriter:
                 else:
                     out.write(seg)
             return
-        chunks: queue.Queue[bytes | _Job] = queue.Queue(maxsize=_AHEAD)
-        cancel = threading.Event()
+        chunks: queue.Queue[object] = queue.Queue(maxsize=_AHEAD)
 
-        def put(item: bytes | _Job) -> None:
-            while not cancel.is_set():
-                try:
-                    chunks.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    pass
-            raise _Cancelled
+        def produce(stop: parallel.Stop) -> None:
+            def put(data: bytes | memoryview, _pos: int) -> None:
+                stop.check()  # the writing side failed: stop reading
+                chunks.put(bytes(data))
 
-        def produce() -> None:
-            for job in self._jobs:
-                try:
-                    sink = MemberSink(job.name, job.size, lambda data, _pos: put(bytes(data)))
-                    job.fill(sink)
-                    self._check_filled(sink)
-                except BaseException as e:
-                    job.error = e
-                try:
-                    put(job)  # the end of its data; job.error tells whether it failed
-                except _Cancelled:
-                    return
-                if job.error is not None:
-                    return
+            try:
+                for job in self._jobs:
+                    try:
+                        sink = MemberSink(job.name, job.size, put)
+                        job.fill(sink)
+                        self._check_filled(sink)
+                    except parallel.Halted:
+                        raise
+                    except BaseException as e:
+                        job.error = e
+                    chunks.put(job)  # the end of its data; job.error tells whether it failed
+                    if job.error is not None:
+                        return
+            finally:
+                chunks.put(_END)
 
-        reader = threading.Thread(target=produce, name="tar-read", daemon=True)
-        reader.start()
-        try:
-            for seg in self._segments:
-                if not isinstance(seg, _Job):
-                    out.write(seg)
-                    continue
-                while not isinstance(item := chunks.get(), _Job):
-                    out.write(item)
-                if item.error is not None:
-                    raise item.error
-        finally:
-            cancel.set()
-            reader.join()
+        def write(stop: parallel.Stop) -> None:
+            try:
+                for seg in self._segments:
+                    if not isinstance(seg, _Job):
+                        out.write(seg)
+                        continue
+                    while True:
+                        item = chunks.get()
+                        if item is _END:
+                            return  # the filling thread was stopped
+                        if isinstance(item, _Job):
+                            break
+                        out.write(item)  # type: ignore[call-overload]
+                    if item.error is not None:
+                        raise item.error
+            except BaseException:
+                stop.failed.set()  # the filling thread stops at its next chunk...
+                while True:  # ...once it is not waiting for room in the queue
+                    try:
+                        chunks.get_nowait()
+                    except queue.Empty:
+                        break
+                raise
+
+        parallel.run_all([write, produce], workers=2)
 
     def close(self) -> None:
         """Fill the members, then end the archive (two zero blocks, padded to a record,
@@ -349,38 +331,22 @@ class TarWriter:
         self._segments = []
 
 
-def fill_from_file(
-    path: Path, digest: Digest, progress: Callable[[int], None] | None = None
+def fill_from(
+    open_stream: Callable[[], IO[bytes]], progress: Callable[[int], None] | None = None
 ) -> Fill:
-    """A fill function copying a stored blob, checked against ``digest`` as it is read.
-
-    Each chunk is read once into a buffer, hashed and written from the same buffer.
-    """
-    digest = Digest(digest)
+    """A fill function copying what ``open_stream`` gives to its end (a stored blob,
+    which checks its own digest there) into the member; ``progress`` is called with the
+    bytes done. Each piece is read once into one buffer and written from it."""
 
     def fill(sink: MemberSink) -> None:
-        hasher = new_hasher(digest.algorithm)
-        try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115
-        except FileNotFoundError:
-            raise NotFound(f"blob {digest} not found") from None
-        with f:
+        with open_stream() as f:
             buf = bytearray(CHUNK)
             view = memoryview(buf)
-            while sink.done < sink.size:
-                n = f.readinto(view[: min(CHUNK, sink.size - sink.done)])
-                if not n:
-                    break
-                chunk = view[:n]
-                hasher.update(chunk)
-                sink.write(chunk)
+            readinto = f.readinto  # type: ignore[attr-defined]
+            while n := readinto(buf):
+                sink.write(view[:n])  # more than recorded is an error at once
                 if progress is not None:
                     progress(sink.done)
-            if sink.done == sink.size and f.read(1):
-                raise OcistoreError(f"{sink.name}: stored content is longer than recorded")
-        got = f"{digest.algorithm}:{hasher.hexdigest()}"
-        if got != digest:
-            raise DigestMismatch(f"blob {digest}", digest, got)
 
     return fill
 
@@ -393,8 +359,8 @@ def output_file(path: str) -> Iterator[IO[bytes]]:
     Like ``docker save -o``, ``skopeo copy`` and ``tar``, the file is not fsynced: it is
     an export, not part of the store. It reaches the disk with the kernel's writeback
     (``sync`` forces it); until then a power loss can leave the path empty or short, or
-    lose the file it replaced. Waiting for the disk cost a third of the time of an
-    oci-archive save.
+    lose the file it replaced. (Waiting for the disk was a large part of the time of an
+    oci-archive save.)
     """
     if path == "-":
         out = sys.stdout.buffer
@@ -411,11 +377,5 @@ def output_file(path: str) -> Iterator[IO[bytes]]:
         with open(dest, "wb") as stream:
             yield stream
         return
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        with OutputFile(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with fsutil.AtomicFile(dest, durable=False, open_file=lambda p: OutputFile(p, "xb")) as f:
+        yield f

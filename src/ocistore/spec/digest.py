@@ -69,10 +69,6 @@ class Digest(str):
         return str.__new__(cls, value)
 
     @classmethod
-    def from_hex(cls, hex_: str, algorithm: str = "sha256") -> Digest:
-        return cls(f"{algorithm}:{hex_}")
-
-    @classmethod
     def is_valid(cls, value: str) -> bool:
         try:
             cls(value)

@@ -310,7 +310,11 @@ def parse(s: str) -> Reference:
     return _parse_strict(f"{domain}/{remainder}", s)
 
 
-_TRUSTED_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@")
+#: The characters of the familiar references this store writes (names, tags, digests):
+#: a string of only these is split without the grammar's regular expressions.
+FAMILIAR_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@"
+)
 
 
 def split_familiar(s: str) -> tuple[str, str | None, str | None]:
@@ -331,7 +335,7 @@ def parse_trusted(s: str) -> Reference | None:
 
     Opening a store with 10,000 tags parses 10,000 of these, every command.
     """
-    if not s or not _TRUSTED_CHARS.issuperset(s) or len(s) > NAME_TOTAL_LENGTH_MAX + 200:
+    if not s or not FAMILIAR_CHARS.issuperset(s) or len(s) > NAME_TOTAL_LENGTH_MAX + 200:
         return None
     rest, at, digest_s = s.partition("@")
     tag: str | None = None
@@ -384,11 +388,6 @@ def is_identifier(s: str) -> bool:
     return _IDENTIFIER_RE.fullmatch(s) is not None
 
 
-def is_full_image_id(s: str) -> bool:
-    """A complete image ID: 64 lowercase hex characters, with or without ``sha256:``."""
-    return is_identifier(s.removeprefix("sha256:"))
-
-
 def looks_like_id(s: str) -> bool:
     """Whether ``s`` could be an image ID or a prefix of one: ``[sha256:]`` + 1-64 hex.
 
@@ -399,5 +398,47 @@ def looks_like_id(s: str) -> bool:
     return _ID_PREFIX_RE.fullmatch(s) is not None
 
 
-#: Another name for :func:`looks_like_id`.
-looks_like_id_prefix = looks_like_id
+# -- what may be a tag or a digest reference ---------------------------------------------
+
+#: Repository names refused for tags and digest references: ``sha256:<hex>`` would be
+#: ambiguous between a tag and an image ID.
+RESERVED_NAMES: Final = frozenset({"sha256", "sha512"})
+
+
+def is_tag(s: str) -> bool:
+    """Whether ``s`` is a tag (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``)."""
+    return _TAG_RE.fullmatch(s) is not None
+
+
+def normalize(ref: Reference) -> Reference:
+    """The canonical form of a reference built by hand (``docker.io/foo`` →
+    ``docker.io/library/foo``)."""
+    return parse(str(ref))
+
+
+def check_tag(ref: Reference) -> None:
+    """Refuse a reference that cannot be a tag (moby's ``AddTag`` rules): one with a
+    digest, or in a reserved repository. Lets a caller check before doing work it would
+    otherwise have to undo."""
+    if ref.digest is not None:
+        raise InvalidInput(f"refusing to create a tag with a digest reference: {ref.familiar()}")
+    if ref.familiar_name in RESERVED_NAMES:
+        raise InvalidInput(
+            "refusing to create an ambiguous tag using digest algorithm as name: "
+            f"{normalize(ref).tagged_or_default().familiar()}"
+        )
+
+
+def check_digest_reference(ref: Reference) -> None:
+    """Refuse a reference that cannot be a digest reference (moby's ``AddDigest``
+    rules): one without a digest, with a tag, or in a reserved repository."""
+    if ref.digest is None:
+        raise InvalidInput(
+            f"refusing to create a digest reference without a digest: {ref.familiar()}"
+        )
+    if ref.tag is not None:
+        raise InvalidInput(f"refusing to create a digest reference with a tag: {ref.familiar()}")
+    if ref.familiar_name in RESERVED_NAMES:
+        raise InvalidInput(
+            f"refusing to create an ambiguous tag using digest algorithm as name: {ref.familiar()}"
+        )

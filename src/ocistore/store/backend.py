@@ -1,8 +1,10 @@
 """The image-config backend, with the interface of Docker's ``StoreBackend``.
 
-``imagedb/content/sha256/<hex>`` holds configs, exactly as given; ``imagedb/metadata/
-sha256/<hex>/<key>`` holds small per-image values (``parent``, ``lastUpdated``). The
-backend computes keys itself: callers never choose where content goes.
+``imagedb/content/sha256/<hex>`` holds configs, exactly as given: a content store of its
+own, written through the same :class:`~ocistore.store.content.BlobWriter` as every
+blob. ``imagedb/metadata/sha256/<hex>/<key>`` holds small per-image values, under the
+keys named below. The backend computes keys itself: callers never choose where content
+goes.
 """
 
 from __future__ import annotations
@@ -10,11 +12,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..errors import InvalidInput, NotFound
-from ..spec.digest import Digest, digest_bytes, read_verified
+from ..spec.digest import Digest
 from . import fsutil
+from .content import ContentStore
+
+#: Metadata key: the image's parent image ID (``docker build``'s intermediate images).
+PARENT: Final = "parent"
+#: Metadata key: the digest of the manifest the image came with (kept in the blob store).
+MANIFEST: Final = "manifest"
+#: Metadata key: a JSON list of further blobs the image keeps alive (its manifest, the
+#: layer blobs it was distributed as when the layer store holds another).
+BLOBS: Final = "blobs"
 
 
 class StoreBackend(Protocol):
@@ -39,12 +50,11 @@ class FSBackend:
     def __init__(self, root: Path, tmpdir: Path) -> None:
         self.root = root
         self.tmpdir = tmpdir
+        self.content = ContentStore(root / "content", tmpdir, mode=0o444)
         self.content_dir = root / "content" / "sha256"
-        self.metadata_dir = root / "metadata" / "sha256"
 
     def content_path(self, digest: Digest) -> Path:
-        d = Digest(digest)
-        return self.root / "content" / d.algorithm / d.hex
+        return self.content.path(digest)
 
     def _metadata_path(self, digest: Digest, key: str | None = None) -> Path:
         d = Digest(digest)
@@ -66,7 +76,7 @@ class FSBackend:
 
     def get(self, digest: Digest) -> bytes:
         """The content, re-hashed: a :class:`DigestMismatch` names a tampered config."""
-        return read_verified(self.content_path(digest), digest, f"image config {digest}")
+        return self.content.read(digest, f"image config {digest}")
 
     def exists(self, digest: Digest) -> bool:
         return self.content_path(digest).is_file()
@@ -74,11 +84,7 @@ class FSBackend:
     def set(self, data: bytes) -> Digest:
         if not data:
             raise InvalidInput("image config is empty")
-        digest = digest_bytes(data)
-        path = self.content_path(digest)
-        if not path.exists():
-            fsutil.atomic_write(path, data, self.tmpdir)
-        return digest
+        return self.content.write(data, what="image config")
 
     def delete(self, digest: Digest) -> None:
         """Remove the metadata, then the content (top-down)."""

@@ -1,38 +1,109 @@
-"""The content store: blobs (layer blobs as received, manifests) by digest.
+"""The content store: blobs by digest, and the one writer every blob goes through.
 
-``blobs/<algorithm>/<hex>``. A blob is written in ``tmp/`` while it is hashed, checked
-against the digest and size it must have, and only then renamed into place (read-only),
-so a blob under ``blobs/`` is always whole and always what its name says. Reads can
-verify again.
+``blobs/<algorithm>/<hex>`` holds layer blobs as they were received and manifests; the
+image configs under ``imagedb/content`` are a content store of their own (see
+:mod:`ocistore.store.backend`). A file under either is always whole and always what its
+name says, because nothing is put there except by a :class:`BlobWriter`:
+
+* :meth:`ContentStore.writer` opens one, with the digest and size the content must have
+  when they are known (as containerd's ingester does). It writes into ``tmp/``, hashing
+  as it goes; every ``write`` is completed or fails (a short write is never taken for the
+  end). :meth:`BlobWriter.copy_from` streams a whole source, reading and writing on one
+  thread while another hashes or looks at the bytes.
+* :meth:`BlobWriter.finish` checks the size and digest of what was written, and that
+  the file holds exactly that many bytes, then fsyncs it and makes it read-only; it stays
+  in ``tmp/`` as a :class:`StagedBlob`. :meth:`ContentStore.publish` renames it into
+  place (checking that the file in ``tmp/`` is still the one written) and fsyncs the
+  directory: the short step a writer takes under the store lock.
+  :meth:`BlobWriter.commit` does both.
+* :meth:`BlobWriter.abort` (or leaving its ``with`` block on an error) removes what was
+  written. A writer opened with a ``ref`` keeps its partial file instead, so that a
+  writer opened later with the same ``ref`` resumes at its :attr:`~BlobWriter.offset`
+  (and :meth:`~BlobWriter.truncate` goes back to an earlier one): downloads that were cut
+  off start again where they stopped.
+
+Anything a crash leaves in ``tmp/`` is garbage that :meth:`~ocistore.store.Store.gc`
+removes.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
-from collections.abc import Iterator
+import queue
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, NamedTuple
+from types import TracebackType
+from typing import IO, Protocol
 
-from ..errors import NotFound
-from ..spec.digest import Digest, VerifyingReader, digest_bytes, read_verified
+from .. import parallel
+from ..errors import Conflict, CorruptStore, DigestMismatch, NotFound, SizeMismatch
+from ..spec.digest import CHUNK, Digest, VerifyingReader, digest_bytes, new_hasher, read_verified
 from . import fsutil
 
+__all__ = ["BlobWriter", "ContentStore", "Pieces", "Readable", "StagedBlob"]
 
-class StagedBlob(NamedTuple):
-    """A blob written and hashed in ``tmp/``, not yet visible in the store."""
 
-    path: Path
-    digest: Digest
-    size: int
+class Readable(Protocol):
+    """What :meth:`BlobWriter.copy_from` reads from: anything with ``readinto``."""
+
+    def readinto(self, buf: bytearray) -> int: ...
+
+
+class StagedBlob:
+    """A blob written, checked and fsynced in ``tmp/``, not yet visible in the store.
+
+    It keeps the file it was written through open until it is published or discarded,
+    so that the name in ``tmp/`` can be checked to still be that very file (an inode
+    number cannot be handed to another file while it is open).
+    """
+
+    __slots__ = ("_fd", "digest", "path", "size")
+
+    def __init__(self, path: Path, digest: Digest, size: int, fd: int) -> None:
+        self.path = path
+        self.digest = digest
+        self.size = size
+        self._fd: int | None = fd
+
+    def __repr__(self) -> str:
+        return f"StagedBlob({self.digest}, {self.size} bytes, {str(self.path)!r})"
+
+    def is_file_at(self, path: Path) -> bool:
+        """Whether ``path`` names the very file this blob was written to."""
+        if self._fd is None:
+            return False
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._fd)
+        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def release(self) -> None:
+        """Close the file (the blob was published)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Remove the staged file, unless it was published."""
+        if self._fd is not None:
+            if self.is_file_at(self.path):
+                self.path.unlink(missing_ok=True)
+            self.release()
 
 
 class ContentStore:
-    def __init__(self, root: Path, tmpdir: Path) -> None:
+    """Blobs under ``root/<algorithm>/<hex>``, written through :class:`BlobWriter` via
+    ``tmpdir`` (on the same file system), as files of ``mode``."""
+
+    def __init__(self, root: Path, tmpdir: Path, mode: int = 0o444) -> None:
         self.root = root
         self.tmpdir = tmpdir
+        self.mode = mode
 
     def path(self, digest: Digest) -> Path:
         d = Digest(digest)  # validated before it becomes a path
@@ -50,34 +121,71 @@ class ContentStore:
     def open(self, digest: Digest, verify: bool = True) -> IO[bytes]:
         """Open a blob for reading; with ``verify`` the digest is checked at its end."""
         try:
-            f = open(self.path(digest), "rb")  # noqa: SIM115
+            f = open(self.path(digest), "rb", buffering=0)  # noqa: SIM115
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
         if not verify:
             return f
         return VerifyingReader(f, digest, f"blob {digest}")  # type: ignore[return-value]
 
-    def read(self, digest: Digest) -> bytes:
+    def read(self, digest: Digest, what: str | None = None) -> bytes:
         """The whole blob, verified (for small blobs: manifests, configs)."""
-        return read_verified(self.path(digest), digest, f"blob {digest}")
+        return read_verified(self.path(digest), digest, what or f"blob {digest}")
 
-    def commit(self, staged: StagedBlob) -> Digest:
-        """Make a staged blob visible. Committing a blob that exists already succeeds."""
+    def writer(
+        self,
+        expected: Digest | None = None,
+        size: int | None = None,
+        what: str | None = None,
+        ref: str | None = None,
+    ) -> BlobWriter:
+        """A :class:`BlobWriter` for content that must have digest ``expected`` and
+        ``size`` bytes, when given. ``what`` names the content in errors; ``ref`` makes
+        the write resumable (see the module documentation)."""
+        return BlobWriter(self, expected, size, what, ref)
+
+    def write(self, data: bytes, expected: Digest | None = None, what: str | None = None) -> Digest:
+        """Keep small content (a manifest, a config) in one step; writing content that
+        is stored already succeeds."""
+        digest = Digest(expected) if expected is not None else digest_bytes(data)
+        if self.path(digest).is_file():
+            if expected is not None:  # still refuse content that is not what it claims
+                got = digest_bytes(data, digest.algorithm)
+                if got != digest:
+                    raise DigestMismatch(what or f"blob {digest}", digest, got)
+            return digest
+        with self.writer(digest, len(data), what) as w:
+            w.write(data)
+            return w.commit()
+
+    def publish(self, staged: StagedBlob) -> Digest:
+        """Make a staged blob visible (the caller holds the store lock). Publishing a
+        blob that is stored already (same digest, same size) only discards the copy.
+        :class:`CorruptStore` if the staged file was replaced or removed meanwhile."""
         dest = self.path(staged.digest)
-        if dest.exists():
-            staged.discard()
-            return staged.digest
-        os.chmod(staged.path, 0o444)
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISREG(st.st_mode) and st.st_size == staged.size:
+                staged.discard()
+                return staged.digest
+            # A short blob (a full disk, before ocistore checked its writes) is replaced.
+        if not staged.is_file_at(staged.path):
+            raise CorruptStore(
+                f"blob {staged.digest}: its staged file {staged.path} was replaced or "
+                "removed before it could be published"
+            )
         fsutil.publish(staged.path, dest)
+        if not staged.is_file_at(dest):  # swapped in the instant between check and rename
+            fsutil.remove(dest)
+            raise CorruptStore(
+                f"blob {staged.digest}: its staged file {staged.path} was replaced "
+                "while it was published"
+            )
+        staged.release()
         return staged.digest
-
-    def write(self, data: bytes) -> Digest:
-        """Keep small content (a manifest) in one step; writing a blob that exists succeeds."""
-        digest = digest_bytes(data)
-        dest = self.path(digest)
-        if not dest.exists():
-            fsutil.atomic_write(dest, data, self.tmpdir, mode=0o444)
-        return digest
 
     def delete(self, digest: Digest) -> None:
         fsutil.remove(self.path(digest))
@@ -92,3 +200,306 @@ class ContentStore:
             for entry in os.scandir(algdir):
                 if Digest.is_valid(f"{algdir.name}:{entry.name}"):
                     yield Digest(f"{algdir.name}:{entry.name}")
+
+
+#: How many pieces :meth:`BlobWriter.copy_from` has in flight between its two threads.
+BUFFERS = 4
+
+
+class BlobWriter:
+    """Streams one blob into ``tmp/`` of a :class:`ContentStore`; see the module
+    documentation. Use it as a context manager: leaving the block without
+    :meth:`finish` or :meth:`commit` aborts it."""
+
+    def __init__(
+        self,
+        content: ContentStore,
+        expected: Digest | None = None,
+        size: int | None = None,
+        what: str | None = None,
+        ref: str | None = None,
+    ) -> None:
+        self._content = content
+        self._expected = Digest(expected) if expected is not None else None
+        self._size = size
+        self._algorithm = self._expected.algorithm if self._expected is not None else "sha256"
+        self.what = what or f"blob {self._expected or ''}".rstrip()
+        self._ref = ref
+        self._hasher = new_hasher(self._algorithm)
+        #: Bytes written so far (with ``ref``, those a previous writer left, to begin with).
+        self.offset = 0
+        self._sync: fsutil.BackgroundSync | None = None
+        self._staged: StagedBlob | None = None
+        self._closed = False
+        if ref is None:
+            self.path = fsutil.temp_path(content.tmpdir, ".blob")
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL
+        else:
+            key = digest_bytes(ref.encode()).hex[:32]
+            self.path = content.tmpdir / f"ingest-{key}.partial"
+            flags = os.O_RDWR | os.O_CREAT
+        self._fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if ref is not None:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise Conflict(f"{self.what}: another writer is writing it ({ref})") from None
+                self._rehash(os.fstat(self._fd).st_size)
+        except BaseException:
+            os.close(self._fd)
+            self._closed = True
+            raise
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _rehash(self, offset: int) -> None:
+        """Hash the first ``offset`` bytes already in the file, and go on from there."""
+        self._hasher = new_hasher(self._algorithm)
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        pos = 0
+        while pos < offset:
+            n = os.preadv(self._fd, [view[: min(CHUNK, offset - pos)]], pos)
+            if not n:
+                break
+            self._hasher.update(view[:n])
+            pos += n
+        os.lseek(self._fd, pos, os.SEEK_SET)
+        self.offset = pos
+
+    def truncate(self, offset: int) -> None:
+        """Go back to ``offset`` bytes (at most :attr:`offset`): a download resumed from
+        there, or started again from 0."""
+        if not 0 <= offset <= self.offset:
+            raise ValueError(f"cannot truncate {self.what} at {offset} of {self.offset} bytes")
+        os.ftruncate(self._fd, offset)
+        self._rehash(offset)
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data`` (a short write is continued; a full disk raises)."""
+        view = memoryview(data)
+        fd = self._fd
+        while view:
+            n = os.write(fd, view)
+            if n <= 0:  # pragma: no cover - the kernel raises ENOSPC instead
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            view = view[n:]
+        n = len(data)
+        self.offset += n
+        if self._sync is None and self.offset >= fsutil.SYNC_EVERY:
+            # A large blob: start the disk early, so the final fsync is short.
+            self._sync = fsutil.BackgroundSync(fd)
+        if self._sync is not None:
+            self._sync.wrote(n)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the blob and hash it."""
+        self._write(data)
+        self._hasher.update(data)
+
+    def copy_from(
+        self,
+        stream: Readable,
+        consume: Callable[[Pieces], None] | None = None,
+        progress: Callable[[int], None] | None = None,
+        chunk_size: int = CHUNK,
+    ) -> None:
+        """Append everything ``stream`` gives, to its end, on two threads.
+
+        The calling thread reads pieces of ``chunk_size`` into a few reusable buffers and
+        writes each; a second thread takes the pieces in order: it hashes them, or, with
+        ``consume``, gives them to that function (a decompressor, say) while the calling
+        thread hashes too. ``consume`` gets the pieces as :class:`Pieces` and must read
+        them to their end; whatever it raises is raised here. ``progress`` is called with
+        :attr:`offset` after each piece; whatever it raises stops the copy.
+        """
+        pending: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
+        free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(BUFFERS):
+            free.put(bytearray(chunk_size))
+        pieces = Pieces(pending, free)
+        hash_here = consume is not None
+        readinto = stream.readinto
+
+        def read_and_write(stop: parallel.Stop) -> None:
+            try:
+                while True:
+                    stop.check()  # the other side failed: stop reading
+                    buf = free.get()
+                    n = readinto(buf)
+                    if not n:
+                        free.put(buf)
+                        return
+                    view = memoryview(buf)[:n]
+                    self._write(view)
+                    if hash_here:
+                        self._hasher.update(view)
+                    del view
+                    pending.put((buf, n))
+                    if progress is not None:
+                        progress(self.offset)
+            finally:
+                pending.put(None)
+
+        def look(stop: parallel.Stop) -> None:
+            # Whatever fails, the queued buffers go back to the reading thread (which
+            # would otherwise wait for a free one forever) until it has stopped.
+            try:
+                if consume is not None:
+                    consume(pieces)
+                else:
+                    update = self._hasher.update
+                    while (piece := pieces.next()) is not None:
+                        update(piece)
+            except BaseException:
+                stop.failed.set()  # the reading thread stops at its next piece
+                raise
+            finally:
+                pieces.drain()
+
+        parallel.run_all([read_and_write, look], workers=2)
+
+    # -- finishing -----------------------------------------------------------------------
+
+    @property
+    def digest(self) -> Digest:
+        """The digest of what was written so far."""
+        return Digest(f"{self._algorithm}:{self._hasher.hexdigest()}")
+
+    def verify(self) -> Digest:
+        """Check what was written against the expected size and digest (and remove it if
+        it is not what it must be); returns its digest."""
+        digest = self.digest
+        try:
+            if self._size is not None and self.offset != self._size:
+                raise SizeMismatch(self.what, self._size, self.offset)
+            if self._expected is not None and digest != self._expected:
+                raise DigestMismatch(self.what, self._expected, digest)
+        except BaseException:
+            self.abort()
+            raise
+        return digest
+
+    def finish(self) -> StagedBlob:
+        """Verify, check that the file holds what was written, fsync it and make it
+        read-only; the blob stays in ``tmp/`` until :meth:`ContentStore.publish`."""
+        if self._staged is not None:
+            return self._staged
+        digest = self.verify()
+        try:
+            if self._sync is not None:
+                self._sync.stop()
+                self._sync = None
+            st = os.fstat(self._fd)
+            if st.st_size != self.offset:
+                raise CorruptStore(
+                    f"{self.what}: {self.path} holds {st.st_size} bytes, {self.offset} were written"
+                )
+            os.fsync(self._fd)
+            os.fchmod(self._fd, self._content.mode)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True  # the staged blob keeps the file open, and closes it
+        self._staged = StagedBlob(self.path, digest, self.offset, self._fd)
+        return self._staged
+
+    def commit(self) -> Digest:
+        """:meth:`finish`, then :meth:`ContentStore.publish`."""
+        return self._content.publish(self.finish())
+
+    def _close_fd(self) -> None:
+        if self._sync is not None:
+            self._sync.stop()
+            self._sync = None
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def abort(self) -> None:
+        """Remove what was written (a finished blob not yet published too)."""
+        if self._staged is not None:
+            self._staged.discard()
+            return
+        self._close_fd()
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Leave the blob unfinished: removed, or kept for resuming with a ``ref``."""
+        if self._ref is None:
+            if self._staged is None:
+                self.abort()
+        else:
+            self._close_fd()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._staged is not None and exc_type is not None:
+            self._staged.discard()  # finished, but what it was for failed
+        self.close()
+
+
+class Pieces:
+    """The pieces :meth:`BlobWriter.copy_from` read, in order, for its second thread:
+    whole (:meth:`next`) or as a stream (:meth:`read`). A piece's buffer goes back to the
+    reading thread once the next piece is asked for: the caller is done with it then
+    (zstd's stream reader only asks for more when it has used up what it was given)."""
+
+    __slots__ = ("_buf", "_ended", "_free", "_pos", "_queue", "_view")
+
+    def __init__(
+        self, pending: queue.Queue[tuple[bytearray, int] | None], free: queue.Queue[bytearray]
+    ) -> None:
+        self._queue = pending
+        self._free = free
+        self._buf: bytearray | None = None
+        self._view = memoryview(b"")
+        self._pos = 0
+        self._ended = False
+
+    def next(self) -> memoryview | None:
+        """The next piece whole, or ``None`` at the end."""
+        self._release()
+        if self._ended:
+            return None
+        item = self._queue.get()
+        if item is None:
+            self._ended = True
+            return None
+        self._buf, n = item
+        self._view = memoryview(self._buf)[:n]
+        self._pos = n
+        return self._view
+
+    def read(self, size: int = -1) -> memoryview | bytes:
+        while self._pos >= len(self._view):
+            if self.next() is None:
+                return b""
+            self._pos = 0
+        end = len(self._view) if size < 0 else self._pos + size
+        piece = self._view[self._pos : end]
+        self._pos += len(piece)
+        return piece
+
+    def _release(self) -> None:
+        if self._buf is not None:
+            self._view = memoryview(b"")
+            self._pos = 0
+            self._free.put(self._buf)
+            self._buf = None
+
+    def close(self) -> None:
+        """Nothing to close: the queue is the writer's (the zstd reader calls this)."""
+
+    def drain(self) -> None:
+        """Give back every buffer, up to the end of the pieces (after an error too)."""
+        while self.next() is not None:
+            pass

@@ -1,13 +1,17 @@
-"""The file primitives every part of the store writes through.
+"""The file primitives every part of ocistore writes through.
 
-* :func:`atomic_write` makes a file visible whole: it writes a temporary file in the
-  store's ``tmp/`` directory, fsyncs it, renames it into place and fsyncs the directory.
-* :class:`TempFile` is the same for content that is streamed in and committed later.
-* :class:`StoreLock` is the OS file lock (``fcntl.flock``) that serializes publishing:
-  exclusive for writers, shared for readers that need a consistent view.
+* :class:`AtomicFile` (and :func:`atomic_write` for bytes at hand) makes a named file
+  visible whole: it writes a temporary file (in the store's ``tmp/``, or beside the file
+  under a hidden name), every write completed, fsyncs it, renames it into place and fsyncs
+  the directory. Content-addressed files go through
+  :class:`~ocistore.store.content.BlobWriter` instead, which also checks their digest.
+* :class:`TempFile` is a scratch file in ``tmp/`` (an archive spooled from a pipe).
+* :class:`FileLock` is the OS file lock (``fcntl.flock``) that serializes publishing:
+  exclusive for writers, shared for readers that need a consistent view; on the store's
+  ``lock`` file, or on a directory (an OCI layout being added to).
 
-The temporary directory must be on the same file system as the destination, so every
-store keeps its own ``<root>/tmp``.
+A temporary file must be on the same file system as its destination, so every store
+keeps its own ``<root>/tmp``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 
 def fsync_dir(path: Path) -> None:
@@ -96,22 +101,95 @@ def temp_path(tmpdir: Path, suffix: str = "") -> Path:
     return tmpdir / f"{os.urandom(16).hex()}{suffix}"
 
 
-def atomic_write(path: Path, data: bytes, tmpdir: Path, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
-    tmp = temp_path(tmpdir)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    publish(tmp, path)
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd``: a short write is continued, a full disk raises."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class AtomicFile:
+    """A named file that readers see as it was or whole, never half written.
+
+    ``with AtomicFile(path) as f: f.write(...)`` writes a temporary file (in ``tmpdir``,
+    which must be on the same file system, else beside ``path`` under a hidden name),
+    then gives it ``mode``, fsyncs it (unless not ``durable``: an export such as
+    ``save -o``, which the kernel writes back in its own time), renames it over ``path``
+    and fsyncs the directory. Leaving the block with an error removes the temporary file
+    and leaves ``path`` as it was. ``open_file`` makes the file object from the temporary
+    path (a plain unbuffered file by default, whose ``write`` is completed here).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        tmpdir: Path | None = None,
+        mode: int = 0o644,
+        durable: bool = True,
+        open_file: Callable[[Path], IO[bytes]] | None = None,
+    ) -> None:
+        self.path = path
+        if tmpdir is not None:
+            self.tmp = temp_path(tmpdir)
+        else:
+            self.tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+        self._mode = mode
+        self._durable = durable
+        self._open = open_file
+
+    def __enter__(self) -> IO[bytes]:
+        if self._open is not None:
+            self.file = self._open(self.tmp)
+        else:
+            self.file = _CompleteWriter(os.open(self.tmp, _NEW_FILE, 0o600))
+        return self.file
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                self.file.flush()
+                fd = self.file.fileno()
+                os.fchmod(fd, self._mode)
+                if self._durable:
+                    os.fsync(fd)
+            self.file.close()
+            if exc_type is None:
+                os.rename(self.tmp, self.path)
+                if self._durable:
+                    fsync_dir(self.path.parent)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _CompleteWriter(io.FileIO):
+    """An unbuffered file whose ``write`` writes everything it is given."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd, "wb", closefd=True)
+
+    def write(self, data: Any) -> int:
+        write_all(self.fileno(), data)
+        return len(data)
+
+
+def atomic_write(path: Path, data: bytes, tmpdir: Path | None, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, whole
+    (:class:`AtomicFile`), creating its directory if needed."""
+    makedirs(path.parent)
+    with AtomicFile(path, tmpdir, mode) as f:
+        f.write(data)
 
 
 def publish(tmp: Path, path: Path) -> None:
@@ -149,9 +227,10 @@ def remove(path: Path) -> None:
 
 
 class TempFile:
-    """A file being written in ``tmp/``: stream into it, then :meth:`commit` or discard.
+    """A scratch file in ``tmp/``: write into it, read it, :meth:`discard` it.
 
-    Used as a context manager, it deletes the temporary file unless it was committed.
+    Used as a context manager, it deletes the file unless it was committed (renamed into
+    place with :meth:`commit`).
     """
 
     def __init__(self, tmpdir: Path, suffix: str = "") -> None:
@@ -193,16 +272,18 @@ class TempFile:
             self.path.unlink(missing_ok=True)
 
 
-class StoreLock:
-    """A re-entrant OS file lock on ``<root>/lock``.
+class FileLock:
+    """A re-entrant OS file lock on ``path``: the store's ``<root>/lock`` (created if
+    missing), or, with ``directory``, a directory itself.
 
     ``exclusive()`` serializes the short publish step of writers across processes;
     ``shared()`` lets readers take a consistent view. Re-entrant within one object, so a
     composite operation can call parts that lock on their own.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, directory: bool = False) -> None:
         self.path = path
+        self._directory = directory
         self._fd: int | None = None
         self._depth = 0
         self._mode = 0
@@ -213,7 +294,10 @@ class StoreLock:
                 raise RuntimeError("cannot upgrade a shared store lock to exclusive")
             self._depth += 1
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if self._directory:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, mode)
         except BaseException:

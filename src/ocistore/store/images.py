@@ -32,8 +32,8 @@ from typing import Any, Final, NamedTuple
 from ..errors import Ambiguous, Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import ChainID, Digest, ImageID
-from . import fsutil
-from .backend import FSBackend
+from . import fsutil, gc
+from .backend import BLOBS, PARENT, FSBackend
 from .layers import Layer, LayerStore
 
 INDEX_VERSION = 2
@@ -159,7 +159,7 @@ class Image(NamedTuple):
 
 class ImageStore:
     def __init__(
-        self, backend: FSBackend, layers: LayerStore, lock: fsutil.StoreLock, tmpdir: Path
+        self, backend: FSBackend, layers: LayerStore, lock: fsutil.FileLock, tmpdir: Path
     ) -> None:
         self.backend = backend
         self.layers = layers
@@ -208,11 +208,11 @@ class ImageStore:
         blobs: tuple[Digest, ...] = ()
         try:
             with contextlib.suppress(NotFound):
-                raw_parent = self.backend.get_metadata(image_id, "parent")
+                raw_parent = self.backend.get_metadata(image_id, PARENT)
                 parent = ImageID(Digest(raw_parent.decode()))
             with contextlib.suppress(NotFound):
                 blobs = tuple(
-                    Digest(b) for b in json.loads(self.backend.get_metadata(image_id, "blobs"))
+                    Digest(b) for b in json.loads(self.backend.get_metadata(image_id, BLOBS))
                 )
         except (ValueError, TypeError) as e:  # InvalidInput is a ValueError too
             raise CorruptStore(f"image {image_id}: damaged metadata: {e}") from None
@@ -392,12 +392,6 @@ class ImageStore:
         self._record(image_id)
         return sorted(r.id for r in self._images.values() if r.parent == image_id)
 
-    def heads(self) -> builtins.list[ImageID]:
-        """Images that are nobody's parent."""
-        self.refresh()
-        parents = {r.parent for r in self._images.values() if r.parent}
-        return sorted(i for i in self._images if i not in parents)
-
     # -- writing ---------------------------------------------------------------------
 
     def create(self, config: bytes | ImageConfig) -> ImageID:
@@ -445,7 +439,7 @@ class ImageStore:
                 if cur == image_id:
                     raise Conflict(f"image {parent} cannot be the parent of {image_id}: a cycle")
                 cur = self._images[cur].parent if cur in self._images else None
-            self.backend.set_metadata(image_id, "parent", parent.encode())
+            self.backend.set_metadata(image_id, PARENT, parent.encode())
             self._replace(image_id, parent=parent)
 
     def set_blobs(self, image_id: ImageID, blobs: builtins.list[Digest]) -> None:
@@ -455,46 +449,30 @@ class ImageStore:
             merged = tuple(sorted(set(rec.blobs) | {Digest(b) for b in blobs}))
             if merged == rec.blobs:
                 return
-            self.backend.set_metadata(image_id, "blobs", json.dumps(list(merged)).encode())
+            self.backend.set_metadata(image_id, BLOBS, json.dumps(list(merged)).encode())
             self._replace(image_id, blob_list=" ".join(merged))
 
     def delete(self, image_id: ImageID) -> builtins.list[Layer]:
         """Delete an image; returns the layers (top first) no remaining image needs.
 
-        Those layers, and the blobs no remaining layer or image needs, are removed.
-        References are the caller's to remove first (delete top-down).
+        Those layers, and the blobs no remaining layer or image needs, are removed
+        (:func:`ocistore.store.gc.sweep`). References are the caller's to remove first
+        (delete top-down). An image with children is refused.
         """
         with self.writing():
             rec = self._record(image_id)
-            kids = [r.id for r in self._images.values() if r.parent == image_id]
-            if kids:
+            if any(r.parent == image_id for r in self._images.values()):
                 raise Conflict(
                     f"conflict: unable to delete {image_id.short()} (cannot be forced) "
                     "- image has dependent child images"
                 )
             self.backend.delete(image_id)
             del self._images[image_id]
-            needed: set[ChainID] = set()
-            needed_blobs: set[Digest] = set()
-            for r in self._images.values():
-                needed.update(r.chains)
-                needed_blobs.update(r.blobs)
-            released: builtins.list[Layer] = []
-            for chain in reversed(rec.chains):
-                if chain in needed:
-                    continue
-                try:
-                    layer = self.layers.get(chain)
-                except NotFound:
-                    continue
-                self.layers.delete(chain)
-                released.append(layer)
-            candidates = {layer.blob.digest for layer in released} | set(rec.blobs)
-            candidates -= needed_blobs
-            if candidates:
-                for chain in self.layers.walk():
-                    with contextlib.suppress(NotFound, CorruptStore):
-                        candidates.discard(self.layers.get(chain).blob.digest)
-                for blob in sorted(candidates):
-                    self.layers.content.delete(blob)
-            return released
+            swept = gc.sweep(
+                self.layers,
+                self.layers.content,
+                self._images.values(),
+                reversed(rec.chains),
+                rec.blobs,
+            )
+            return swept.layers

@@ -1,32 +1,70 @@
-"""Loading images into the store in one publish step.
+"""The one way in: every image enters the store through :func:`add_images`.
 
-:func:`load_images` takes what a format found (configs, layer sources, tags, manifests),
-stages every layer in ``tmp/`` outside the lock (several at once: hashing and
-decompression release the GIL), checks every digest, size and DiffID, and only then
-publishes everything under one lock, bottom-up. Bad input is refused before anything
-becomes visible, and staged files are removed: the store is as it was.
+Whoever has images to add (``load`` and ``import`` now; pull, commit and migration
+later) describes them as :class:`ImageSource` objects: the config (its exact bytes, or a
+function that makes it once the layers' DiffIDs are known, as ``import`` needs), the
+layers as :class:`LayerSource` streams with what each must hash to, the references, the
+manifest to keep, the parent. Sources only read; nothing but this module and the stores
+it drives writes under the root. Then:
+
+1. **Check** what can be checked without reading layers: the references' form, the
+   configs given, the layer counts.
+2. **Stage**, outside the lock, every layer the store does not already have (its chain
+   stored, and the blob the image names, if any): each is streamed into ``tmp/`` once by
+   :func:`~ocistore.store.staging.stage_layer`, its blob digest, size and DiffID checked
+   on the way. Several layers are staged at once (:func:`ocistore.parallel.run_all`),
+   largest first, so a large layer is rarely left running alone at the end; after a
+   failure no new layer starts, and the first failure in that order is reported; after
+   Ctrl-C the layers in flight stop at their next piece and remove their files. Equal
+   sources are staged once.
+3. **Publish**, under one exclusive lock: first refuse what would fail half-way (a
+   reference that cannot be set, a layer that was not staged because the store had it
+   and that is gone since); then, in one transaction, bottom-up: blobs and layer records,
+   configs, manifests and kept blobs, parents, and last the references.
+
+Bad input is refused before anything becomes visible, and staged files are removed
+whatever happens: the store is as it was.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
-from typing import IO, Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import IO, TYPE_CHECKING, NamedTuple
 
+from .. import parallel
 from ..errors import Conflict, InvalidInput
-from ..progress import Progress
+from ..progress import SILENT, Progress
 from ..spec.config import ImageConfig, parse_config
-from ..spec.digest import ChainID, DiffID, Digest, ImageID
-from ..spec.reference import Reference
+from ..spec.digest import ChainID, DiffID, Digest, ImageID, chain_ids
+from ..spec.reference import Reference, check_digest_reference, check_tag
+from .backend import MANIFEST
+from .layers import Layer
 from .staging import StagedLayer, stage_layer
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = [
+    "ConfigMaker",
+    "ImageSource",
+    "LayerSource",
+    "LoadedImage",
+    "add_images",
+    "register_layer",
+]
 
 
 class LayerSource(NamedTuple):
     """Where one layer of an image comes from, and what it must hash to."""
 
-    open: Callable[[], IO[bytes]]
+    #: Opens the layer's bytes (plain, gzip or zstd tar); the stream is closed after.
+    open: Callable[[], AbstractContextManager[IO[bytes]]]
+    #: Names the layer in messages: the archive and the member, the registry and digest.
     what: str
+    #: The digest and size the bytes must have, when a descriptor promises them.
     blob_digest: Digest | None = None
     blob_size: int | None = None
     #: A key that identifies the same bytes across images (so they are staged once).
@@ -34,6 +72,9 @@ class LayerSource(NamedTuple):
     #: How many bytes reading gives, when known but not promised by a digest (a member's
     #: size in a tar): for progress, and to stage the largest layers first. Not checked.
     read_size: int | None = None
+    #: The layer's DiffID when it is known before reading and the image's config is made
+    #: after (see :data:`ConfigMaker`): a layer the store has then need not be read.
+    diff_id: DiffID | None = None
 
     @property
     def stage_key(self) -> str:
@@ -45,27 +86,35 @@ class LayerSource(NamedTuple):
         return self.blob_size if self.blob_size is not None else self.read_size
 
 
+#: Makes an image's config from the DiffIDs of its layers, bottom first, once they are
+#: known (``import`` and ``commit`` make a config for a layer they have not read yet).
+ConfigMaker = Callable[[Sequence[DiffID]], bytes]
+
+
 class ImageSource:
-    """One image as a format found it."""
+    """One image to add: what a format, a registry or a commit found."""
 
     __slots__ = ("config", "layers", "manifest", "parent", "tags", "what")
 
     def __init__(
         self,
-        config: bytes,
+        config: bytes | ConfigMaker,
         what: str,
         layers: list[LayerSource],
         tags: list[Reference] | None = None,
         manifest: bytes | None = None,
         parent: int | None = None,
     ) -> None:
+        #: The config's exact bytes, or the function that makes them.
         self.config = config
+        #: Names the image in messages.
         self.what = what
         self.layers = layers
+        #: Tags (moved if they exist, as ``docker load`` does) and digest references.
         self.tags: list[Reference] = [] if tags is None else tags
         #: An OCI/Docker manifest to keep with the image, so a later save can re-emit it.
         self.manifest = manifest
-        #: Index into the list given to :func:`load_images` of this image's parent.
+        #: Index into the list given to :func:`add_images` of this image's parent.
         self.parent = parent
 
     def __repr__(self) -> str:
@@ -73,173 +122,147 @@ class ImageSource:
 
 
 class LoadedImage(NamedTuple):
+    """An image :func:`add_images` added (or found stored already), with its names."""
+
     id: ImageID
     tags: tuple[Reference, ...]
 
 
-def _check_layer_count(src: ImageSource, cfg: ImageConfig) -> None:
+def _check_references(src: ImageSource) -> None:
+    for ref in src.tags:
+        if ref.digest is not None:
+            check_digest_reference(ref)
+        else:
+            check_tag(ref)
+
+
+def _parsed(src: ImageSource, raw: bytes) -> ImageConfig:
+    cfg = parse_config(raw, f"{src.what}: config")
     if len(src.layers) != len(cfg.diff_ids):
         raise InvalidInput(
             f"{src.what}: {len(src.layers)} layers listed but the config has "
             f"{len(cfg.diff_ids)} diff IDs (rootfs.diff_ids)"
         )
+    return cfg
 
 
-def load_images(
-    store: Any,
-    sources: list[ImageSource],
+def _known_chains(src: ImageSource, cfg: ImageConfig | None) -> list[ChainID | None]:
+    """Each layer's chain, where every DiffID up to it is known before reading."""
+    if cfg is not None:
+        return list(cfg.chain_ids)
+    known: list[DiffID] = []
+    for layer in src.layers:
+        if layer.diff_id is None:
+            break
+        known.append(layer.diff_id)
+    chains: list[ChainID | None] = list(chain_ids(known))
+    return chains + [None] * (len(src.layers) - len(chains))
+
+
+def add_images(
+    store: Store,
+    sources: Sequence[ImageSource],
     progress: Progress | None = None,
     jobs: int | None = None,
 ) -> list[LoadedImage]:
-    """Load images into ``store`` (an :class:`ocistore.store.Store`) in one publish step."""
-    progress = progress or Progress(False)
-    configs: list[ImageConfig] = []
+    """Add images to ``store`` in one publish step (see the module documentation);
+    ``jobs`` is how many layers are staged at once (default: one per CPU)."""
+    progress = progress or SILENT
+    given: list[ImageConfig | None] = []
     for src in sources:
-        cfg = parse_config(src.config, f"{src.what}: config")
-        _check_layer_count(src, cfg)
-        configs.append(cfg)
+        _check_references(src)
+        given.append(_parsed(src, src.config) if isinstance(src.config, bytes) else None)
 
     # Which layer bytes must be read: a layer is skipped when its chain is stored and the
     # blob the image refers to (if any) is there too. Equal sources are read once.
-    wanted: dict[str, tuple[LayerSource, DiffID]] = {}
-    for src, cfg in zip(sources, configs, strict=True):
-        for layer, diff_id, chain in zip(src.layers, cfg.diff_ids, cfg.chain_ids, strict=True):
-            have_chain = store.layers.exists(chain)
+    wanted: dict[str, tuple[LayerSource, DiffID | None]] = {}
+    for src, cfg in zip(sources, given, strict=True):
+        diff_ids: Sequence[DiffID | None] = (
+            cfg.diff_ids if cfg is not None else [layer.diff_id for layer in src.layers]
+        )
+        chains = _known_chains(src, cfg)
+        for layer, diff_id, chain in zip(src.layers, diff_ids, chains, strict=True):
+            have_chain = chain is not None and store.layers.exists(chain)
             have_blob = layer.blob_digest is None or store.content.exists(layer.blob_digest)
             if have_chain and have_blob:
                 continue
             wanted.setdefault(layer.stage_key, (layer, diff_id))
 
     staged: dict[str, StagedLayer] = {}
-
-    def stage(key: str, check: Callable[[], None]) -> tuple[str, StagedLayer]:
-        layer, diff_id = wanted[key]
-        task = progress.task(layer.what, layer.expected_read)
-
-        def update(done: int) -> None:
-            check()
-            task.update(done)
-
-        with layer.open() as f:
-            s = stage_layer(
-                f,
-                store.content,
-                what=layer.what,
-                expected_blob=layer.blob_digest,
-                expected_blob_size=layer.blob_size,
-                expected_diff_id=diff_id,
-                progress=update,
-            )
-        task.finish()
-        return key, s
-
     try:
-        _stage_all(stage, wanted, staged, jobs)
+        _stage_all(store, wanted, staged, progress, jobs)
+        configs = [
+            cfg if cfg is not None else _made(src, staged)
+            for src, cfg in zip(sources, given, strict=True)
+        ]
         return _publish(store, sources, configs, staged)
     finally:
         for s in staged.values():
             s.discard()
 
 
-class _Abandoned(Exception):
-    """Raised inside a staging thread once the load was interrupted."""
+def _made(src: ImageSource, staged: dict[str, StagedLayer]) -> ImageConfig:
+    """The config a :data:`ConfigMaker` makes from the DiffIDs the layers turned out to
+    have; it must list exactly those."""
+    assert not isinstance(src.config, bytes)
+    diff_ids: list[DiffID] = []
+    for layer in src.layers:
+        s = staged.get(layer.stage_key)
+        diff_id = s.diff_id if s is not None else layer.diff_id
+        assert diff_id is not None  # a layer without a known DiffID is always staged
+        diff_ids.append(diff_id)
+    cfg = _parsed(src, src.config(diff_ids))
+    if list(cfg.diff_ids) != diff_ids:
+        raise InvalidInput(f"{src.what}: the config made does not list the layers' DiffIDs")
+    return cfg
 
 
 def _stage_all(
-    stage: Callable[[str, Callable[[], None]], tuple[str, StagedLayer]],
-    wanted: dict[str, tuple[LayerSource, DiffID]],
+    store: Store,
+    wanted: dict[str, tuple[LayerSource, DiffID | None]],
     staged: dict[str, StagedLayer],
+    progress: Progress,
     jobs: int | None,
 ) -> None:
-    """Stage every wanted layer into ``staged``, several at once, largest first.
-
-    Largest first, so that the last layer to finish is a small one rather than a large
-    one started late on a worker that is otherwise done. After a failure no new layer is
-    started; what was staged stays in ``staged`` for the caller to discard, and the
-    first failure, in that order, is raised. ``stage`` calls the function it is given as
-    it goes: after an interrupt (Ctrl-C) that function raises, so layers being staged
-    stop and remove their files before the interrupt goes on up.
-    """
+    """Stage every wanted layer into ``staged``, largest first (see the module
+    documentation); what was staged stays there for the caller to discard."""
     order = sorted(wanted, key=lambda k: wanted[k][0].expected_read or 0, reverse=True)
-    workers = max(1, min(jobs or (os.cpu_count() or 1), len(order) or 1))
-    if workers == 1:
-        for key in order:
-            k, s = stage(key, lambda: None)
-            staged[k] = s
-        return
-    todo = iter(order)
     lock = threading.Lock()
-    errors: list[tuple[int, BaseException]] = []
-    position = {key: i for i, key in enumerate(order)}
-    abandoned = threading.Event()
-    # Threads still working, plus one for the starting below (so that a thread done
-    # early does not look like the last one).
-    running = [1]
-    finished = threading.Event()
 
-    def done() -> None:
-        with lock:
-            running[0] -= 1
-            if not running[0]:
-                finished.set()
+    def job(key: str) -> parallel.Job:
+        layer, diff_id = wanted[key]
 
-    def check() -> None:
-        if abandoned.is_set():
-            raise _Abandoned
+        def stage(stop: parallel.Stop) -> None:
+            task = progress.task(layer.what, layer.expected_read)
 
-    def take() -> str | None:
-        with lock:
-            return None if errors or abandoned.is_set() else next(todo, None)
+            def update(done: int) -> None:
+                # Only an interrupt stops a layer in flight: it runs to its end after
+                # another failed, so that the first failure in order is the one told.
+                stop.check(on_failure=False)
+                task.update(done)
 
-    def work() -> None:
-        try:
-            while (key := take()) is not None:
-                try:
-                    k, s = stage(key, check)
-                except BaseException as e:
-                    with lock:
-                        errors.append((position[key], e))
-                    return
-                with lock:
-                    if abandoned.is_set():
-                        s.discard()
-                        return
-                    staged[k] = s
-        finally:
-            done()
+            with layer.open() as f:
+                s = stage_layer(
+                    f,
+                    store.content,
+                    what=layer.what,
+                    expected_blob=layer.blob_digest,
+                    expected_blob_size=layer.blob_size,
+                    expected_diff_id=diff_id,
+                    progress=update,
+                )
+            with lock:
+                staged[key] = s
+            task.finish()
 
-    # Waited for with an event, not Thread.join: in Python 3.11 a join cut short by
-    # Ctrl-C takes its thread for finished, and the interpreter would then exit without
-    # waiting for it to remove its staged file.
-    threads: list[threading.Thread] = []
-    try:
-        try:
-            for i in range(workers):
-                thread = threading.Thread(target=work, name=f"stage-{i}")
-                with lock:
-                    running[0] += 1
-                try:
-                    thread.start()
-                except Exception:  # it could not start, so it will not count itself out
-                    done()
-                    raise
-                threads.append(thread)
-        finally:
-            done()
-        finished.wait()
-    except BaseException:
-        # Interrupted (or a thread could not start): the layers in flight stop at their
-        # next piece and remove their files; nothing is left running behind the caller.
-        abandoned.set()
-        while not finished.wait(0.05) and any(t.is_alive() for t in threads):
-            pass
-        raise
-    if errors:
-        raise min(errors, key=lambda item: item[0])[1]
+        return stage
+
+    workers = jobs or os.cpu_count() or 1
+    parallel.run_all([job(key) for key in order], workers)
 
 
 def _plan(
-    sources: list[ImageSource], configs: list[ImageConfig]
+    sources: Sequence[ImageSource], configs: list[ImageConfig]
 ) -> Iterator[tuple[int, LayerSource, ChainID, ChainID | None]]:
     """Each layer of each image, with its chain and its parent's chain."""
     for i, (src, cfg) in enumerate(zip(sources, configs, strict=True)):
@@ -249,13 +272,9 @@ def _plan(
             parent = chain
 
 
-def _staged(layer: LayerSource, staged: dict[str, StagedLayer]) -> StagedLayer | None:
-    return staged.get(layer.stage_key)
-
-
 def _publish(
-    store: Any,
-    sources: list[ImageSource],
+    store: Store,
+    sources: Sequence[ImageSource],
     configs: list[ImageConfig],
     staged: dict[str, StagedLayer],
 ) -> list[LoadedImage]:
@@ -266,7 +285,7 @@ def _publish(
         # because the store had it, and that is gone since.
         store.references.add_all(tags, force_tags=True, check_only=True)
         for _, layer, chain, _ in _plan(sources, configs):
-            if _staged(layer, staged) is None and not store.layers.exists(chain):
+            if layer.stage_key not in staged and not store.layers.exists(chain):
                 raise Conflict(
                     f"{layer.what}: layer {chain} was removed from the store while "
                     "loading; load again"
@@ -278,23 +297,27 @@ def _publish(
 
 
 def _publish_images(
-    store: Any,
-    sources: list[ImageSource],
+    store: Store,
+    sources: Sequence[ImageSource],
     configs: list[ImageConfig],
     staged: dict[str, StagedLayer],
 ) -> list[ImageID]:
     """Layers, then images, then parents (the caller holds the transaction)."""
     extra_blobs: list[list[Digest]] = [[] for _ in sources]
     for i, layer, chain, parent in _plan(sources, configs):
-        s = _staged(layer, staged)
+        s = staged.get(layer.stage_key)
         # A staged layer may sit at several places (the same tar in two chains): its
-        # blob is committed by the first, and the later ones point at that blob.
+        # blob is published by the first, and the later ones point at that blob.
         if s is not None and (s.blob.path.exists() or store.content.exists(s.blob.digest)):
             if not store.layers.exists(chain):
                 store.layers.publish(s, parent)
-            elif store.layers.get(chain).blob.digest != s.blob.digest:
-                # Same layer, other blob: keep the blob this image came with.
-                store.content.commit(s.blob)
+            elif layer.blob_digest is not None and store.layers.get(chain).blob.digest != (
+                s.blob.digest
+            ):
+                # Same layer, other blob, named by the image's manifest: keep the blob
+                # this image came with. (A layer read only to learn its DiffID, as an
+                # import's, is dropped: the store has it.)
+                store.content.publish(s.blob)
                 extra_blobs[i].append(s.blob.digest)
         stored_blob = store.layers.get(chain).blob.digest
         if layer.blob_digest and layer.blob_digest != stored_blob:
@@ -304,7 +327,7 @@ def _publish_images(
         image_id = store.images.create(cfg)
         if src.manifest is not None:
             manifest_digest = store.content.write(src.manifest)
-            store.backend.set_metadata(image_id, "manifest", manifest_digest.encode())
+            store.backend.set_metadata(image_id, MANIFEST, manifest_digest.encode())
             blobs.append(manifest_digest)
         if blobs:
             store.images.set_blobs(image_id, blobs)
@@ -313,3 +336,14 @@ def _publish_images(
         if src.parent is not None and ids[src.parent] != ids[i]:
             store.images.set_parent(ids[i], ids[src.parent])
     return ids
+
+
+def register_layer(store: Store, stream: IO[bytes], parent: ChainID | None = None) -> Layer:
+    """Stage one layer and publish it on top of ``parent`` (no image: Docker's layer
+    store ``Register``; a layer no image needs is garbage for ``gc``)."""
+    staged = stage_layer(stream, store.content)
+    try:
+        with store.transaction():
+            return store.layers.publish(staged, parent)
+    finally:
+        staged.discard()  # whatever was not published

@@ -7,8 +7,12 @@ layer stays the same gzip blob, so a later save or push needs no recompression).
 A layer enters in two steps. :func:`~ocistore.store.staging.stage_layer` does the long
 work outside any lock: it copies the stream into ``tmp/`` once, hashing the blob as it is,
 decompressing and hashing the tar at the same time. :meth:`LayerStore.publish` then,
-under the store lock, commits the blob and writes the record. Reading a layer back
-(:meth:`LayerStore.open_tar`) decompresses the blob and checks the DiffID while it streams.
+under the store lock, publishes the blob and writes the record.
+
+Reading a layer back goes through one reader, :class:`LayerReader`
+(:meth:`LayerStore.open_tar`): it reads the blob once, hashing it, decompresses it and
+hashes the tar on the way out, and checks the tar's size and DiffID and the blob's digest
+as it ends.
 
 Nothing here counts references: which layers are in use is derived from the images.
 """
@@ -17,18 +21,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
-from ..errors import CorruptStore, InvalidInput, NotFound, OcistoreError
-from ..spec.compression import Compression, decompressed_reader
+from ..errors import CorruptStore, DigestMismatch, InvalidInput, NotFound, SizeMismatch
+from ..spec.compression import Compression, Decompressor
 from ..spec.config import MAX_LAYER_DEPTH
-from ..spec.digest import CHUNK, ChainID, DiffID, Digest, VerifyingReader, make_chain_id
+from ..spec.digest import CHUNK, ChainID, DiffID, Digest, make_chain_id, new_hasher
 from . import fsutil
 from .content import ContentStore
 
 if TYPE_CHECKING:
     from .staging import StagedLayer
+
+__all__ = ["BlobRef", "Layer", "LayerReader", "LayerStore"]
 
 
 class BlobRef(NamedTuple):
@@ -148,9 +155,6 @@ class LayerStore:
         out.reverse()
         return out
 
-    def chain_size(self, chain_id: ChainID) -> int:
-        return sum(layer.size for layer in self.chain(chain_id))
-
     def publish(self, staged: StagedLayer, parent: ChainID | None) -> Layer:
         """Commit a staged layer on top of ``parent``; call with the store lock held.
 
@@ -168,7 +172,7 @@ class LayerStore:
                 raise InvalidInput(
                     f"layer {chain_id}: chain deeper than the maximum depth {MAX_LAYER_DEPTH}"
                 )
-        blob_digest = self.content.commit(staged.blob)
+        blob_digest = self.content.publish(staged.blob)
         layer = Layer(
             chain_id=chain_id,
             diff_id=staged.diff_id,
@@ -192,45 +196,105 @@ class LayerStore:
         """Drop cached records (another process may have deleted layers)."""
         self._cache.clear()
 
-    def open_tar(self, chain_id: ChainID) -> IO[bytes]:
-        """The layer's exact uncompressed tar, verified against its DiffID as it is read.
-
-        A reader that reaches the end gets :class:`DigestMismatch` if the stored blob was
-        changed; the blob's own digest is checked on the way as well.
-        """
-        layer = self.get(chain_id)
-        blob = self.content.open(layer.blob.digest, verify=True)
-        tar = decompressed_reader(blob, layer.blob.compression)
-        if layer.blob.compression is Compression.NONE:
-            # The blob is the tar: its digest is the DiffID, checked by the blob reader.
-            return tar
-        what = f"layer {layer.diff_id}"
-        reader = VerifyingReader(tar, layer.diff_id, what, layer.size)
-        return _ChainedVerifier(reader, blob, what)  # type: ignore[return-value]
+    def open_tar(self, chain_id: ChainID | Layer) -> LayerReader:
+        """The layer's exact uncompressed tar, verified as it is read (see
+        :class:`LayerReader`)."""
+        layer = chain_id if isinstance(chain_id, Layer) else self.get(chain_id)
+        try:
+            blob = open(self.content.path(layer.blob.digest), "rb", buffering=0)  # noqa: SIM115
+        except FileNotFoundError:
+            raise NotFound(f"blob {layer.blob.digest} not found") from None
+        return LayerReader(layer, blob)
 
 
-class _ChainedVerifier:
-    """Reads the verified tar; at its end also checks the compressed blob's digest."""
+class LayerReader:
+    """A stored layer's exact tar, read from its blob once and checked while it streams.
 
-    def __init__(self, tar: VerifyingReader, blob: IO[bytes], what: str) -> None:
-        self._tar = tar
+    The blob is hashed as it is read and decompressed (a megabyte at a time, whatever the
+    ratio), and the tar is hashed and counted on the way out. A reader that reaches the
+    end has had every check: the blob's digest (:class:`DigestMismatch` naming the blob,
+    the first thing looked at whenever something is wrong, since a changed blob explains
+    everything after it), then the tar's size and DiffID (:class:`SizeMismatch`,
+    :class:`DigestMismatch` naming the layer). A blob that cannot be decompressed and yet
+    has its digest is :class:`CorruptStore`. A tar that grows past the layer's size fails
+    at once.
+
+    :meth:`chunks` gives the tar in pieces (the fastest way to copy it); ``read`` and
+    ``readinto`` make it a stream.
+    """
+
+    def __init__(self, layer: Layer, blob: IO[bytes]) -> None:
+        self.layer = layer
         self._blob = blob
-        self._what = what
+        self._what = f"layer {layer.diff_id}"
+        self._blob_hasher = new_hasher(layer.blob.digest.algorithm)
+        plain = layer.blob.compression is Compression.NONE
+        self._diff_hasher = (
+            self._blob_hasher if plain and layer.blob.digest == layer.diff_id else new_hasher()
+        )
+        #: Tar bytes given out so far.
+        self.done = 0
+        self._pieces: Iterator[bytes | memoryview] | None = None
+        self._current: memoryview = memoryview(b"")
+        self._pos = 0
+
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The tar, piece by piece, each checked as said above before the next is asked
+        for; the last check runs when the pieces end. A piece is only valid until the
+        next one is asked for."""
+        layer = self.layer
+        decompressor = Decompressor(layer.blob.compression, self._what)
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        readinto = self._blob.readinto  # type: ignore[attr-defined]
+        try:
+            while n := readinto(buf):
+                self._blob_hasher.update(view[:n])
+                for out in decompressor.chunks(view[:n]):
+                    self._emitted(out)
+                    yield out
+            decompressor.finish()
+        except InvalidInput as e:  # the codec choked on what the store holds
+            self._check_blob()
+            raise CorruptStore(str(e)) from None
+        except (SizeMismatch, DigestMismatch):
+            self._check_blob()
+            raise
+        self._check_blob()
+        if self.done != layer.size:
+            raise SizeMismatch(self._what, layer.size, self.done)
+        got = f"sha256:{self._diff_hasher.hexdigest()}"
+        if got != layer.diff_id:
+            raise DigestMismatch(self._what, layer.diff_id, got)
+
+    def _emitted(self, out: bytes | memoryview) -> None:
+        n = len(out)
+        if self.done + n > self.layer.size:
+            raise SizeMismatch(self._what, self.layer.size, self.done + n)
+        if self._diff_hasher is not self._blob_hasher:
+            self._diff_hasher.update(out)
+        self.done += n
+
+    def _check_blob(self) -> None:
+        """Hash what is left of the blob; a blob not what its name says is the error."""
+        buf = bytearray(CHUNK)
+        readinto = self._blob.readinto  # type: ignore[attr-defined]
+        while n := readinto(buf):
+            self._blob_hasher.update(memoryview(buf)[:n])
+        digest = self.layer.blob.digest
+        got = f"{digest.algorithm}:{self._blob_hasher.hexdigest()}"
+        if got != digest:
+            raise DigestMismatch(f"blob {digest}", digest, got)
 
     def read(self, n: int = -1) -> bytes:
-        try:
-            data = self._tar.read(n)
-        except OcistoreError:
-            raise
-        except Exception as e:  # the decompressor choked: the stored blob was changed
-            # Reading the blob to its end raises its DigestMismatch, naming the blob.
-            while self._blob.read(CHUNK):
-                pass
-            raise CorruptStore(f"{self._what}: corrupt compressed data: {e}") from None
-        if not data and n != 0:
-            # Drain what the decompressor left (gzip trailer padding), then check the blob.
-            while self._blob.read(CHUNK):
-                pass
+        if n < 0:
+            return b"".join(bytes(piece) for piece in self._rest())
+        while self._pos >= len(self._current):
+            piece = self._next()
+            if piece is None:
+                return b""
+        data = bytes(self._current[self._pos : self._pos + n])
+        self._pos += len(data)
         return data
 
     def readinto(self, buf: bytearray | memoryview) -> int:
@@ -238,14 +302,31 @@ class _ChainedVerifier:
         buf[: len(data)] = data
         return len(data)
 
+    def _next(self) -> memoryview | None:
+        if self._pieces is None:
+            self._pieces = self.chunks()
+        piece = next(self._pieces, None)
+        if piece is None:
+            self._current = memoryview(b"")
+            return None
+        self._current, self._pos = memoryview(piece), 0
+        return self._current
+
+    def _rest(self) -> Iterator[bytes | memoryview]:
+        if self._pos < len(self._current):
+            yield self._current[self._pos :]
+        self._current, self._pos = memoryview(b""), 0
+        while (piece := self._next()) is not None:
+            yield piece
+        self._pos = len(self._current)
+
     def readable(self) -> bool:
         return True
 
     def close(self) -> None:
-        self._tar.close()
         self._blob.close()
 
-    def __enter__(self) -> _ChainedVerifier:
+    def __enter__(self) -> LayerReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

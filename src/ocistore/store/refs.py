@@ -16,7 +16,9 @@ Rules (moby's):
 * ``add_tag`` refuses a reference with a digest; a name alone gets the ``latest`` tag.
 * ``add_digest`` needs a digest and refuses a tag next to it.
 * No repository may be called ``sha256`` (or ``sha512``): ``sha256:<hex>`` would be
-  ambiguous between a tag and an image ID.
+  ambiguous between a tag and an image ID. (These rules are the reference module's:
+  :func:`~ocistore.spec.reference.check_tag`,
+  :func:`~ocistore.spec.reference.check_digest_reference`.)
 * Adding a mapping that already exists is a no-op. Moving an existing tag to another
   image needs ``force``; an existing digest reference is never moved, forced or not.
 * ``delete`` returns whether the reference existed (moby returns ``false`` together with
@@ -46,11 +48,17 @@ from typing import Any, Final, TypeVar, cast
 
 from ..errors import Conflict, CorruptStore, InvalidInput, NotFound
 from ..spec.digest import Digest, ImageID
-from ..spec.reference import Reference, parse, parse_trusted, sort_key
-from .fsutil import StoreLock, atomic_write, stat_key
-
-#: Repository names refused because ``<name>:<hex>`` would read as a digest.
-RESERVED_NAMES: Final = frozenset({"sha256", "sha512"})
+from ..spec.reference import (
+    FAMILIAR_CHARS,
+    Reference,
+    check_digest_reference,
+    check_tag,
+    normalize,
+    parse,
+    parse_trusted,
+    sort_key,
+)
+from .fsutil import FileLock, atomic_write, stat_key
 
 _T = TypeVar("_T")
 _StatKey = tuple[int, int, int]
@@ -115,7 +123,7 @@ class _Snapshot:
                     else:
                         names.append(key)
                 keys.extend(entries or ())
-            if not _FAMILIAR_CHARS.issuperset("".join(keys)) or not all(
+            if not FAMILIAR_CHARS.issuperset("".join(keys)) or not all(
                 v.startswith("sha256:") for v in out
             ):
                 raise ValueError("unusual reference")
@@ -127,21 +135,12 @@ class _Snapshot:
         return cast("dict[ImageID, list[str]]", out)
 
 
-#: Characters of the familiar references this store writes (names, tags, digests).
-_FAMILIAR_CHARS: Final = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/:@"
-)
 _EMPTY: Final = _Snapshot(None, {})
 
 
 def _close_fd(box: list[int]) -> None:
     while box:
         os.close(box.pop())
-
-
-def normalize(ref: Reference) -> Reference:
-    """The canonical form of a reference built by hand (``docker.io/foo`` → ``…/library/foo``)."""
-    return parse(str(ref))
 
 
 def _lookup_key(ref: Reference) -> Reference:
@@ -219,20 +218,6 @@ def _decode_slowly(
     refs[ref] = image_id
 
 
-def check_tag(ref: Reference) -> None:
-    """Refuse, as :meth:`ReferenceStore.add_tag` would, a reference that cannot be a tag.
-
-    Lets a caller check a tag before doing work that it would otherwise have to undo.
-    """
-    if ref.digest is not None:
-        raise InvalidInput(f"refusing to create a tag with a digest reference: {ref.familiar()}")
-    if ref.familiar_name in RESERVED_NAMES:
-        raise InvalidInput(
-            "refusing to create an ambiguous tag using digest algorithm as name: "
-            f"{normalize(ref).tagged_or_default().familiar()}"
-        )
-
-
 def _tag_key(ref: Reference) -> Reference:
     """The key a tag is stored under (``latest`` added), refused as :func:`check_tag` does."""
     check_tag(ref)
@@ -240,18 +225,9 @@ def _tag_key(ref: Reference) -> Reference:
 
 
 def _digest_key(ref: Reference) -> Reference:
-    """The key a digest reference is stored under; refused without a digest, with a tag,
-    or under a reserved name."""
-    if ref.digest is None:
-        raise InvalidInput(
-            f"refusing to create a digest reference without a digest: {ref.familiar()}"
-        )
-    if ref.tag is not None:
-        raise InvalidInput(f"refusing to create a digest reference with a tag: {ref.familiar()}")
-    if ref.familiar_name in RESERVED_NAMES:
-        raise InvalidInput(
-            f"refusing to create an ambiguous tag using digest algorithm as name: {ref.familiar()}"
-        )
+    """The key a digest reference is stored under, refused as
+    :func:`check_digest_reference` does."""
+    check_digest_reference(ref)
     return normalize(ref)
 
 
@@ -288,7 +264,7 @@ class ReferenceStore:
     mutation.
     """
 
-    def __init__(self, path: Path, tmpdir: Path, lock: StoreLock) -> None:
+    def __init__(self, path: Path, tmpdir: Path, lock: FileLock) -> None:
         self._path = Path(path)
         self._tmpdir = Path(tmpdir)
         self._lock = lock

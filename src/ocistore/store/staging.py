@@ -1,19 +1,19 @@
 """Staging a layer: its bytes copied into ``tmp/`` once, hashed as they are (the blob)
-and decompressed and hashed again (the DiffID), outside any lock.
+and, decompressed, hashed again (the DiffID), outside any lock.
 
-:func:`stage_layer` reads the stream on the caller's thread and writes it to ``tmp/``
-while a second thread decompresses and hashes the tar; the result is a
-:class:`StagedLayer` that the publish step commits under the store lock
+:func:`stage_layer` streams a layer through a :class:`~ocistore.store.content.BlobWriter`:
+the calling thread reads and writes the blob while a second thread decompresses and
+hashes the tar (a plain layer's tar is its blob: that thread hashes the blob). The result
+is a :class:`StagedLayer` that the publish step commits under the store lock
 (:meth:`~ocistore.store.layers.LayerStore.publish`).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from typing import IO, Any, NamedTuple, cast
+from collections.abc import Callable
+from typing import IO, NamedTuple, cast
 
-from ..errors import DigestMismatch, InvalidInput, SizeMismatch
+from ..errors import DigestMismatch, InvalidInput
 from ..spec.compression import (
     Compression,
     Decompressor,
@@ -22,8 +22,9 @@ from ..spec.compression import (
     detect,
 )
 from ..spec.digest import CHUNK, DiffID, Digest, new_hasher
-from . import fsutil
-from .content import ContentStore, StagedBlob
+from .content import ContentStore, Pieces, StagedBlob
+
+__all__ = ["StagedLayer", "stage_layer"]
 
 
 def _tar_header_ok(block: bytes) -> bool:
@@ -59,151 +60,62 @@ class StagedLayer(NamedTuple):
 
 #: Compressed input is read in half-megabyte pieces. The decompressor hands its output
 #: over about a megabyte at a time whatever the ratio, so the piece size only sets the
-#: overhead per piece: 128 KiB pieces made a zstd load about 10% slower.
+#: overhead per piece (smaller pieces made a zstd load measurably slower).
 COMPRESSED_CHUNK = 512 << 10
 
 
-class _Digester(threading.Thread):
-    """Hashes (and decompresses) a layer's chunks on its own thread, while the caller's
-    thread reads and writes: hashlib, isal and zstandard release the GIL, so reading,
-    writing, decompressing and hashing overlap on two cores.
+class _TarDigest:
+    """Decompresses a layer's pieces and hashes the tar they make, on the blob writer's
+    second thread: its DiffID, its size and its first block."""
 
-    Chunks travel in a fixed set of buffers (:attr:`free` back to the reader once
-    digested): allocating a fresh megabyte per read let glibc's per-thread arenas keep
-    freed chunks, and a 512 MiB load reached 110 MiB of memory."""
-
-    BUFFERS = 4
-
-    def __init__(
-        self,
-        compression: Compression,
-        what: str,
-        blob_hasher: Any,
-        diff_hasher: Any,
-        chunk_size: int,
-    ) -> None:
-        super().__init__(name=f"digest {what}", daemon=True)
-        self.queue: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-        self.free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(self.BUFFERS):
-            self.free.put(bytearray(chunk_size))
-        self.plain = compression is Compression.NONE
-        self.zstd = compression is Compression.ZSTD
+    def __init__(self, compression: Compression, what: str) -> None:
         self.compression = compression
         self.what = what
-        self.chunks = _Chunks(self.queue, self.free)
-        self.blob_hasher = blob_hasher
-        self.diff_hasher = diff_hasher
-        self.tar_size = 0
+        self.hasher = new_hasher("sha256")
+        self.size = 0
         self.head = b""
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        # Whatever fails, even before the first chunk (an import, memory), is kept for
-        # the reading thread, and every queued buffer goes back to it: otherwise it would
-        # wait for a free buffer forever.
-        try:
-            if self.zstd:
-                self._pull_zstd()
-            else:
-                self._feed()
-        except BaseException as e:
-            self.error = e
-        finally:
-            self.chunks.drain()
+    def __call__(self, pieces: Pieces) -> None:
+        if self.compression is Compression.ZSTD:
+            self._pull_zstd(pieces)
+        else:
+            self._feed(pieces)
 
     def _got(self, out: bytes | memoryview) -> None:
-        if self.diff_hasher is not self.blob_hasher:
-            self.diff_hasher.update(out)
-        self.tar_size += len(out)
+        self.hasher.update(out)
+        self.size += len(out)
         if len(self.head) < 512:
             self.head += bytes(out[: 512 - len(self.head)])
 
-    def _feed(self) -> None:
+    def _feed(self, pieces: Pieces) -> None:
         decompressor = Decompressor(self.compression, self.what)
-        while (chunk := self.chunks.next()) is not None:
-            if self.plain:
-                self.blob_hasher.update(chunk)
-            # A plain chunk comes back as it is; a gzip one a megabyte at a time.
-            for out in decompressor.chunks(chunk):
+        while (piece := pieces.next()) is not None:
+            # A plain piece comes back as it is; a gzip one a megabyte at a time.
+            for out in decompressor.chunks(piece):
                 self._got(out)
-            del chunk
+            del piece
         decompressor.finish()
 
-    def _pull_zstd(self) -> None:
+    def _pull_zstd(self, pieces: Pieces) -> None:
         """zstd is pulled rather than fed: ``zstandard``'s stream reader decompresses
         straight into one reusable buffer, where its push interface makes a new ``bytes``
-        per piece and joins them. It reads the queued chunks through :class:`_Chunks`,
-        and a cut stream is told by following its frames (``decompressed_reader``)."""
+        per piece and joins them. A cut stream is told by following its frames
+        (``decompressed_reader`` with ``what``)."""
         import zstandard
 
         out = bytearray(CHUNK)
         view = memoryview(out)
-        chunks = cast("IO[bytes]", self.chunks)  # read() is all the reader calls
-        reader = decompressed_reader(chunks, Compression.ZSTD, self.what, COMPRESSED_CHUNK)
+        stream = cast("IO[bytes]", pieces)  # read() is all the reader calls
+        reader = decompressed_reader(stream, Compression.ZSTD, self.what, COMPRESSED_CHUNK)
         try:
             while n := reader.readinto(out):  # type: ignore[attr-defined]
                 self._got(view[:n])
         except zstandard.ZstdError as e:
             raise InvalidInput(f"{self.what}: corrupt zstd data: {e}") from None
 
-
-class _Chunks:
-    """The chunks queued for a :class:`_Digester`, whole (:meth:`next`) or as a stream
-    (:meth:`read`). A chunk's buffer goes back to the reading thread once the next chunk
-    is asked for: the caller is done with it then (zstd's reader only asks for more
-    when it has used up what it was given)."""
-
-    __slots__ = ("_buf", "_ended", "_free", "_pos", "_queue", "_view")
-
-    def __init__(
-        self, chunks: queue.Queue[tuple[bytearray, int] | None], free: queue.Queue[bytearray]
-    ) -> None:
-        self._queue = chunks
-        self._free = free
-        self._buf: bytearray | None = None
-        self._view = memoryview(b"")
-        self._pos = 0
-        self._ended = False
-
-    def next(self) -> memoryview | None:
-        """The next chunk whole, or ``None`` at the end."""
-        self._release()
-        if self._ended:
-            return None
-        item = self._queue.get()
-        if item is None:
-            self._ended = True
-            return None
-        self._buf, n = item
-        self._view = memoryview(self._buf)[:n]
-        self._pos = n
-        return self._view
-
-    def read(self, size: int = -1) -> memoryview | bytes:
-        while self._pos >= len(self._view):
-            if self.next() is None:
-                return b""
-            self._pos = 0
-        end = len(self._view) if size < 0 else self._pos + size
-        piece = self._view[self._pos : end]
-        self._pos += len(piece)
-        return piece
-
-    def _release(self) -> None:
-        if self._buf is not None:
-            self._view = memoryview(b"")
-            self._pos = 0
-            self._free.put(self._buf)
-            self._buf = None
-
-    def close(self) -> None:
-        """Nothing to close: the queue is the digester's (the zstd reader calls this)."""
-
-    def drain(self) -> None:
-        """Give back every buffer, up to the end of the queue (after an error too)."""
-        while self.next() is not None:
-            pass
+    @property
+    def diff_id(self) -> DiffID:
+        return DiffID(Digest(f"sha256:{self.hasher.hexdigest()}"))
 
 
 def stage_layer(
@@ -213,64 +125,33 @@ def stage_layer(
     expected_blob: Digest | None = None,
     expected_blob_size: int | None = None,
     expected_diff_id: Digest | None = None,
-    progress: Any = None,
+    progress: Callable[[int], None] | None = None,
 ) -> StagedLayer:
     """Copy a layer (plain, gzip or zstd tar) into ``tmp/``, reading its bytes once.
 
     Computes the blob digest and, from the decompressed stream, the DiffID and tar size;
-    checks each against what is expected. ``progress``, if given, is called with the
-    number of blob bytes read so far.
+    checks each against what is expected (the blob first). ``progress``, if given, is
+    called with the number of blob bytes read so far; what it raises stops the staging.
+    Whatever fails, nothing is left in ``tmp/``.
     """
     reader = PeekableReader(stream)
     compression = detect(reader.peek(8), what)
-    blob_algo = Digest(expected_blob).algorithm if expected_blob else "sha256"
-    blob_hasher = new_hasher(blob_algo)
     plain = compression is Compression.NONE
-    diff_hasher = blob_hasher if plain and blob_algo == "sha256" else new_hasher("sha256")
-    chunk_size = CHUNK if plain else COMPRESSED_CHUNK
-    digester = _Digester(compression, what, blob_hasher, diff_hasher, chunk_size)
-    tmp = fsutil.TempFile(content.tmpdir)
-    blob_size = 0
-    digester.start()
-    syncer = fsutil.BackgroundSync(tmp.file.fileno())  # the disk works while we hash
-    try:
-        try:
-            while digester.error is None:
-                buf = digester.free.get()
-                n = reader.readinto(buf)
-                if not n:
-                    digester.free.put(buf)
-                    break
-                chunk = memoryview(buf)[:n]
-                tmp.write(chunk)
-                if not plain:
-                    blob_hasher.update(chunk)  # the compressed side hashes here
-                del chunk
-                digester.queue.put((buf, n))
-                blob_size += n
-                syncer.wrote(n)
-                if progress is not None:
-                    progress(blob_size)
-        finally:
-            digester.queue.put(None)
-            digester.join()
-            syncer.stop()
-        if digester.error is not None:
-            raise digester.error
-        tmp.finish()
-        blob_digest = Digest(f"{blob_algo}:{blob_hasher.hexdigest()}")
-        diff_id = DiffID(Digest(f"sha256:{diff_hasher.hexdigest()}"))
-        if expected_blob_size is not None and blob_size != expected_blob_size:
-            raise SizeMismatch(what, expected_blob_size, blob_size)
-        if expected_blob is not None and blob_digest != expected_blob:
-            raise DigestMismatch(what, expected_blob, blob_digest)
+    with content.writer(expected_blob, expected_blob_size, what) as blob:
+        # A plain layer is its own tar: its blob digest is its DiffID (when both are
+        # sha256), and its first block is read ahead here.
+        tar = None if plain and blob.digest.algorithm == "sha256" else _TarDigest(compression, what)
+        head = reader.peek(512) if tar is None else b""
+        chunk_size = CHUNK if plain else COMPRESSED_CHUNK
+        blob.copy_from(reader, tar, progress, chunk_size)
+        blob_digest = blob.verify()
+        if tar is None:
+            diff_id, size = DiffID(blob_digest), blob.offset
+        else:
+            diff_id, size, head = tar.diff_id, tar.size, tar.head
         if expected_diff_id is not None and diff_id != expected_diff_id:
             raise DigestMismatch(f"{what}: diff ID", expected_diff_id, diff_id)
-        if not _tar_header_ok(digester.head):
+        if not _tar_header_ok(head):
             raise InvalidInput(f"{what}: not a tar archive")
-    except BaseException:
-        tmp.discard()
-        raise
-    return StagedLayer(
-        StagedBlob(tmp.path, blob_digest, blob_size), compression, diff_id, digester.tar_size
-    )
+        staged = blob.finish()
+    return StagedLayer(staged, compression, diff_id, size)

@@ -1,4 +1,4 @@
-"""The store as a whole: one root directory, its parts, and the user-level verbs.
+"""The store as a whole: one root directory, its parts, and the verbs on them.
 
 Layout::
 
@@ -8,14 +8,15 @@ Layout::
       blobs/sha256/<hex>                    the content store (layer blobs, manifests)
       layerdb/sha256/<chain hex>/layer.json layer chains
       imagedb/content/sha256/<hex>          image configs, exact bytes
-      imagedb/metadata/sha256/<hex>/<key>   per-image metadata (parent, blobs)
+      imagedb/metadata/sha256/<hex>/<key>   per-image metadata (parent, manifest, blobs)
       imagedb/index.json                    derived index of the images (rebuildable)
       repositories.json                     tags and digests -> image IDs
 
-The library takes explicit paths: only the command line reads the environment.
-Everything is published bottom-up (blobs, layers, config, references) and deleted
-top-down, so a crash leaves at worst unreferenced garbage, which :meth:`Store.gc`
-removes.
+:class:`Store` is the face of the package: the formats, the command line and programs
+use its verbs and never its parts. The library takes explicit paths: only the command
+line reads the environment. Everything is published bottom-up (blobs, layers, config,
+references) and deleted top-down, so a crash leaves at worst unreferenced garbage, which
+:meth:`Store.gc` removes.
 """
 
 from __future__ import annotations
@@ -23,23 +24,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any, NamedTuple, TypeVar
 
-from ..errors import Conflict, InvalidInput, NotFound, OcistoreError
-from ..spec.digest import ChainID, Digest, ImageID
+from ..errors import Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError
+from ..progress import Progress
+from ..spec.digest import ChainID, DiffID, Digest, ImageID
 from ..spec.platform import host_platform
-from ..spec.reference import Reference, looks_like_id_prefix, parse_tagged
-from . import fsutil
-from .backend import FSBackend
+from ..spec.reference import Reference, parse_tagged
+from . import fsutil, gc, ingest
+from .backend import MANIFEST, FSBackend
 from .content import ContentStore
 from .images import Image, ImageRecord, ImageStore, newest_first
-from .layers import Layer, LayerStore
-from .refs import ReferenceStore, check_tag
-from .staging import stage_layer
+from .ingest import ImageSource, LayerSource, LoadedImage
+from .layers import Layer, LayerReader, LayerStore
+from .refs import ReferenceStore
+from .resolve import Resolver, Selected
+
+__all__ = ["RemoveEvent", "Store"]
 
 #: Temporary files older than this are garbage even while other writers run.
 TMP_GRACE_SECONDS = 24 * 3600
@@ -73,59 +80,164 @@ def _newest_first(
     return [(rec, get(rec.id) or []) for rec in records if rec.id not in parents or get(rec.id)]
 
 
+def _size_of(stream: IO[bytes]) -> int | None:
+    """The size of a regular file behind ``stream`` (for progress), else ``None``."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 class Store:
+    """An image store in the directory ``root`` (created if missing).
+
+    Many processes may use one store at once; every change is published whole under the
+    store's lock. Use it as a context manager, or call :meth:`close`, to release the file
+    it keeps open. Errors are :class:`~ocistore.errors.OcistoreError` subclasses whose
+    message names what they are about.
+    """
+
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.tmpdir = self.root / "tmp"
-        for d in (self.root, self.tmpdir):
-            fsutil.makedirs(d)
-        self.lock = fsutil.StoreLock(self.root / "lock")
+        try:
+            for d in (self.root, self.tmpdir):
+                fsutil.makedirs(d)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidInput(f"{self.root}: not a directory, cannot hold a store") from None
+        self.lock = fsutil.FileLock(self.root / "lock")
         self.content = ContentStore(self.root / "blobs", self.tmpdir)
         self.backend = FSBackend(self.root / "imagedb", self.tmpdir)
         self.layers = LayerStore(self.root / "layerdb", self.content, self.tmpdir)
         self.images = ImageStore(self.backend, self.layers, self.lock, self.tmpdir)
         self.references = ReferenceStore(self.root / "repositories.json", self.tmpdir, self.lock)
+        self._resolver = Resolver(self.images, self.references)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def close(self) -> None:
+        """Release the file the store keeps open (it stays usable)."""
+        self.references.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # -- composite writes ---------------------------------------------------------
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Store]:
-        """One exclusive publish step: everything inside becomes visible under one lock."""
-        with self.images.writing():
+        """One exclusive publish step: everything inside becomes visible under one lock.
+
+        The store's lock is taken first; the image index is marked dirty for as long as
+        the block runs and written again at its end (so a crash inside leaves a marker
+        that makes the next opener rebuild it). Re-entrant.
+        """
+        with self.lock.exclusive(), self.images.writing():
             yield self
 
+    def add_images(
+        self, sources: Sequence[ImageSource], progress: Progress | None = None
+    ) -> list[LoadedImage]:
+        """Add images, described by sources, in one publish step: the one way into the
+        store (see :mod:`ocistore.store.ingest`). Every digest, size and DiffID is
+        checked while the layers stream in; bad input leaves the store as it was."""
+        return ingest.add_images(self, sources, progress)
+
     def register_layer(self, stream: IO[bytes], parent: ChainID | None = None) -> Layer:
-        """Register a layer (plain, gzip or zstd tar) on top of ``parent``."""
-        staged = stage_layer(stream, self.content)
+        """Register a layer (plain, gzip or zstd tar) on top of ``parent``, with no image
+        (a layer no image needs is garbage for :meth:`gc`)."""
+        return ingest.register_layer(self, stream, parent)
+
+    def spool(self, stream: IO[bytes], suffix: str = "") -> fsutil.TempFile:
+        """Copy ``stream`` to its end into a temporary file of the store, for a reader
+        that needs to seek (an archive on standard input). The caller removes it with
+        ``discard()``; after a crash :meth:`gc` does."""
+        tmp = fsutil.TempFile(self.tmpdir, suffix)
         try:
-            with self.transaction():
-                return self.layers.publish(staged, parent)
-        finally:
-            staged.discard()  # whatever was not committed
+            buf = bytearray(1 << 20)
+            readinto = getattr(stream, "readinto", None)
+            while True:
+                if readinto is not None:
+                    n = readinto(buf)
+                    if not n:
+                        break
+                    tmp.write(memoryview(buf)[:n])
+                else:
+                    data = stream.read(1 << 20)
+                    if not data:
+                        break
+                    tmp.write(data)
+            tmp.file.close()
+        except BaseException:
+            tmp.discard()
+            raise
+        return tmp
 
     # -- lookups ----------------------------------------------------------------------
 
     def resolve(self, name: str) -> ImageID:
-        """An image by reference (``busybox``, ``name@sha256:…``), full ID or ID prefix."""
-        if not name:
-            raise InvalidInput("empty image name")
-        if name.startswith("sha256:"):
-            return self.images.search(name)
-        ref: Reference | None = None
-        with contextlib.suppress(InvalidInput):
-            ref = parse_tagged(name)
-        if ref is not None:
-            with contextlib.suppress(NotFound):
-                return self.references.get(ref)
-        if looks_like_id_prefix(name):
-            with contextlib.suppress(NotFound):
-                return self.images.search(name)
-        if ref is None:
-            parse_tagged(name)  # raise the reference error
-        raise NotFound(f"No such image: {name}")
+        """An image by reference (``busybox``, ``name@sha256:…``), full ID or ID prefix,
+        as Docker finds it (:meth:`ocistore.store.resolve.Resolver.resolve`)."""
+        return self._resolver.resolve(name)
+
+    def select(self, names: list[str]) -> list[Selected]:
+        """The images ``save`` writes for ``names``, each with the reference it is
+        written under, as ``docker save`` selects them
+        (:meth:`ocistore.store.resolve.Resolver.select`)."""
+        return self._resolver.select(names)
 
     def image(self, name: str) -> Image:
+        """The image ``name`` resolves to, its config read and verified."""
         return self.images.get(self.resolve(name))
+
+    def layers_of(self, image: Image) -> list[Layer]:
+        """The layers of an image, bottom first."""
+        top = image.config.top_chain
+        return self.layers.chain(top) if top is not None else []
+
+    def open_layer(self, layer: Layer | ChainID) -> LayerReader:
+        """A layer's exact tar, checked against its blob digest, size and DiffID as it
+        is read (:class:`~ocistore.store.layers.LayerReader`)."""
+        return self.layers.open_tar(layer)
+
+    def open_blob(self, digest: Digest, verify: bool = True) -> IO[bytes]:
+        """A stored blob; with ``verify`` its digest is checked when it is read to the
+        end."""
+        return self.content.open(digest, verify)
+
+    def read_blob(self, digest: Digest) -> bytes:
+        """A small stored blob (a manifest), whole and verified."""
+        return self.content.read(digest)
+
+    def blob_size(self, digest: Digest) -> int:
+        return self.content.size(digest)
+
+    def kept_manifest(self, image_id: ImageID) -> Digest | None:
+        """The digest of the manifest the image came with, if the store kept one."""
+        try:
+            raw = self.backend.get_metadata(image_id, MANIFEST)
+        except NotFound:
+            return None
+        try:
+            return Digest(raw.decode())
+        except (UnicodeDecodeError, InvalidInput):
+            raise CorruptStore(f"image {image_id}: damaged metadata {MANIFEST!r}") from None
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """Configs the store skipped when it last read them because they failed
+        verification, as ``(digest, reason)``."""
+        return self.images.skipped
 
     # -- user verbs -------------------------------------------------------------------
 
@@ -134,33 +246,35 @@ class Store:
         stream: IO[bytes],
         reference: str | None = None,
         source: str = "-",
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
         changes: dict[str, Any] | None = None,
+        message: str | None = None,
     ) -> ImageID:
-        """Make a one-layer image from a root file system tarball, as ``docker import``."""
-        ref = parse_tagged(reference) if reference else None
-        if ref is not None:
-            check_tag(ref)  # before anything is published
-        staged = stage_layer(stream, self.content, what=f"tarball {source}", progress=progress)
+        """Make a one-layer image from a root file system tarball (plain, gzip or zstd),
+        as ``docker import``: tagged ``reference`` if given; ``source`` names the
+        tarball in the history and in errors; ``changes`` is the image's container
+        config; ``message`` the history comment."""
+        tags = [parse_tagged(reference)] if reference else []
         created = now_rfc3339()
-        config: dict[str, Any] = {
-            "architecture": host_platform().architecture,
-            "config": changes or {},
-            "created": created,
-            "history": [{"created": created, "comment": f"Imported from {source}"}],
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [staged.diff_id]},
-        }
-        raw = json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
-        try:
-            with self.transaction():
-                self.layers.publish(staged, None)
-                image_id = self.images.create(raw)
-                if ref is not None:
-                    self.references.add_tag(ref, image_id, force=True)
-        finally:
-            staged.discard()
-        return image_id
+        comment = message or f"Imported from {source}"
+
+        def make_config(diff_ids: Sequence[DiffID]) -> bytes:
+            config: dict[str, Any] = {
+                "architecture": host_platform().architecture,
+                "config": changes or {},
+                "created": created,
+                "history": [{"created": created, "comment": comment}],
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+            }
+            return json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
+
+        what = f"tarball {source}"
+        layer = LayerSource(
+            open=lambda: contextlib.nullcontext(stream), what=what, read_size=_size_of(stream)
+        )
+        (loaded,) = self.add_images([ImageSource(make_config, what, [layer], tags)], progress)
+        return loaded.id
 
     def tag(self, source: str, target: str) -> Reference:
         """Point ``target`` at the image ``source`` names, moving it if it exists."""
@@ -177,8 +291,7 @@ class Store:
         with self.transaction():
             image_id = self.resolve(name)
             refs = self.references.references(image_id)
-            by_id = self._named_by_id(name, image_id)
-            if not by_id:
+            if self._resolver.named_by_reference(name, image_id):
                 ref = parse_tagged(name)
                 if self.references.delete(ref):
                     events.append(RemoveEvent("Untagged", ref.familiar()))
@@ -211,15 +324,6 @@ class Store:
                     events.append(RemoveEvent("Untagged", r.familiar()))
             events.extend(self._delete_image(image_id, prune))
         return events
-
-    def _named_by_id(self, name: str, image_id: ImageID) -> bool:
-        """Whether the user named the image by ID (or prefix) rather than by reference."""
-        if name.startswith("sha256:"):
-            return True
-        with contextlib.suppress(InvalidInput, NotFound):
-            if self.references.get(parse_tagged(name)) == image_id:
-                return False
-        return True
 
     def _delete_image(self, image_id: ImageID, prune: bool) -> list[RemoveEvent]:
         parent = self.images.get_parent(image_id)
@@ -324,23 +428,15 @@ class Store:
         and temporary files older than ``grace_seconds``. Returns what was removed."""
         removed: list[str] = []
         with self.transaction():
-            records = self.images.list()
-            needed_chains: set[ChainID] = set()
-            needed_blobs: set[Digest] = set()
-            for r in records:
-                needed_chains.update(r.chains)
-                needed_blobs.update(r.blobs)
-            for chain in self.layers.walk():
-                if chain in needed_chains:
-                    with contextlib.suppress(OcistoreError):
-                        needed_blobs.add(self.layers.get(chain).blob.digest)
-                    continue
-                self.layers.delete(chain)
-                removed.append(f"layer {chain}")
-            for blob in list(self.content.walk()):
-                if blob not in needed_blobs:
-                    self.content.delete(blob)
-                    removed.append(f"blob {blob}")
+            swept = gc.sweep(
+                self.layers,
+                self.content,
+                self.images.list(),
+                self.layers.walk(),
+                list(self.content.walk()),
+            )
+            removed += [f"layer {chain}" for chain in swept.chains]
+            removed += [f"blob {blob}" for blob in swept.blobs]
             cutoff = time.time() - grace_seconds
             for entry in os.scandir(self.tmpdir):
                 with contextlib.suppress(FileNotFoundError):

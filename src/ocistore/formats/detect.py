@@ -1,0 +1,37 @@
+"""Which format an archive is in, from its content, never its name.
+
+A ``manifest.json`` makes a docker-archive, even when Docker 25+ made the same tar an OCI
+layout too (``docker load`` reads such an archive through its ``manifest.json``);
+without it, ``oci-layout`` with ``index.json`` makes an OCI layout or oci-archive; the
+legacy ``repositories`` file or ``<v1 id>/json`` directories make a Docker < 1.10 archive.
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidInput
+from ..spec.platform import Platform
+from ..store.ingest import ImageSource
+from .reader import ArchiveReader
+
+
+def read_images(archive: ArchiveReader, platform: Platform | None = None) -> list[ImageSource]:
+    """The images of an archive of any format ocistore reads (``platform`` chooses in
+    multi-platform OCI indexes); at least one, or :class:`~ocistore.errors.InvalidInput`."""
+    # Each format's code is imported only when needed (the docker-archive one brings the
+    # Go-JSON machinery of the v1 format).
+    from . import oci_layout
+
+    if not archive.exists("manifest.json") and oci_layout.is_oci_layout(archive):
+        sources = oci_layout.read_oci_layout(archive, platform)
+    else:
+        from . import docker_archive
+
+        if not docker_archive.is_docker_archive(archive):
+            raise InvalidInput(
+                f"{archive.name}: not an image archive: no manifest.json, repositories "
+                "or oci-layout with index.json"
+            )
+        sources = docker_archive.read_docker_archive(archive)
+    if not sources:
+        raise InvalidInput(f"{archive.name}: the archive holds no image")
+    return sources

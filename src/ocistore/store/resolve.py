@@ -1,0 +1,136 @@
+"""From what a user typed to images: the one resolver every command uses.
+
+Docker's rules (``daemon/images/image.go`` ``GetImage``, and ``image/tarexport``'s
+``parseNames`` for ``save``):
+
+* :meth:`Resolver.resolve` finds one image. ``sha256:<hex>`` (or a prefix) is an ID;
+  anything that parses as a reference is looked up as one first (a name alone means
+  ``:latest``); a string that could be an ID prefix (``3f57d9``, also a valid repository
+  name) is then tried as one. Else :class:`~ocistore.errors.NotFound` ``No such image``,
+  or the reference's own error when it was not a reference at all.
+* :meth:`Resolver.select` finds what ``save`` writes for a list of names, each image
+  with the reference it is written under: an ID gives the image without one;
+  ``name:tag`` that tag; ``name@digest`` that digest reference; a bare repository name
+  every image of that repository, each with its tag (an image the repository names only
+  by digest comes without one), or, when the repository has none, what the name is as
+  an ID prefix.
+* :func:`matches` is the filter of a listing (``images busybox``, ``images app:1``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+from ..errors import InvalidInput, NotFound
+from ..spec.digest import Digest, ImageID
+from ..spec.reference import Reference, looks_like_id, parse_any, parse_tagged, split_familiar
+from .images import ImageStore
+from .refs import ReferenceStore
+
+__all__ = ["Resolver", "Selected", "matches"]
+
+
+class Selected(NamedTuple):
+    """An image a list of names selects, with the reference it was selected by."""
+
+    id: ImageID
+    #: A tag (``name:tag``), a digest reference (``name@sha256:…``), or ``None`` for an
+    #: image named by ID.
+    ref: Reference | None
+
+
+class Resolver:
+    def __init__(self, images: ImageStore, references: ReferenceStore) -> None:
+        self._images = images
+        self._references = references
+
+    def _as_id(self, name: str) -> ImageID | None:
+        """The image ``name`` names as an ID prefix, if it could be one and does."""
+        if not looks_like_id(name):
+            return None
+        with contextlib.suppress(NotFound):
+            return self._images.search(name)
+        return None
+
+    def resolve(self, name: str) -> ImageID:
+        """The image a reference (``busybox``, ``name@sha256:…``), full ID or ID prefix
+        names."""
+        if not name:
+            raise InvalidInput("empty image name")
+        if name.startswith("sha256:"):
+            return self._images.search(name)
+        ref: Reference | None = None
+        with contextlib.suppress(InvalidInput):
+            ref = parse_tagged(name)
+        if ref is not None:
+            with contextlib.suppress(NotFound):
+                return self._references.get(ref)
+        found = self._as_id(name)
+        if found is not None:
+            return found
+        if ref is None:
+            parse_tagged(name)  # raise the reference error
+        raise NotFound(f"No such image: {name}")
+
+    def named_by_reference(self, name: str, image_id: ImageID) -> bool:
+        """Whether ``name`` resolved to ``image_id`` as a reference rather than by ID."""
+        if name.startswith("sha256:"):
+            return False
+        with contextlib.suppress(InvalidInput, NotFound):
+            return self._references.get(parse_tagged(name)) == image_id
+        return False
+
+    def select(self, names: list[str]) -> list[Selected]:
+        """What ``save`` writes for ``names``, in order, each pair once; every name must
+        select something (else the error :meth:`resolve` would raise)."""
+        out: list[Selected] = []
+
+        def add(image_id: ImageID, ref: Reference | None) -> None:
+            item = Selected(image_id, ref)
+            if item not in out:
+                out.append(item)
+
+        for name in names:
+            if not name:
+                raise InvalidInput("empty image name")
+            parsed: Reference | Digest | None = None
+            with contextlib.suppress(InvalidInput):
+                parsed = parse_any(name)
+            if isinstance(parsed, Digest):
+                add(self._images.search(parsed), None)
+                continue
+            if parsed is not None and parsed.familiar_name == "sha256":
+                add(self._images.search(name), None)  # "sha256:abc…": an ID prefix
+                continue
+            if parsed is not None and parsed.is_name_only:
+                assocs = self._references.references_by_name(parsed)
+                for r, image_id in assocs:
+                    add(image_id, r if r.tag is not None else None)
+                if assocs:
+                    continue
+            elif parsed is not None:
+                lookup = parsed.digest_only()
+                with contextlib.suppress(NotFound):
+                    add(self._references.get(lookup), lookup)
+                    continue
+            found = self._as_id(name)
+            if found is not None:
+                add(found, None)
+                continue
+            if parsed is None:
+                parse_tagged(name)  # raise the reference error
+            raise NotFound(f"No such image: {name}")
+        return out
+
+
+def matches(familiar: str, wanted: Reference) -> bool:
+    """Whether a familiar reference as the store lists it (``busybox:1``,
+    ``app@sha256:…``) is of ``wanted``'s repository, and has its tag (or is its digest
+    reference) when ``wanted`` gives one."""
+    name, tag, digest = split_familiar(familiar)
+    if name != wanted.familiar_name:
+        return False
+    if wanted.digest is not None:
+        return digest == wanted.digest
+    return wanted.tag is None or (digest is None and tag == wanted.tag)
