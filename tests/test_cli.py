@@ -140,6 +140,17 @@ def test_import_prints_the_id(run: Run, files: dict[str, Path], root: Path, name
     )
 
 
+def test_import_message_is_the_history_comment(run: Run, files: dict[str, Path]) -> None:
+    """As ``docker import -m``: the message replaces "Imported from …"."""
+    code, out, _ = run("import", "-m", "my rootfs", files["a.tar"], "app:m")
+    assert code == 0, out
+    code, out, _ = run("history", "--format", "json", "app:m")
+    assert json.loads(out)["Comment"] == "my rootfs"
+    code, out, _ = run("import", files["b.tar.gz"], "app:plain")
+    code, out, _ = run("history", "--format", "json", "app:plain")
+    assert json.loads(out)["Comment"] == f"Imported from {files['b.tar.gz']}"
+
+
 def test_images(run: Run, files: dict[str, Path]) -> None:
     a = import_(run, files["a.tar"], "app:v1")
     b = import_(run, files["b.tar.gz"], "myregistry:5000/team/b:v2")

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 from util import CORPUS, make_tar, snapshot
 
 OCISTORE = Path(sys.executable).parent / "ocistore"
@@ -51,6 +52,25 @@ def test_save_to_stdout_loads_from_stdin(root: Path, tmp_path: Path, fmt: str) -
     assert loaded.stdout.decode().splitlines() == ["Loaded image: app:v1"]
     assert image_id(other, "app:v1") == image_id(root, "app:v1")
     assert list((other / "tmp").iterdir()) == []
+
+
+def test_skopeo_into_a_pipe_as_the_readme_shows(root: Path, tmp_path: Path) -> None:
+    """The README's and ``load --help``'s example: ``skopeo copy -q SRC
+    docker-archive:/dev/stdout:REF | ocistore load -i -`` (skopeo 1.9 cannot write an
+    oci-archive into a pipe, and without ``-q`` prints its progress into it)."""
+    layout = tmp_path / "layout"
+    assert run(root, "save", "--format", "oci", "-o", layout, "app:v1").returncode == 0
+    other = tmp_path / "other"
+    skopeo = require_tool("skopeo")
+    pipeline = (
+        f"{skopeo} --insecure-policy copy -q oci:{layout}:v1"
+        " docker-archive:/dev/stdout:example/piped:1"
+        f" | {OCISTORE} --root {other} load -i -"
+    )
+    proc = subprocess.run(["sh", "-c", pipeline], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "Loaded image: example/piped:1\n"
+    assert image_id(other, "example/piped:1") == image_id(root, "app:v1")
 
 
 def test_save_oci_directory_and_load_it(root: Path, tmp_path: Path) -> None:

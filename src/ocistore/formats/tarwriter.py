@@ -32,7 +32,7 @@ _BLOCK: Final = 512
 #: tar's record: the archive is padded to a multiple of it (20 blocks, as tarfile writes).
 _RECORD: Final = 20 * _BLOCK
 #: The most threads that fill the members of one output file at once (each holds a few
-#: MiB of buffers: the peak memory of a save stays well under 64 MiB).
+#: MiB of buffers, so a save's memory stays small).
 MAX_FILL_THREADS: Final = 4
 #: Into a stream, how many chunks (of a few MiB) the filling thread may be ahead.
 _AHEAD: Final = 4

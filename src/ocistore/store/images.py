@@ -139,7 +139,7 @@ def newest_first(records: Iterable[ImageRecord]) -> list[ImageRecord]:
     """Records by creation time, newest first, then by ID (descending): the order of
     listings, and of the index. Records read from the index, with any added since at
     the end, are nearly in that order already, which one sort on a ``(created, id)`` key
-    sees in about a pass: 3 to 5 ms for 10,000 images."""
+    sees in about a pass."""
     return sorted(records, key=_NEWEST, reverse=True)
 
 
