@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import stat
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -242,3 +246,109 @@ def test_ctrl_c_during_a_load_leaves_the_store_as_it_was(root: Path, tmp_path: P
     assert out == b""
     assert os.listdir(root / "tmp") == []  # the layers being staged were discarded
     assert snapshot(root) == before
+
+
+def _docker_archive_of_layers(path: Path, layers: list[bytes], tag: str) -> Path:
+    import hashlib
+    import json
+
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers],
+            },
+        }
+    ).encode()
+    names = [f"l{i}/layer.tar" for i in range(len(layers))]
+    manifest = json.dumps([{"Config": "c.json", "RepoTags": [tag], "Layers": names}]).encode()
+    with tarfile.open(path, "w") as tf:
+        members = [
+            ("c.json", config),
+            *zip(names, layers, strict=True),
+            ("manifest.json", manifest),
+        ]
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_load_of_many_layers_needs_no_file_per_layer(tmp_path: Path) -> None:
+    """Staged layers are not kept open until they are published: 120 layers load with a
+    limit of 64 open files."""
+    import resource
+
+    layers = [make_tar({f"f{i}": str(i).encode()}) for i in range(120)]
+    archive = _docker_archive_of_layers(tmp_path / "many.tar", layers, "many:1")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.run(
+        [OCISTORE, "--root", tmp_path / "store", "load", "-q", "-i", archive],
+        capture_output=True,
+        preexec_fn=limit,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"Loaded image: many:1\n"
+
+
+def test_save_to_a_file_keeps_the_umask(root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "private.tar"
+    proc = subprocess.run(
+        [OCISTORE, "--root", root, "save", "-o", out, "app:v1"],
+        capture_output=True,
+        preexec_fn=lambda: os.umask(0o077),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_ctrl_c_reaches_an_import_waiting_on_its_input(tmp_path: Path) -> None:
+    """The input stalls (a pipe that stays open): Ctrl-C stops the import at once, and
+    what it had staged is removed."""
+    root = tmp_path / "store"
+    tar = make_tar({"big": os.urandom(1 << 20)})
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [OCISTORE, "--root", root, "import", "-q", "-", "stalled:1"],
+        stdin=read_end,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.close(read_end)
+    os.write(write_end, tar[: 200 << 10])  # part of it, then nothing more
+    while not any((root / "tmp").glob("*.blob")) and proc.poll() is None:
+        time.sleep(0.005)  # the import has its blob file: it is copying
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 130, err.decode()
+    assert err.decode() == "ocistore: interrupted\n"
+    assert os.listdir(root / "tmp") == []
+
+
+def test_ctrl_c_reaches_a_save_waiting_on_its_output(root: Path, tmp_path: Path) -> None:
+    """The reader of ``save -o -`` stops reading (the pipe fills): Ctrl-C stops the save."""
+    big = tmp_path / "big.tar"
+    big.write_bytes(make_tar({"big": os.urandom(4 << 20)}))
+    assert run(root, "import", big, "big:1").returncode == 0
+    proc = subprocess.Popen(
+        [OCISTORE, "--root", root, "save", "-q", "-o", "-", "big:1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(1)  # it writes; the rest (MiBs) fills the pipe, unread
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert proc.stderr.read().decode() == "ocistore: interrupted\n"
+    proc.stdout.close()
+    proc.stderr.close()

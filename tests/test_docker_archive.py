@@ -1159,6 +1159,30 @@ def test_with_several_workers_no_layer_is_started_after_one_failed(
     assert os.listdir(store.tmpdir) == []
 
 
+def test_two_images_that_share_a_layer_file_must_agree_on_its_diff_id(
+    store: Store, tmp_path: Path
+) -> None:
+    """The bytes are staged once; each image's config is still checked against them."""
+    good = make_config([sha(TAR_A)], comment="good")
+    bad = make_config([sha(TAR_B)], comment="bad")
+    members: dict[str, Member] = {
+        "good.json": good,
+        "bad.json": bad,
+        "shared/layer.tar": TAR_A,
+        "manifest.json": json.dumps(
+            [
+                {"Config": "good.json", "RepoTags": ["a:1"], "Layers": ["shared/layer.tar"]},
+                {"Config": "bad.json", "RepoTags": ["b:1"], "Layers": ["shared/layer.tar"]},
+            ]
+        ).encode(),
+    }
+    path = write_tar(tmp_path / "shared.tar", members)
+    with unchanged(store), pytest.raises(DigestMismatch) as err:
+        load(store, path)
+    assert "shared.tar: shared/layer.tar: diff ID" in str(err.value)
+    assert sha(TAR_B) in str(err.value) and sha(TAR_A) in str(err.value)
+
+
 def test_unknown_compression(store: Store, tmp_path: Path) -> None:
     members, _ = classic([TAR_A], blobs=[bz2.compress(TAR_A)])
     path = write_tar(tmp_path / "bad.tar", members)

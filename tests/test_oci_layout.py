@@ -473,6 +473,31 @@ def test_a_layer_removed_while_loading_is_refused_before_publishing(
     assert snapshot(store.root) == before
 
 
+def test_saving_a_repository_writes_each_tagged_image_once(store: Store, tmp_path: Path) -> None:
+    """A bare repository name selects its tags; an image of it that also has a digest
+    reference is still written once, and one named only by digest once, untagged."""
+    import io
+
+    from ocistore.spec.reference import parse
+
+    tagged = store.import_tarball(io.BytesIO(make_tar({"t": b"t"})), "example.com/r:1")
+    pinned = store.import_tarball(io.BytesIO(make_tar({"p": b"p"})))
+    store.references.add_digest(parse(f"example.com/r@{sha(b'm1')}"), tagged)
+    store.references.add_digest(parse(f"example.com/r@{sha(b'm2')}"), pinned)
+    index = json.loads(
+        (save_dir(store, ["example.com/r"], tmp_path / "out") / "index.json").read_bytes()
+    )
+    entries = index["manifests"]
+    assert len(entries) == 2
+    assert entries[0]["annotations"] == {
+        "io.containerd.image.name": "example.com/r:1",
+        "org.opencontainers.image.ref.name": "1",
+    }
+    assert "annotations" not in entries[1]
+    loaded = load(Store(tmp_path / "other"), tmp_path / "out")
+    assert sorted(i.id for i in loaded) == sorted([tagged, pinned])
+
+
 def test_same_manifest_twice_loads_once_with_both_tags(store: Store, tmp_path: Path) -> None:
     lay = Layout(tmp_path / "l")
     built = lay.image([{"f": b"x"}])

@@ -369,6 +369,33 @@ def test_gc_removes_unreferenced_layers_and_blobs(store: Store) -> None:
     assert store.gc(grace_seconds=3600) == []
 
 
+def test_gc_removes_what_a_crash_left_of_a_layer_record(store: Store) -> None:
+    """A crash inside the removal of a layer record can leave its directory without
+    layer.json: gc removes it, and fsck is clean again."""
+    imp(store, TAR_A, "keep")
+    loose = store.register_layer(io.BytesIO(TAR_B))
+    (store.layers.root / "sha256" / loose.chain_id.hex / "layer.json").unlink()
+    assert any(loose.chain_id in p for p in Store(store.root).fsck())
+    removed = Store(store.root).gc()
+    assert f"layer {loose.chain_id}" in removed
+    assert Store(store.root).fsck() == []
+
+
+def test_fsck_checks_the_blobs_an_image_keeps(store: Store) -> None:
+    image = imp(store, TAR_A, "keep")
+    manifest = store.content.write(b'{"a": "manifest"}')
+    store.images.set_blobs(image, [manifest])
+    assert store.fsck() == []
+    path = store.content.path(manifest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b'{"a": "changed"}')
+    (problem,) = store.fsck()
+    assert image in problem and manifest in problem and "digest mismatch" in problem
+    path.unlink()
+    (problem,) = store.fsck()
+    assert image in problem and "not found" in problem
+
+
 def test_gc_keeps_blobs_an_image_records(store: Store) -> None:
     image_id = imp(store, TAR_A, "keep")
     manifest = store.content.write(b'{"a manifest": true}')

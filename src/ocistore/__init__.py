@@ -13,7 +13,8 @@ as it is read back::
         image = store.image("busybox:latest")                    # a name, an ID, a prefix
         for layer in store.layers_of(image):                     # bottom first
             with store.open_layer(layer) as tar:                 # the exact tar, verified
-                data = tar.read()
+                for piece in tar.chunks():                       # a megabyte at a time
+                    ...
         ocistore.save(store, ["busybox:latest"], "out.tar", format="oci-archive")
 
 The public names are those listed here (``__all__``); the rest of the package is

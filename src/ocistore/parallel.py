@@ -12,9 +12,11 @@ of jobs on up to ``workers`` threads, in the order given:
 * The caller waits on an event rather than ``Thread.join``: in Python 3.11 a join cut short
   by Ctrl-C takes its thread for finished, and the interpreter would exit without waiting
   for it. After an interrupt the jobs are told (``stop.interrupted``), every thread is
-  waited for, so each can remove what it was writing, and the interrupt goes on up. The
-  threads are started with SIGINT blocked, so that an interrupt always finds them all
-  started and counted.
+  waited for, so each can remove what it was writing, and the interrupt goes on up; a
+  second interrupt stops the wait. The threads are started with SIGINT blocked, so that
+  an interrupt always finds them all started and counted, and never lands in one of
+  them. A job that waits on a pipe runs on the caller's thread (``caller_first``), where
+  Ctrl-C reaches it.
 """
 
 from __future__ import annotations
@@ -56,16 +58,18 @@ class Stop:
 Job = Callable[[Stop], object]
 
 
-def run_all(jobs: Sequence[Job], workers: int) -> None:
+def run_all(jobs: Sequence[Job], workers: int, caller_first: bool = False) -> None:
     """Run every job, at most ``workers`` at once, each on a thread of its own (with one
-    worker, on the caller's thread). Returns when all are done; raises as the module
-    says."""
+    worker, on the caller's thread). With ``caller_first`` the first job runs on the
+    caller's thread, beside the others: the one that waits on a pipe or a terminal, so
+    that Ctrl-C reaches it where it waits. Returns when all are done; raises as the
+    module says."""
     stop = Stop()
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             job(stop)
         return
-    todo = iter(enumerate(jobs))
+    todo = iter(enumerate(jobs[1:] if caller_first else jobs, 1 if caller_first else 0))
     lock = threading.Lock()
     errors: list[tuple[int, BaseException]] = []
     # Threads still working, plus one for the starting below, so that a thread done
@@ -85,6 +89,12 @@ def run_all(jobs: Sequence[Job], workers: int) -> None:
                 return None
             return next(todo, None)
 
+    def failed(position: int, e: BaseException) -> None:
+        with lock:  # with the error, so that no job is taken after it
+            if not (isinstance(e, Halted) and e.stop is stop):
+                errors.append((position, e))
+            stop.failed.set()
+
     def work() -> None:
         try:
             while (item := take()) is not None:
@@ -92,27 +102,26 @@ def run_all(jobs: Sequence[Job], workers: int) -> None:
                 try:
                     job(stop)
                 except BaseException as e:
-                    with lock:
-                        if not (isinstance(e, Halted) and e.stop is stop):
-                            errors.append((position, e))
-                    stop.failed.set()
+                    failed(position, e)
         finally:
             done()
 
+    threads = min(workers, len(jobs)) - (1 if caller_first else 0)
     try:
-        _start(work, min(workers, len(jobs)), running, lock, done)
+        _start(work, threads, running, lock, done)
+        if caller_first:
+            try:
+                jobs[0](stop)
+            except Exception as e:
+                failed(0, e)
         finished.wait()
     except BaseException:
         # Interrupted (or a thread could not start): the jobs in flight stop at their
-        # next check and clean up; nothing is left running behind the caller, even if
-        # it is interrupted again meanwhile.
+        # next check and clean up, and are waited for. A second interrupt stops the
+        # wait: whatever they leave in tmp/ is garbage for gc.
         stop.interrupted.set()
-        while True:
-            try:
-                finished.wait()
-                break
-            except KeyboardInterrupt:
-                continue
+        stop.failed.set()
+        finished.wait()
         raise
     if errors:
         raise min(errors, key=lambda item: item[0])[1]
@@ -136,7 +145,7 @@ def _start(
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if main else None
     try:
         for i in range(count):
-            thread = threading.Thread(target=work, name=f"ocistore-worker-{i}")
+            thread = threading.Thread(target=work, name=f"ocistore-worker-{i}", daemon=True)
             with lock:
                 running[0] += 1
             try:

@@ -363,11 +363,8 @@ def tune_allocator(keep_freed: bool = False) -> None:
     * ``keep_freed`` (a docker-archive save): decompressing a layer makes a fresh
       megabyte-sized ``bytes`` per piece, which glibc by default hands straight back to
       the kernel and fetches again, zeroed, a page fault per page, for the next piece;
-      keeping freed memory in the heap makes that save faster for a little more memory.
+      keeping freed memory in the heap saves that work for a little more memory.
       Loads do not: their zstd decoders grow with it.
-    * As many open files as the hard limit allows: a load keeps every staged layer's
-      file open until it is published (:class:`~ocistore.store.content.StagedBlob`), and
-      an archive may hold more layers than the usual soft limit of 1024.
 
     The malloc settings are a no-op where the C library has no ``mallopt`` (not glibc).
     """
@@ -376,16 +373,6 @@ def tune_allocator(keep_freed: bool = False) -> None:
     if keep_freed:
         _mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
         _mallopt(m_trim_threshold, 128 << 20)
-    _raise_open_file_limit()
-
-
-def _raise_open_file_limit() -> None:
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _mallopt(param: int, value: int) -> None:
@@ -429,7 +416,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@command("fsck", lambda p: None)
+def _fsck_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+@command("fsck", _fsck_args)
 def cmd_fsck(args: argparse.Namespace) -> int:
     """Verify every image config, layer and blob against its digest.
 
@@ -438,7 +429,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     example:
       ocistore fsck
     """
-    problems = open_store(args).fsck()
+    problems = open_store(args).fsck(TerminalProgress.for_terminal(args.quiet))
     for p in problems:
         print(p)
     return EXIT_ERROR if problems else EXIT_OK

@@ -57,7 +57,11 @@ def save(
     """Save the images ``names`` select (as ``docker save`` selects them) to ``output``
     (``-`` is stdout; a directory for :attr:`SaveFormat.OCI`). Every name is found before
     any output is made."""
-    format = SaveFormat(format)
+    try:
+        format = SaveFormat(format)
+    except ValueError:
+        formats = ", ".join(f.value for f in SaveFormat)
+        raise InvalidInput(f"unknown save format {format!r} (one of {formats})") from None
     output = str(output)
     if not names:
         raise InvalidInput("save needs at least one image")

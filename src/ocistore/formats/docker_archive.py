@@ -46,12 +46,11 @@ from collections.abc import Sequence
 from typing import IO, Any, Final, NamedTuple
 
 from ..errors import (
-    DigestMismatch,
     InvalidInput,
 )
 from ..progress import SILENT, Progress
 from ..spec.config import MAX_LAYER_DEPTH, ImageConfig, parse_config
-from ..spec.digest import EMPTY_TAR_DIGEST, ChainID, DiffID, Digest, ImageID, digest_bytes
+from ..spec.digest import EMPTY_TAR_DIGEST, ChainID, DiffID, Digest, ImageID, check_bytes
 from ..spec.reference import (
     Reference,
     is_identifier,
@@ -198,9 +197,7 @@ def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
         config_what = f"{archive.name}: {config_path}"
         expected = _blob_digest(archive.resolve(config_path))
         if expected is not None:
-            got = digest_bytes(raw, expected.algorithm)
-            if got != expected:
-                raise DigestMismatch(config_what, expected, got)
+            check_bytes(raw, expected, config_what)
         cfg = parse_config(raw, config_what)
         if len(layer_paths) != len(cfg.diff_ids):
             raise InvalidInput(

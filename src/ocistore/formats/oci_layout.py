@@ -8,10 +8,10 @@ Reading (:func:`read_oci_layout`)
 list), to image manifests (OCI and Docker v2 schema 2). Every blob a descriptor names is
 read from ``blobs/<alg>/<hex>`` (sha256 or sha512) and checked against the descriptor's
 digest and size: indexes, manifests and configs when they are read, layers while
-:func:`~ocistore.archive.load_images` streams them (once: blob digest, decompression and
-DiffID in one pass). A missing blob, a digest or size that does not match, a malformed
-document or field is refused with a message naming the archive, the blob and where the
-descriptor is (``index.json manifests[2] → manifests[0] → layers[1]``).
+the store stages them (:meth:`ocistore.store.Store.add_images`: once, blob digest,
+decompression and DiffID in one pass). A missing blob, a digest or size that does not
+match, a malformed document or field is refused with a message naming the archive, the
+blob and where the descriptor is (``index.json manifests[2] → manifests[0] → layers[1]``).
 
 * Media types. A descriptor with an index type is read as an index, with a manifest type
   as a manifest; a descriptor whose type is neither (``application/vnd.oci.descriptor.v1
@@ -29,7 +29,7 @@ descriptor is (``index.json manifests[2] → manifests[0] → layers[1]``).
   blob either yields exactly the layer the config names or is refused. A non-distributable
   (foreign) layer must be in the archive: ocistore never fetches it from its ``urls``.
 * Platforms. Inside an image index (any index reached through a descriptor) the manifest
-  for ``platform`` (default: this machine, :func:`~ocistore.platforms.host_platform`) is
+  for ``platform`` (default: this machine, :func:`~ocistore.spec.platform.host_platform`) is
   chosen among the descriptors that carry a ``platform``; an exact variant match is
   preferred. No match is an error naming the index and listing the platforms it has.
   Descriptors without a ``platform`` are each an image of their own. In ``index.json``
@@ -56,7 +56,7 @@ descriptor is (``index.json manifests[2] → manifests[0] → layers[1]``).
 Writing (:func:`write_oci_layout`, :func:`write_oci_archive`)
 -------------------------------------------------------------
 
-For every image: if the store kept an OCI manifest for it (backend metadata ``manifest``)
+For every image: if the store kept an OCI manifest for it (:meth:`Store.kept_manifest`)
 that manifest is written byte for byte, with the config and the layer blobs it names
 (from the content store, verified while copied); a kept Docker v2 manifest is written in
 its OCI form (same config and layer blobs, OCI media types), as ``skopeo copy`` to
@@ -66,7 +66,7 @@ otherwise an OCI image manifest is generated
 ``…layer.v1.tar[+gzip|+zstd]`` after the stored blob's compression), serialized compactly
 with the fields in the image-spec's Go struct order. Blobs shared by several images are
 written once. The output is deterministic: ``oci-layout``, ``index.json``, then the blobs
-sorted by path; fixed owners, modes and times (see :class:`~ocistore.archive.TarWriter`).
+sorted by path; fixed owners, modes and times (see :class:`~ocistore.formats.tarwriter.TarWriter`).
 
 ``index.json`` gets one descriptor per image named on the command line; a name that is a
 tag gives the annotations ``org.opencontainers.image.ref.name`` = the tag alone (``1``) and
@@ -105,7 +105,6 @@ from typing import IO, Any, Final, NamedTuple
 
 from ..errors import (
     CorruptStore,
-    DigestMismatch,
     InvalidInput,
     NotFound,
     SizeMismatch,
@@ -119,7 +118,7 @@ from ..spec.descriptor import (
     Descriptor,
     parse_descriptor,
 )
-from ..spec.digest import Digest, ImageID, digest_bytes, digest_stream
+from ..spec.digest import Digest, ImageID, check_bytes, digest_bytes, digest_stream
 from ..spec.platform import Platform, host_platform
 from ..spec.reference import Reference, is_tag, parse
 from ..store import fsutil
@@ -234,12 +233,9 @@ class _LayoutReader:
                 f"{self.name}: {path} ({desc.where}): {what} of {desc.size} bytes is too large"
             )
         data = read_bytes(self.archive, path)
-        got = digest_bytes(data, desc.digest.algorithm)
         if len(data) != desc.size:
             raise SizeMismatch(f"{self.name}: {path} ({desc.where})", desc.size, len(data))
-        if got != desc.digest:
-            raise DigestMismatch(f"{self.name}: {path} ({desc.where})", desc.digest, got)
-        return data
+        return check_bytes(data, desc.digest, f"{self.name}: {path} ({desc.where})")
 
     def _document(self, data: bytes, desc: Descriptor, what: str) -> dict[str, Any]:
         path = blob_path(desc.digest)
@@ -469,7 +465,7 @@ class _LayoutReader:
 
 
 def read_oci_layout(archive: ArchiveReader, platform: Platform | None = None) -> list[ImageSource]:
-    """Every image of an OCI layout (directory or oci-archive), ready for ``load_images``.
+    """Every image of an OCI layout (directory or oci-archive), ready for ``Store.add_images``.
 
     Indexes, manifests and configs are read and verified here; layers are verified while
     they are loaded. ``platform`` picks from multi-platform indexes (default: this

@@ -87,14 +87,6 @@ class _Job:
         self.error: BaseException | None = None
 
 
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 class _PositionalWriter:
     """Writes one member's data at its place in the output file; stops once another
     member failed."""
@@ -106,7 +98,7 @@ class _PositionalWriter:
 
     def __call__(self, data: bytes | memoryview, pos: int) -> None:
         self._stop.check()
-        _pwrite_all(self._fd, data, self._base + pos)
+        fsutil.write_all(self._fd, data, self._base + pos)
 
 
 #: What the filling thread puts in the queue when it stops (see ``TarWriter._stream``).
@@ -120,9 +112,9 @@ class TarWriter:
     ``tarfile`` writes. Member data comes from :meth:`add_file`'s fill functions, run at
     :meth:`close`. Into an :class:`OutputFile` every member has a known place: the fill
     functions run several at once (largest first), each writing at its own offset. Into
-    any other stream they run in order in one thread, a few MiB ahead of this one, which
-    writes. The end-of-archive blocks are written only when every member was filled: a
-    failed save never looks whole.
+    any other stream they run in order on a second thread, a few MiB ahead of the
+    calling one, which writes. The end-of-archive blocks are written only when every
+    member was filled: a failed save never looks whole.
     """
 
     def __init__(self, out: IO[bytes], threads: int | None = None) -> None:
@@ -171,7 +163,7 @@ class TarWriter:
             if self._fd is None:
                 self._segments.append(bytes(self._pending))
             else:
-                _pwrite_all(self._fd, self._pending, self._base + self._pending_at)
+                fsutil.write_all(self._fd, self._pending, self._base + self._pending_at)
             self._pending = bytearray()
         self._pending_at = self._offset
 
@@ -305,7 +297,7 @@ class TarWriter:
                         break
                 raise
 
-        parallel.run_all([write, produce], workers=2)
+        parallel.run_all([write, produce], workers=2, caller_first=True)
 
     def close(self) -> None:
         """Fill the members, then end the archive (two zero blocks, padded to a record,

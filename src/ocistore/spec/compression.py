@@ -7,9 +7,9 @@ Two ways to decompress, both streaming:
 * :class:`Decompressor` is fed chunks (for hashing a gzip layer while it is copied in, so
   the bytes are read once, and for a layer written into a save). A zstd layer being
   copied in is pulled through ``zstandard``'s stream reader instead (see
-  :mod:`ocistore.layers`), with :class:`ZstdFrames` telling a cut stream from a whole one.
+  :mod:`ocistore.store.staging`), with :class:`ZstdFrames` telling a cut stream from a whole one.
 
-gzip goes through ``isal`` (ISA-L, several times zlib's speed) and zstd through
+gzip goes through ``isal`` (ISA-L, much faster than zlib) and zstd through
 ``zstandard``; both release the GIL.
 """
 

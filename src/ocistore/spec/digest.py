@@ -105,24 +105,26 @@ def digest_bytes(data: bytes, algorithm: str = "sha256") -> Digest:
 def digest_stream(stream: IO[bytes], algorithm: str = "sha256") -> tuple[Digest, int]:
     """Hash a stream to its end; returns the digest and the number of bytes read."""
     h = new_hasher(algorithm)
+    size = hash_rest(stream, h)
+    return Digest(f"{algorithm}:{h.hexdigest()}"), size
+
+
+def hash_rest(stream: IO[bytes], hasher: hashlib._Hash) -> int:
+    """Feed what is left of ``stream`` to ``hasher``, a chunk at a time into one buffer;
+    returns the number of bytes."""
     size = 0
+    readinto = getattr(stream, "readinto", None)
+    if readinto is None:
+        while chunk := stream.read(CHUNK):
+            hasher.update(chunk)
+            size += len(chunk)
+        return size
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    readinto = getattr(stream, "readinto", None)
-    while True:
-        if readinto is not None:
-            n = readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-        else:
-            chunk = stream.read(CHUNK)
-            if not chunk:
-                break
-            n = len(chunk)
-            h.update(chunk)
+    while n := readinto(buf):
+        hasher.update(view[:n])
         size += n
-    return Digest(f"{algorithm}:{h.hexdigest()}"), size
+    return size
 
 
 def chain_id(diff_ids: list[DiffID] | list[Digest] | list[str]) -> ChainID | None:
@@ -149,6 +151,14 @@ def make_chain_id(parent: ChainID | None, diff_id: DiffID) -> ChainID:
     return ChainID(digest_bytes(f"{parent} {diff_id}".encode()))
 
 
+def check_bytes(data: bytes, digest: Digest, what: str) -> bytes:
+    """``data``, if it hashes to ``digest``; else :class:`DigestMismatch` naming ``what``."""
+    got = digest_bytes(data, Digest(digest).algorithm)
+    if got != digest:
+        raise DigestMismatch(what, digest, got)
+    return data
+
+
 def read_verified(path: Path, digest: Digest, what: str) -> bytes:
     """A small file's content, re-hashed: :class:`NotFound` or :class:`DigestMismatch`
     naming ``what`` when it is missing or not what ``digest`` says."""
@@ -156,10 +166,7 @@ def read_verified(path: Path, digest: Digest, what: str) -> bytes:
         data = path.read_bytes()
     except FileNotFoundError:
         raise NotFound(f"{what} not found") from None
-    got = digest_bytes(data, Digest(digest).algorithm)
-    if got != digest:
-        raise DigestMismatch(what, digest, got)
-    return data
+    return check_bytes(data, digest, what)
 
 
 class VerifyingReader:
@@ -196,9 +203,20 @@ class VerifyingReader:
         return data
 
     def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        n = len(data)
-        buf[:n] = data
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is None:
+            data = self.read(len(buf))
+            n = len(data)
+            buf[:n] = data
+            return n
+        n = int(readinto(buf) or 0)
+        if n:
+            self._hasher.update(memoryview(buf)[:n])  # hashed where it was read
+            self.size += n
+            if self._expected_size is not None and self.size > self._expected_size:
+                raise SizeMismatch(self._what, self._expected_size, self.size)
+        elif len(buf):
+            self.check()
         return n
 
     def check(self) -> None:

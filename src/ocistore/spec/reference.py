@@ -23,7 +23,7 @@ upper-case letter. :func:`parse_tagged` adds the ``latest`` tag when a reference
 neither tag nor digest (``TagNameOnly``). The familiar form drops ``docker.io/`` and
 ``library/`` again (``busybox:latest``).
 
-Digests inside references are checked by :class:`~ocistore.digest.Digest`: ``sha256``
+Digests inside references are checked by :class:`~ocistore.spec.digest.Digest`: ``sha256``
 and ``sha512``, lowercase hex of the right length (go-digest also knows ``sha384``).
 
 Every error is an :class:`~ocistore.errors.InvalidInput` whose one-line message starts

@@ -28,7 +28,6 @@ removes.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import queue
@@ -40,7 +39,15 @@ from typing import IO, Protocol
 
 from .. import parallel
 from ..errors import Conflict, CorruptStore, DigestMismatch, NotFound, SizeMismatch
-from ..spec.digest import CHUNK, Digest, VerifyingReader, digest_bytes, new_hasher, read_verified
+from ..spec.digest import (
+    CHUNK,
+    Digest,
+    VerifyingReader,
+    check_bytes,
+    digest_bytes,
+    new_hasher,
+    read_verified,
+)
 from . import fsutil
 
 __all__ = ["BlobWriter", "ContentStore", "Pieces", "Readable", "StagedBlob"]
@@ -55,45 +62,44 @@ class Readable(Protocol):
 class StagedBlob:
     """A blob written, checked and fsynced in ``tmp/``, not yet visible in the store.
 
-    It keeps the file it was written through open until it is published or discarded,
-    so that the name in ``tmp/`` can be checked to still be that very file (an inode
-    number cannot be handed to another file while it is open).
+    It remembers the file it was written to (device, inode, size, modification and
+    change times), so that the name in ``tmp/`` can be checked to still be that file
+    when it is published: a file put in its place by another process has another inode,
+    or, if the inode number was freed and handed out again, times of its own.
     """
 
-    __slots__ = ("_fd", "digest", "path", "size")
+    __slots__ = ("_identity", "digest", "path", "size")
 
-    def __init__(self, path: Path, digest: Digest, size: int, fd: int) -> None:
+    def __init__(self, path: Path, digest: Digest, size: int, st: os.stat_result) -> None:
         self.path = path
         self.digest = digest
         self.size = size
-        self._fd: int | None = fd
+        self._identity = _identity(st)
 
     def __repr__(self) -> str:
         return f"StagedBlob({self.digest}, {self.size} bytes, {str(self.path)!r})"
 
-    def is_file_at(self, path: Path) -> bool:
-        """Whether ``path`` names the very file this blob was written to."""
-        if self._fd is None:
-            return False
+    def is_file_at(self, path: Path, renamed: bool = False) -> bool:
+        """Whether ``path`` names the very file this blob was written to (never
+        following a symlink). After a rename the change time is not compared: a rename
+        sets it."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return False
-        mine = os.fstat(self._fd)
-        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-    def release(self) -> None:
-        """Close the file (the blob was published)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        got = _identity(st)
+        return got[:4] == self._identity[:4] if renamed else got == self._identity
 
     def discard(self) -> None:
-        """Remove the staged file, unless it was published."""
-        if self._fd is not None:
-            if self.is_file_at(self.path):
-                self.path.unlink(missing_ok=True)
-            self.release()
+        """Remove the staged file, unless it was published (or is not the one written)."""
+        if self.is_file_at(self.path):
+            self.path.unlink(missing_ok=True)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class ContentStore:
@@ -148,11 +154,13 @@ class ContentStore:
         """Keep small content (a manifest, a config) in one step; writing content that
         is stored already succeeds."""
         digest = Digest(expected) if expected is not None else digest_bytes(data)
-        if self.path(digest).is_file():
+        try:
+            st = os.lstat(self.path(digest))
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode) and st.st_size == len(data):
             if expected is not None:  # still refuse content that is not what it claims
-                got = digest_bytes(data, digest.algorithm)
-                if got != digest:
-                    raise DigestMismatch(what or f"blob {digest}", digest, got)
+                check_bytes(data, digest, what or f"blob {digest}")
             return digest
         with self.writer(digest, len(data), what) as w:
             w.write(data)
@@ -178,13 +186,12 @@ class ContentStore:
                 "removed before it could be published"
             )
         fsutil.publish(staged.path, dest)
-        if not staged.is_file_at(dest):  # swapped in the instant between check and rename
+        if not staged.is_file_at(dest, renamed=True):  # swapped between check and rename
             fsutil.remove(dest)
             raise CorruptStore(
                 f"blob {staged.digest}: its staged file {staged.path} was replaced "
                 "while it was published"
             )
-        staged.release()
         return staged.digest
 
     def delete(self, digest: Digest) -> None:
@@ -238,7 +245,15 @@ class BlobWriter:
             key = digest_bytes(ref.encode()).hex[:32]
             self.path = content.tmpdir / f"ingest-{key}.partial"
             flags = os.O_RDWR | os.O_CREAT
-        self._fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            self._fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except PermissionError:
+            if ref is None:
+                raise
+            # A resumable blob that was finished (made read-only) and never published:
+            # its content was checked, but it is simpler to start again.
+            self.path.unlink(missing_ok=True)
+            self._fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             if ref is not None:
                 try:
@@ -278,13 +293,8 @@ class BlobWriter:
 
     def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` (a short write is continued; a full disk raises)."""
-        view = memoryview(data)
         fd = self._fd
-        while view:
-            n = os.write(fd, view)
-            if n <= 0:  # pragma: no cover - the kernel raises ENOSPC instead
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
-            view = view[n:]
+        fsutil.write_all(fd, data)
         n = len(data)
         self.offset += n
         if self._sync is None and self.offset >= fsutil.SYNC_EVERY:
@@ -358,7 +368,7 @@ class BlobWriter:
             finally:
                 pieces.drain()
 
-        parallel.run_all([read_and_write, look], workers=2)
+        parallel.run_all([read_and_write, look], workers=2, caller_first=True)
 
     # -- finishing -----------------------------------------------------------------------
 
@@ -398,11 +408,13 @@ class BlobWriter:
                 )
             os.fsync(self._fd)
             os.fchmod(self._fd, self._content.mode)
+            st = os.fstat(self._fd)  # after the last change to the file: its times are final
         except BaseException:
             self.abort()
             raise
-        self._closed = True  # the staged blob keeps the file open, and closes it
-        self._staged = StagedBlob(self.path, digest, self.offset, self._fd)
+        os.close(self._fd)
+        self._closed = True
+        self._staged = StagedBlob(self.path, digest, self.offset, st)
         return self._staged
 
     def commit(self) -> Digest:
@@ -422,8 +434,10 @@ class BlobWriter:
         if self._staged is not None:
             self._staged.discard()
             return
-        self._close_fd()
+        # Removed before the file is closed: closing releases a resumable writer's lock,
+        # and another writer with the same ref could have opened it in between.
         self.path.unlink(missing_ok=True)
+        self._close_fd()
 
     def close(self) -> None:
         """Leave the blob unfinished: removed, or kept for resuming with a ``ref``."""

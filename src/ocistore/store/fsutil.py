@@ -101,12 +101,15 @@ def temp_path(tmpdir: Path, suffix: str = "") -> Path:
     return tmpdir / f"{os.urandom(16).hex()}{suffix}"
 
 
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """Write all of ``data`` to ``fd``: a short write is continued, a full disk raises."""
+def write_all(fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+    """Write all of ``data`` to ``fd`` (at ``offset`` with ``pwrite``, else where the file
+    is): a short write is continued, a full disk raises."""
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
         view = view[n:]
+        if offset is not None:
+            offset += n
 
 
 class AtomicFile:
@@ -114,11 +117,12 @@ class AtomicFile:
 
     ``with AtomicFile(path) as f: f.write(...)`` writes a temporary file (in ``tmpdir``,
     which must be on the same file system, else beside ``path`` under a hidden name),
-    then gives it ``mode``, fsyncs it (unless not ``durable``: an export such as
-    ``save -o``, which the kernel writes back in its own time), renames it over ``path``
-    and fsyncs the directory. Leaving the block with an error removes the temporary file
-    and leaves ``path`` as it was. ``open_file`` makes the file object from the temporary
-    path (a plain unbuffered file by default, whose ``write`` is completed here).
+    created with ``mode`` less the umask, fsyncs it (unless not ``durable``: an export
+    such as ``save -o``, which the kernel writes back in its own time), renames it over
+    ``path`` and fsyncs the directory. Leaving the block with an error removes the
+    temporary file and leaves ``path`` as it was. ``open_file`` makes the file object
+    from the temporary path (a plain unbuffered file by default, whose ``write`` is
+    completed here).
     """
 
     def __init__(
@@ -142,7 +146,7 @@ class AtomicFile:
         if self._open is not None:
             self.file = self._open(self.tmp)
         else:
-            self.file = _CompleteWriter(os.open(self.tmp, _NEW_FILE, 0o600))
+            self.file = _CompleteWriter(os.open(self.tmp, _NEW_FILE, self._mode))
         return self.file
 
     def __exit__(
@@ -154,10 +158,8 @@ class AtomicFile:
         try:
             if exc_type is None:
                 self.file.flush()
-                fd = self.file.fileno()
-                os.fchmod(fd, self._mode)
                 if self._durable:
-                    os.fsync(fd)
+                    os.fsync(self.file.fileno())
             self.file.close()
             if exc_type is None:
                 os.rename(self.tmp, self.path)
@@ -227,29 +229,16 @@ def remove(path: Path) -> None:
 
 
 class TempFile:
-    """A scratch file in ``tmp/``: write into it, read it, :meth:`discard` it.
-
-    Used as a context manager, it deletes the file unless it was committed (renamed into
-    place with :meth:`commit`).
-    """
+    """A scratch file in ``tmp/`` (an archive spooled from a pipe): write into it, read
+    it, :meth:`discard` it. Every write is completed."""
 
     def __init__(self, tmpdir: Path, suffix: str = "") -> None:
         self.path = temp_path(tmpdir, suffix)
         self.file: IO[bytes] = open(self.path, "xb", buffering=0)  # noqa: SIM115
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        return self.file.write(data) or 0
-
-    def finish(self) -> None:
-        """Flush and fsync the content; the file stays in ``tmp/``."""
-        if not self.file.closed:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-
-    def commit(self, path: Path) -> None:
-        self.finish()
-        publish(self.path, path)
+        write_all(self.file.fileno(), data)
+        return len(data)
 
     def discard(self) -> None:
         if not self.file.closed:
@@ -265,11 +254,7 @@ class TempFile:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.path.exists() and (exc_type is not None or not self.file.closed):
-            self.discard()
-        elif self.path.exists():
-            # Finished but never committed: still garbage.
-            self.path.unlink(missing_ok=True)
+        self.discard()
 
 
 class FileLock:

@@ -74,13 +74,12 @@ def sweep(
         if chain in need.chains:
             continue
         layer: Layer | None = None
-        try:
+        # A damaged or missing record (what a crash inside a removal leaves) goes too;
+        # its blob, unknown, waits for a full gc.
+        with contextlib.suppress(NotFound, CorruptStore):
             layer = layers.get(chain)
-        except NotFound:
-            continue  # not there: nothing to remove
-        except CorruptStore:
-            pass  # a damaged record goes too; its blob, unknown, waits for a full gc
-        layers.delete(chain)
+        if not layers.delete(chain):
+            continue  # nothing was there
         removed.append(chain)
         if layer is not None:
             released.append(layer)

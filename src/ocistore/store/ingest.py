@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager
 from typing import IO, TYPE_CHECKING, NamedTuple
 
 from .. import parallel
-from ..errors import Conflict, InvalidInput
+from ..errors import Conflict, DigestMismatch, InvalidInput
 from ..progress import SILENT, Progress
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import ChainID, DiffID, Digest, ImageID, chain_ids
@@ -191,6 +191,14 @@ def add_images(
     staged: dict[str, StagedLayer] = {}
     try:
         _stage_all(store, wanted, staged, progress, jobs)
+        for src, cfg in zip(sources, given, strict=True):
+            # Sources that share bytes were staged once, checked against the first's
+            # DiffID: each of the others must expect the same.
+            expected = cfg.diff_ids if cfg is not None else [ly.diff_id for ly in src.layers]
+            for layer, diff_id in zip(src.layers, expected, strict=True):
+                s = staged.get(layer.stage_key)
+                if s is not None and diff_id is not None and s.diff_id != diff_id:
+                    raise DigestMismatch(f"{layer.what}: diff ID", diff_id, s.diff_id)
         configs = [
             cfg if cfg is not None else _made(src, staged)
             for src, cfg in zip(sources, given, strict=True)
@@ -285,7 +293,11 @@ def _publish(
         # because the store had it, and that is gone since.
         store.references.add_all(tags, force_tags=True, check_only=True)
         for _, layer, chain, _ in _plan(sources, configs):
-            if layer.stage_key not in staged and not store.layers.exists(chain):
+            if layer.stage_key in staged:
+                continue
+            if not store.layers.exists(chain) or (
+                layer.blob_digest is not None and not store.content.exists(layer.blob_digest)
+            ):
                 raise Conflict(
                     f"{layer.what}: layer {chain} was removed from the store while "
                     "loading; load again"
@@ -325,12 +337,13 @@ def _publish_images(
     ids: list[ImageID] = []
     for src, cfg, blobs in zip(sources, configs, extra_blobs, strict=True):
         image_id = store.images.create(cfg)
-        if src.manifest is not None:
-            manifest_digest = store.content.write(src.manifest)
-            store.backend.set_metadata(image_id, MANIFEST, manifest_digest.encode())
+        manifest_digest = store.content.write(src.manifest) if src.manifest is not None else None
+        if manifest_digest is not None:
             blobs.append(manifest_digest)
-        if blobs:
+        if blobs:  # kept alive first, then pointed at: a crash between leaves no dangling name
             store.images.set_blobs(image_id, blobs)
+        if manifest_digest is not None:
+            store.backend.set_metadata(image_id, MANIFEST, manifest_digest.encode())
         ids.append(image_id)
     for i, src in enumerate(sources):
         if src.parent is not None and ids[src.parent] != ids[i]:

@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 from ..errors import CorruptStore, DigestMismatch, InvalidInput, NotFound, SizeMismatch
 from ..spec.compression import Compression, Decompressor
 from ..spec.config import MAX_LAYER_DEPTH
-from ..spec.digest import CHUNK, ChainID, DiffID, Digest, make_chain_id, new_hasher
+from ..spec.digest import CHUNK, ChainID, DiffID, Digest, hash_rest, make_chain_id, new_hasher
 from . import fsutil
 from .content import ContentStore
 
@@ -182,15 +182,24 @@ class LayerStore:
         )
         tmpdir = fsutil.temp_path(self.tmpdir, ".layer")
         tmpdir.mkdir()
-        fsutil.atomic_write(tmpdir / "layer.json", layer.to_json(), self.tmpdir)  # fsyncs tmpdir
-        fsutil.publish(tmpdir, self._dir(chain_id))
+        try:
+            fsutil.atomic_write(tmpdir / "layer.json", layer.to_json(), self.tmpdir)
+            fsutil.publish(tmpdir, self._dir(chain_id))
+        except BaseException:
+            fsutil.remove(tmpdir)
+            raise
         self._cache[chain_id] = layer
         return layer
 
-    def delete(self, chain_id: ChainID) -> None:
-        """Remove a chain's record (not its blob; see ``Store`` for what is still used)."""
+    def delete(self, chain_id: ChainID) -> bool:
+        """Remove a chain's record (not its blob: :mod:`ocistore.store.gc` says what is
+        still needed); whether there was anything to remove (a record, or what a crash
+        left of one)."""
         self._cache.pop(chain_id, None)
-        fsutil.remove(self._dir(chain_id))
+        path = self._dir(chain_id)
+        there = os.path.lexists(path)
+        fsutil.remove(path)
+        return there
 
     def forget(self) -> None:
         """Drop cached records (another process may have deleted layers)."""
@@ -277,10 +286,7 @@ class LayerReader:
 
     def _check_blob(self) -> None:
         """Hash what is left of the blob; a blob not what its name says is the error."""
-        buf = bytearray(CHUNK)
-        readinto = self._blob.readinto  # type: ignore[attr-defined]
-        while n := readinto(buf):
-            self._blob_hasher.update(memoryview(buf)[:n])
+        hash_rest(self._blob, self._blob_hasher)
         digest = self.layer.blob.digest
         got = f"{digest.algorithm}:{self._blob_hasher.hexdigest()}"
         if got != digest:

@@ -27,7 +27,7 @@ Rules (moby's):
 
 Concurrency: many processes share one file. Every mutation holds the store's exclusive
 lock, re-reads the file from disk under it, applies its change and rewrites the whole
-file with :func:`~ocistore.fsutil.atomic_write`, so no other process's write is lost and
+file with :func:`~ocistore.store.fsutil.atomic_write`, so no other process's write is lost and
 readers see the old file or the new one. Reads take no lock: they parse the file and
 cache the result keyed by its ``(st_ino, st_mtime_ns, st_size)``. To make that key
 trustworthy, the store keeps the file it cached open, so its inode number cannot be

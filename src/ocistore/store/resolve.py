@@ -97,16 +97,17 @@ class Resolver:
             parsed: Reference | Digest | None = None
             with contextlib.suppress(InvalidInput):
                 parsed = parse_any(name)
-            if isinstance(parsed, Digest):
-                add(self._images.search(parsed), None)
-                continue
-            if parsed is not None and parsed.familiar_name == "sha256":
-                add(self._images.search(name), None)  # "sha256:abc…": an ID prefix
+            if isinstance(parsed, Digest) or name.startswith("sha256:"):
+                add(self._images.search(name), None)  # an ID, or a prefix of one
                 continue
             if parsed is not None and parsed.is_name_only:
                 assocs = self._references.references_by_name(parsed)
+                tagged = {image_id for r, image_id in assocs if r.tag is not None}
                 for r, image_id in assocs:
-                    add(image_id, r if r.tag is not None else None)
+                    if r.tag is not None:
+                        add(image_id, r)
+                    elif image_id not in tagged:
+                        add(image_id, None)  # named only by digest here: no name to give
                 if assocs:
                     continue
             elif parsed is not None:

@@ -60,7 +60,7 @@ class StagedLayer(NamedTuple):
 
 #: Compressed input is read in half-megabyte pieces. The decompressor hands its output
 #: over about a megabyte at a time whatever the ratio, so the piece size only sets the
-#: overhead per piece (smaller pieces made a zstd load measurably slower).
+#: overhead per piece (smaller pieces made a zstd load slower: ``docs/design.md``).
 COMPRESSED_CHUNK = 512 << 10
 
 

@@ -10,6 +10,7 @@ Layout::
       imagedb/content/sha256/<hex>          image configs, exact bytes
       imagedb/metadata/sha256/<hex>/<key>   per-image metadata (parent, manifest, blobs)
       imagedb/index.json                    derived index of the images (rebuildable)
+      imagedb/index.dirty                   present while a writer changes the store
       repositories.json                     tags and digests -> image IDs
 
 :class:`Store` is the face of the package: the formats, the command line and programs
@@ -33,7 +34,7 @@ from types import TracebackType
 from typing import IO, Any, NamedTuple, TypeVar
 
 from ..errors import Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError
-from ..progress import Progress
+from ..progress import SILENT, Progress
 from ..spec.digest import ChainID, DiffID, Digest, ImageID
 from ..spec.platform import host_platform
 from ..spec.reference import Reference, parse_tagged
@@ -146,12 +147,17 @@ class Store:
             yield self
 
     def add_images(
-        self, sources: Sequence[ImageSource], progress: Progress | None = None
+        self,
+        sources: Sequence[ImageSource],
+        progress: Progress | None = None,
+        jobs: int | None = None,
     ) -> list[LoadedImage]:
         """Add images, described by sources, in one publish step: the one way into the
-        store (see :mod:`ocistore.store.ingest`). Every digest, size and DiffID is
-        checked while the layers stream in; bad input leaves the store as it was."""
-        return ingest.add_images(self, sources, progress)
+        store (see :mod:`ocistore.store.ingest`). Every layer read is checked against
+        the digest, size and DiffID it must have while it streams in; bad input leaves
+        the store as it was. ``jobs`` layers are staged at once (default: one per
+        CPU)."""
+        return ingest.add_images(self, sources, progress, jobs)
 
     def register_layer(self, stream: IO[bytes], parent: ChainID | None = None) -> Layer:
         """Register a layer (plain, gzip or zstd tar) on top of ``parent``, with no image
@@ -164,19 +170,8 @@ class Store:
         ``discard()``; after a crash :meth:`gc` does."""
         tmp = fsutil.TempFile(self.tmpdir, suffix)
         try:
-            buf = bytearray(1 << 20)
-            readinto = getattr(stream, "readinto", None)
-            while True:
-                if readinto is not None:
-                    n = readinto(buf)
-                    if not n:
-                        break
-                    tmp.write(memoryview(buf)[:n])
-                else:
-                    data = stream.read(1 << 20)
-                    if not data:
-                        break
-                    tmp.write(data)
+            while data := stream.read(1 << 20):
+                tmp.write(data)
             tmp.file.close()
         except BaseException:
             tmp.discard()
@@ -220,6 +215,7 @@ class Store:
         return self.content.read(digest)
 
     def blob_size(self, digest: Digest) -> int:
+        """A stored blob's size (:class:`~ocistore.errors.NotFound` if it is not there)."""
         return self.content.size(digest)
 
     def kept_manifest(self, image_id: ImageID) -> Digest | None:
@@ -255,10 +251,10 @@ class Store:
         tarball in the history and in errors; ``changes`` is the image's container
         config; ``message`` the history comment."""
         tags = [parse_tagged(reference)] if reference else []
-        created = now_rfc3339()
         comment = message or f"Imported from {source}"
 
         def make_config(diff_ids: Sequence[DiffID]) -> bytes:
+            created = now_rfc3339()  # once the layer is in, as docker import takes it
             config: dict[str, Any] = {
                 "architecture": host_platform().architecture,
                 "config": changes or {},
@@ -445,22 +441,41 @@ class Store:
                         removed.append(f"temporary {entry.name}")
         return removed
 
-    def fsck(self) -> list[str]:
-        """Verify every config, layer and blob; returns the problems found (none: [])."""
+    def fsck(self, progress: Progress | None = None) -> list[str]:
+        """Verify every config, layer and kept blob (manifests, layer blobs an image was
+        distributed as) against its digest, and every reference; returns the problems
+        found (none: ``[]``). ``progress`` gets one task per layer."""
+        progress = progress or SILENT
         problems: list[str] = []
         self.images.refresh(force=True)
         for digest, reason in self.images.skipped:
             problems.append(f"image {digest}: {reason}")
+        kept: dict[Digest, ImageID] = {}
         for rec in self.images.list():
             try:
                 self.images.get(rec.id)
+                manifest = self.kept_manifest(rec.id)
+                if manifest is not None and manifest not in rec.blobs:
+                    problems.append(f"image {rec.id}: its kept manifest {manifest} is not kept")
             except OcistoreError as e:
                 problems.append(str(e))
-        for chain in self.layers.walk():
+            for blob in rec.blobs:
+                kept.setdefault(blob, rec.id)
+        for blob, image_id in kept.items():
             try:
-                with self.layers.open_tar(chain) as f:
+                with self.content.open(blob) as f:
                     while f.read(1 << 20):
                         pass
+            except OcistoreError as e:
+                problems.append(f"image {image_id}: kept {e}")
+        for chain in self.layers.walk():
+            try:
+                layer = self.layers.get(chain)
+                task = progress.task(f"layer {chain.short()}", layer.size)
+                with self.layers.open_tar(layer) as tar:
+                    for _ in tar.chunks():
+                        task.update(tar.done)
+                task.finish()
             except OcistoreError as e:
                 problems.append(f"layer {chain}: {e}")
         for ref, image_id in self.references.all().items():

@@ -84,7 +84,7 @@ class GoType:
     """Base of the Go type descriptions: immutable, equal when they describe the same type.
 
     Plain classes with slots, not dataclasses: the descriptions of Docker's structs are
-    built at import, and a dataclass costs about a millisecond to create."""
+    built at import, and creating a dataclass is slow (its methods are made with ``exec``)."""
 
     __slots__ = ()
 
