@@ -19,6 +19,15 @@ from util import CORPUS, make_tar, snapshot
 OCISTORE = Path(sys.executable).parent / "ocistore"
 
 
+def interruptible() -> None:
+    """For a child that the test interrupts: SIGINT as a terminal gives it. A shell runs
+    a background job (a CI runner may) with SIGINT ignored, and children inherit that;
+    Python then installs no KeyboardInterrupt handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(
     root: Path, *args: str | Path, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
@@ -232,6 +241,7 @@ def test_ctrl_c_during_a_load_leaves_the_store_as_it_was(root: Path, tmp_path: P
         [OCISTORE, "--root", root, "load", "-q", "-i", archive],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
     )
     # Interrupt once both layers are being staged (their files appear in tmp/); with one
     # CPU they are staged one after the other.
@@ -319,6 +329,7 @@ def test_ctrl_c_reaches_an_import_waiting_on_its_input(tmp_path: Path) -> None:
         stdin=read_end,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
     )
     os.close(read_end)
     os.write(write_end, tar[: 200 << 10])  # part of it, then nothing more
@@ -344,6 +355,7 @@ def test_ctrl_c_reaches_a_save_waiting_on_its_output(root: Path, tmp_path: Path)
         [OCISTORE, "--root", root, "save", "-q", "-o", "-", "big:1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=interruptible,
     )
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.read(1)  # it writes; the rest (MiBs) fills the pipe, unread
