@@ -146,6 +146,11 @@ def _parsed(src: ImageSource, raw: bytes) -> ImageConfig:
     return cfg
 
 
+def _expected(src: ImageSource, cfg: ImageConfig | None) -> Sequence[DiffID | None]:
+    """Each layer's DiffID as the config gives it, or as its source knows it."""
+    return cfg.diff_ids if cfg is not None else [layer.diff_id for layer in src.layers]
+
+
 def _known_chains(src: ImageSource, cfg: ImageConfig | None) -> list[ChainID | None]:
     """Each layer's chain, where every DiffID up to it is known before reading."""
     if cfg is not None:
@@ -177,11 +182,8 @@ def add_images(
     # blob the image refers to (if any) is there too. Equal sources are read once.
     wanted: dict[str, tuple[LayerSource, DiffID | None]] = {}
     for src, cfg in zip(sources, given, strict=True):
-        diff_ids: Sequence[DiffID | None] = (
-            cfg.diff_ids if cfg is not None else [layer.diff_id for layer in src.layers]
-        )
         chains = _known_chains(src, cfg)
-        for layer, diff_id, chain in zip(src.layers, diff_ids, chains, strict=True):
+        for layer, diff_id, chain in zip(src.layers, _expected(src, cfg), chains, strict=True):
             have_chain = chain is not None and store.layers.exists(chain)
             have_blob = layer.blob_digest is None or store.content.exists(layer.blob_digest)
             if have_chain and have_blob:
@@ -194,8 +196,7 @@ def add_images(
         for src, cfg in zip(sources, given, strict=True):
             # Sources that share bytes were staged once, checked against the first's
             # DiffID: each of the others must expect the same.
-            expected = cfg.diff_ids if cfg is not None else [ly.diff_id for ly in src.layers]
-            for layer, diff_id in zip(src.layers, expected, strict=True):
+            for layer, diff_id in zip(src.layers, _expected(src, cfg), strict=True):
                 s = staged.get(layer.stage_key)
                 if s is not None and diff_id is not None and s.diff_id != diff_id:
                     raise DigestMismatch(f"{layer.what}: diff ID", diff_id, s.diff_id)
