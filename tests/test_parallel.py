@@ -113,3 +113,26 @@ def test_a_halt_from_another_pool_is_an_error_here() -> None:
     with pytest.raises(Halted) as err:
         run_all([inner, other], workers=2)
     assert err.value.stop is outer
+
+
+def test_an_interruptible_pipe_reads_and_writes_what_a_pipe_does() -> None:
+    import os
+
+    from ocistore.parallel import InterruptiblePipe
+
+    r, w = os.pipe()
+    data = os.urandom(200_000)
+    done = threading.Event()
+
+    def feed() -> None:
+        with InterruptiblePipe(w) as out:  # not the main thread: plain writes
+            assert out.write(data) == len(data)
+        os.close(w)
+        done.set()
+
+    threading.Thread(target=feed).start()
+    with InterruptiblePipe(r) as pipe:  # the main thread: waits through select
+        got = pipe.read()
+    os.close(r)
+    assert done.wait(30)
+    assert got == data

@@ -21,10 +21,18 @@ of jobs on up to ``workers`` threads, in the order given:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
-__all__ = ["Halted", "Stop", "run_all"]
+__all__ = ["Halted", "InterruptiblePipe", "Stop", "get", "put", "run_all"]
+
+_T = TypeVar("_T")
+#: How often a job waiting on another through a queue looks whether it should stop.
+_POLL = 0.05
 
 
 class Halted(Exception):
@@ -56,6 +64,31 @@ class Stop:
 
 
 Job = Callable[[Stop], object]
+
+
+def get(q: queue.Queue[_T], stop: Stop) -> _T:
+    """``q.get()`` for a job waiting on another: raises :class:`Halted` once the caller
+    was interrupted (the other may never put anything: it was interrupted before it
+    began)."""
+    while True:
+        try:
+            return q.get(timeout=_POLL)
+        except queue.Empty:
+            if stop.interrupted.is_set():
+                raise Halted(stop) from None
+
+
+def put(q: queue.Queue[_T], item: _T, stop: Stop, on_failure: bool = True) -> None:
+    """``q.put(item)`` into a bounded queue for a job feeding another: raises
+    :class:`Halted` once the caller was interrupted, or (with ``on_failure``) once
+    another job failed, rather than wait for room that will not come."""
+    while True:
+        stop.check(on_failure)
+        try:
+            q.put(item, timeout=_POLL)
+            return
+        except queue.Full:
+            pass
 
 
 def run_all(jobs: Sequence[Job], workers: int, caller_first: bool = False) -> None:
@@ -135,27 +168,147 @@ def _start(
     done: Callable[[], None],
 ) -> None:
     """Start ``count`` threads running ``work``, each counted in ``running`` before it
-    starts. On the main thread SIGINT is blocked meanwhile, so that an interrupt cannot
-    land inside ``Thread.start`` (where it is unknowable whether the thread started) and
-    the threads, which inherit the mask, never take it: it arrives right after, in the
-    caller."""
+    starts, with SIGINT blocked (:func:`_sigint_blocked`): an interrupt arrives before or
+    after, never between a count and its thread."""
+    try:
+        with _sigint_blocked():
+            for i in range(count):
+                with lock:
+                    running[0] += 1
+                try:
+                    threading.Thread(target=work, name=f"ocistore-worker-{i}", daemon=True).start()
+                except Exception:  # it could not start, so it will not count itself out
+                    done()
+                    raise
+    finally:
+        done()  # the one for the starting
+
+
+def start_thread(target: Callable[[], object], name: str) -> threading.Thread:
+    """Start a daemon thread that never takes SIGINT (see :func:`_sigint_blocked`)."""
+    with _sigint_blocked():
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+    return thread
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """On the main thread, SIGINT blocked for the block. Blocking it first runs any
+    handler still pending (Python's may raise KeyboardInterrupt right there), so no
+    interrupt can land inside: not inside ``Thread.start``, where it is unknowable
+    whether the thread started. Threads started meanwhile inherit the mask, so Ctrl-C
+    always goes to the main thread, which is where Python handles it and where it
+    interrupts a blocking read or write; unblocking runs it, after the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     import signal
 
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if main else None
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        for i in range(count):
-            thread = threading.Thread(target=work, name=f"ocistore-worker-{i}", daemon=True)
-            with lock:
-                running[0] += 1
-            try:
-                thread.start()
-            except Exception:  # it could not start, so it will not count itself out
-                done()
-                raise
+        yield
     finally:
-        try:
-            done()  # the one for the starting
-        finally:
-            if old is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class InterruptiblePipe:
+    """A pipe (standard input or output) read or written on the main thread, where
+    Ctrl-C always stops the wait.
+
+    CPython 3.11 can lose a SIGINT that arrives while another thread holds the
+    interpreter: its C handler runs, but the main thread may then block in ``read`` or
+    ``write`` without ever running the Python handler (until a second signal). Here each
+    wait is a ``select`` on the pipe and on the signal wakeup pipe, which the C handler
+    writes to whatever else happens; when that fires, the pending handlers run (and
+    raise KeyboardInterrupt). Elsewhere than on the main thread, or on a file that is not
+    a pipe, a socket or a terminal, it reads and writes plainly.
+    """
+
+    def __init__(self, fd: int) -> None:
+        import stat
+
+        self._fd = fd
+        self._wake_r = self._wake_w = -1
+        self._previous: int | None = None
+        mode = os.fstat(fd).st_mode
+        waits = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+        if waits and threading.current_thread() is threading.main_thread():
+            import signal
+
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._previous = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _wait(self, reading: bool) -> None:
+        if self._wake_r < 0:
+            return
+        import select
+        import signal
+
+        fds = [self._fd] if reading else []
+        while True:
+            ready, writable, _ = select.select(
+                [*fds, self._wake_r], [] if reading else [self._fd], []
+            )
+            if self._wake_r in ready:
+                while True:
+                    try:
+                        if not os.read(self._wake_r, 64):
+                            break
+                    except BlockingIOError:
+                        break
+                signal.pthread_sigmask(signal.SIG_BLOCK, ())  # runs the pending handlers
+            if self._fd in ready or self._fd in writable:
+                return
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        self._wait(reading=True)
+        return os.readv(self._fd, [buf])
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            chunks = []
+            while chunk := self.read(1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        buf = bytearray(n)
+        return bytes(memoryview(buf)[: self.readinto(buf)])
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        while view:
+            self._wait(reading=False)
+            # No more than a pipe's worth at a time: a longer write could block again.
+            n = os.write(self._fd, view[: 1 << 16])
+            view = view[n:]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """Give the signal wakeup back (the pipe's descriptor stays open)."""
+        if self._wake_r >= 0:
+            import signal
+
+            signal.set_wakeup_fd(-1 if self._previous is None else self._previous)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> InterruptiblePipe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

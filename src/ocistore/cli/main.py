@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 
 from .. import __version__
 from ..errors import OcistoreError
+from ..parallel import InterruptiblePipe
 from ..spec.platform import parse_platform
 from ..spec.reference import parse
 from ..store.resolve import matches
@@ -125,9 +126,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _open_input(path: str) -> Iterator[IO[bytes]]:
-    """``-`` is stdin; an unreadable path is main's OSError: one line naming it."""
+    """``-`` is stdin (read so that Ctrl-C always stops a wait on it); an unreadable path
+    is main's OSError: one line naming it."""
     if path == "-":
-        yield sys.stdin.buffer
+        with InterruptiblePipe(sys.stdin.fileno()) as pipe:
+            yield pipe  # type: ignore[misc]
         return
     with open(path, "rb") as f:
         yield f

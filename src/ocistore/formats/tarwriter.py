@@ -254,8 +254,7 @@ class TarWriter:
 
         def produce(stop: parallel.Stop) -> None:
             def put(data: bytes | memoryview, _pos: int) -> None:
-                stop.check()  # the writing side failed: stop reading
-                chunks.put(bytes(data))
+                parallel.put(chunks, bytes(data), stop)  # stops once the writing side failed
 
             try:
                 for job in self._jobs:
@@ -267,11 +266,13 @@ class TarWriter:
                         raise
                     except BaseException as e:
                         job.error = e
-                    chunks.put(job)  # the end of its data; job.error tells whether it failed
+                    # The end of its data; job.error tells whether it failed.
+                    parallel.put(chunks, job, stop, on_failure=False)
                     if job.error is not None:
                         return
             finally:
-                chunks.put(_END)
+                with contextlib.suppress(parallel.Halted):
+                    parallel.put(chunks, _END, stop, on_failure=False)
 
         def write(stop: parallel.Stop) -> None:
             try:
@@ -280,7 +281,7 @@ class TarWriter:
                         out.write(seg)
                         continue
                     while True:
-                        item = chunks.get()
+                        item = parallel.get(chunks, stop)
                         if item is _END:
                             return  # the filling thread was stopped
                         if isinstance(item, _Job):
@@ -345,8 +346,9 @@ def fill_from(
 
 @contextlib.contextmanager
 def output_file(path: str) -> Iterator[IO[bytes]]:
-    """``-`` is stdout; a path is written to a temporary file beside it and renamed into
-    place when complete, so a failed save leaves nothing and no reader sees half a file.
+    """``-`` is stdout (written so that Ctrl-C always stops a wait on it); a path is
+    written to a temporary file beside it and renamed into place when complete, so a
+    failed save leaves nothing and no reader sees half a file.
 
     Like ``docker save -o``, ``skopeo copy`` and ``tar``, the file is not fsynced: it is
     an export, not part of the store. It reaches the disk with the kernel's writeback
@@ -355,9 +357,10 @@ def output_file(path: str) -> Iterator[IO[bytes]]:
     oci-archive save.)
     """
     if path == "-":
-        out = sys.stdout.buffer
-        yield out
-        out.flush()
+        sys.stdout.flush()
+        sys.stdout.buffer.flush()
+        with parallel.InterruptiblePipe(sys.stdout.fileno()) as pipe:  # Ctrl-C stops a wait
+            yield pipe  # type: ignore[misc]
         return
     dest = Path(os.path.realpath(path))  # through a symlink: the link stays a link
     if dest.is_dir():

@@ -336,7 +336,7 @@ class BlobWriter:
             try:
                 while True:
                     stop.check()  # the other side failed: stop reading
-                    buf = free.get()
+                    buf = parallel.get(free, stop)
                     n = readinto(buf)
                     if not n:
                         free.put(buf)
@@ -355,6 +355,7 @@ class BlobWriter:
         def look(stop: parallel.Stop) -> None:
             # Whatever fails, the queued buffers go back to the reading thread (which
             # would otherwise wait for a free one forever) until it has stopped.
+            pieces.stop = stop
             try:
                 if consume is not None:
                     consume(pieces)
@@ -467,7 +468,7 @@ class Pieces:
     reading thread once the next piece is asked for: the caller is done with it then
     (zstd's stream reader only asks for more when it has used up what it was given)."""
 
-    __slots__ = ("_buf", "_ended", "_free", "_pos", "_queue", "_view")
+    __slots__ = ("_buf", "_ended", "_free", "_pos", "_queue", "_view", "stop")
 
     def __init__(
         self, pending: queue.Queue[tuple[bytearray, int] | None], free: queue.Queue[bytearray]
@@ -478,13 +479,15 @@ class Pieces:
         self._view = memoryview(b"")
         self._pos = 0
         self._ended = False
+        #: The copy's: an interrupt ends the wait for a piece that may never come.
+        self.stop: parallel.Stop | None = None
 
     def next(self) -> memoryview | None:
         """The next piece whole, or ``None`` at the end."""
         self._release()
         if self._ended:
             return None
-        item = self._queue.get()
+        item = self._queue.get() if self.stop is None else parallel.get(self._queue, self.stop)
         if item is None:
             self._ended = True
             return None
@@ -514,6 +517,10 @@ class Pieces:
         """Nothing to close: the queue is the writer's (the zstd reader calls this)."""
 
     def drain(self) -> None:
-        """Give back every buffer, up to the end of the pieces (after an error too)."""
-        while self.next() is not None:
-            pass
+        """Give back every buffer, up to the end of the pieces (after an error too; an
+        interrupt ends it)."""
+        try:
+            while self.next() is not None:
+                pass
+        except parallel.Halted:
+            self._ended = True

@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from .. import parallel
+
 
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (a rename, a new file) durable."""
@@ -64,8 +66,7 @@ class BackgroundSync:
         self._unsynced = 0
         self._wake = threading.Event()
         self._stop = False
-        self._thread = threading.Thread(target=self._run, name="background-sync", daemon=True)
-        self._thread.start()
+        self._thread = parallel.start_thread(self._run, "background-sync")
 
     def wrote(self, n: int) -> None:
         with self._lock:
