@@ -16,7 +16,10 @@ of jobs on up to ``workers`` threads, in the order given:
   second interrupt stops the wait. The threads are started with SIGINT blocked, so that
   an interrupt always finds them all started and counted, and never lands in one of
   them. A job that waits on a pipe runs on the caller's thread (``caller_first``), where
-  Ctrl-C reaches it.
+  Ctrl-C reaches it; jobs that wait on each other through a queue do it with
+  :func:`get` and :func:`put`, which give up once the caller was interrupted.
+* :class:`InterruptiblePipe` reads or writes standard input or output on the main
+  thread so that Ctrl-C always stops the wait.
 """
 
 from __future__ import annotations
