@@ -282,8 +282,8 @@ class TarWriter:
                         continue
                     while True:
                         item = parallel.get(chunks, stop)
-                        if item is _END:
-                            return  # the filling thread was stopped
+                        if item is _END:  # the filling thread stopped before this member
+                            raise OcistoreError(f"{seg.name}: its data never came")
                         if isinstance(item, _Job):
                             break
                         out.write(item)  # type: ignore[call-overload]
