@@ -193,31 +193,29 @@ class VerifyingReader:
 
     def read(self, n: int = -1) -> bytes:
         data = self._stream.read(n)
-        if data:
-            self._hasher.update(data)
-            self.size += len(data)
-            if self._expected_size is not None and self.size > self._expected_size:
-                raise SizeMismatch(self._what, self._expected_size, self.size)
-        elif n != 0:
-            self.check()
+        self._got(data, n != 0)
         return data
 
     def readinto(self, buf: bytearray | memoryview) -> int:
         readinto = getattr(self._stream, "readinto", None)
         if readinto is None:
             data = self.read(len(buf))
-            n = len(data)
-            buf[:n] = data
-            return n
+            buf[: len(data)] = data
+            return len(data)
         n = int(readinto(buf) or 0)
-        if n:
-            self._hasher.update(memoryview(buf)[:n])  # hashed where it was read
-            self.size += n
+        self._got(memoryview(buf)[:n], len(buf) != 0)  # hashed where it was read
+        return n
+
+    def _got(self, data: bytes | memoryview, asked: bool) -> None:
+        """Account for what a read gave; nothing, when something was asked for, is the
+        end: the check runs then."""
+        if data:
+            self._hasher.update(data)
+            self.size += len(data)
             if self._expected_size is not None and self.size > self._expected_size:
                 raise SizeMismatch(self._what, self._expected_size, self.size)
-        elif len(buf):
+        elif asked:
             self.check()
-        return n
 
     def check(self) -> None:
         """Compare what was read with the expected digest and size (once, at the end)."""
