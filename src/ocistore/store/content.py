@@ -45,6 +45,7 @@ from ..spec.digest import (
     VerifyingReader,
     check_bytes,
     digest_bytes,
+    hash_rest,
     new_hasher,
     read_verified,
 )
@@ -260,7 +261,7 @@ class BlobWriter:
                     fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise Conflict(f"{self.what}: another writer is writing it ({ref})") from None
-                self._rehash(os.fstat(self._fd).st_size)
+                self._rehash()
         except BaseException:
             os.close(self._fd)
             self._closed = True
@@ -268,20 +269,13 @@ class BlobWriter:
 
     # -- writing -------------------------------------------------------------------------
 
-    def _rehash(self, offset: int) -> None:
-        """Hash the first ``offset`` bytes already in the file, and go on from there."""
+    def _rehash(self) -> None:
+        """Hash what is already in the file (what a previous writer left), and go on from
+        its end."""
         self._hasher = new_hasher(self._algorithm)
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        pos = 0
-        while pos < offset:
-            n = os.preadv(self._fd, [view[: min(CHUNK, offset - pos)]], pos)
-            if not n:
-                break
-            self._hasher.update(view[:n])
-            pos += n
-        os.lseek(self._fd, pos, os.SEEK_SET)
-        self.offset = pos
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        with open(self._fd, "rb", buffering=0, closefd=False) as f:
+            self.offset = hash_rest(f, self._hasher)
 
     def truncate(self, offset: int) -> None:
         """Go back to ``offset`` bytes (at most :attr:`offset`): a download resumed from
@@ -289,7 +283,7 @@ class BlobWriter:
         if not 0 <= offset <= self.offset:
             raise ValueError(f"cannot truncate {self.what} at {offset} of {self.offset} bytes")
         os.ftruncate(self._fd, offset)
-        self._rehash(offset)
+        self._rehash()
 
     def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` (a short write is continued; a full disk raises)."""
