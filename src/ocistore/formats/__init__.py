@@ -65,7 +65,8 @@ def save(
     output = str(output)
     if not names:
         raise InvalidInput("save needs at least one image")
-    store.select(names)  # a name that is nothing fails before any output is made
+    # Each writer selects its images before it writes a byte: a name that is nothing
+    # fails before any output is made (a file being written is removed).
     # Only the writer this save needs is imported: each costs start-up time.
     if format is SaveFormat.OCI:
         if output == "-":
