@@ -86,6 +86,20 @@ class _Job:
         self.fill = fill
         self.error: BaseException | None = None
 
+    def run(self, write: Callable[[bytes | memoryview, int], object]) -> None:
+        """Fill the member through ``write``, checking it got exactly its size; a
+        failure (other than a halt) is kept in :attr:`error` and raised."""
+        sink = MemberSink(self.name, self.size, write)
+        try:
+            self.fill(sink)
+            if sink.done != sink.size:
+                raise OcistoreError(f"{sink.name}: stored content is shorter than recorded")
+        except parallel.Halted:
+            raise
+        except BaseException as e:
+            self.error = e
+            raise
+
 
 class _PositionalWriter:
     """Writes one member's data at its place in the output file; stops once another
@@ -206,23 +220,9 @@ class TarWriter:
         self._pending_at = self._offset
         self._emit(bytes(-size % _BLOCK))
 
-    @staticmethod
-    def _check_filled(sink: MemberSink) -> None:
-        if sink.done != sink.size:
-            raise OcistoreError(f"{sink.name}: stored content is shorter than recorded")
-
     def _fill(self, job: _Job, stop: parallel.Stop) -> None:
         assert self._fd is not None
-        write = _PositionalWriter(self._fd, self._base + job.offset, stop)
-        sink = MemberSink(job.name, job.size, write)
-        try:
-            job.fill(sink)
-            self._check_filled(sink)
-        except parallel.Halted:
-            raise
-        except BaseException as e:
-            job.error = e
-            raise
+        job.run(_PositionalWriter(self._fd, self._base + job.offset, stop))
 
     def _run_jobs(self) -> None:
         """Fill the members of an :class:`OutputFile`, largest first, with up to
@@ -244,9 +244,7 @@ class TarWriter:
         if not self._jobs or self._threads == 1:
             for seg in self._segments:
                 if isinstance(seg, _Job):
-                    sink = MemberSink(seg.name, seg.size, lambda data, _pos: out.write(data))
-                    seg.fill(sink)
-                    self._check_filled(sink)
+                    seg.run(lambda data, _pos: out.write(data))
                 else:
                     out.write(seg)
             return
@@ -259,13 +257,11 @@ class TarWriter:
             try:
                 for job in self._jobs:
                     try:
-                        sink = MemberSink(job.name, job.size, put)
-                        job.fill(sink)
-                        self._check_filled(sink)
+                        job.run(put)
                     except parallel.Halted:
                         raise
-                    except BaseException as e:
-                        job.error = e
+                    except BaseException:
+                        pass  # kept in job.error, for the writing side to raise
                     # The end of its data; job.error tells whether it failed.
                     parallel.put(chunks, job, stop, on_failure=False)
                     if job.error is not None:
