@@ -292,39 +292,27 @@ class LayerReader:
         if got != digest:
             raise DigestMismatch(f"blob {digest}", digest, got)
 
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            return b"".join(bytes(piece) for piece in self._rest())
-        while self._pos >= len(self._current):
-            piece = self._next()
-            if piece is None:
-                return b""
-        data = bytes(self._current[self._pos : self._pos + n])
-        self._pos += len(data)
-        return data
-
     def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
+        while self._pos >= len(self._current):
+            if self._pieces is None:
+                self._pieces = self.chunks()
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._current, self._pos = memoryview(piece), 0
+        n = min(len(buf), len(self._current) - self._pos)
+        buf[:n] = self._current[self._pos : self._pos + n]
+        self._pos += n
+        return n
 
-    def _next(self) -> memoryview | None:
-        if self._pieces is None:
-            self._pieces = self.chunks()
-        piece = next(self._pieces, None)
-        if piece is None:
-            self._current = memoryview(b"")
-            return None
-        self._current, self._pos = memoryview(piece), 0
-        return self._current
-
-    def _rest(self) -> Iterator[bytes | memoryview]:
-        if self._pos < len(self._current):
-            yield self._current[self._pos :]
-        self._current, self._pos = memoryview(b""), 0
-        while (piece := self._next()) is not None:
-            yield piece
-        self._pos = len(self._current)
+    def read(self, n: int = -1) -> bytes:
+        buf = bytearray(CHUNK if n < 0 else n)
+        out = bytearray()
+        while k := self.readinto(buf):
+            out += memoryview(buf)[:k]
+            if n >= 0:
+                break
+        return bytes(out)
 
     def readable(self) -> bool:
         return True
