@@ -230,32 +230,20 @@ def remove(path: Path) -> None:
 
 
 class TempFile:
-    """A scratch file in ``tmp/`` (an archive spooled from a pipe): write into it, read
-    it, :meth:`discard` it. Every write is completed."""
+    """A scratch file in ``tmp/`` (an archive spooled from a pipe): write into it (every
+    write completed), read it, :meth:`discard` it."""
 
     def __init__(self, tmpdir: Path, suffix: str = "") -> None:
         self.path = temp_path(tmpdir, suffix)
-        self.file: IO[bytes] = open(self.path, "xb", buffering=0)  # noqa: SIM115
+        self.file: IO[bytes] = _CompleteWriter(os.open(self.path, _NEW_FILE, 0o600))
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        write_all(self.file.fileno(), data)
-        return len(data)
+        return self.file.write(data)
 
     def discard(self) -> None:
         if not self.file.closed:
             self.file.close()
         self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> TempFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.discard()
 
 
 class FileLock:
