@@ -125,13 +125,17 @@ def test_an_interruptible_pipe_reads_and_writes_what_a_pipe_does() -> None:
     done = threading.Event()
 
     def feed() -> None:
-        with InterruptiblePipe(w) as out:  # not the main thread: plain writes
+        with InterruptiblePipe(
+            os.fdopen(w, "wb", buffering=0, closefd=False)
+        ) as out:  # not the main thread: plain writes
             assert out.write(data) == len(data)
         os.close(w)
         done.set()
 
     threading.Thread(target=feed).start()
-    with InterruptiblePipe(r) as pipe:  # the main thread: waits through select
+    with InterruptiblePipe(
+        os.fdopen(r, "rb", buffering=0, closefd=False)
+    ) as pipe:  # the main thread: waits through select
         got = pipe.read()
     os.close(r)
     assert done.wait(30)

@@ -29,7 +29,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import IO, TypeVar
 
 __all__ = ["Halted", "InterruptiblePipe", "Stop", "get", "put", "run_all"]
 
@@ -224,40 +224,45 @@ class InterruptiblePipe:
     ``write`` without ever running the Python handler (until a second signal). Here each
     wait is a ``select`` on the pipe and on the signal wakeup pipe, which the C handler
     writes to whatever else happens; when that fires, the pending handlers run (and
-    raise KeyboardInterrupt). Elsewhere than on the main thread, or on a file that is not
-    a pipe, a socket or a terminal, it reads and writes plainly.
+    raise KeyboardInterrupt); the bytes then move with ``os.readv``/``os.write`` on the
+    descriptor, so ``stream`` must not have read ahead. Elsewhere than on the main
+    thread, on a file that is not a pipe, a socket or a terminal, or on a stream without
+    a descriptor (one a program put in ``sys.stdin``), it is ``stream`` itself.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         import stat
 
-        self._fd = fd
+        self._stream = stream
+        self._fd = -1
         self._wake_r = self._wake_w = -1
         self._previous: int | None = None
-        mode = os.fstat(fd).st_mode
+        try:
+            fd = stream.fileno()
+            mode = os.fstat(fd).st_mode
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation too
+            return
         waits = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
         if waits and threading.current_thread() is threading.main_thread():
             import signal
 
+            self._fd = fd
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
             self._previous = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
     def fileno(self) -> int:
-        return self._fd
+        return self._stream.fileno()
 
     def _wait(self, reading: bool) -> None:
-        if self._wake_r < 0:
-            return
         import select
         import signal
 
-        fds = [self._fd] if reading else []
+        reads = [self._fd, self._wake_r] if reading else [self._wake_r]
+        writes = [] if reading else [self._fd]
         while True:
-            ready, writable, _ = select.select(
-                [*fds, self._wake_r], [] if reading else [self._fd], []
-            )
+            ready, writable, _ = select.select(reads, writes, [])
             if self._wake_r in ready:
                 while True:
                     try:
@@ -270,10 +275,14 @@ class InterruptiblePipe:
                 return
 
     def readinto(self, buf: bytearray | memoryview) -> int:
+        if self._fd < 0:
+            return self._stream.readinto(buf)  # type: ignore[attr-defined, no-any-return]
         self._wait(reading=True)
         return os.readv(self._fd, [buf])
 
     def read(self, n: int = -1) -> bytes:
+        if self._fd < 0:
+            return self._stream.read(n)
         if n < 0:
             chunks = []
             while chunk := self.read(1 << 20):
@@ -289,6 +298,9 @@ class InterruptiblePipe:
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._fd < 0:
+            self._stream.write(data)
+            return len(data)
         view = memoryview(data).cast("B")
         while view:
             self._wait(reading=False)
@@ -298,10 +310,12 @@ class InterruptiblePipe:
         return len(data)
 
     def flush(self) -> None:
-        pass
+        if self._fd < 0:
+            self._stream.flush()
 
     def close(self) -> None:
-        """Give the signal wakeup back (the pipe's descriptor stays open)."""
+        """Give the signal wakeup back (the stream stays open)."""
+        self.flush()
         if self._wake_r >= 0:
             import signal
 

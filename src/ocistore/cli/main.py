@@ -129,7 +129,7 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
     """``-`` is stdin (read so that Ctrl-C always stops a wait on it); an unreadable path
     is main's OSError: one line naming it."""
     if path == "-":
-        with InterruptiblePipe(sys.stdin.fileno()) as pipe:
+        with InterruptiblePipe(sys.stdin.buffer) as pipe:
             yield pipe  # type: ignore[misc]
         return
     with open(path, "rb") as f:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol, cast
 
 from ..errors import InvalidInput, NotFound, OcistoreError
+from ..parallel import InterruptiblePipe
 from ..spec.compression import Compression, PeekableReader, decompressed_reader, detect
 from ..spec.digest import CHUNK
 from ..store import fsutil
@@ -306,9 +307,11 @@ def open_archive(source: str | Path, spool: Spool) -> ArchiveReader:
     display = str(source)
     if display != "-" and Path(source).is_dir():
         return DirArchive(Path(source))
-    if display == "-":
-        opened: IO[bytes] | None = None
-        stream = PeekableReader(sys.stdin.buffer)
+    on_disk = display != "-"
+    if not on_disk:
+        # Read so that Ctrl-C always stops a wait on the pipe.
+        opened: IO[bytes] | InterruptiblePipe = InterruptiblePipe(sys.stdin.buffer)
+        stream = PeekableReader(cast("IO[bytes]", opened))
     else:
         path = Path(source)
         if not path.exists():
@@ -321,7 +324,7 @@ def open_archive(source: str | Path, spool: Spool) -> ArchiveReader:
             raise InvalidInput(f"{display}: empty file, not an archive")
         compression = detect(head, display)
         if compression is Compression.NONE:
-            if opened is not None:
+            if on_disk:
                 return TarArchive(path, display)
             spooled = spool(cast("IO[bytes]", stream), ".archive")
         else:
@@ -334,5 +337,4 @@ def open_archive(source: str | Path, spool: Spool) -> ArchiveReader:
                 raise InvalidInput(f"{display}: corrupt {compression.value} data: {e}") from None
         return TarArchive(spooled.path, display, spooled)
     finally:
-        if opened is not None:
-            opened.close()
+        opened.close()

@@ -355,7 +355,7 @@ def output_file(path: str) -> Iterator[IO[bytes]]:
     if path == "-":
         sys.stdout.flush()
         sys.stdout.buffer.flush()
-        with parallel.InterruptiblePipe(sys.stdout.fileno()) as pipe:  # Ctrl-C stops a wait
+        with parallel.InterruptiblePipe(sys.stdout.buffer) as pipe:  # Ctrl-C stops a wait
             yield pipe  # type: ignore[misc]
         return
     dest = Path(os.path.realpath(path))  # through a symlink: the link stays a link
