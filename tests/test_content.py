@@ -6,13 +6,16 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ocistore.errors import Conflict, CorruptStore, DigestMismatch, SizeMismatch
+from ocistore.errors import Conflict, CorruptStore, DigestMismatch, SizeMismatch, StorageError
 from ocistore.spec.digest import Digest, digest_bytes
 from ocistore.store import fsutil
 from ocistore.store.content import ContentStore, Pieces
@@ -132,7 +135,10 @@ def test_a_full_disk_fails_and_leaves_nothing(
         return n
 
     monkeypatch.setattr(os, "write", full)
-    with pytest.raises(OSError, match="No space left"), content.writer(DIGEST, len(DATA)) as w:
+    with (
+        pytest.raises(StorageError, match=r"^writing blob sha256:\w+ at /.*: No space left"),
+        content.writer(DIGEST, len(DATA)) as w,
+    ):
         w.write(DATA)
     assert tmp_files(content) == [] and not content.exists(DIGEST)
 
@@ -207,19 +213,38 @@ def test_one_writer_per_ref_at_a_time(content: ContentStore) -> None:
         w.abort()
 
 
-def test_crash_leftovers_are_garbage_for_gc(tmp_path: Path) -> None:
-    """A writer that never finished (the process died) leaves a file in tmp/ that
-    nothing points at; gc removes it once it is older than the grace period."""
-    store = Store(tmp_path / "store")
-    w = store.content.writer(DIGEST)
-    w.write(DATA)
-    w._close_fd()  # what a SIGKILL leaves: the file, and no one to remove it
-    assert len(os.listdir(store.tmpdir)) == 1
-    assert store.fsck() == []
-    assert store.gc() == []  # younger than the grace period: maybe still being written
-    (removed,) = store.gc(grace_seconds=0)
-    assert removed.startswith("temporary ") and os.listdir(store.tmpdir) == []
-    assert list(store.content.walk()) == []
+_DIE_WRITING = """
+import os, signal, sys
+from ocistore.store.store import Store
+store = Store(sys.argv[1])
+w = store.content.writer()
+w.write(b"half a blob")
+store.tmpdir.joinpath("ingest-0123.partial").write_bytes(b"a resumable download")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_dead_writers_leftovers_go_at_once_a_live_ones_never(tmp_path: Path) -> None:
+    """Every temporary name says which process wrote it: gc removes what a killed writer
+    left at once, whatever the grace period, and never what a running writer (this
+    process) is writing, even with no grace at all. A name that says nobody (a
+    resumable download) waits out the grace period."""
+    root = tmp_path / "store"
+    proc = subprocess.run([sys.executable, "-c", _DIE_WRITING, str(root)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    store = Store(root)
+    assert len(os.listdir(store.tmpdir)) == 2
+    with store.content.writer(DIGEST) as live:
+        live.write(DATA)
+        assert store.fsck() == []
+        (removed,) = store.gc()  # the default grace: a day
+        assert removed.startswith("temporary ") and removed.endswith(".blob")
+        assert sorted(os.listdir(store.tmpdir)) == sorted(["ingest-0123.partial", live.path.name])
+        (removed,) = store.gc(grace_seconds=0)
+        assert removed == "temporary ingest-0123.partial"
+        assert os.listdir(store.tmpdir) == [live.path.name]  # still being written
+        assert live.commit() == DIGEST
+    assert os.listdir(store.tmpdir) == []
 
 
 def test_copy_from_hashes_on_the_second_thread(content: ContentStore) -> None:

@@ -54,3 +54,35 @@ class SizeMismatch(DigestMismatch):
         self.what = what
         self.expected = str(expected)
         self.got = str(got)
+
+
+class StorageError(OcistoreError):
+    """The file system failed a step of a write (a full disk, an I/O error, a denied
+    permission): the message names the step and the path, ``errno`` keeps the cause."""
+
+    def __init__(self, step: str, path: object, err: OSError) -> None:
+        super().__init__(f"{step} {path}: {err.strerror or err}")
+        self.errno = err.errno
+
+
+class ReadOnlyStore(OcistoreError):
+    """A change asked of a store this process may only read (a read-only file system,
+    a store owned by another user)."""
+
+
+class UnsupportedStore(OcistoreError):
+    """A store written by a newer ocistore, in a format this one does not know."""
+
+
+class LockTimeout(OcistoreError):
+    """The store's lock was not free within the time allowed (``--lock-timeout``)."""
+
+
+class PartiallyDone(OcistoreError):
+    """A command failed after it had already changed the store: ``done`` lists, one
+    line each, what it did before the failure."""
+
+    def __init__(self, error: BaseException, done: list[str]) -> None:
+        super().__init__(f"{error} (already done: {'; '.join(done)})")
+        self.error = error
+        self.done = done

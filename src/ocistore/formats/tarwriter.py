@@ -368,5 +368,8 @@ def output_file(path: str) -> Iterator[IO[bytes]]:
         with open(dest, "wb") as stream:
             yield stream
         return
-    with fsutil.AtomicFile(dest, durable=False, open_file=lambda p: OutputFile(p, "xb")) as f:
+    output = fsutil.AtomicFile(
+        dest, mode=0o666, durable=False, open_file=lambda fd: OutputFile(fd, "wb")
+    )
+    with output as f:
         yield f

@@ -88,12 +88,13 @@ class FSBackend:
 
     def delete(self, digest: Digest) -> None:
         """Remove the metadata, then the content (top-down)."""
-        fsutil.remove(self._metadata_path(digest))
+        fsutil.remove(self._metadata_path(digest), self.tmpdir)
         fsutil.remove(self.content_path(digest))
 
     def set_metadata(self, digest: Digest, key: str, data: bytes) -> None:
         if not self.exists(digest):
             raise NotFound(f"image {digest} not found: cannot set metadata {key!r}")
+        fsutil.refuse_symlink(self._metadata_path(digest), "image metadata directory")
         fsutil.atomic_write(self._metadata_path(digest, key), data, self.tmpdir)
 
     def get_metadata(self, digest: Digest, key: str) -> bytes:

@@ -28,6 +28,7 @@ removes.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import queue
@@ -47,7 +48,6 @@ from ..spec.digest import (
     digest_bytes,
     hash_rest,
     new_hasher,
-    read_verified,
 )
 from . import fsutil
 
@@ -125,10 +125,22 @@ class ContentStore:
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
 
+    def open_file(self, digest: Digest) -> IO[bytes]:
+        """A blob's file, unbuffered, never through a symlink (``FileNotFoundError`` if
+        it is missing; :class:`CorruptStore` if a symlink stands in its place)."""
+        path = self.path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise CorruptStore(f"blob {digest}: {path} is a symlink") from None
+            raise
+        return open(fd, "rb", buffering=0)
+
     def open(self, digest: Digest, verify: bool = True) -> IO[bytes]:
         """Open a blob for reading; with ``verify`` the digest is checked at its end."""
         try:
-            f = open(self.path(digest), "rb", buffering=0)  # noqa: SIM115
+            f = self.open_file(digest)
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
         if not verify:
@@ -137,7 +149,13 @@ class ContentStore:
 
     def read(self, digest: Digest, what: str | None = None) -> bytes:
         """The whole blob, verified (for small blobs: manifests, configs)."""
-        return read_verified(self.path(digest), digest, what or f"blob {digest}")
+        what = what or f"blob {digest}"
+        try:
+            with self.open_file(digest) as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise NotFound(f"{what} not found") from None
+        return check_bytes(data, digest, what)
 
     def writer(
         self,
@@ -181,6 +199,8 @@ class ContentStore:
                 staged.discard()
                 return staged.digest
             # A short blob (a full disk, before ocistore checked its writes) is replaced.
+        fsutil.refuse_symlink(self.root, "blob directory")
+        fsutil.refuse_symlink(dest.parent, "blob directory")
         if not staged.is_file_at(staged.path):
             raise CorruptStore(
                 f"blob {staged.digest}: its staged file {staged.path} was replaced or "
@@ -246,6 +266,7 @@ class BlobWriter:
             key = digest_bytes(ref.encode()).hex[:32]
             self.path = content.tmpdir / f"ingest-{key}.partial"
             flags = os.O_RDWR | os.O_CREAT
+        self._where = f"{self.what} at {self.path}"
         try:
             self._fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except PermissionError:
@@ -288,7 +309,7 @@ class BlobWriter:
     def _write(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` (a short write is continued; a full disk raises)."""
         fd = self._fd
-        fsutil.write_all(fd, data)
+        fsutil.write_all(fd, data, path=self._where)
         n = len(data)
         self.offset += n
         if self._sync is None and self.offset >= fsutil.SYNC_EVERY:
@@ -401,7 +422,7 @@ class BlobWriter:
                 raise CorruptStore(
                     f"{self.what}: {self.path} holds {st.st_size} bytes, {self.offset} were written"
                 )
-            os.fsync(self._fd)
+            fsutil.fsync(self._fd, self._where)
             os.fchmod(self._fd, self._content.mode)
             st = os.fstat(self._fd)  # after the last change to the file: its times are final
         except BaseException:

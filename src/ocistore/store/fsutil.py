@@ -21,35 +21,65 @@ import errno
 import fcntl
 import io
 import os
+import stat as stat_mod
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from .. import parallel
+from ..errors import CorruptStore, LockTimeout, ReadOnlyStore, StorageError
 
 
 def fsync_dir(path: Path) -> None:
     """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+#: The mode of the store's directories, whatever the umask.
+DIR_MODE = 0o755
+
+
 def makedirs(path: Path) -> None:
-    """Create a directory and its parents, fsyncing each parent that got a new entry."""
+    """Create a directory and its parents (mode :data:`DIR_MODE`, whatever the umask),
+    fsyncing each parent that got a new entry. A symlink where a directory is missing is
+    not followed: :class:`~ocistore.errors.CorruptStore`."""
     missing: list[Path] = []
     p = path
-    while not p.exists():
+    while not os.path.lexists(p):
         missing.append(p)
         p = p.parent
+    if missing and os.path.islink(p):
+        raise CorruptStore(f"{p} is a symlink: refusing to create {path} through it")
     for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o755)
-            fsync_dir(d.parent)
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            if os.path.islink(d):
+                raise CorruptStore(f"{d} is a symlink: refusing to follow it") from None
+            continue
+        os.chmod(d, DIR_MODE, follow_symlinks=False)
+        fsync_dir(d.parent)
+
+
+def make_private_dir(path: Path) -> None:
+    """A new directory of mode :data:`DIR_MODE` whatever the umask (a layer record being
+    assembled in ``tmp/``)."""
+    path.mkdir(mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
+def refuse_symlink(path: Path, what: str) -> None:
+    """:class:`~ocistore.errors.CorruptStore` if ``path`` is a symlink: the store never
+    follows one of its own names to somewhere else."""
+    if os.path.islink(path):
+        raise CorruptStore(f"{what} {path} is a symlink: refusing to follow it")
 
 
 #: :class:`BackgroundSync` calls ``fdatasync`` each time this many more bytes were written.
@@ -98,32 +128,159 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+# -- temporary files and who wrote them ----------------------------------------------------
+#
+# Every temporary file of a store is named after the process that writes it: boot,
+# PID namespace, PID and the process's start time. ``gc`` removes a file whose writer is
+# gone at once, and never one whose writer still runs, whatever its age; a name it cannot
+# judge (another PID namespace, a foreign name) waits out the grace period.
+
+_owner_cache: tuple[int, str] | None = None
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return f.read().strip().decode()[:8]
+    except OSError:
+        return "noboot"
+
+
+def _pid_namespace() -> str:
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # pid:[4026531836]
+    except OSError:
+        return "0"
+    return "".join(c for c in link if c.isdigit()) or "0"
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (``/proc/PID/stat`` field 22),
+    which tells it from a later process given the same PID; ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    fields = stat_line[stat_line.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else None
+
+
+def writer_tag() -> str:
+    """This process's tag in temporary names: ``<boot>.<pidns>.<pid>.<start>``."""
+    global _owner_cache
+    pid = os.getpid()
+    if _owner_cache is None or _owner_cache[0] != pid:
+        tag = f"{_boot_id()}.{_pid_namespace()}.{pid}.{_start_time(pid) or 0}"
+        _owner_cache = (pid, tag)
+    return _owner_cache[1]
+
+
+def writer_alive(name: str) -> bool | None:
+    """Whether the process that named a temporary file ``name`` still runs: ``True``,
+    ``False`` (gone, or the machine rebooted since), or ``None`` when it cannot be told
+    (another PID namespace, or not a name of :func:`temp_path`)."""
+    parts = name.split("-", 1)[0].split(".")
+    if len(parts) != 4 or not parts[2].isdigit():
+        return None
+    boot, pidns, pid, start = parts
+    if boot != _boot_id():
+        return False
+    if pidns != _pid_namespace():
+        return None
+    return _start_time(int(pid)) == start
+
+
 def temp_path(tmpdir: Path, suffix: str = "") -> Path:
-    return tmpdir / f"{os.urandom(16).hex()}{suffix}"
+    """A new temporary name in ``tmpdir``, tagged with this process (:func:`writer_tag`)."""
+    return tmpdir / f"{writer_tag()}-{os.urandom(8).hex()}{suffix}"
 
 
-def write_all(fd: int, data: bytes | bytearray | memoryview, offset: int | None = None) -> None:
+def _umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def write_all(
+    fd: int,
+    data: bytes | bytearray | memoryview,
+    offset: int | None = None,
+    path: object = None,
+) -> None:
     """Write all of ``data`` to ``fd`` (at ``offset`` with ``pwrite``, else where the file
-    is): a short write is continued, a full disk raises."""
+    is): a short write is continued; a failure (a full disk) is a
+    :class:`~ocistore.errors.StorageError` naming ``path`` when given."""
     view = memoryview(data)
-    while view:
-        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
-        view = view[n:]
-        if offset is not None:
-            offset += n
+    try:
+        while view:
+            n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+            view = view[n:]
+            if offset is not None:
+                offset += n
+    except OSError as e:
+        if path is None:
+            raise
+        raise StorageError("writing", path, e) from None
+
+
+def fsync(fd: int, path: object) -> None:
+    """``fsync``, its failure a :class:`~ocistore.errors.StorageError` naming ``path``."""
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise StorageError("syncing", path, e) from None
+
+
+def _tmpfile(directory: Path, mode: int) -> int | None:
+    """An unnamed file in ``directory`` (``O_TMPFILE``), or ``None`` where the file
+    system cannot make one: a crash before it is linked leaves nothing behind."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(directory, flag | os.O_WRONLY | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None  # not supported here (or no such directory: the caller says)
+        raise StorageError("creating a temporary file in", directory, e) from None
+
+
+def _link_fd(fd: int, path: Path) -> None:
+    """Give the unnamed file open as ``fd`` the name ``path`` (``linkat`` following
+    ``/proc/self/fd``, which needs no privilege, unlike ``AT_EMPTY_PATH``)."""
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # A directory descriptor makes Python call linkat(), with AT_SYMLINK_FOLLOW.
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=dirfd, follow_symlinks=True)
+    finally:
+        os.close(dirfd)
 
 
 class AtomicFile:
     """A named file that readers see as it was or whole, never half written.
 
-    ``with AtomicFile(path) as f: f.write(...)`` writes a temporary file (in ``tmpdir``,
-    which must be on the same file system, else beside ``path`` under a hidden name),
-    created with ``mode`` less the umask, fsyncs it (unless not ``durable``: an export
-    such as ``save -o``, which the kernel writes back in its own time), renames it over
-    ``path`` and fsyncs the directory. Leaving the block with an error removes the
-    temporary file and leaves ``path`` as it was. ``open_file`` makes the file object
-    from the temporary path (a plain unbuffered file by default, whose ``write`` is
-    completed here).
+    ``with AtomicFile(path) as f: f.write(...)`` writes an unnamed file (``O_TMPFILE``)
+    in ``tmpdir`` (which must be on the same file system), else beside ``path``; every
+    write is completed. On leaving the block it fsyncs it (unless not ``durable``: an
+    export such as ``save -o``, which the kernel writes back in its own time), links it
+    under a temporary name, renames it over ``path`` and fsyncs the directory. A crash
+    before the end leaves nothing (or, on a file system without ``O_TMPFILE``, a
+    temporary name that ``gc`` or the next save removes); leaving the block with an
+    error leaves ``path`` as it was.
+
+    The store's own files (``tmpdir`` given) get exactly ``mode``, whatever the umask;
+    an output (no ``tmpdir``) gets ``mode`` less the umask, and never write permission
+    for others. ``open_file`` makes the file object from the file descriptor (a plain
+    unbuffered file by default, whose ``write`` is completed here).
     """
 
     def __init__(
@@ -132,23 +289,41 @@ class AtomicFile:
         tmpdir: Path | None = None,
         mode: int = 0o644,
         durable: bool = True,
-        open_file: Callable[[Path], IO[bytes]] | None = None,
+        open_file: Callable[[int], IO[bytes]] | None = None,
     ) -> None:
         self.path = path
+        self._tmpdir = tmpdir
         if tmpdir is not None:
             self.tmp = temp_path(tmpdir)
+            self._mode = mode
         else:
             self.tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
-        self._mode = mode
+            self._mode = mode & ~_umask() & ~0o002
         self._durable = durable
         self._open = open_file
+        self._named = False
 
     def __enter__(self) -> IO[bytes]:
-        if self._open is not None:
-            self.file = self._open(self.tmp)
-        else:
-            self.file = _CompleteWriter(os.open(self.tmp, _NEW_FILE, self._mode))
+        directory = self._tmpdir if self._tmpdir is not None else self.path.parent
+        fd = _tmpfile(directory, self._mode)
+        if fd is None:
+            try:
+                fd = os.open(self.tmp, _NEW_FILE, self._mode)
+            except OSError as e:
+                raise StorageError("creating", self.tmp, e) from None
+            self._named = True
+        try:
+            os.fchmod(fd, self._mode)
+            self.file = self._open(fd) if self._open is not None else _CompleteWriter(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            self._discard()
+            raise
         return self.file
+
+    def _discard(self) -> None:
+        if self._named:
+            self.tmp.unlink(missing_ok=True)
 
     def __exit__(
         self,
@@ -160,30 +335,44 @@ class AtomicFile:
             if exc_type is None:
                 self.file.flush()
                 if self._durable:
-                    os.fsync(self.file.fileno())
+                    fsync(self.file.fileno(), self.path)
+                if not self._named:
+                    try:
+                        _link_fd(self.file.fileno(), self.tmp)
+                    except OSError as e:
+                        raise StorageError("linking", self.tmp, e) from None
+                    self._named = True
             self.file.close()
             if exc_type is None:
-                os.rename(self.tmp, self.path)
+                try:
+                    os.rename(self.tmp, self.path)
+                except OSError as e:
+                    raise StorageError("renaming into place", self.path, e) from None
+                self._named = False
                 if self._durable:
                     fsync_dir(self.path.parent)
         except BaseException:
-            self.tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self._discard()
             raise
         if exc_type is not None:
-            self.tmp.unlink(missing_ok=True)
+            self._discard()
 
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _CompleteWriter(io.FileIO):
-    """An unbuffered file whose ``write`` writes everything it is given."""
+    """An unbuffered file whose ``write`` writes everything it is given (a failure names
+    ``path``)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: object = None) -> None:
         super().__init__(fd, "wb", closefd=True)
+        self._path = path
 
     def write(self, data: Any) -> int:
-        write_all(self.fileno(), data)
+        write_all(self.fileno(), data, path=self._path)
         return len(data)
 
 
@@ -205,7 +394,7 @@ def publish(tmp: Path, path: Path) -> None:
             # A directory already published by somebody else: content-addressed, so equal.
             _rmtree(tmp, ignore_errors=True)
             return
-        raise
+        raise StorageError("publishing", path, e) from None
     fsync_dir(path.parent)
 
 
@@ -216,15 +405,30 @@ def _rmtree(path: Path, ignore_errors: bool = False) -> None:
     shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
-def remove(path: Path) -> None:
-    """Remove a file or a directory tree if present, and make the removal durable."""
-    if path.is_dir() and not path.is_symlink():
-        _rmtree(path)
-    else:
-        try:
+def remove(path: Path, tmpdir: Path | None = None) -> None:
+    """Remove a file or a directory tree if present (a symlink is removed, never
+    followed), and make the removal durable. A directory is first renamed into
+    ``tmpdir`` when given, so that it disappears from its place whole: a crash while its
+    files are removed leaves garbage in ``tmp/``, never a half-empty record."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    try:
+        if stat_mod.S_ISDIR(st.st_mode):
+            if tmpdir is not None:
+                trash = temp_path(tmpdir, ".removed")
+                os.rename(path, trash)
+                fsync_dir(path.parent)
+                _rmtree(trash)
+                return
+            _rmtree(path)
+        else:
             path.unlink()
-        except FileNotFoundError:
-            return
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StorageError("removing", path, e) from None
     with contextlib.suppress(FileNotFoundError):
         fsync_dir(path.parent)
 
@@ -235,7 +439,11 @@ class TempFile:
 
     def __init__(self, tmpdir: Path, suffix: str = "") -> None:
         self.path = temp_path(tmpdir, suffix)
-        self.file: IO[bytes] = _CompleteWriter(os.open(self.path, _NEW_FILE, 0o600))
+        try:
+            fd = os.open(self.path, _NEW_FILE, 0o600)
+        except OSError as e:
+            raise StorageError("creating", self.path, e) from None
+        self.file: IO[bytes] = _CompleteWriter(fd, self.path)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         return self.file.write(data)
@@ -246,6 +454,43 @@ class TempFile:
         self.path.unlink(missing_ok=True)
 
 
+def lock_holder(fd: int) -> str | None:
+    """Who holds the lock on the file open as ``fd``, from ``/proc/locks``: ``process
+    1234 (ocistore load -i x.tar)``, or ``None`` when it cannot be told."""
+    ino = os.fstat(fd).st_ino
+    try:
+        with open("/proc/locks", "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
+            continue
+        pid, where = fields[4], fields[5]
+        if where.rsplit(":", 1)[-1] != str(ino) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            return f"process {pid}"
+        argv = [a for a in argv if a]
+        if len(argv) > 1 and Path(argv[0].decode(errors="replace")).name.startswith("python"):
+            argv = argv[1:]  # python .../ocistore load: the program, not the interpreter
+        if argv:
+            argv[0] = Path(argv[0].decode(errors="replace")).name.encode()
+        command = b" ".join(argv).decode(errors="replace")
+        if len(command) > 60:
+            command = command[:57] + "..."
+        return f"process {pid} ({command})" if command else f"process {pid}"
+    return None
+
+
+#: Seconds a wait for the store lock goes on before :class:`FileLock` says so.
+LOCK_NOTICE_AFTER = 2.0
+
+
 class FileLock:
     """A re-entrant OS file lock on ``path``: the store's ``<root>/lock`` (created if
     missing), or, with ``directory``, a directory itself.
@@ -253,14 +498,89 @@ class FileLock:
     ``exclusive()`` serializes the short publish step of writers across processes;
     ``shared()`` lets readers take a consistent view. Re-entrant within one object, so a
     composite operation can call parts that lock on their own.
+
+    A process that may not write the lock file (a read-only file system, another user's
+    store) still takes the shared lock, through a read-only descriptor, or none at all if
+    the file does not exist (then nobody ever wrote the store); the exclusive lock is
+    then :class:`~ocistore.errors.ReadOnlyStore`. A wait that lasts
+    :data:`LOCK_NOTICE_AFTER` seconds is told to ``on_wait`` (naming the holder when
+    ``/proc/locks`` does); one that lasts ``timeout`` seconds is
+    :class:`~ocistore.errors.LockTimeout` (``None``: wait as long as it takes).
     """
 
-    def __init__(self, path: Path, directory: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        directory: bool = False,
+        timeout: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = path
         self._directory = directory
+        self.timeout = timeout
+        self.on_wait = on_wait
         self._fd: int | None = None
         self._depth = 0
         self._mode = 0
+
+    def _open(self, mode: int) -> int | None:
+        if self._directory:
+            return os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise CorruptStore(
+                    f"lock file {self.path} is a symlink: refusing to follow it"
+                ) from None
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            denied = e
+        if mode == fcntl.LOCK_EX:
+            raise ReadOnlyStore(
+                f"store {self.path.parent} cannot be changed by this process "
+                f"({self.path}: {denied.strerror})"
+            )
+        try:
+            return os.open(self.path, os.O_RDONLY | flags)
+        except FileNotFoundError:
+            return None  # never written: nothing to wait for
+
+    def _wait(self, fd: int, mode: int) -> None:
+        """Take the lock, saying so when the wait is long, giving up after the timeout."""
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        start = time.monotonic()
+        told = False
+        pause = 0.001
+        while True:
+            waited = time.monotonic() - start
+            if self.timeout is not None and waited >= self.timeout:
+                holder = lock_holder(fd)
+                raise LockTimeout(
+                    f"store lock {self.path} is still held"
+                    + (f" by {holder}" if holder else "")
+                    + f" after {self.timeout:g} s (see --lock-timeout)"
+                )
+            if not told and self.on_wait is not None and waited >= LOCK_NOTICE_AFTER:
+                holder = lock_holder(fd)
+                self.on_wait(
+                    f"waiting for the store lock {self.path}"
+                    + (f", held by {holder}" if holder else "")
+                )
+                told = True
+            wait = pause if self.timeout is None else min(pause, self.timeout - waited)
+            time.sleep(max(wait, 0))
+            pause = min(pause * 2, 0.05)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                continue
 
     def _acquire(self, mode: int) -> None:
         if self._depth:
@@ -268,15 +588,16 @@ class FileLock:
                 raise RuntimeError("cannot upgrade a shared store lock to exclusive")
             self._depth += 1
             return
-        if self._directory:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        else:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, mode)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = self._open(mode)
+        if fd is not None:
+            try:
+                if self.timeout is None and self.on_wait is None:
+                    fcntl.flock(fd, mode)
+                else:
+                    self._wait(fd, mode)
+            except BaseException:
+                os.close(fd)
+                raise
         self._fd, self._mode, self._depth = fd, mode, 1
 
     @property
@@ -286,10 +607,11 @@ class FileLock:
 
     def _release(self) -> None:
         self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._depth == 0:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
             self._mode = 0
 
     @contextlib.contextmanager

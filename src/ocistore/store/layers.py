@@ -181,7 +181,7 @@ class LayerStore:
             blob=BlobRef(blob_digest, staged.blob.size, staged.compression),
         )
         tmpdir = fsutil.temp_path(self.tmpdir, ".layer")
-        tmpdir.mkdir()
+        fsutil.make_private_dir(tmpdir)
         try:
             fsutil.atomic_write(tmpdir / "layer.json", layer.to_json(), self.tmpdir)
             fsutil.publish(tmpdir, self._dir(chain_id))
@@ -198,7 +198,7 @@ class LayerStore:
         self._cache.pop(chain_id, None)
         path = self._dir(chain_id)
         there = os.path.lexists(path)
-        fsutil.remove(path)
+        fsutil.remove(path, self.tmpdir)  # gone whole: never an empty record left
         return there
 
     def forget(self) -> None:
@@ -210,7 +210,7 @@ class LayerStore:
         :class:`LayerReader`)."""
         layer = chain_id if isinstance(chain_id, Layer) else self.get(chain_id)
         try:
-            blob = open(self.content.path(layer.blob.digest), "rb", buffering=0)  # noqa: SIM115
+            blob = self.content.open_file(layer.blob.digest)
         except FileNotFoundError:
             raise NotFound(f"blob {layer.blob.digest} not found") from None
         return LayerReader(layer, blob)
