@@ -29,7 +29,17 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-from ..errors import Ambiguous, Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError
+from ..errors import (
+    Ambiguous,
+    Conflict,
+    CorruptStore,
+    InvalidInput,
+    LockTimeout,
+    NotFound,
+    OcistoreError,
+    ReadOnlyStore,
+    StorageError,
+)
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import ChainID, Digest, ImageID
 from . import fsutil, gc
@@ -296,7 +306,9 @@ class ImageStore:
             self.layers.forget()
             stale = self._load()
         if stale and not self.lock.held:  # (a caller's shared lock cannot be upgraded)
-            with contextlib.suppress(OSError), self.writing():
+            # Only a cache: a reader that may not write, or that would wait, goes on.
+            quiet = contextlib.suppress(OSError, ReadOnlyStore, StorageError, LockTimeout)
+            with quiet, self.writing():
                 pass
 
     def _save_index(self) -> None:

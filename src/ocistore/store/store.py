@@ -23,22 +23,33 @@ references) and deleted top-down, so a crash leaves at worst unreferenced garbag
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import stat
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NamedTuple, TypeVar
 
-from ..errors import Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError
+from ..errors import (
+    Conflict,
+    CorruptStore,
+    InvalidInput,
+    NotFound,
+    OcistoreError,
+    PartiallyDone,
+    ReadOnlyStore,
+    StorageError,
+    UnsupportedStore,
+)
 from ..progress import SILENT, Progress
 from ..spec.digest import ChainID, DiffID, Digest, ImageID
 from ..spec.platform import host_platform
 from ..spec.reference import Reference, parse_tagged
-from . import fsutil, gc, ingest
+from . import fsutil, gc, ingest, usage
 from .backend import MANIFEST, FSBackend
 from .content import ContentStore
 from .images import Image, ImageRecord, ImageStore, newest_first
@@ -49,8 +60,33 @@ from .resolve import Resolver, Selected
 
 __all__ = ["RemoveEvent", "Store"]
 
-#: Temporary files older than this are garbage even while other writers run.
+#: Temporary files whose writer cannot be told to be gone (another PID namespace, a
+#: resumable download) are garbage once they are older than this.
 TMP_GRACE_SECONDS = 24 * 3600
+
+#: The store's format: what ``<root>/format`` says. A store of a later format is
+#: refused; a store without the file (written before it existed) is this format.
+STORE_FORMAT = 1
+FORMAT_FILE = "format"
+
+#: The store's own names, none of which may be a symlink (the root itself may).
+_OWN_NAMES = (
+    "lock",
+    "tmp",
+    FORMAT_FILE,
+    "blobs",
+    "blobs/sha256",
+    "layerdb",
+    "layerdb/sha256",
+    "imagedb",
+    "imagedb/content",
+    "imagedb/content/sha256",
+    "imagedb/metadata",
+    "imagedb/metadata/sha256",
+    "imagedb/index.json",
+    "imagedb/index.dirty",
+    "repositories.json",
+)
 
 
 def now_rfc3339() -> str:
@@ -81,6 +117,21 @@ def _newest_first(
     return [(rec, get(rec.id) or []) for rec in records if rec.id not in parents or get(rec.id)]
 
 
+def _being_written(path: Path) -> bool:
+    """Whether a resumable partial blob is open in its writer (which holds its lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _size_of(stream: IO[bytes]) -> int | None:
     """The size of a regular file behind ``stream`` (for progress), else ``None``."""
     try:
@@ -99,21 +150,62 @@ class Store:
     message names what they are about.
     """
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    def __init__(
+        self,
+        root: Path | str,
+        lock_timeout: float | None = None,
+        on_lock_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        self.root = Path(root).absolute()
         self.tmpdir = self.root / "tmp"
         try:
             for d in (self.root, self.tmpdir):
                 fsutil.makedirs(d)
         except (FileExistsError, NotADirectoryError):
             raise InvalidInput(f"{self.root}: not a directory, cannot hold a store") from None
-        self.lock = fsutil.FileLock(self.root / "lock")
+        except OSError as e:
+            if not self.root.is_dir():
+                raise StorageError("creating the store", self.root, e) from None
+            # A store this process may only read: readers work; writers are refused.
+        #: Whether this process may change the store (else it only reads it).
+        self.writable = os.access(self.tmpdir, os.W_OK) and os.access(self.root, os.W_OK)
+        for name in _OWN_NAMES:
+            fsutil.refuse_symlink(self.root / name, "store path")
+        self._check_format()
+        self.lock = fsutil.FileLock(self.root / "lock", timeout=lock_timeout, on_wait=on_lock_wait)
         self.content = ContentStore(self.root / "blobs", self.tmpdir)
         self.backend = FSBackend(self.root / "imagedb", self.tmpdir)
         self.layers = LayerStore(self.root / "layerdb", self.content, self.tmpdir)
         self.images = ImageStore(self.backend, self.layers, self.lock, self.tmpdir)
         self.references = ReferenceStore(self.root / "repositories.json", self.tmpdir, self.lock)
         self._resolver = Resolver(self.images, self.references)
+
+    def _check_format(self) -> None:
+        """Refuse a store of a newer format; mark an older (unmarked) one as this
+        format, which reads it unchanged."""
+        path = self.root / FORMAT_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            if self.writable:
+                fsutil.atomic_write(path, f"{STORE_FORMAT}\n".encode(), self.tmpdir)
+            return
+        try:
+            found = int(raw.decode().strip())
+        except (UnicodeDecodeError, ValueError):
+            raise CorruptStore(f"{path}: not a store format number") from None
+        if found > STORE_FORMAT:
+            raise UnsupportedStore(
+                f"store {self.root} has format {found}, written by a newer ocistore; "
+                f"this one reads formats up to {STORE_FORMAT}: upgrade ocistore"
+            )
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise ReadOnlyStore(
+                f"store {self.root} cannot be changed by this process "
+                "(read-only file system or no write permission): only reading works"
+            )
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -143,6 +235,7 @@ class Store:
         the block runs and written again at its end (so a crash inside leaves a marker
         that makes the next opener rebuild it). Re-entrant.
         """
+        self._require_writable()
         with self.lock.exclusive(), self.images.writing():
             yield self
 
@@ -157,17 +250,20 @@ class Store:
         the digest, size and DiffID it must have while it streams in; bad input leaves
         the store as it was. ``jobs`` layers are staged at once (default: one per
         CPU)."""
+        self._require_writable()
         return ingest.add_images(self, sources, progress, jobs)
 
     def register_layer(self, stream: IO[bytes], parent: ChainID | None = None) -> Layer:
         """Register a layer (plain, gzip or zstd tar) on top of ``parent``, with no image
         (a layer no image needs is garbage for :meth:`gc`)."""
+        self._require_writable()
         return ingest.register_layer(self, stream, parent)
 
     def spool(self, stream: IO[bytes], suffix: str = "") -> fsutil.TempFile:
         """Copy ``stream`` to its end into a temporary file of the store, for a reader
         that needs to seek (an archive on standard input). The caller removes it with
         ``discard()``; after a crash :meth:`gc` does."""
+        self._require_writable()
         tmp = fsutil.TempFile(self.tmpdir, suffix)
         try:
             while data := stream.read(1 << 20):
@@ -282,8 +378,20 @@ class Store:
         return ref
 
     def remove(self, name: str, force: bool = False, prune: bool = True) -> list[RemoveEvent]:
-        """Remove an image or a reference, with Docker's ``rmi`` rules and messages."""
+        """Remove an image or a reference, with Docker's ``rmi`` rules and messages.
+
+        A failure after the store was changed (untagged, then a layer could not be
+        removed) is :class:`~ocistore.errors.PartiallyDone`, listing what was done."""
         events: list[RemoveEvent] = []
+        try:
+            self._remove(name, force, prune, events)
+        except (OcistoreError, OSError) as e:
+            if events:
+                raise PartiallyDone(e, [str(ev) for ev in events]) from None
+            raise
+        return events
+
+    def _remove(self, name: str, force: bool, prune: bool, events: list[RemoveEvent]) -> None:
         with self.transaction():
             image_id = self.resolve(name)
             refs = self.references.references(image_id)
@@ -302,7 +410,7 @@ class Store:
                     remaining = self.references.references(image_id)
                 if remaining or self.images.children(image_id):
                     # Untagged only: an image with children stays, as in Docker.
-                    return events
+                    return
             elif self.images.children(image_id):
                 # Refused before anything is untagged, so the store stays as it was.
                 raise Conflict(
@@ -318,13 +426,17 @@ class Store:
                     )
                 for r in self.references.delete_image(image_id):  # one write for all
                     events.append(RemoveEvent("Untagged", r.familiar()))
-            events.extend(self._delete_image(image_id, prune))
-        return events
+            self._delete_image(image_id, prune, events)
 
-    def _delete_image(self, image_id: ImageID, prune: bool) -> list[RemoveEvent]:
+    def _delete_image(self, image_id: ImageID, prune: bool, events: list[RemoveEvent]) -> None:
         parent = self.images.get_parent(image_id)
-        released = self.images.delete(image_id)
-        events = [RemoveEvent("Deleted", image_id)]
+        try:
+            released = self.images.delete(image_id)
+        except BaseException:
+            if not self.images.exists(image_id):  # the config went, a layer failed
+                events.append(RemoveEvent("Deleted", image_id))
+            raise
+        events.append(RemoveEvent("Deleted", image_id))
         events += [RemoveEvent("Deleted", layer.chain_id) for layer in released]
         if (
             prune
@@ -334,8 +446,7 @@ class Store:
             and not self.images.children(parent)
         ):
             with contextlib.suppress(Conflict):
-                events += self._delete_image(parent, prune)
-        return events
+                self._delete_image(parent, prune, events)
 
     # -- views ------------------------------------------------------------------------
 
@@ -421,7 +532,8 @@ class Store:
 
     def gc(self, grace_seconds: float = TMP_GRACE_SECONDS) -> list[str]:
         """Remove what nothing points at: layers no image needs, blobs nothing needs,
-        and temporary files older than ``grace_seconds``. Returns what was removed."""
+        what writers that are gone left in ``tmp/``, and temporary files nobody can be
+        told to be writing once older than ``grace_seconds``. Returns what was removed."""
         removed: list[str] = []
         with self.transaction():
             swept = gc.sweep(
@@ -433,19 +545,47 @@ class Store:
             )
             removed += [f"layer {chain}" for chain in swept.chains]
             removed += [f"blob {blob}" for blob in swept.blobs]
-            cutoff = time.time() - grace_seconds
-            for entry in os.scandir(self.tmpdir):
-                with contextlib.suppress(FileNotFoundError):
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                        fsutil.remove(Path(entry.path))
-                        removed.append(f"temporary {entry.name}")
+            removed += [f"temporary {name}" for name in self._sweep_tmp(grace_seconds)]
+        return removed
+
+    def _sweep_tmp(self, grace_seconds: float) -> list[str]:
+        """Remove what writers that are gone left in ``tmp/`` (every temporary name
+        says who wrote it: :func:`~ocistore.store.fsutil.writer_alive`), never what a
+        running writer is using, and, past ``grace_seconds``, what cannot be told (a
+        resumable download not being written, another PID namespace's files)."""
+        removed: list[str] = []
+        cutoff = time.time() - grace_seconds
+        for entry in os.scandir(self.tmpdir):
+            path = Path(entry.path)
+            alive = fsutil.writer_alive(entry.name)
+            if alive:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if alive is None:
+                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                        continue
+                    if entry.name.endswith(".partial") and _being_written(path):
+                        continue
+                fsutil.remove(path)
+                removed.append(entry.name)
         return removed
 
     def fsck(self, progress: Progress | None = None) -> list[str]:
         """Verify every config, layer and kept blob (manifests, layer blobs an image was
         distributed as) against its digest, and every reference; returns the problems
-        found (none: ``[]``). ``progress`` gets one task per layer."""
-        progress = progress or SILENT
+        found (none: ``[]``). ``progress`` gets one task per layer.
+
+        The check runs beside writers, without the lock; if it finds anything it runs
+        again holding the shared lock, on a store no writer changes meanwhile, so that
+        what a concurrent load or ``rmi`` did half-way when first looked at is never
+        reported: only what is wrong in a consistent store is."""
+        problems = self._check(progress or SILENT)
+        if problems:
+            with self.lock.shared():
+                problems = self._check(progress or SILENT)
+        return problems
+
+    def _check(self, progress: Progress) -> list[str]:
         problems: list[str] = []
         self.images.refresh(force=True)
         for digest, reason in self.images.skipped:
@@ -457,6 +597,9 @@ class Store:
                 manifest = self.kept_manifest(rec.id)
                 if manifest is not None and manifest not in rec.blobs:
                     problems.append(f"image {rec.id}: its kept manifest {manifest} is not kept")
+                for chain in rec.chains:
+                    if not self.layers.exists(chain):
+                        problems.append(f"image {rec.id}: its layer {chain} is missing")
             except OcistoreError as e:
                 problems.append(str(e))
             for blob in rec.blobs:
@@ -482,3 +625,17 @@ class Store:
             if not self.images.exists(image_id):
                 problems.append(f"reference {ref.familiar()} points at missing image {image_id}")
         return problems
+
+    def disk_usage(self) -> usage.DiskUsage:
+        """What the images, layers and blobs take on disk, what is shared, and what
+        ``image prune`` and ``gc`` would reclaim, as ``docker system df`` shows it
+        (:func:`ocistore.store.usage.disk_usage`)."""
+        return usage.disk_usage(self)
+
+    def prune_images(
+        self, all_images: bool = False, filters: Sequence[str] = ()
+    ) -> usage.PruneReport:
+        """Remove dangling images (or, with ``all_images``, every image) as ``docker
+        image prune`` does, filters (``until=``, ``label=``, ``label!=``) and all, in one
+        transaction (:func:`ocistore.store.usage.prune_images`)."""
+        return usage.prune_images(self, all_images, filters)
