@@ -990,7 +990,7 @@ def test_malformed_manifest(store: Store, tmp_path: Path, content: bytes) -> Non
     path = write_tar(tmp_path / "bad.tar", {**members, "manifest.json": content})
     with (
         unchanged(store),
-        pytest.raises(InvalidInput, match=r"bad.tar: manifest.json is not valid JSON"),
+        pytest.raises(InvalidInput, match=r"bad.tar: manifest.json: not valid JSON"),
     ):
         load(store, path)
 

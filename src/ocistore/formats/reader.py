@@ -8,17 +8,20 @@ name that is absolute or climbs out with ``..`` is refused, naming the entry. A 
 is followed only while it stays inside the archive and ends on a regular file, as
 ``docker load`` does with the links ``docker save`` writes for repeated layers; any
 other link where a file is expected is refused.
+
+Headers are read by :class:`~ocistore.formats.tarscan.TarScanner`, with the limits of
+:mod:`ocistore.spec.limits`: a stream is followed while it is spooled, so junk is
+refused at its first header and nothing after the end-of-archive marker is written, and
+the index it leaves is the archive's (the scratch file is not read again).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import posixpath
 import stat as stat_mod
 import sys
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NamedTuple, Protocol, cast
@@ -27,10 +30,17 @@ from ..errors import InvalidInput, NotFound, OcistoreError
 from ..parallel import InterruptiblePipe
 from ..spec.compression import Compression, PeekableReader, decompressed_reader, detect
 from ..spec.digest import CHUNK
+from ..spec.limits import (
+    MAX_ARCHIVE_JSON,
+    MAX_MEMBER_NAMES,
+    MAX_MEMBERS,
+    MAX_TAR_TRAILER,
+    check_size,
+    load_json,
+)
 from ..store import fsutil
+from .tarscan import BLOCK, Entry, TarScanner
 
-#: The most a JSON document inside an archive may weigh (manifests, configs, indexes).
-MAX_JSON = 64 << 20
 _MAX_LINKS = 16
 
 
@@ -60,25 +70,20 @@ def clean_name(archive: str, name: str) -> str:
     return "/".join(parts)
 
 
-def read_json(archive: ArchiveReader, name: str) -> Any:
-    """A JSON document from the archive; errors name the archive and the entry."""
-    size = archive.size(name)
-    if size > MAX_JSON:
-        raise InvalidInput(
-            f"{archive.name}: {name} is too large for a JSON document ({size} bytes)"
-        )
-    with archive.open(name) as f:
-        raw = f.read()
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidInput(f"{archive.name}: {name} is not valid JSON: {e}") from None
+def read_json(
+    archive: ArchiveReader, name: str, limit: int = MAX_ARCHIVE_JSON, kind: str = "this file"
+) -> Any:
+    """A JSON document from the archive, parsed with the limits of
+    :func:`~ocistore.spec.limits.load_json`; errors name the archive and the entry."""
+    return load_json(read_bytes(archive, name, limit, kind), f"{archive.name}: {name}", limit, kind)
 
 
-def read_bytes(archive: ArchiveReader, name: str) -> bytes:
-    size = archive.size(name)
-    if size > MAX_JSON:
-        raise InvalidInput(f"{archive.name}: {name} is too large ({size} bytes)")
+def read_bytes(
+    archive: ArchiveReader, name: str, limit: int = MAX_ARCHIVE_JSON, kind: str = "this file"
+) -> bytes:
+    """A small file of the archive (a JSON document), refused over ``limit`` bytes
+    before it is read."""
+    check_size(archive.size(name), limit, f"{archive.name}: {name}", kind)
     with archive.open(name) as f:
         return f.read()
 
@@ -118,67 +123,144 @@ class _Window(io.RawIOBase):
         super().close()
 
 
+class _Index:
+    """The members of a tar, by normalized name, as :class:`TarScanner` reports them;
+    their number and their names' bytes (implied parent directories included) are
+    limited (:data:`~ocistore.spec.limits.MAX_MEMBERS`, :data:`MAX_MEMBER_NAMES`)."""
+
+    def __init__(self, archive: str) -> None:
+        self.archive = archive
+        self.members: dict[str, _Member] = {}
+        self._name_bytes = 0
+
+    def _put(self, name: str, member: _Member) -> None:
+        if name not in self.members:
+            self._name_bytes += len(name)
+            if len(self.members) >= MAX_MEMBERS or self._name_bytes > MAX_MEMBER_NAMES:
+                raise InvalidInput(
+                    f"{self.archive}: more than {MAX_MEMBERS} members or "
+                    f"{MAX_MEMBER_NAMES >> 20} MiB of member names, over the limit"
+                )
+        self.members[name] = member
+
+    def add(self, entry: Entry) -> None:
+        name = clean_name(self.archive, entry.name)
+        if not name:
+            return
+        kind = entry.type
+        if kind == b"\x00" and entry.name.endswith("/"):
+            kind = b"5"  # an old tar's directory, as tarfile reads it
+        if kind in _FILE_TYPES:
+            self._put(name, _Member("file", entry.offset, entry.size))
+        elif kind == b"5":
+            self._put(name, _Member("dir"))
+        elif kind == b"2":
+            self._put(name, _Member("link", target=entry.linkname))
+        elif kind == b"1":
+            target = clean_name(self.archive, entry.linkname)
+            orig = self.members.get(target)
+            if orig is None or orig.kind != "file":
+                raise InvalidInput(f"{self.archive}: hard link {name} points at missing {target}")
+            self._put(name, orig)
+        # devices, fifos and the like carry nothing an image format needs
+
+    def finish(self) -> dict[str, _Member]:
+        for name in list(self.members):  # implied parent directories
+            parent = posixpath.dirname(name)
+            while parent and parent not in self.members:
+                self._put(parent, _Member("dir"))
+                parent = posixpath.dirname(parent)
+        return self.members
+
+
+#: Type flags of regular files (``7`` is a contiguous file, read as a regular one).
+_FILE_TYPES = frozenset((b"0", b"\x00", b"7"))
+
+
+def _scan_file(path: Path, display: str) -> dict[str, _Member]:
+    """Index a tar on disk: its headers are read and its data passed over."""
+    index = _Index(display)
+    scanner = TarScanner(display, index.add)
+    size = path.stat().st_size
+    with open(path, "rb", buffering=1 << 16) as f:
+        while not scanner.ended:
+            if scanner.skip:
+                k = scanner.skip
+                if scanner.pos + k > size:
+                    break  # truncated in a member: finish() says so
+                f.seek(k, os.SEEK_CUR)
+                scanner.passed(k)
+                continue
+            block = f.read(BLOCK)
+            if not block:
+                break
+            scanner.feed(block)
+    scanner.finish()
+    return index.finish()
+
+
+class _Watched(io.RawIOBase):
+    """The bytes of a tar stream on their way into the store's scratch file, followed
+    by a :class:`TarScanner` (and indexed) as they go: junk is refused at its first
+    header, nothing after the end-of-archive marker is written, and the bytes after it
+    are read to the end of the stream (so a compressed stream's checksum is checked)
+    but refused beyond :data:`~ocistore.spec.limits.MAX_TAR_TRAILER`."""
+
+    def __init__(self, stream: IO[bytes], display: str) -> None:
+        self._stream = stream
+        self._display = display
+        self.index = _Index(display)
+        self._scanner = TarScanner(display, self.index.add)
+        self._trailer = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        while True:
+            data = self._stream.read(len(view))
+            if not data:
+                self._scanner.finish()
+                return 0
+            if self._scanner.ended:
+                self._count_trailer(len(data))
+                continue
+            n = self._scanner.feed(data)
+            self._count_trailer(len(data) - n)
+            if n:
+                view[:n] = data[:n]
+                return n
+
+    def _count_trailer(self, n: int) -> None:
+        self._trailer += n
+        if self._trailer > MAX_TAR_TRAILER:
+            raise InvalidInput(
+                f"{self._display}: more than {MAX_TAR_TRAILER >> 20} MiB after the tar's "
+                f"end-of-archive marker, over the limit of {MAX_TAR_TRAILER >> 20} MiB"
+            )
+
+
 class TarArchive:
     """A tar archive on disk, indexed once; members are read in place."""
 
-    def __init__(self, path: Path, display: str, spooled: fsutil.TempFile | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        display: str,
+        spooled: fsutil.TempFile | None = None,
+        members: dict[str, _Member] | None = None,
+    ) -> None:
         self.path = path
         self.name = display
         #: The store's scratch file the archive was spooled to, removed on close.
         self._spooled = spooled
-        self._members: dict[str, _Member] = {}
+        self._names: list[str] | None = None
         try:
-            self._index()
+            self._members = members if members is not None else _scan_file(path, display)
         except BaseException:
             self.close()
             raise
-
-    def _index(self) -> None:
-        size = self.path.stat().st_size
-        try:
-            with tarfile.open(self.path, mode="r:") as tf:
-                for info in tf:
-                    name = clean_name(self.name, info.name)
-                    if not name:
-                        continue
-                    if info.isreg():
-                        if info.offset_data + info.size > size:
-                            raise InvalidInput(f"{self.name}: archive is truncated in {name}")
-                        self._members[name] = _Member("file", info.offset_data, info.size)
-                    elif info.isdir():
-                        self._members[name] = _Member("dir")
-                    elif info.issym():
-                        self._members[name] = _Member("link", target=info.linkname)
-                    elif info.islnk():
-                        target = clean_name(self.name, info.linkname)
-                        orig = self._members.get(target)
-                        if orig is None or orig.kind != "file":
-                            raise InvalidInput(
-                                f"{self.name}: hard link {name} points at missing {target}"
-                            )
-                        self._members[name] = orig
-                    # devices, fifos and the like carry nothing an image format needs
-                end = tf.offset
-        except tarfile.ReadError as e:
-            if not self._members:
-                raise InvalidInput(f"{self.name}: not a tar archive ({e})") from None
-            raise InvalidInput(f"{self.name}: archive is truncated or damaged ({e})") from None
-        except EOFError:
-            raise InvalidInput(f"{self.name}: archive is truncated") from None
-        # tarfile stops quietly at a header cut short or damaged after the first member;
-        # a whole archive ends with a zero block there (the end-of-archive marker).
-        with open(self.path, "rb") as f:
-            f.seek(end)
-            if f.read(512) != bytes(512):
-                raise InvalidInput(
-                    f"{self.name}: archive is truncated or damaged at byte {end} "
-                    "(no end-of-archive marker)"
-                )
-        for name in list(self._members):  # implied parent directories
-            parent = posixpath.dirname(name)
-            while parent and parent not in self._members:
-                self._members[parent] = _Member("dir")
-                parent = posixpath.dirname(parent)
 
     def _resolve(self, name: str) -> tuple[str, _Member]:
         cur = clean_name(self.name, name)
@@ -198,7 +280,9 @@ class TarArchive:
         raise InvalidInput(f"{self.name}: {name}: too many levels of symlinks")
 
     def names(self) -> list[str]:
-        return sorted(self._members)
+        if self._names is None:
+            self._names = sorted(self._members)
+        return self._names
 
     def resolve(self, name: str) -> str:
         return self._resolve(name)[0]
@@ -255,6 +339,10 @@ class DirArchive:
             rel = os.path.relpath(dirpath, self.path)
             for n in dirs + files:
                 out.append(n if rel == "." else f"{rel}/{n}")
+            if len(out) > MAX_MEMBERS:
+                raise InvalidInput(
+                    f"{self.name}: more than {MAX_MEMBERS} files, over the limit of {MAX_MEMBERS}"
+                )
         return sorted(out)
 
     def exists(self, name: str) -> bool:
@@ -326,15 +414,22 @@ def open_archive(source: str | Path, spool: Spool) -> ArchiveReader:
         if compression is Compression.NONE:
             if on_disk:
                 return TarArchive(path, display)
-            spooled = spool(cast("IO[bytes]", stream), ".archive")
+            watched = _Watched(cast("IO[bytes]", stream), display)
+            spooled = spool(cast("IO[bytes]", watched), ".archive")
         else:
             try:
                 plain = decompressed_reader(cast("IO[bytes]", stream), compression, display)
-                spooled = spool(plain, ".archive")
+                watched = _Watched(plain, display)
+                spooled = spool(cast("IO[bytes]", watched), ".archive")
             except OcistoreError:
                 raise
             except Exception as e:  # a damaged gzip or zstd stream
                 raise InvalidInput(f"{display}: corrupt {compression.value} data: {e}") from None
-        return TarArchive(spooled.path, display, spooled)
+        try:
+            members = watched.index.finish()
+        except BaseException:
+            spooled.discard()
+            raise
+        return TarArchive(spooled.path, display, spooled, members)
     finally:
         opened.close()

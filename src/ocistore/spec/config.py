@@ -6,11 +6,11 @@ Parsing checks what the store relies on and names the field that is wrong.
 
 from __future__ import annotations
 
-import json
 from typing import Any, NamedTuple
 
 from ..errors import InvalidInput
 from .digest import ChainID, DiffID, Digest, ImageID, chain_ids, digest_bytes
+from .limits import MAX_CONFIG, load_json
 
 #: Docker's limit on how many layers a chain may have.
 MAX_LAYER_DEPTH = 125
@@ -76,13 +76,11 @@ class ImageConfig(NamedTuple):
 
 
 def parse_config(raw: bytes, what: str = "image config") -> ImageConfig:
-    """Validate an image config; errors name ``what`` and the offending field."""
+    """Validate an image config; errors name ``what`` and the offending field, or the
+    limit it exceeds (:func:`~ocistore.spec.limits.load_json`)."""
     if not raw:
         raise InvalidInput(f"{what}: empty")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidInput(f"{what}: not valid JSON: {e}") from None
+    data = load_json(raw, what, MAX_CONFIG, "an image config")
     if not isinstance(data, dict):
         raise InvalidInput(f"{what}: not a JSON object")
     rootfs = data.get("rootfs")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 from .compression import Compression
+from .limits import MAX_MANIFEST
 
 __all__ = [
     "CONFIG_TYPES",
@@ -65,9 +66,6 @@ LAYER_TYPES: Final = frozenset(
     }
     | FOREIGN_LAYER_TYPES
 )
-
-#: Manifests and indexes larger than this are refused (Distribution's limit is 4 MiB).
-MAX_MANIFEST: Final = 4 << 20
 
 _LAYER_MEDIA_TYPE: Final = {c: OCI_LAYER + c.media_suffix for c in Compression}
 

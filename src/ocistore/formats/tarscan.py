@@ -1,0 +1,252 @@
+"""A tar archive's headers, followed as the bytes go by, with limits.
+
+:class:`TarScanner` is fed an archive's bytes in order (all of them, or the headers and
+a count of the data bytes passed over) and reports each member: its name (pax ``path``
+and GNU long names applied), type, where its data starts and how long it is. It checks
+every header's checksum and fields as it comes, so junk is refused at its first header;
+it stops at the end-of-archive marker (a zero block: a stream of zeros is refused at
+byte 0), and it counts members, name bytes and extension headers against the limits of
+:mod:`ocistore.spec.limits`. Nothing is kept but the member being read: memory does not
+grow with the archive. Members are reported as Python's ``tarfile`` and Go's
+``archive/tar`` read them: header-only types (links, directories, devices, fifos) have
+no data whatever their size field says; unknown types are passed over with their data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ..errors import InvalidInput
+from ..spec.limits import MAX_MEMBERS, MAX_NAME, MAX_PAX_HEADER
+
+__all__ = ["BLOCK", "Entry", "TarScanner"]
+
+BLOCK = 512
+_ZERO = bytes(BLOCK)
+#: Types whose size field does not count data (tarfile and Go's archive/tar agree).
+_HEADER_ONLY = frozenset(b"123456")
+_POSIX_MAGIC = b"ustar\x00"
+_PAX, _PAX_GLOBAL, _GNU_NAME, _GNU_LINK, _GNU_SPARSE = b"x", b"g", b"L", b"K", b"S"
+_EXTENSIONS = frozenset((_PAX, _PAX_GLOBAL, _GNU_NAME, _GNU_LINK))
+
+
+class Entry(NamedTuple):
+    name: str
+    #: The header's type flag: ``b"0"`` (or ``b"\0"``, ``b"7"``) a file, ``b"5"`` a
+    #: directory, ``b"2"`` a symlink, ``b"1"`` a hard link; others are reported too.
+    type: bytes
+    #: Where the member's data starts in the archive, and how long it is.
+    offset: int
+    size: int
+    linkname: str
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _field(block: bytes, start: int, end: int) -> bytes:
+    raw = block[start:end]
+    nul = raw.find(b"\x00")
+    return raw if nul < 0 else raw[:nul]
+
+
+def _block_count(size: int) -> int:
+    return -size % BLOCK + size
+
+
+class TarScanner:
+    """Follows one tar archive; ``on_entry`` is called for each member, in order."""
+
+    def __init__(self, archive: str, on_entry: Callable[[Entry], None]) -> None:
+        self.archive = archive
+        self._on_entry = on_entry
+        #: Bytes of the archive seen so far (the end-of-archive block included).
+        self.pos = 0
+        #: Whether the end-of-archive marker was reached; nothing after it is read.
+        self.ended = False
+        #: Data bytes the caller may pass over without feeding them (or feed them).
+        self.skip = 0
+        self._buf = bytearray()
+        self._want = BLOCK
+        self._payload: bytes | None = None  # the extension type whose payload is read
+        self._pad = 0
+        self._pax: dict[str, str] = {}
+        self._long_name: str | None = None
+        self._long_link: str | None = None
+        self._headers = 0
+        self._current = ""  # the member whose data is being passed, for messages
+
+    # -- feeding --------------------------------------------------------------------
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        """Take the next bytes; how many belong to the archive (up to and including the
+        end-of-archive block: fewer than given once it is reached)."""
+        view = memoryview(data)
+        n = len(view)
+        i = 0
+        while i < n and not self.ended:
+            if self.skip:
+                k = min(self.skip, n - i)
+                self.skip -= k
+                i += k
+                self.pos += k
+                continue
+            k = min(self._want - len(self._buf), n - i)
+            self._buf += view[i : i + k]
+            i += k
+            self.pos += k
+            if len(self._buf) == self._want:
+                block = bytes(self._buf)
+                self._buf.clear()
+                if self._payload is None:
+                    self._header(block)
+                else:
+                    self._extension(self._payload, block)
+        return i
+
+    def passed(self, k: int) -> None:
+        """``k`` bytes of data (at most :attr:`skip`) went by without being fed."""
+        assert 0 <= k <= self.skip
+        self.skip -= k
+        self.pos += k
+
+    def finish(self) -> None:
+        """The archive's bytes ended here: refuse it if that is before its end marker."""
+        if self.ended:
+            return
+        if self.skip or self._buf or self._payload is not None:
+            where = f" in {self._current}" if self.skip and self._current else ""
+            raise InvalidInput(f"{self.archive}: archive is truncated{where}")
+        if self._headers == 0:
+            raise InvalidInput(f"{self.archive}: not a tar archive (no header)")
+        raise InvalidInput(
+            f"{self.archive}: archive is truncated or damaged at byte {self.pos} "
+            "(no end-of-archive marker)"
+        )
+
+    # -- headers --------------------------------------------------------------------
+
+    def _damaged(self, why: str) -> InvalidInput:
+        at = self.pos - BLOCK
+        if self._headers <= 1 and at == 0:
+            return InvalidInput(f"{self.archive}: not a tar archive ({why})")
+        return InvalidInput(f"{self.archive}: archive is damaged at byte {at}: {why}")
+
+    def _number(self, block: bytes, start: int, end: int, field: str) -> int:
+        raw = block[start:end]
+        if raw[0] & 0x80:  # GNU base-256
+            if raw[0] == 0xFF:
+                raise self._damaged(f"negative {field} field")
+            return int.from_bytes(bytes([raw[0] & 0x7F]) + raw[1:], "big")
+        text = raw.split(b"\x00", 1)[0].strip(b" ")
+        if not text:
+            return 0
+        try:
+            return int(text, 8)
+        except ValueError:
+            raise self._damaged(f"{field} field {text!r} is not a number") from None
+
+    def _header(self, block: bytes) -> None:
+        if block == _ZERO:
+            if self._headers == 0:
+                raise InvalidInput(
+                    f"{self.archive}: not a tar archive (it starts with a zero block)"
+                )
+            if self._pax or self._long_name is not None or self._long_link is not None:
+                raise self._damaged("an extended header is followed by no member")
+            self.ended = True
+            return
+        self._headers += 1
+        if self._headers > MAX_MEMBERS:
+            raise InvalidInput(
+                f"{self.archive}: more than {MAX_MEMBERS} members (headers), "
+                f"over the limit of {MAX_MEMBERS}"
+            )
+        stored = self._number(block, 148, 156, "checksum")
+        unsigned = sum(block) - sum(block[148:156]) + 8 * 32
+        if stored != unsigned:
+            high = sum(1 for b in block[:148] + block[156:] if b >= 0x80)
+            if stored != unsigned - 256 * high:  # some old tars summed signed bytes
+                raise self._damaged("bad header checksum")
+        kind = block[156:157] or b"\x00"
+        size = self._number(block, 124, 136, "size")
+        if kind in _EXTENSIONS:
+            limit = MAX_NAME if kind in (_GNU_NAME, _GNU_LINK) else MAX_PAX_HEADER
+            if size > limit + (1 if kind in (_GNU_NAME, _GNU_LINK) else 0):
+                what = "GNU long name" if kind in (_GNU_NAME, _GNU_LINK) else "pax header"
+                raise self._damaged(f"{what} of {size} bytes, over the limit of {limit} bytes")
+            self._payload = kind
+            self._pad = -size % BLOCK
+            if size == 0:
+                self._extension(kind, b"")
+            else:
+                self._want = size
+            return
+        if kind == _GNU_SPARSE:
+            raise self._damaged("a GNU sparse member, which image archives never hold")
+        name_raw = _field(block, 0, 100)
+        if block[257:263] == _POSIX_MAGIC:
+            prefix = _field(block, 345, 500)
+            if prefix:
+                name_raw = prefix + b"/" + name_raw
+        name = self._long_name if self._long_name is not None else _text(name_raw)
+        link = self._long_link if self._long_link is not None else _text(_field(block, 157, 257))
+        name = self._pax.get("path", name)
+        link = self._pax.get("linkpath", link)
+        if "size" in self._pax:
+            try:
+                size = int(self._pax["size"])
+            except ValueError:
+                raise self._damaged(f"pax size {self._pax['size']!r} is not a number") from None
+            if size < 0:
+                raise self._damaged("negative pax size")
+        if any(k.startswith("GNU.sparse.") for k in self._pax):
+            raise self._damaged("a GNU sparse member, which image archives never hold")
+        self._pax = {}
+        self._long_name = self._long_link = None
+        for value in (name, link):
+            if len(value.encode("utf-8", "surrogateescape")) > MAX_NAME:
+                raise self._damaged(
+                    f"a name of more than {MAX_NAME} bytes, over the limit of {MAX_NAME}"
+                )
+        if kind[0] in _HEADER_ONLY:
+            size = 0
+        self._current = name
+        self._on_entry(Entry(name, kind, self.pos, size, link))
+        self.skip = _block_count(size)
+
+    def _extension(self, kind: bytes, payload: bytes) -> None:
+        self._payload = None
+        self._want = BLOCK
+        self.skip = self._pad
+        if kind in (_GNU_NAME, _GNU_LINK):
+            value = _text(payload.split(b"\x00", 1)[0])
+            if kind == _GNU_NAME:
+                self._long_name = value
+            else:
+                self._long_link = value
+            return
+        records = self._pax_records(payload)
+        if kind == _PAX:  # a global header's records are not applied (as Go's reader)
+            self._pax.update(records)
+
+    def _pax_records(self, payload: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        pos = 0
+        while pos < len(payload):
+            space = payload.find(b" ", pos)
+            try:
+                length = int(payload[pos:space]) if space > pos else 0
+            except ValueError:
+                length = 0
+            end = pos + length
+            if length <= 0 or end > len(payload) or payload[end - 1 : end] != b"\n":
+                raise self._damaged("a malformed pax extended header")
+            key, eq, value = payload[space + 1 : end - 1].partition(b"=")
+            if not eq:
+                raise self._damaged("a malformed pax extended header")
+            out[_text(key)] = _text(value)
+            pos = end
+        return out
