@@ -48,7 +48,9 @@ class Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        # The message quotes what was typed: shown printable, as every line for a person.
+        shown = views.printable(message)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {shown} (see '{self.prog} --help')\n")
 
 
 _COMMANDS: list[tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = []
@@ -72,13 +74,19 @@ def open_store(args: argparse.Namespace) -> Store:
     return store
 
 
+def say_error(message: object) -> None:
+    """One line ``ocistore: <message>`` on stderr, the message made printable (it may
+    quote archive member names, tags, file names or what was typed)."""
+    print(f"ocistore: {views.printable(str(message))}", file=sys.stderr)
+
+
 def report_skipped(args: argparse.Namespace) -> None:
     """Warn about images the store skipped on opening because they failed verification."""
     store: Store | None = getattr(args, "store", None)
     if store is None:
         return
     for digest, reason in store.skipped:
-        print(f"ocistore: warning: skipped image {digest}: {reason}", file=sys.stderr)
+        say_error(f"warning: skipped image {digest}: {reason}")
 
 
 def format_option(p: argparse.ArgumentParser) -> None:
@@ -196,7 +204,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             errors.append(str(e))
     print(json.dumps(out, indent=4))
     for message in errors:
-        print(f"ocistore: {message}", file=sys.stderr)
+        say_error(message)
     return EXIT_ERROR if errors else EXIT_OK
 
 
@@ -263,11 +271,11 @@ def cmd_rmi(args: argparse.Namespace) -> int:
         try:
             events = store.remove(name, force=args.force, prune=not args.no_prune)
         except OcistoreError as e:
-            print(f"ocistore: {e}", file=sys.stderr)
+            say_error(e)
             status = EXIT_ERROR
             continue
         for event in events:
-            print(event)
+            print(views.printable(str(event)))
     return status
 
 
@@ -310,7 +318,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     for loaded in formats.load(store, args.input, platform, progress):
         if loaded.tags:
             for ref in loaded.tags:
-                print(f"Loaded image: {ref.familiar()}")
+                print(f"Loaded image: {views.printable(ref.familiar())}")
         else:
             print(f"Loaded image ID: {loaded.id}")
     return EXIT_OK
@@ -415,7 +423,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
       ocistore gc
     """
     for line in open_store(args).gc(args.grace):
-        print(f"Deleted: {line}")
+        print(f"Deleted: {views.printable(line)}")
     return EXIT_OK
 
 
@@ -434,8 +442,164 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     """
     problems = open_store(args).fsck(TerminalProgress.for_terminal(args.quiet))
     for p in problems:
-        print(p)
+        print(views.printable(p))
     return EXIT_ERROR if problems else EXIT_OK
+
+
+# -- two-word commands: system df, image prune ------------------------------------------
+
+
+def _add_subcommands(
+    p: argparse.ArgumentParser,
+    subcommands: list[tuple[str, Callable[[argparse.ArgumentParser], None], Handler]],
+) -> None:
+    """Sub-commands of a command (``system df``), each with its docstring as its help, as
+    :func:`build_parser` makes the commands; the one chosen is ``args.subcommand``."""
+    sub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name, configure, handler in subcommands:
+        doc = (handler.__doc__ or "").strip()
+        summary, _, rest = doc.partition("\n")
+        sp = sub.add_parser(
+            name,
+            help=summary,
+            description=summary + ("\n" + textwrap.dedent(rest) if rest else ""),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        configure(sp)
+        sp.set_defaults(subcommand_handler=handler)
+
+
+def _run_subcommand(args: argparse.Namespace) -> int:
+    handler: Handler = args.subcommand_handler
+    return handler(args)
+
+
+def _system_df_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="one row per image, layer and blob")
+    format_option(p)
+
+
+def cmd_system_df(args: argparse.Namespace) -> int:
+    """Show the store's disk usage, as docker system df.
+
+    One row each for images, layers, blobs and layer copies: how many there are
+    (TOTAL), how many are in use (ACTIVE), the bytes they take on disk (SIZE) and
+    the bytes that can be freed (RECLAIMABLE).
+
+    * in use: an image with a tag, or the parent of one (what image prune keeps; an
+      image named only by digest is dangling), and what such images need;
+    * sizes: the blob files on disk (layers as stored, compressed or not, and the
+      manifests and layer copies images keep), each blob counted once;
+    * reclaimable: what nothing in use needs: freed by image prune, and for layers
+      and blobs no image needs at all, by gc;
+    * layer copies: blobs an image keeps that hold one of its layers a second time
+      (the layer stored as a plain tar by a docker-archive load, and kept as the gzip
+      blob its OCI manifest names by an OCI load).
+
+    With -v: each image (SIZE, SHARED SIZE with other images, UNIQUE SIZE), layer
+    (its blob, and the copies kept of it) and blob (what kind, how many images need it).
+
+    example:
+      ocistore system df
+      ocistore system df -v
+      ocistore system df --format json
+    """
+    usage = open_store(args).disk_usage()
+    views.print_disk_usage(usage, sys.stdout, args.verbose, args.format == "json")
+    return EXIT_OK
+
+
+def _system_args(p: argparse.ArgumentParser) -> None:
+    _add_subcommands(p, [("df", _system_df_args, cmd_system_df)])
+
+
+@command("system", _system_args)
+def cmd_system(args: argparse.Namespace) -> int:
+    """Manage the store as a whole (system df: disk usage).
+
+    example:
+      ocistore system df
+      ocistore system df -v
+    """
+    return _run_subcommand(args)
+
+
+def prune_filter(text: str) -> str:
+    """A ``--filter`` value: ``name=value`` (argparse reports the error)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"bad format of filter {text!r} (expected name=value)")
+    return text
+
+
+_PRUNE_WARNING = "WARNING! This will remove all dangling images."
+_PRUNE_ALL_WARNING = "WARNING! This will remove all images not in use by a container: all images."
+
+
+def _image_prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-a", "--all", action="store_true", help="remove all images, not just dangling ones"
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        type=prune_filter,
+        metavar="FILTER",
+        help="only images created before a time (until=24h, until=2024-01-02T15:04:05Z, "
+        "until=1700000000), with a label (label=KEY or label=KEY=VALUE) or without one "
+        "(label!=KEY[=VALUE]); repeatable",
+    )
+    p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+
+
+def confirm(question: str) -> bool:
+    """Ask on stdout and read one line of stdin, as docker does (whether or not stdin is
+    a terminal): yes only for ``y`` or ``Y``; no answer (end of input) is no."""
+    sys.stdout.write(f"{question}\nAre you sure you want to continue? [y/N] ")
+    sys.stdout.flush()
+    answer = sys.stdin.readline()
+    return answer.strip().lower() == "y"
+
+
+def cmd_image_prune(args: argparse.Namespace) -> int:
+    """Remove dangling images, as docker image prune.
+
+    Dangling: no tag (digest references do not count) and no child image. With -a,
+    every image (docker removes every image no container uses, and a store has
+    none), tagged or not, that the filters select. Each is removed as rmi removes it
+    (untagged parents with no other child go too); an image with children stays.
+    Without -f, asks first and reads the answer from stdin. Prints what was untagged
+    and deleted, and the space reclaimed (the blob files removed).
+
+    example:
+      ocistore image prune
+      ocistore image prune -f --filter until=24h
+      ocistore image prune -a --filter label=stage=build
+    """
+    from ..store.usage import parse_filters
+
+    parse_filters(args.filter, args.all)  # a bad filter is refused before asking
+    if not args.force and not confirm(_PRUNE_ALL_WARNING if args.all else _PRUNE_WARNING):
+        return EXIT_OK
+    report = open_store(args).prune_images(args.all, args.filter)
+    views.print_prune(report, sys.stdout)
+    return EXIT_OK
+
+
+def _image_args(p: argparse.ArgumentParser) -> None:
+    _add_subcommands(p, [("prune", _image_prune_args, cmd_image_prune)])
+
+
+@command("image", _image_args)
+def cmd_image(args: argparse.Namespace) -> int:
+    """Manage images (image prune: remove unused images).
+
+    example:
+      ocistore image prune
+      ocistore image prune -a -f
+    """
+    return _run_subcommand(args)
 
 
 # -- entry point -------------------------------------------------------------------------
@@ -510,18 +674,18 @@ def main(argv: list[str] | None = None) -> int:
         report_skipped(args)
         return code
     except OcistoreError as e:
-        print(f"ocistore: {e}", file=sys.stderr)
+        say_error(e)
         return EXIT_ERROR
     except BrokenPipeError:
         with contextlib.suppress(OSError):
             sys.stdout.close()
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("ocistore: interrupted", file=sys.stderr)
+        say_error("interrupted")
         return 130
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
-        print(f"ocistore: {where}{err.strerror or err}", file=sys.stderr)
+        say_error(f"{where}{err.strerror or err}")
         return EXIT_ERROR
 
 

@@ -1,6 +1,7 @@
 """Progress on a terminal for the long commands (import, load, save): one line per item
 with bytes done and rate. Silent when disabled (``--quiet``, or output is not a terminal).
-It implements :class:`ocistore.progress.Progress`."""
+It implements :class:`ocistore.progress.Progress`. Labels name archive members and
+files, which may hold anything: they are shown :func:`~ocistore.cli.views.printable`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 import time
 from typing import TextIO
 
-from .views import human_size
+from .views import human_size, printable
 
 
 class TerminalProgress:
@@ -39,7 +40,7 @@ class TerminalProgress:
 class TerminalTask:
     def __init__(self, progress: TerminalProgress, label: str, total: int | None) -> None:
         self.progress = progress
-        self.label = label
+        self.label = printable(label)
         self.total = total
         self.start = time.monotonic()
         self._last = 0.0
