@@ -40,7 +40,6 @@ give the same bytes.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Sequence
 from typing import IO, Any, Final, NamedTuple
@@ -49,8 +48,9 @@ from ..errors import (
     InvalidInput,
 )
 from ..progress import SILENT, Progress
-from ..spec.config import MAX_LAYER_DEPTH, ImageConfig, parse_config
+from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import EMPTY_TAR_DIGEST, ChainID, DiffID, Digest, ImageID, check_bytes
+from ..spec.limits import MAX_ARCHIVE_JSON, MAX_CONFIG, MAX_IMAGES, MAX_LAYER_DEPTH, load_json
 from ..spec.reference import (
     Reference,
     is_identifier,
@@ -136,7 +136,7 @@ def _repo_tags(archive: ArchiveReader, value: Any, where: str) -> list[Reference
         return []
     if not isinstance(value, list):
         raise InvalidInput(f"{where}: field RepoTags must be a list of strings or null")
-    tags: list[Reference] = []
+    tags: dict[Reference, None] = {}  # ordered, and linear however many there are
     for j, raw in enumerate(value):
         if not isinstance(raw, str):
             raise InvalidInput(f"{where}: field RepoTags[{j}] must be a string, got {raw!r}")
@@ -146,9 +146,8 @@ def _repo_tags(archive: ArchiveReader, value: Any, where: str) -> list[Reference
             raise InvalidInput(f"{where}: field RepoTags[{j}]: {e}") from None
         if ref.digest is not None:
             raise InvalidInput(f"{where}: field RepoTags[{j}]: {raw!r} is not a tag (name:tag)")
-        if ref not in tags:
-            tags.append(ref)
-    return tags
+        tags[ref] = None
+    return list(tags)
 
 
 def _history_extends(child: ImageConfig, parent: ImageConfig) -> bool:
@@ -161,15 +160,22 @@ def _history_extends(child: ImageConfig, parent: ImageConfig) -> bool:
 
 
 def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
-    doc = read_json(archive, MANIFEST)
+    doc = read_json(archive, MANIFEST, kind=MANIFEST)
     top = f"{archive.name}: {MANIFEST}"
     if doc is None:
         raise InvalidInput(f"{top}: is null (a list of images is required; none is [])")
     if not isinstance(doc, list):
         raise InvalidInput(f"{top}: must be a list of images, got a {type(doc).__name__}")
+    if len(doc) > MAX_IMAGES:
+        raise InvalidInput(f"{top}: {len(doc)} images, over the limit of {MAX_IMAGES}")
     sources: list[ImageSource] = []
     configs: list[ImageConfig] = []
     parents: list[str] = []
+    # A config or layer that several entries name is read and described once.
+    read_configs: dict[str, tuple[bytes, ImageConfig]] = {}
+    layer_sources: dict[str, LayerSource] = {}
+    repeated: dict[tuple[str, ...], int] = {}
+    tag_sets: list[set[Reference]] = []
     for i, entry in enumerate(doc):
         where = f"{top}[{i}]"
         if not isinstance(entry, dict):
@@ -192,13 +198,15 @@ def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
         if not isinstance(parent, str) or (parent and not Digest.is_valid(parent)):
             raise InvalidInput(f"{where}: field Parent must be an image ID, got {parent!r}")
 
-        _member(archive, config_path, f"{MANIFEST}[{i}].Config")
-        raw = read_bytes(archive, config_path)
+        resolved_config, _ = _member(archive, config_path, f"{MANIFEST}[{i}].Config")
         config_what = f"{archive.name}: {config_path}"
-        expected = _blob_digest(archive.resolve(config_path))
-        if expected is not None:
-            check_bytes(raw, expected, config_what)
-        cfg = parse_config(raw, config_what)
+        if resolved_config not in read_configs:
+            raw = read_bytes(archive, config_path, MAX_CONFIG, "an image config")
+            expected = _blob_digest(resolved_config)
+            if expected is not None:
+                check_bytes(raw, expected, config_what)
+            read_configs[resolved_config] = raw, parse_config(raw, config_what)
+        raw, cfg = read_configs[resolved_config]
         if len(layer_paths) != len(cfg.diff_ids):
             raise InvalidInput(
                 f"{where}: field Layers lists {len(layer_paths)} layers but the config "
@@ -209,9 +217,10 @@ def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
         for j, path in enumerate(layer_paths):
             path = _string(path, where, f"Layers[{j}]")
             resolved, size = _member(archive, path, f"{MANIFEST}[{i}].Layers[{j}]")
-            blob = _blob_digest(resolved)
-            layers.append(
-                LayerSource(
+            layer = layer_sources.get(resolved)
+            if layer is None:
+                blob = _blob_digest(resolved)
+                layer = layer_sources[resolved] = LayerSource(
                     open=functools.partial(archive.open, resolved),
                     what=f"{archive.name}: {path}",
                     blob_digest=blob,
@@ -219,7 +228,19 @@ def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
                     key=f"blob {blob}" if blob is not None else f"member {resolved}",
                     read_size=size,
                 )
-            )
+            layers.append(layer)
+        # An entry repeating an earlier one (same config, same layers) adds its tags to
+        # it: the store is given each image once, however often manifest.json lists it.
+        same = (resolved_config, *(layer.key for layer in layers))
+        earlier = repeated.get(same)
+        if earlier is not None:
+            for ref in tags:
+                if ref not in tag_sets[earlier]:
+                    tag_sets[earlier].add(ref)
+                    sources[earlier].tags.append(ref)
+            continue
+        repeated[same] = len(sources)
+        tag_sets.append(set(tags))
         sources.append(ImageSource(config=raw, what=config_what, layers=layers, tags=tags))
         configs.append(cfg)
         parents.append(parent)
@@ -274,12 +295,10 @@ def _legacy_config(
 
 def _legacy_layer(archive: ArchiveReader, v1_id: str) -> _LegacyLayer:
     json_path = f"{v1_id}/json"
-    raw = read_bytes(archive, json_path)
+    kind = "a v1 image JSON"
+    raw = read_bytes(archive, json_path, MAX_ARCHIVE_JSON, kind)
     what = f"{archive.name}: {json_path}"
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidInput(f"{what}: not valid JSON: {e}") from None
+    doc = load_json(raw, what, MAX_ARCHIVE_JSON, kind)
     if not isinstance(doc, dict):
         raise InvalidInput(f"{what}: must be a JSON object")
     parent = _get(doc, "parent")[1]
@@ -305,6 +324,10 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
     if not dirs:
         raise InvalidInput(
             f"{archive.name}: no {MANIFEST} and no legacy image directories (<id>/json)"
+        )
+    if len(dirs) > MAX_IMAGES:
+        raise InvalidInput(
+            f"{archive.name}: {len(dirs)} legacy image directories, over the limit of {MAX_IMAGES}"
         )
     sources: list[ImageSource] = []
     built: dict[str, _Built] = {}
@@ -374,8 +397,9 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
 def _legacy_tags(
     archive: ArchiveReader, built: dict[str, _Built], sources: list[ImageSource]
 ) -> None:
-    doc = read_json(archive, REPOSITORIES)
+    doc = read_json(archive, REPOSITORIES, kind=REPOSITORIES)
     where = f"{archive.name}: {REPOSITORIES}"
+    seen: set[tuple[int, Reference]] = set()
     if not isinstance(doc, dict):
         raise InvalidInput(f"{where}: must be an object of repositories")
     for name in sorted(doc):
@@ -398,9 +422,9 @@ def _legacy_tags(
                     f"{where}: {ref.familiar()} points at {v1_id!r}, "
                     "which is not a layer directory of the archive"
                 )
-            tags = sources[target.source].tags
-            if ref not in tags:
-                tags.append(ref)
+            if (target.source, ref) not in seen:
+                seen.add((target.source, ref))
+                sources[target.source].tags.append(ref)
 
 
 def read_docker_archive(archive: ArchiveReader) -> list[ImageSource]:

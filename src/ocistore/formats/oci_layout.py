@@ -119,6 +119,14 @@ from ..spec.descriptor import (
     parse_descriptor,
 )
 from ..spec.digest import Digest, ImageID, check_bytes, digest_bytes, digest_stream
+from ..spec.limits import (
+    MAX_ARCHIVE_JSON,
+    MAX_CONFIG,
+    MAX_DESCRIPTORS,
+    MAX_INDEX_NESTING,
+    MAX_LAYER_DEPTH,
+    load_json,
+)
 from ..spec.platform import Platform, host_platform
 from ..spec.reference import Reference, is_tag, parse
 from ..store import fsutil
@@ -142,8 +150,8 @@ INDEX_FILE: Final = "index.json"
 LAYOUT_VERSION: Final = "1.0.0"
 LAYOUT_BYTES: Final = b'{"imageLayoutVersion":"1.0.0"}'
 
-#: How deep indexes may nest.
-MAX_NESTING: Final = 8
+#: How deep indexes may nest (:mod:`ocistore.spec.limits`).
+MAX_NESTING: Final = MAX_INDEX_NESTING
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -200,6 +208,14 @@ class _LayoutReader:
         self.archive = archive
         self.platform = platform
         self.found: dict[Digest, ImageSource] = {}
+        #: The names each found manifest has (a set: adding one stays linear).
+        self._tags: dict[Digest, set[Reference]] = {}
+        #: For each blob visited, the manifests found through it: a blob is read once,
+        #: however many descriptors name it (an index naming the next one ten times,
+        #: seven deep, is eight reads, not ten million).
+        self._visited: dict[Digest, list[Digest]] = {}
+        #: Descriptors read so far, in every index (:data:`MAX_DESCRIPTORS`).
+        self.descriptors = 0
 
     @property
     def name(self) -> str:
@@ -239,12 +255,7 @@ class _LayoutReader:
 
     def _document(self, data: bytes, desc: Descriptor, what: str) -> dict[str, Any]:
         path = blob_path(desc.digest)
-        try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidInput(
-                f"{self.name}: {path} ({desc.where}): {what} is not valid JSON: {e}"
-            ) from None
+        doc = load_json(data, f"{self.name}: {path} ({desc.where}): {what}", mt.MAX_MANIFEST)
         if not isinstance(doc, dict):
             raise InvalidInput(
                 f"{self.name}: {path} ({desc.where}): {what} is not a JSON object "
@@ -255,7 +266,7 @@ class _LayoutReader:
     # -- walking ------------------------------------------------------------------------
 
     def read(self) -> list[ImageSource]:
-        layout = read_json(self.archive, LAYOUT_FILE)
+        layout = read_json(self.archive, LAYOUT_FILE, kind=LAYOUT_FILE)
         if not isinstance(layout, dict):
             raise InvalidInput(f"{self.name}: {LAYOUT_FILE} is not a JSON object")
         version = layout.get("imageLayoutVersion")
@@ -264,7 +275,7 @@ class _LayoutReader:
                 f"{self.name}: {LAYOUT_FILE}: unsupported imageLayoutVersion {version!r} "
                 f"(only {LAYOUT_VERSION!r})"
             )
-        index = read_json(self.archive, INDEX_FILE)
+        index = read_json(self.archive, INDEX_FILE, kind=INDEX_FILE)
         if not isinstance(index, dict):
             raise InvalidInput(
                 f"{self.name}: {INDEX_FILE} is not an image index (a JSON object), "
@@ -298,6 +309,12 @@ class _LayoutReader:
             return []
         if not isinstance(manifests, list):
             raise InvalidInput(f"{self.name}: {label}: field manifests is not a list")
+        self.descriptors += len(manifests)
+        if self.descriptors > MAX_DESCRIPTORS:
+            raise InvalidInput(
+                f"{self.name}: {label}: more than {MAX_DESCRIPTORS} descriptors in the "
+                f"layout's indexes, over the limit of {MAX_DESCRIPTORS}"
+            )
         prefix = f"{where} " if where == INDEX_FILE else f"{where} → "
         return [
             parse_descriptor(m, f"{prefix}manifests[{i}]", self.name, need_type=False)
@@ -322,7 +339,25 @@ class _LayoutReader:
                 return d
         return matches[0]
 
-    def _visit(self, desc: Descriptor, names: list[Reference], depth: int) -> None:
+    def _visit(self, desc: Descriptor, names: list[Reference], depth: int) -> list[Digest]:
+        """Follow a descriptor; the manifests found through it (each given ``names``)."""
+        done = self._visited.get(desc.digest)
+        if done is None:
+            self._visited[desc.digest] = []  # a blob cannot name itself; be sure anyway
+            done = self._visited[desc.digest] = self._follow(desc, depth)
+        for digest in done:
+            self._name(digest, names)
+        return done
+
+    def _name(self, digest: Digest, names: list[Reference]) -> None:
+        source = self.found[digest]
+        tags = self._tags[digest]
+        for n in names:
+            if n not in tags:
+                tags.add(n)
+                source.tags.append(n)
+
+    def _follow(self, desc: Descriptor, depth: int) -> list[Digest]:
         if desc.media_type in mt.DOCKER_SCHEMA1:
             raise InvalidInput(
                 f"{self.name}: {desc.where}: Docker image manifest schema 1 "
@@ -333,23 +368,24 @@ class _LayoutReader:
             # Some other type: look at the document itself if it can be one of ours.
             path = blob_path(desc.digest)
             if desc.size > mt.MAX_MANIFEST or not self.archive.exists(path):
-                return
+                return []
         what = "index" if desc.media_type in mt.INDEX_TYPES else "manifest" if known else "blob"
         data = self._read_blob(desc, what)
         if known:
             doc = self._document(data, desc, "document")
         else:
             try:
-                doc = json.loads(data)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                return
+                doc = load_json(data, "blob", mt.MAX_MANIFEST)
+            except InvalidInput:  # not JSON, or not one of ours within the limits
+                return []
             if not isinstance(doc, dict):
-                return
+                return []
         kind = self._kind(desc, doc)
         if kind == "index":
-            self._index(desc, doc, names, depth)
-        elif kind == "manifest":
-            self._manifest(desc, data, doc, names)
+            return self._index(desc, doc, depth)
+        if kind == "manifest":
+            return self._manifest(desc, data, doc)
+        return []
 
     def _kind(self, desc: Descriptor, doc: dict[str, Any]) -> str | None:
         inner = doc.get("mediaType")
@@ -386,22 +422,23 @@ class _LayoutReader:
                 return "manifest"
         return None
 
-    def _index(
-        self, desc: Descriptor, doc: dict[str, Any], names: list[Reference], depth: int
-    ) -> None:
+    def _index(self, desc: Descriptor, doc: dict[str, Any], depth: int) -> list[Digest]:
         label = f"index {desc.digest} ({desc.where})"
         if depth >= MAX_NESTING:
-            raise InvalidInput(f"{self.name}: {label}: indexes nested more than {MAX_NESTING} deep")
+            raise InvalidInput(
+                f"{self.name}: {label}: indexes nested more than {MAX_NESTING} deep, "
+                f"over the limit of {MAX_NESTING}"
+            )
         descs = self._index_entries(doc, desc.where, label)
         with_platform = [d for d in descs if d.platform is not None]
         chosen = self._choose(with_platform, label) if with_platform else None
+        found: dict[Digest, None] = {}
         for d in descs:
             if d.platform is None or d is chosen:
-                self._visit(d, names, depth + 1)
+                found.update(dict.fromkeys(self._visit(d, [], depth + 1)))
+        return list(found)
 
-    def _manifest(
-        self, desc: Descriptor, raw: bytes, doc: dict[str, Any], names: list[Reference]
-    ) -> None:
+    def _manifest(self, desc: Descriptor, raw: bytes, doc: dict[str, Any]) -> list[Digest]:
         path = blob_path(desc.digest)
         here = f"{self.name}: {path} ({desc.where})"
         version = doc.get("schemaVersion")
@@ -409,31 +446,27 @@ class _LayoutReader:
             raise InvalidInput(f"{here}: manifest schemaVersion is {version!r}, not 2")
         cdesc = parse_descriptor(doc.get("config"), f"{desc.where} → config", self.name)
         if cdesc.media_type not in mt.CONFIG_TYPES:
-            return  # an artifact, not an image
+            return []  # an artifact, not an image
         layers_raw = doc.get("layers")
         if layers_raw is None:
             layers_raw = []
         if not isinstance(layers_raw, list):
             raise InvalidInput(f"{here}: field layers is not a list")
-        known = self.found.get(desc.digest)
-        if known is not None:
-            for n in names:
-                if n not in known.tags:
-                    known.tags.append(n)
-            return
-        config = self._read_blob(cdesc, "config", limit=mt.MAX_MANIFEST * 16)
+        if len(layers_raw) > MAX_LAYER_DEPTH:
+            raise InvalidInput(
+                f"{here}: {len(layers_raw)} layers, over the limit of {MAX_LAYER_DEPTH}"
+            )
+        config = self._read_blob(cdesc, "config", limit=MAX_CONFIG)
         layers = [
             self._layer(parse_descriptor(ld, f"{desc.where} → layers[{i}]", self.name))
             for i, ld in enumerate(layers_raw)
         ]
         source = ImageSource(
-            config=config,
-            what=f"{here}: manifest {desc.digest}",
-            layers=layers,
-            tags=list(names),
-            manifest=raw,
+            config=config, what=f"{here}: manifest {desc.digest}", layers=layers, manifest=raw
         )
         self.found[desc.digest] = source
+        self._tags[desc.digest] = set()
+        return [desc.digest]
 
     def _layer(self, desc: Descriptor) -> LayerSource:
         media_type = desc.media_type
@@ -516,7 +549,7 @@ def _kept_manifest(
     except NotFound:
         raise CorruptStore(f"{what} is not in the store") from None
     try:
-        doc = json.loads(raw)
+        doc = load_json(raw, what, mt.MAX_MANIFEST)
         cdesc = doc["config"]
         cdigest = Digest(cdesc["digest"])
         layers = [(Digest(ld["digest"]), int(ld["size"])) for ld in doc.get("layers") or []]
@@ -703,8 +736,8 @@ def _write_blob(store: Store, root: Path, blob: _Blob, progress: Progress) -> No
 def _read_existing_index(dest: Path) -> dict[str, Any]:
     layout_path = dest / LAYOUT_FILE
     try:
-        layout = json.loads(layout_path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        layout = load_json(layout_path.read_bytes(), f"{dest}: {LAYOUT_FILE}", MAX_ARCHIVE_JSON)
+    except OSError as e:
         raise InvalidInput(f"{dest}: {LAYOUT_FILE} cannot be read: {e}") from None
     version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
     if version != LAYOUT_VERSION:
@@ -716,9 +749,9 @@ def _read_existing_index(dest: Path) -> dict[str, Any]:
     if not index_path.exists():
         return {"schemaVersion": 2, "manifests": []}
     try:
-        index = json.loads(index_path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidInput(f"{dest}: {INDEX_FILE} is not valid JSON: {e}") from None
+        index = load_json(index_path.read_bytes(), f"{dest}: {INDEX_FILE}", MAX_ARCHIVE_JSON)
+    except OSError as e:
+        raise InvalidInput(f"{dest}: {INDEX_FILE} cannot be read: {e}") from None
     if not isinstance(index, dict) or not isinstance(index.get("manifests") or [], list):
         raise InvalidInput(f"{dest}: {INDEX_FILE} is not an image index; refusing to add to it")
     return index

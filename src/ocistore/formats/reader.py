@@ -34,14 +34,13 @@ from ..spec.limits import (
     MAX_ARCHIVE_JSON,
     MAX_MEMBER_NAMES,
     MAX_MEMBERS,
+    MAX_SYMLINKS,
     MAX_TAR_TRAILER,
     check_size,
     load_json,
 )
 from ..store import fsutil
 from .tarscan import BLOCK, Entry, TarScanner
-
-_MAX_LINKS = 16
 
 
 class ArchiveReader(Protocol):
@@ -264,7 +263,7 @@ class TarArchive:
 
     def _resolve(self, name: str) -> tuple[str, _Member]:
         cur = clean_name(self.name, name)
-        for _ in range(_MAX_LINKS):
+        for _ in range(MAX_SYMLINKS):
             m = self._members.get(cur)
             if m is None:
                 raise InvalidInput(f"{self.name}: {name} is missing from the archive")

@@ -10,10 +10,9 @@ from typing import Any, NamedTuple
 
 from ..errors import InvalidInput
 from .digest import ChainID, DiffID, Digest, ImageID, chain_ids, digest_bytes
-from .limits import MAX_CONFIG, load_json
+from .limits import MAX_CONFIG, MAX_LAYER_DEPTH, load_json
 
-#: Docker's limit on how many layers a chain may have.
-MAX_LAYER_DEPTH = 125
+__all__ = ["MAX_LAYER_DEPTH", "ImageConfig", "parse_config"]
 
 
 class ImageConfig(NamedTuple):

@@ -24,13 +24,16 @@ __all__ = [
     "MAX_CONFIG",
     "MAX_DESCRIPTORS",
     "MAX_IMAGES",
+    "MAX_INDEX_NESTING",
     "MAX_JSON_DEPTH",
     "MAX_JSON_VALUES",
+    "MAX_LAYER_DEPTH",
     "MAX_MANIFEST",
     "MAX_MEMBERS",
     "MAX_MEMBER_NAMES",
     "MAX_NAME",
     "MAX_PAX_HEADER",
+    "MAX_SYMLINKS",
     "MAX_TAR_TRAILER",
     "check_size",
     "load_json",
@@ -53,6 +56,12 @@ MAX_JSON_VALUES: Final = 250_000
 #: How deep JSON may nest. Real documents nest 3 to 6 levels; Python's own parser fails
 #: around 1,000.
 MAX_JSON_DEPTH: Final = 64
+#: How deep OCI indexes may nest below ``index.json`` (real ones: one level).
+MAX_INDEX_NESTING: Final = 8
+#: Layers of one image (Docker's limit on the depth of a layer chain).
+MAX_LAYER_DEPTH: Final = 125
+#: Symlinks followed from one name inside an archive.
+MAX_SYMLINKS: Final = 16
 #: Descriptors read in one OCI layout, all its indexes together (each blob is read once,
 #: however many descriptors name it).
 MAX_DESCRIPTORS: Final = 100_000
