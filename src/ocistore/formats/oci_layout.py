@@ -722,7 +722,7 @@ def _write_blob(store: Store, root: Path, blob: _Blob, progress: Progress) -> No
     path = root / blob_path(blob.digest)
     if _existing_blob_ok(path, blob):
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.make_output_dirs(path.parent)
     with fsutil.AtomicFile(path) as f:
         if blob.data is not None:
             f.write(blob.data)

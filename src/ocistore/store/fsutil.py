@@ -68,6 +68,21 @@ def makedirs(path: Path) -> None:
         fsync_dir(d.parent)
 
 
+def make_output_dirs(path: Path) -> None:
+    """Create the directories of an output (an OCI layout's ``blobs/sha256``) with the
+    umask's modes, never writable by others."""
+    mode = 0o777 & ~_umask() & ~0o002
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=mode)
+            os.chmod(d, mode)
+
+
 def make_private_dir(path: Path) -> None:
     """A new directory of mode :data:`DIR_MODE` whatever the umask (a layer record being
     assembled in ``tmp/``)."""
@@ -297,7 +312,7 @@ class AtomicFile:
             self.tmp = temp_path(tmpdir)
             self._mode = mode
         else:
-            self.tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+            self.tmp = path.with_name(f".{path.name}.{writer_tag()}-{os.urandom(8).hex()}.tmp")
             self._mode = mode & ~_umask() & ~0o002
         self._durable = durable
         self._open = open_file
@@ -305,6 +320,8 @@ class AtomicFile:
 
     def __enter__(self) -> IO[bytes]:
         directory = self._tmpdir if self._tmpdir is not None else self.path.parent
+        if self._tmpdir is None:
+            self._remove_dead_leftovers()
         fd = _tmpfile(directory, self._mode)
         if fd is None:
             try:
@@ -320,6 +337,36 @@ class AtomicFile:
             self._discard()
             raise
         return self.file
+
+    def _link_in_place(self) -> bool:
+        """Name the unnamed file ``path`` at once, where nothing is there to replace:
+        then no temporary name ever exists. ``False`` if a file is there."""
+        try:
+            _link_fd(self.file.fileno(), self.path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise StorageError("linking", self.path, e) from None
+        self.file.close()
+        if self._durable:
+            fsync_dir(self.path.parent)
+        return True
+
+    def _remove_dead_leftovers(self) -> None:
+        """Remove what a killed writer of this same output left beside it (a temporary
+        name of a process that is gone; a live one's is left alone)."""
+        prefix = f".{self.path.name}."
+        with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
+            for entry in entries:
+                name = entry.name
+                dead = (
+                    name.startswith(prefix)
+                    and name.endswith(".tmp")
+                    and writer_alive(name[len(prefix) : -len(".tmp")]) is False
+                )
+                if dead:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def _discard(self) -> None:
         if self._named:
@@ -337,6 +384,8 @@ class AtomicFile:
                 if self._durable:
                     fsync(self.file.fileno(), self.path)
                 if not self._named:
+                    if self._tmpdir is None and self._link_in_place():
+                        return
                     try:
                         _link_fd(self.file.fileno(), self.tmp)
                     except OSError as e:

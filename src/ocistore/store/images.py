@@ -351,6 +351,14 @@ class ImageStore:
                 fsutil.remove(self.dirty_path)
                 self._dirty_seen = False
 
+    def rebuild(self) -> None:
+        """Read every config again, trusting nothing in the index (``fsck --repair``;
+        inside :meth:`writing`, whose end writes the index anew)."""
+        assert self._writing_depth, "rebuild() is called inside writing()"
+        fsutil.remove(self.index_path)
+        self.layers.forget()
+        self._load()
+
     # -- reading ---------------------------------------------------------------------
 
     def _record(self, image_id: ImageID) -> ImageRecord:
@@ -454,11 +462,15 @@ class ImageStore:
             self.backend.set_metadata(image_id, PARENT, parent.encode())
             self._replace(image_id, parent=parent)
 
-    def set_blobs(self, image_id: ImageID, blobs: builtins.list[Digest]) -> None:
-        """Record further blobs an image keeps alive (its manifests, its layer blobs)."""
+    def set_blobs(
+        self, image_id: ImageID, blobs: builtins.list[Digest], replace: bool = False
+    ) -> None:
+        """Record further blobs an image keeps alive (its manifests, its layer blobs),
+        with those it keeps already unless ``replace``."""
         with self.writing():
             rec = self._record(image_id)
-            merged = tuple(sorted(set(rec.blobs) | {Digest(b) for b in blobs}))
+            kept = set() if replace else set(rec.blobs)
+            merged = tuple(sorted(kept | {Digest(b) for b in blobs}))
             if merged == rec.blobs:
                 return
             self.backend.set_metadata(image_id, BLOBS, json.dumps(list(merged)).encode())

@@ -309,7 +309,7 @@ class ReferenceStore:
     def _load(self) -> _Snapshot:
         """Read and parse the file from disk, and cache it."""
         try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             self.close()
             return _EMPTY
@@ -333,7 +333,7 @@ class ReferenceStore:
     def _save(self, refs: dict[Reference, ImageID]) -> None:
         """Rewrite the whole file; the caller holds the exclusive lock."""
         atomic_write(self._path, encode(refs), self._tmpdir)
-        fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             key = stat_key(os.fstat(fd))
         except BaseException:
@@ -350,6 +350,38 @@ class ReferenceStore:
             if refs != snapshot.refs:
                 self._save(refs)
             return result
+
+    def repair(
+        self, exists: Callable[[ImageID], bool], relink: Mapping[Digest, ImageID]
+    ) -> list[str]:
+        """``fsck --repair``: a damaged file is set aside (``repositories.json.damaged``)
+        and the references start empty; a digest reference to a missing image moves to
+        the image that keeps that manifest (``relink``), any other reference to a
+        missing image goes. Returns what was done, one line each."""
+        done: list[str] = []
+        with self._lock.exclusive():
+            try:
+                self._load().refs  # noqa: B018 (parsed here, to see whether it is damaged)
+            except CorruptStore as e:
+                aside = self._path.with_name(self._path.name + ".damaged")
+                os.replace(self._path, aside)
+                self.close()
+                done.append(f"set aside {e}: now {aside}")
+
+            def change(refs: dict[Reference, ImageID]) -> None:
+                for ref, image_id in list(refs.items()):
+                    if exists(image_id):
+                        continue
+                    target = relink.get(ref.digest) if ref.digest is not None else None
+                    if target is not None:
+                        refs[ref] = target
+                        done.append(f"re-linked {ref.familiar()} to image {target}")
+                    else:
+                        del refs[ref]
+                        done.append(f"removed {ref.familiar()}: its image {image_id} is missing")
+
+            self._mutate(change)
+        return done
 
     # -- mutations -----------------------------------------------------------------------
 
