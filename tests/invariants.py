@@ -7,7 +7,9 @@ check. The formats are those of ``docs/design.md`` ("On-disk layout"):
 * ``blobs/sha256/<hex>`` and ``imagedb/content/sha256/<hex>``: regular files, read-only
   (0444), hashing to their names;
 * ``layerdb/sha256/<chain hex>/layer.json``: ``{chain_id, diff_id, parent, size,
-  blob{digest, size, compression}}``, the directory holding nothing else;
+  blob{digest, size, compression}}``, the directory holding nothing else; the chain ID
+  follows from the parent's and the DiffID, and a gzip blob decompresses to the DiffID
+  (zstd blobs are not decompressed: that needs a library);
 * ``imagedb/metadata/sha256/<id>/{parent,manifest,blobs}``;
 * ``repositories.json``: ``{"Repositories": {repo: {ref: image id}}}``.
 
@@ -18,6 +20,7 @@ references and images, to compare a store before and after an operation.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -109,6 +112,20 @@ def _content_dir(root: Path, rel: str, what: str, out: list[str]) -> dict[str, i
     return found
 
 
+def _gunzip_digest(path: Path) -> tuple[str, int] | str:
+    """The digest and size of a gzip blob's content (or why it cannot be read)."""
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+    except (OSError, EOFError) as e:
+        return f"an unreadable gzip stream ({e})"
+    return f"sha256:{h.hexdigest()}", size
+
+
 def _read_json(path: Path, where: str, out: list[str]) -> Any:
     try:
         data = path.read_bytes()
@@ -192,6 +209,13 @@ def _layers(root: Path, blobs: dict[str, int], out: list[str]) -> set[str]:
             out.append(f"{where}/layer.json: an uncompressed blob that is not the layer's tar")
         if blob["digest"] not in blobs:
             out.append(f"{where}/layer.json: blob {blob['digest']} is not stored")
+        elif blob["compression"] == "gzip":
+            tar = _gunzip_digest(root / "blobs" / "sha256" / blob["digest"][7:])
+            if tar != (diff_id, size):
+                out.append(
+                    f"{where}/layer.json: blob {blob['digest']} decompresses to {tar}, "
+                    f"not the layer's tar ({diff_id}, {size} bytes)"
+                )
         elif blobs[blob["digest"]] != blob["size"]:
             out.append(
                 f"{where}/layer.json: blob {blob['digest']} holds {blobs[blob['digest']]} "
