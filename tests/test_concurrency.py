@@ -1,26 +1,56 @@
-"""Many processes at once on one store: writers importing and tagging, a reader listing."""
+"""Many processes at once on one store, and the races between them, each forced.
+
+* Writers importing and tagging while a reader lists; several command lines at once.
+* Targeted races, each order forced with gates (:class:`Gate`: a layer's stream that
+  stops half-way, the first lock a ``Store`` takes, fsck's first progress task, a pipe
+  the test feeds), never with sleeps: two ``Store`` objects on one root behave as two
+  processes (the lock is ``flock`` on files each opens). gc against a load that is
+  staging, ``rmi -f`` against a load relying on the image's blobs, ``rmi`` against
+  ``tag``, two loads of one image at once, fsck against writers.
+* Several processes doing mixed operations (loads of overlapping docker-archives and
+  oci-archives, tags, rmi, gc, fsck, saves), then the invariants checked by
+  ``tests/invariants.py``, an independent reader of the files.
+
+``OCISTORE_CAMPAIGN_SCALE`` (``make soak``: 20) multiplies the numbers of operations.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
+import hashlib
 import io
+import json
 import multiprocessing
 import os
+import random
 import subprocess
 import sys
+import threading
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import invariants
+import pytest
 import zstandard
 from util import make_tar
 
-from ocistore.errors import NotFound
+import ocistore
+from ocistore import Digest, ImageSource, LayerSource
+from ocistore.cli.main import main as cli_main
+from ocistore.errors import NotFound, OcistoreError
+from ocistore.formats.detect import read_images
+from ocistore.formats.reader import open_archive
+from ocistore.progress import SILENT
+from ocistore.spec.reference import parse_tagged
 from ocistore.store import Store
 
 OCISTORE = Path(sys.executable).parent / "ocistore"
 WRITERS = 4
-PER_WRITER = 5
+PER_WRITER = 5 * max(1, int(os.environ.get("OCISTORE_CAMPAIGN_SCALE", "1") or "1"))
 
 
 def tarball(worker: int, item: int) -> bytes:
@@ -177,3 +207,691 @@ def test_parallel_cli_imports_and_tags(tmp_path: Path) -> None:
         check=True,
     )
     assert sorted(p.stdout.split()) == sorted(set(ids))
+
+
+# -- shared: campaign scale, images that share layers, gates ----------------------------------
+
+#: ``make soak`` sets it to 20: every count below grows with it (default 1).
+SCALE = max(1, int(os.environ.get("OCISTORE_CAMPAIGN_SCALE", "1") or "1"))
+#: How long a gate waits for the other side: a guard against a deadlock, never a timing.
+WAIT = 300.0
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def pool_layer(k: int, size: int = 20_000) -> bytes:
+    """Layer ``k`` of the pool every image below takes its layers from (a plain tar)."""
+    data = random.Random(k).randbytes(size // 2) + b"z" * (size // 2)
+    return make_tar({f"pool/{k}/data": data, f"pool/{k}/id": f"{k}\n".encode()}, dirs=True)
+
+
+def gz(tar: bytes) -> bytes:
+    return gzip.compress(tar, mtime=0, compresslevel=6)
+
+
+def config(tars: list[bytes], comment: str) -> bytes:
+    doc = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-05-06T07:08:09Z",
+        "comment": comment,
+        "history": [{"created_by": f"layer {i}"} for i in range(len(tars))],
+        "rootfs": {"type": "layers", "diff_ids": [sha(t) for t in tars]},
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def image_source(tars: list[bytes], comment: str, tags: list[str]) -> ImageSource:
+    """An image whose layers come gzip-compressed (so an OCI save keeps gzip blobs)."""
+    layers = []
+    for i, tar in enumerate(tars):
+        blob = gz(tar)
+        layers.append(
+            LayerSource(
+                lambda blob=blob: contextlib.nullcontext(io.BytesIO(blob)),
+                f"{comment} layer {i}",
+                Digest(sha(blob)),
+                len(blob),
+            )
+        )
+    return ImageSource(config(tars, comment), comment, layers, [parse_tagged(t) for t in tags])
+
+
+def src_id(src: ImageSource) -> str:
+    assert isinstance(src.config, bytes)
+    return sha(src.config)
+
+
+class Archives:
+    """Images made once in a scratch store and saved as docker-archives (plain layers)
+    and oci-archives (gzip layers): the same images, two sets of blobs."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.store = Store(work / "source")
+        self.ids: dict[str, str] = {}
+
+    def add(self, name: str, tars: list[bytes], comment: str | None = None) -> str:
+        (loaded,) = self.store.add_images([image_source(tars, comment or name, [name])])
+        self.ids[name] = loaded.id
+        return loaded.id
+
+    def save(self, name: str, fmt: str) -> Path:
+        suffix = {"docker": "docker.tar", "oci-archive": "oci.tar", "oci": "layout"}[fmt]
+        out = self.work / f"{name.replace('/', '_').replace(':', '_')}.{suffix}"
+        if not out.exists():
+            ocistore.save(self.store, [name], out, format=fmt)
+        return out
+
+
+def sources_of(path: Path, store: Store) -> tuple[list[ImageSource], Any]:
+    """The image sources of an archive, as ``load`` reads them (the caller closes the
+    archive it returns), so that a test can gate their layers."""
+    archive = open_archive(path, store.spool)
+    return read_images(archive), archive
+
+
+class Gate:
+    """One side stops at :meth:`wait` until the other, which :meth:`hold` told it had
+    arrived, calls :meth:`open`."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.go = threading.Event()
+
+    def wait(self) -> None:
+        self.reached.set()
+        if not self.go.wait(WAIT):
+            raise RuntimeError("gate never opened")
+
+    def hold(self) -> None:
+        assert self.reached.wait(WAIT), "the gated operation never reached its gate"
+
+    def open(self) -> None:
+        self.go.set()
+
+
+class GatedStream(io.RawIOBase):
+    """``data``, stopping at ``gate`` once ``at`` bytes have been read."""
+
+    def __init__(self, data: bytes, gate: Gate, at: int) -> None:
+        self.data, self.gate, self.at, self.pos = data, gate, at, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self.pos == self.at:
+            self.gate.wait()
+        end = min(len(self.data), self.pos + len(buf))
+        if self.pos < self.at:
+            end = min(end, self.at)
+        n = end - self.pos
+        memoryview(buf)[:n] = self.data[self.pos : end]
+        self.pos = end
+        return n
+
+
+def gated(layer: LayerSource, gate: Gate, fraction: float = 0.5) -> LayerSource:
+    """``layer``, whose bytes stop at ``gate`` once ``fraction`` of them were read."""
+
+    @contextlib.contextmanager
+    def opener() -> Iterator[IO[bytes]]:
+        with layer.open() as f:
+            data = f.read()
+        yield GatedStream(data, gate, int(len(data) * fraction))  # type: ignore[misc]
+
+    return layer._replace(open=opener)
+
+
+def gate_first_exclusive(store: Store, gate: Gate) -> None:
+    """Make the first exclusive lock ``store`` takes wait at ``gate`` before taking it."""
+    original = store.lock.exclusive
+    state = {"first": True}
+
+    @contextlib.contextmanager
+    def exclusive() -> Iterator[None]:
+        if state["first"]:
+            state["first"] = False
+            gate.wait()
+        with original():
+            yield
+
+    store.lock.exclusive = exclusive  # type: ignore[method-assign]
+
+
+class Background(threading.Thread):
+    """A function on a thread of its own; :meth:`outcome` is its result or its error."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:
+            self.error = e
+
+    def outcome(self) -> tuple[Any, BaseException | None]:
+        self.join(WAIT)
+        assert not self.is_alive(), "the operation never finished"
+        return self.result, self.error
+
+
+def lock_is_free(root: Path) -> bool:
+    """Whether no process holds the store's lock (``<root>/lock``, flock) right now."""
+    try:
+        fd = os.open(root / "lock", os.O_RDWR)
+    except FileNotFoundError:
+        return True  # made when first taken
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def while_held(gate: Gate, root: Path, action: Callable[[], Any]) -> Any:
+    """Run ``action`` while the gated operation waits at ``gate``, then let it go on. If
+    the gated operation holds the store's lock there (so that ``action`` could only wait
+    for it), it is let go first and ``action`` runs after."""
+    gate.hold()
+    if lock_is_free(root):
+        try:
+            return action()
+        finally:
+            gate.open()
+    gate.open()
+    return action()
+
+
+def check_sound(root: Path) -> None:
+    """The independent reader finds nothing wrong, ``tmp/`` is empty, fsck is clean."""
+    assert invariants.problems(root) == []
+    assert invariants.tmp_is_empty(root), invariants.tmp_entries(root)
+    with Store(root) as store:
+        assert store.fsck() == []
+
+
+def check_saves_and_loads_back(root: Path, name: str, work: Path) -> None:
+    """The image ``name`` saves in every format, and each loads into a fresh store."""
+    with Store(root) as store:
+        image_id = store.resolve(name)
+        for fmt in ("docker", "oci-archive", "oci"):
+            out = work / f"check-{fmt}-{image_id[7:19]}"
+            ocistore.save(store, [name], out, format=fmt)
+            with Store(work / f"check-{fmt}-{image_id[7:19]}-store") as fresh:
+                (loaded,) = ocistore.load(fresh, out)
+                assert loaded.id == image_id
+                assert fresh.fsck() == []
+
+
+# -- gc against a load that is staging ------------------------------------------------------
+
+
+def test_gc_grace_0_spares_the_files_of_a_load_staging(tmp_path: Path) -> None:
+    """A load has staged one layer (its file finished in tmp/) and is half-way through
+    another (its file open) when ``gc --grace 0`` runs: gc must leave both, and the load
+    must then succeed."""
+    root = tmp_path / "store"
+    big, small = pool_layer(1, 60_000), pool_layer(2)
+    src = image_source([big, small], "staging", ["gc/live:1"])
+    gate = Gate()
+    src.layers[1] = gated(src.layers[1], gate)
+    loader, other = Store(root), Store(root)
+    # One layer at a time, largest first: the big one is staged whole before the small
+    # one starts and stops half-way.
+    load = Background(lambda: loader.add_images([src], jobs=1))
+    load.start()
+    removed = while_held(gate, root, lambda: other.gc(grace_seconds=0))
+    result, error = load.outcome()
+    assert error is None, f"the load failed: {error!r} (gc removed {removed})"
+    assert [r.id for r in result] == [src_id(src)]
+    assert [r for r in removed if r.startswith("temporary")] == []
+    check_sound(root)
+    check_saves_and_loads_back(root, "gc/live:1", tmp_path)
+
+
+def test_gc_grace_0_spares_the_spool_of_a_load_from_a_pipe(tmp_path: Path) -> None:
+    """``ocistore load -i -`` copies its pipe into tmp/ first; ``gc --grace 0`` while it
+    reads must not remove that copy, and the load must succeed."""
+    archives = Archives(tmp_path)
+    archives.add("pipe/img:1", [pool_layer(3, 400_000), pool_layer(4)])
+    data = archives.save("pipe/img:1", "docker").read_bytes()
+    root = tmp_path / "store"
+    Store(root).close()
+    proc = subprocess.Popen(
+        [str(OCISTORE), "--root", str(root), "load", "-q", "-i", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    # A pipe holds 64 KiB: once 256 KiB are written, the load has read from it, so its
+    # spool file exists (it is made before the first read), and it waits for more.
+    proc.stdin.write(data[: 256 << 10])
+    proc.stdin.flush()
+    gc_run = subprocess.run(
+        [str(OCISTORE), "--root", str(root), "gc", "--grace", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out, err = proc.communicate(data[256 << 10 :], timeout=WAIT)
+    assert proc.returncode == 0, (err.decode(), gc_run.stdout)
+    assert b"Loaded image: pipe/img:1" in out
+    check_sound(root)
+
+
+def test_gc_while_a_load_skips_an_unused_layer(tmp_path: Path) -> None:
+    """A load skips a layer the store has but no image uses (a registered layer); gc
+    removes that layer while the load stages the next one. The load must then either
+    succeed with every layer stored, or fail with an error and leave no image behind."""
+    root = tmp_path / "store"
+    base, top = pool_layer(5), pool_layer(6)
+    with Store(root) as store:
+        store.register_layer(io.BytesIO(gz(base)))
+    src = image_source([base, top], "skipper", ["gc/skip:1"])
+    gate = Gate()
+    src.layers[1] = gated(src.layers[1], gate)
+    loader, other = Store(root), Store(root)
+    load = Background(lambda: loader.add_images([src], jobs=1))
+    load.start()
+    removed = while_held(gate, root, lambda: other.gc())
+    assert f"layer {sha(base)}" in removed
+    _, error = load.outcome()
+    if error is None:
+        check_sound(root)
+        check_saves_and_loads_back(root, "gc/skip:1", tmp_path)
+    else:
+        assert isinstance(error, OcistoreError), repr(error)
+        assert invariants.image_ids(root) == []
+        assert invariants.references(root) == {}
+        check_sound(root)
+
+
+# -- rmi against a load that relies on the image's blobs ------------------------------------
+
+
+def _rmi_during_oci_load(tmp_path: Path, docker_first: bool) -> None:
+    archives = Archives(tmp_path / "made")
+    (tmp_path / "made").mkdir(exist_ok=True)
+    base, x_top, y_top = pool_layer(7), pool_layer(8), pool_layer(9)
+    archives.add("race/x:1", [base, x_top])
+    archives.add("race/y:1", [base, y_top])
+    archives.add("race/w:1", [base])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        if docker_first:
+            # The layer is stored as its plain tar (w, from a docker-archive); x, loaded
+            # from an oci-archive, keeps the gzip blob beside it.
+            ocistore.load(store, archives.save("race/w:1", "docker"))
+        ocistore.load(store, archives.save("race/x:1", "oci-archive"))
+    base_gz = sha(gz(base))
+    assert (root / "blobs" / "sha256" / base_gz[7:]).exists()
+    loader, other = Store(root), Store(root)
+    sources, archive = sources_of(archives.save("race/y:1", "oci-archive"), loader)
+    gate = Gate()
+    (src,) = sources
+    # y's base layer is the one x stored (or keeps): it is not read again. y's own top
+    # layer is staged, and stops half-way.
+    src.layers[1] = gated(src.layers[1], gate)
+    load = Background(lambda: loader.add_images(sources))
+    load.start()
+    events = while_held(gate, root, lambda: other.remove("race/x:1", force=True))
+    archive.close()
+    assert f"Deleted: {archives.ids['race/x:1']}" in [str(e) for e in events]
+    result, error = load.outcome()
+    if error is None:
+        # Loaded: then with every blob its manifest names, so that it saves back.
+        (loaded,) = result
+        assert loaded.id == archives.ids["race/y:1"]
+        assert (root / "blobs" / "sha256" / base_gz[7:]).exists()
+        check_sound(root)
+        check_saves_and_loads_back(root, "race/y:1", tmp_path)
+    else:
+        # Or refused, saying so, with nothing of y left behind.
+        assert isinstance(error, OcistoreError), repr(error)
+        assert "load again" in str(error) or "removed" in str(error), str(error)
+        assert archives.ids["race/y:1"] not in invariants.image_ids(root)
+        check_sound(root)
+
+
+def test_rmi_f_during_an_oci_load_sharing_the_images_gzip_layer(tmp_path: Path) -> None:
+    """x was loaded from an oci-archive (its base layer stored as gzip); y, from another,
+    shares that layer. ``rmi -f x`` while y is staging removes the layer and its blob:
+    y must load with the blob, or fail saying the layer went away."""
+    _rmi_during_oci_load(tmp_path, docker_first=False)
+
+
+def test_rmi_f_during_an_oci_load_sharing_a_kept_gzip_blob(tmp_path: Path) -> None:
+    """The issue's case: the layer is stored as a plain tar (w, docker-archive) and x
+    keeps its gzip blob; y's manifest names that gzip blob. ``rmi -f x`` while y is
+    staging removes the kept blob: y must load with it, or fail saying so."""
+    _rmi_during_oci_load(tmp_path, docker_first=True)
+
+
+# -- rmi against tag --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["by-tag", "by-id"])
+def test_rmi_between_tags_lookup_and_its_publish(tmp_path: Path, source: str) -> None:
+    """``tag`` has found its image and waits for the lock when ``rmi`` deletes that
+    image: the tag must then fail (the image is gone) and name no missing image."""
+    archives = Archives(tmp_path)
+    image_id = archives.add("rt/img:1", [pool_layer(10)])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        ocistore.load(store, archives.save("rt/img:1", "docker"))
+    tagger, remover = Store(root), Store(root)
+    gate = Gate()
+    gate_first_exclusive(tagger, gate)
+    name = "rt/img:1" if source == "by-tag" else image_id
+    tag = Background(lambda: tagger.tag(name, "rt/alias:2"))
+    tag.start()
+    events = while_held(gate, root, lambda: remover.remove("rt/img:1"))
+    assert f"Deleted: {image_id}" in [str(e) for e in events]
+    _, error = tag.outcome()
+    assert isinstance(error, NotFound), repr(error)
+    assert invariants.references(root) == {}
+    assert invariants.image_ids(root) == []
+    check_sound(root)
+
+
+def test_tag_between_rmis_lookup_and_its_publish(tmp_path: Path) -> None:
+    """The other order: ``rmi`` of an image's only tag waits for the lock while ``tag``
+    gives the image a second tag: the image must stay, under the new tag."""
+    archives = Archives(tmp_path)
+    image_id = archives.add("rt/img:1", [pool_layer(11)])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        ocistore.load(store, archives.save("rt/img:1", "docker"))
+    tagger, remover = Store(root), Store(root)
+    gate = Gate()
+    gate_first_exclusive(remover, gate)
+    rmi = Background(lambda: remover.remove("rt/img:1"))
+    rmi.start()
+    while_held(gate, root, lambda: tagger.tag("rt/img:1", "rt/alias:2"))
+    events, error = rmi.outcome()
+    assert error is None, repr(error)
+    assert [str(e) for e in events] == ["Untagged: rt/img:1"]
+    assert invariants.references(root) == {"rt/alias:2": image_id}
+    check_sound(root)
+
+
+# -- two loads of one image at once ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "formats", [("oci-archive", "oci-archive"), ("docker", "docker"), ("docker", "oci-archive")]
+)
+def test_two_loads_of_one_image_at_once(tmp_path: Path, formats: tuple[str, str]) -> None:
+    """Two loads of the same image (from the same format, or as plain and gzip layers)
+    stage at the same time, then publish one after the other: both succeed, the image
+    is stored once, and it saves back in every format."""
+    archives = Archives(tmp_path)
+    image_id = archives.add("two/img:1", [pool_layer(12), pool_layer(13)])
+    root = tmp_path / "store"
+    Store(root).close()
+    both = threading.Barrier(2, timeout=WAIT)
+    loads = []
+    archives_open = []
+    for fmt in formats:
+        store = Store(root)
+        sources, archive = sources_of(archives.save("two/img:1", fmt), store)
+        archives_open.append(archive)
+        (src,) = sources
+        src.layers[0] = _at_barrier(src.layers[0], both)
+        loads.append(Background(lambda store=store, sources=sources: store.add_images(sources)))
+    for load in loads:
+        load.start()
+    for load in loads:
+        result, error = load.outcome()
+        assert error is None, repr(error)
+        assert [r.id for r in result] == [image_id]
+    for archive in archives_open:
+        archive.close()
+    assert invariants.image_ids(root) == [image_id]
+    assert invariants.references(root) == {"two/img:1": image_id}
+    check_sound(root)
+    check_saves_and_loads_back(root, "two/img:1", tmp_path)
+
+
+def _at_barrier(layer: LayerSource, barrier: threading.Barrier) -> LayerSource:
+    @contextlib.contextmanager
+    def opener() -> Iterator[IO[bytes]]:
+        barrier.wait()  # both loads are staging
+        with layer.open() as f:
+            yield f
+
+    return layer._replace(open=opener)
+
+
+# -- fsck against writers -----------------------------------------------------------------
+
+
+class _GateAtFirstTask:
+    """A progress whose first task waits at a gate: fsck stops after it listed the
+    layers, before it reads the first one."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.first = True
+
+    def task(self, label: str, total: int | None = None) -> Any:
+        if self.first:
+            self.first = False
+            self.gate.wait()
+        return SILENT.task(label, total)
+
+
+def test_fsck_during_an_rmi_reports_nothing(tmp_path: Path) -> None:
+    """``fsck`` has listed the layers when an ``rmi`` removes an image and its layers:
+    on a store that is consistent before and after, fsck must report no problem."""
+    archives = Archives(tmp_path)
+    archives.add("fs/keep:1", [pool_layer(14)])
+    archives.add("fs/gone:1", [pool_layer(15), pool_layer(16)])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        for name in ("fs/keep:1", "fs/gone:1"):
+            ocistore.load(store, archives.save(name, "oci-archive"))
+    checker, remover = Store(root), Store(root)
+    gate = Gate()
+    fsck = Background(lambda: checker.fsck(_GateAtFirstTask(gate)))
+    fsck.start()
+    while_held(gate, root, lambda: remover.remove("fs/gone:1"))
+    problems, error = fsck.outcome()
+    assert error is None, repr(error)
+    assert problems == []
+    check_sound(root)
+
+
+def test_fsck_during_a_load_reports_nothing(tmp_path: Path) -> None:
+    """``fsck`` has listed the layers when a load publishes a new image (tagged): fsck
+    must report no problem."""
+    archives = Archives(tmp_path)
+    archives.add("fs/old:1", [pool_layer(17)])
+    archives.add("fs/new:1", [pool_layer(17), pool_layer(18)])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        ocistore.load(store, archives.save("fs/old:1", "oci-archive"))
+    checker, loader = Store(root), Store(root)
+    gate = Gate()
+    fsck = Background(lambda: checker.fsck(_GateAtFirstTask(gate)))
+    fsck.start()
+    while_held(gate, root, lambda: ocistore.load(loader, archives.save("fs/new:1", "docker")))
+    problems, error = fsck.outcome()
+    assert error is None, repr(error)
+    assert problems == []
+    check_sound(root)
+
+
+# -- several processes, mixed operations ----------------------------------------------------
+
+MIXED_WORKERS = 3
+MIXED_OPS = 14 * SCALE
+MIXED_IMAGES = 3
+
+
+def _mixed_archives(work: Path) -> dict[str, Any]:
+    """Each worker's images: configs of its own, layers from one pool (so chains and
+    gzip blobs are shared across workers), as docker-archives and oci-archives."""
+    archives = Archives(work)
+    plan: dict[str, Any] = {}
+    for w in range(MIXED_WORKERS):
+        for k in range(MIXED_IMAGES):
+            name = f"w{w}/img:{k}"
+            layers = [pool_layer(20), pool_layer(21 + (w + k) % 4)]
+            if k == 2:
+                layers.append(pool_layer(25 + w % 2))
+            image_id = archives.add(name, layers, comment=f"worker {w} image {k}")
+            plan[name] = {
+                "id": image_id,
+                "docker": str(archives.save(name, "docker")),
+                "oci-archive": str(archives.save(name, "oci-archive")),
+            }
+    return plan
+
+
+def _run(root: str, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli_main(["--root", root, *args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 2
+        except BaseException:
+            code, err = -1, io.StringIO(traceback.format_exc())
+    return code, out.getvalue(), err.getvalue()
+
+
+def mixed_worker(
+    root: str, w: int, plan: dict[str, Any], ops: int, out_dir: str, with_fsck: bool
+) -> dict[str, Any]:
+    """``ops`` operations chosen at random (seeded by the worker) on worker ``w``'s own
+    images and tags, each through the command line's ``main`` in this process; returns
+    what the store must show of them, and what happened."""
+    rng = random.Random(f"mixed/{w}")
+    tags: dict[str, str] = {}  # the worker's references -> image IDs, as they must be
+    present: set[str] = set()  # the worker's images that must be stored
+    unexpected: list[str] = []
+    refused_loads: list[str] = []
+    saves: list[tuple[str, str, str]] = []
+    fscks: list[tuple[int, str]] = []
+    mine = [f"w{w}/img:{k}" for k in range(MIXED_IMAGES)]
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code, out, err = _run(root, *args)
+        if code != 0 and args[0] != "load":
+            unexpected.append(f"{' '.join(args)}: exit {code}: {err.strip()}")
+        return code, out, err
+
+    for op in range(ops):
+        kinds = ["load", "load", "load", "tag", "rmi", "rmi-f", "save", "gc"]
+        kind = rng.choice([*kinds, "fsck"] if with_fsck else kinds)
+        if kind in ("tag", "rmi-f", "save") and not present:
+            kind = "load"
+        if kind == "rmi" and not tags:
+            kind = "load"
+        if kind == "load":
+            name = rng.choice(mine)
+            fmt = rng.choice(["docker", "oci-archive"])
+            code, _, err = run("load", "-q", "-i", plan[name][fmt])
+            if code == 0:
+                tags[name] = plan[name]["id"]
+                present.add(plan[name]["id"])
+            else:
+                lines = err.splitlines()
+                if code != 1 or len(lines) != 1 or not lines[0].startswith("ocistore: "):
+                    unexpected.append(f"load {plan[name][fmt]}: exit {code}: {err!r}")
+                refused_loads.append(err.strip())
+        elif kind == "tag":
+            image_id = rng.choice(sorted(present))
+            alias = f"w{w}/alias:{rng.randrange(3)}"
+            if run("tag", image_id, alias)[0] == 0:
+                tags[alias] = image_id
+        elif kind == "rmi":
+            ref = rng.choice(sorted(tags))
+            if run("rmi", ref)[0] == 0:
+                image_id = tags.pop(ref)
+                if image_id not in tags.values():
+                    present.discard(image_id)  # its last reference: the image goes
+        elif kind == "rmi-f":
+            image_id = rng.choice(sorted(present))
+            if run("rmi", "-f", image_id)[0] == 0:
+                present.discard(image_id)
+                tags = {r: i for r, i in tags.items() if i != image_id}
+        elif kind == "save":
+            image_id = rng.choice(sorted(present))
+            fmt = rng.choice(["docker", "oci-archive", "oci"])
+            dest = str(Path(out_dir) / f"w{w}-op{op}.{fmt}")
+            if run("save", "-q", "--format", fmt, "-o", dest, image_id)[0] == 0:
+                saves.append((dest, fmt, image_id))
+        elif kind == "gc":
+            run("gc")
+        else:
+            code, out, err = _run(root, "fsck", "-q")
+            fscks.append((code, out + err))
+    return {
+        "tags": tags,
+        "present": sorted(present),
+        "unexpected": unexpected,
+        "refused_loads": refused_loads,
+        "saves": saves,
+        "fscks": fscks,
+    }
+
+
+@pytest.mark.parametrize("with_fsck", [False, True], ids=["writers", "writers-and-fsck"])
+def test_mixed_operations_of_several_processes(tmp_path: Path, with_fsck: bool) -> None:
+    """Several processes load overlapping images (docker-archives and oci-archives that
+    share layers and gzip blobs), tag, ``rmi``, ``rmi -f``, ``gc``, ``fsck`` and save at
+    once on one store. Afterwards: the independent reader finds nothing wrong and
+    ``tmp/`` is empty; every operation that succeeded shows (each worker's tags and
+    images are exactly what its own successful operations made them); every save that
+    succeeded loads back as the image saved; every fsck reported nothing; fsck is clean."""
+    plan = _mixed_archives(tmp_path / "made")
+    root = tmp_path / "store"
+    Store(root).close()
+    saves_dir = tmp_path / "saves"
+    saves_dir.mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(MIXED_WORKERS) as pool:
+        results = pool.starmap(
+            mixed_worker,
+            [
+                (str(root), w, plan, MIXED_OPS, str(saves_dir), with_fsck)
+                for w in range(MIXED_WORKERS)
+            ],
+            chunksize=1,
+        )
+    assert [u for r in results for u in r["unexpected"]] == []
+    assert invariants.problems(root) == []
+    assert invariants.tmp_is_empty(root), invariants.tmp_entries(root)
+    stored = set(invariants.image_ids(root))
+    refs = invariants.references(root)
+    for w, r in enumerate(results):
+        assert {t: i for t, i in refs.items() if t.startswith(f"w{w}/")} == r["tags"]
+        theirs = {plan[f"w{w}/img:{k}"]["id"] for k in range(MIXED_IMAGES)}
+        assert stored & theirs == set(r["present"])
+    for r in results:
+        for dest, _fmt, image_id in r["saves"]:
+            with Store(tmp_path / f"check-{Path(dest).name}") as fresh:
+                loaded = ocistore.load(fresh, dest)
+                assert [x.id for x in loaded] == [image_id]
+                assert fresh.fsck() == []
+    if with_fsck:
+        assert [f for r in results for f in r["fscks"] if f != (0, "")] == []
+        assert sum(len(r["fscks"]) for r in results) > 0
+    with Store(root) as store:
+        assert store.fsck() == []
+        store.gc()
+        assert store.fsck() == []
+    assert invariants.problems(root) == []

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Fuzz ``ocistore load`` for longer than ``make test`` does: the cases of
+``tests/test_fuzz.py`` (same seeds, same mutations, same rule), as many as asked.
+
+    .venv/bin/python scripts/fuzz.py --cases 5000 --seed 10
+    .venv/bin/python scripts/fuzz.py --seed 10 --case 1234     # one case, to reproduce it
+
+Prints a summary (cases loaded, refused, failed; the most frequent refusals) and, for
+every case that broke the rule, its description and the reason; the failing input (the
+archive or layout) is kept under ``--keep DIR/seed-S-case-N/`` with a ``case.txt``.
+Exits 1 if any case failed. ``--seed 10`` with cases below 240 are those ``make test``
+runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+
+import test_fuzz  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=1000, help="how many cases (default 1000)")
+    parser.add_argument("--seed", type=int, default=test_fuzz.SEED, help="the generator's seed")
+    parser.add_argument("--start", type=int, default=0, help="the first case number")
+    parser.add_argument("--case", type=int, action="append", help="run only this case (repeatable)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=Path("fuzz-failures"),
+        help="where failing inputs are kept (default ./fuzz-failures)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="one line per case")
+    args = parser.parse_args()
+
+    numbers = args.case or list(range(args.start, args.start + args.cases))
+    loaded = refused = 0
+    failures: list[tuple[int, str]] = []
+    reasons: collections.Counter[str] = collections.Counter()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ocistore-fuzz-") as tmp:
+        work = Path(tmp)
+        corpus = test_fuzz.build_corpus(work / "corpus")
+        for k, n in enumerate(numbers):
+            case_dir = work / f"case-{n}"
+            case_dir.mkdir()
+            try:
+                outcome = test_fuzz.run_case(corpus, args.seed, n, case_dir)
+            except Exception as e:  # a CaseFailure, or a bug of the generator itself
+                message = str(e) if isinstance(e, test_fuzz.CaseFailure) else repr(e)
+                failures.append((n, message))
+                kept = args.keep / f"seed-{args.seed}-case-{n}"
+                shutil.rmtree(kept, ignore_errors=True)
+                kept.mkdir(parents=True)
+                for p in case_dir.iterdir():
+                    if p.name.startswith(("archive", "layout")):
+                        if p.is_dir():
+                            shutil.copytree(p, kept / p.name, symlinks=True)
+                        else:
+                            shutil.copy2(p, kept / p.name)
+                (kept / "case.txt").write_text(message + "\n")
+                print(f"FAIL {message}", flush=True)
+            else:
+                if outcome.loaded:
+                    loaded += 1
+                else:
+                    refused += 1
+                    # Group refusals by their message with digests, numbers and names blurred.
+                    key = re.sub(r"sha256:[0-9a-f]+|[0-9a-f]{12,}|\d+", "#", outcome.message)
+                    reasons[key[:110]] += 1
+                if args.verbose:
+                    kind = "loaded " if outcome.loaded else "refused"
+                    print(f"{n:6} {kind} {outcome.message[:120]}", flush=True)
+            shutil.rmtree(case_dir, ignore_errors=True)
+            if not args.verbose and (k + 1) % 500 == 0:
+                print(f"... {k + 1} cases", flush=True)
+    elapsed = time.monotonic() - started
+    print(
+        f"\nseed {args.seed}: {len(numbers)} cases in {elapsed:.1f} s: {loaded} loaded, "
+        f"{refused} refused cleanly, {len(failures)} failed"
+    )
+    print("most frequent refusals:")
+    for key, count in reasons.most_common(12):
+        print(f"  {count:5}  {key}")
+    if failures:
+        print(f"\nfailing cases (inputs kept under {args.keep}/):")
+        for n, message in failures:
+            print(f"  case {n}: {message.splitlines()[0]}")
+            for line in message.splitlines()[1:4]:
+                print(f"      {line}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
