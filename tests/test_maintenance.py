@@ -662,3 +662,26 @@ def test_prune_on_a_store_loaded_from_the_corpus(
     assert reclaimed > 0
     assert out.endswith(f"\nTotal reclaimed space: {views.human_size(reclaimed, 4)}\n")
     assert_sound(root, capsys)
+
+
+def test_a_failure_part_way_says_what_was_done(
+    built: Built, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A blob that cannot be removed (immutable: even root may not unlink it) stops the
+    prune after E was pruned and D's config deleted: one line lists both, and after the
+    cause is gone, gc finishes the work and the store is sound."""
+    blob = built.root / "blobs" / "sha256" / sha(T4)[7:]
+    if subprocess.run(["chattr", "+i", blob], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root and a file system with it)")
+    try:
+        code, out, err = run(built.root, capsys, "image", "prune", "-f")
+    finally:
+        subprocess.run(["chattr", "-i", blob], check=True)
+    assert code == 1 and out == ""
+    assert err.startswith("ocistore: ") and err.count("\n") == 1, err
+    assert f"already done: Untagged: {E_REF}; Deleted: {built.id['E']}" in err
+    assert f"Deleted: {built.id['D']}" in err
+    assert sorted(invariants.image_ids(built.root)) == sorted(built.id[n] for n in "ABPC")
+    assert run(built.root, capsys, "gc")[0] == 0
+    assert sha(T4) not in blob_files(built.root)
+    assert_sound(built.root, capsys)
