@@ -653,6 +653,20 @@ def mut_tar_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
     return bytes(out), what + (" (checksum fixed)" if fixed else "")
 
 
+def mut_gz_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    """A gzip-compressed archive cut short, or with a bit flipped (in its header, its
+    deflate stream or its CRC and length trailer)."""
+    if rng.random() < 0.5:
+        cut = rng.randrange(len(data))
+        return data[:cut], f"gzip: cut at byte {cut} of {len(data)}"
+    pos = rng.choice(
+        [rng.randrange(10), rng.randrange(len(data)), len(data) - 1 - rng.randrange(8)]
+    )
+    out = bytearray(data)
+    out[pos] ^= 1 << rng.randrange(8)
+    return bytes(out), f"gzip: bit flipped at byte {pos} of {len(data)}"
+
+
 def write_dir(members: Members, dest: Path) -> None:
     dest.mkdir()
     (dest.parent / "outside").write_bytes(b"outside the layout\n")
@@ -687,6 +701,8 @@ class Case(NamedTuple):
     members: Members
     #: Seeds of the mutations of the rendered tar's bytes (none for a layout directory).
     tar_steps: list[int]
+    #: The seed of a mutation of the gzip-compressed archive's bytes, if any.
+    gz_step: int | None = None
 
     def describe(self, seed: int) -> str:
         store = "a store holding fuzz/a:1" if self.warm else "an empty store"
@@ -714,7 +730,10 @@ def make_case(corpus: Corpus, seed: int, n: int) -> Case:
         name = rng.choices(names, weights)[0]
         fn = dict((k, f) for k, f, _ in MEMBER_MUTATIONS)[name]
         steps.append(fn(rng, members, src.layout))
-    return Case(n, src, warm, steps, members, tar_steps)
+    gz_step = None
+    if src.layout == "tar.gz" and rng.random() < 0.3:
+        gz_step = rng.randrange(1 << 32)
+    return Case(n, src, warm, steps, members, tar_steps, gz_step)
 
 
 def render(case: Case, dest: Path) -> tuple[Path, list[str]]:
@@ -730,6 +749,9 @@ def render(case: Case, dest: Path) -> tuple[Path, list[str]]:
         done.append(what)
     if case.seed.layout == "tar.gz":
         data = gzip.compress(data, mtime=0)
+        if case.gz_step is not None:
+            data, what = mut_gz_bytes(random.Random(case.gz_step), data)
+            done.append(what)
     path = dest / ("archive.tar.gz" if case.seed.layout == "tar.gz" else "archive.tar")
     path.write_bytes(data)
     return path, done
