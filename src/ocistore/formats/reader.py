@@ -135,10 +135,15 @@ class _Index:
     def _put(self, name: str, member: _Member) -> None:
         if name not in self.members:
             self._name_bytes += len(name)
-            if len(self.members) >= MAX_MEMBERS or self._name_bytes > MAX_MEMBER_NAMES:
+            if len(self.members) >= MAX_MEMBERS:
                 raise InvalidInput(
-                    f"{self.archive}: more than {MAX_MEMBERS} members or "
-                    f"{MAX_MEMBER_NAMES >> 20} MiB of member names, over the limit"
+                    f"{self.archive}: more than {MAX_MEMBERS} members (with their parent "
+                    f"directories), over the limit of {MAX_MEMBERS}"
+                )
+            if self._name_bytes > MAX_MEMBER_NAMES:
+                raise InvalidInput(
+                    f"{self.archive}: more than {MAX_MEMBER_NAMES >> 20} MiB of member "
+                    f"names, over the limit of {MAX_MEMBER_NAMES >> 20} MiB"
                 )
         self.members[name] = member
 

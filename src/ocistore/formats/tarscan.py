@@ -193,21 +193,14 @@ class TarScanner:
                 name_raw = prefix + b"/" + name_raw
         name = self._long_name if self._long_name is not None else _text(name_raw)
         link = self._long_link if self._long_link is not None else _text(_field(block, 157, 257))
-        name = self._pax.get("path", name)
-        link = self._pax.get("linkpath", link)
-        if "size" in self._pax:
-            try:
-                size = int(self._pax["size"])
-            except ValueError:
-                raise self._damaged(f"pax size {self._pax['size']!r} is not a number") from None
-            if size < 0:
-                raise self._damaged("negative pax size")
-        if any(k.startswith("GNU.sparse.") for k in self._pax):
-            raise self._damaged("a GNU sparse member, which image archives never hold")
-        self._pax = {}
+        if self._pax:
+            name, link, size = self._apply_pax(name, link, size)
         self._long_name = self._long_link = None
-        for value in (name, link):
-            if len(value.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        for value in (name, link):  # a character is at most 4 bytes
+            if (
+                len(value) > MAX_NAME // 4
+                and len(value.encode("utf-8", "surrogateescape")) > MAX_NAME
+            ):
                 raise self._damaged(
                     f"a name of more than {MAX_NAME} bytes, over the limit of {MAX_NAME}"
                 )
@@ -216,6 +209,19 @@ class TarScanner:
         self._current = name
         self._on_entry(Entry(name, kind, self.pos, size, link))
         self.skip = _block_count(size)
+
+    def _apply_pax(self, name: str, link: str, size: int) -> tuple[str, str, int]:
+        pax, self._pax = self._pax, {}
+        if "size" in pax:
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise self._damaged(f"pax size {pax['size']!r} is not a number") from None
+            if size < 0:
+                raise self._damaged("negative pax size")
+        if any(k.startswith("GNU.sparse.") for k in pax):
+            raise self._damaged("a GNU sparse member, which image archives never hold")
+        return pax.get("path", name), pax.get("linkpath", link), size
 
     def _extension(self, kind: bytes, payload: bytes) -> None:
         self._payload = None
