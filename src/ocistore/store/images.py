@@ -24,7 +24,7 @@ import builtins
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -184,6 +184,8 @@ class ImageStore:
         self._writing_depth = 0
         #: Configs skipped by the last full load, as ``(digest or name, reason)``.
         self.skipped: list[tuple[str, str]] = []
+        #: Finishes or undoes what a dead writer's marker says it was doing (the store's).
+        self.recover: Callable[[dict[str, Any]], None] | None = None
 
     # -- loading ---------------------------------------------------------------------
 
@@ -340,9 +342,15 @@ class ImageStore:
                 self.layers.forget()
                 self._load()
             fsutil.makedirs(self.backend.root)
-            fsutil.atomic_write(self.dirty_path, b"", self.tmpdir)
+            # A marker while this process holds the lock: its writer died mid-way. What
+            # it meant to do is in it: finished or undone first, so that no command is
+            # ever half-visible (the marker stays until that is done).
+            unfinished = self._intent_left()
             self._writing_depth = 1
             try:
+                if unfinished is not None and self.recover is not None:
+                    self.recover(unfinished)
+                fsutil.atomic_write(self.dirty_path, b"", self.tmpdir)
                 yield
             finally:
                 self._writing_depth = 0
@@ -350,6 +358,26 @@ class ImageStore:
                 self._save_index()
                 fsutil.remove(self.dirty_path)
                 self._dirty_seen = False
+
+    def _intent_left(self) -> dict[str, Any] | None:
+        """What a dead writer's marker says it was doing (``None``: no marker, or an
+        empty or unreadable one: nothing to finish)."""
+        try:
+            raw = self.dirty_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            intent = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return intent if isinstance(intent, dict) else None
+
+    def intend(self, intent: dict[str, Any]) -> None:
+        """Record in the dirty marker, durably, what the running change is about to do
+        (inside :meth:`writing`), so that if the writer dies the next one can finish or
+        undo it (:attr:`recover`)."""
+        assert self._writing_depth, "intend() is called inside writing()"
+        fsutil.atomic_write(self.dirty_path, json.dumps(intent).encode(), self.tmpdir)
 
     def rebuild(self) -> None:
         """Read every config again, trusting nothing in the index (``fsck --repair``;

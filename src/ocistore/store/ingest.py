@@ -32,7 +32,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from .. import parallel
 from ..errors import Conflict, DigestMismatch, InvalidInput
@@ -42,6 +42,7 @@ from ..spec.digest import ChainID, DiffID, Digest, ImageID, chain_ids
 from ..spec.reference import Reference, check_digest_reference, check_tag
 from .backend import MANIFEST
 from .layers import Layer
+from .refs import lookup_key
 from .staging import StagedLayer, stage_layer
 
 if TYPE_CHECKING:
@@ -304,9 +305,22 @@ def _publish(
                     "loading; load again"
                 )
         with store.transaction():
+            # What this load makes, recorded first: if it dies before its references are
+            # written (the last step), the next writer removes those images again.
+            new = [cfg.id for cfg in configs if not store.images.exists(cfg.id)]
+            if new:
+                store.images.intend(intent_to_create(new, tags))
             ids = _publish_images(store, sources, configs, staged)
             store.references.add_all(tags, force_tags=True)
     return [LoadedImage(i, tuple(src.tags)) for i, src in zip(ids, sources, strict=True)]
+
+
+def intent_to_create(
+    images: Sequence[ImageID], tags: Sequence[tuple[Reference, ImageID]]
+) -> dict[str, Any]:
+    """The dirty marker of a change that adds ``images`` and points ``tags`` at them
+    (see :meth:`ocistore.store.store.Store.recover`)."""
+    return {"create": list(images), "tags": [[str(lookup_key(r)), i] for r, i in tags]}
 
 
 def _publish_images(

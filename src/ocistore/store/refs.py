@@ -143,7 +143,7 @@ def _close_fd(box: list[int]) -> None:
         os.close(box.pop())
 
 
-def _lookup_key(ref: Reference) -> Reference:
+def lookup_key(ref: Reference) -> Reference:
     """The key a reference is stored under: normalized, digest over tag, ``latest`` default."""
     return normalize(ref).digest_only().tagged_or_default()
 
@@ -428,7 +428,7 @@ class ReferenceStore:
 
     def delete(self, ref: Reference) -> bool:
         """Remove a reference (a name alone means ``:latest``); whether it existed."""
-        key = _lookup_key(ref)
+        key = lookup_key(ref)
 
         def change(refs: dict[Reference, ImageID]) -> bool:
             return refs.pop(key, None) is not None
@@ -437,7 +437,7 @@ class ReferenceStore:
 
     def delete_all(self, refs: Sequence[Reference]) -> list[Reference]:
         """Remove references in one write; the ones that existed, sorted."""
-        keys = [_lookup_key(ref) for ref in refs]
+        keys = [lookup_key(ref) for ref in refs]
 
         def change(current: dict[Reference, ImageID]) -> list[Reference]:
             gone = [k for k in keys if current.pop(k, None) is not None]
@@ -460,7 +460,7 @@ class ReferenceStore:
 
     def get(self, ref: Reference) -> ImageID:
         """The image a reference points at (digest wins over tag; a name means ``latest``)."""
-        key = _lookup_key(ref)
+        key = lookup_key(ref)
         image_id = self._current().refs.get(key)
         if image_id is None:
             raise NotFound(f"reference does not exist: {key.familiar()}")

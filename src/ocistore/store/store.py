@@ -37,6 +37,7 @@ from typing import IO, Any, NamedTuple, TypeVar
 from ..errors import (
     Conflict,
     CorruptStore,
+    DigestMismatch,
     InvalidInput,
     NotFound,
     OcistoreError,
@@ -48,14 +49,14 @@ from ..errors import (
 from ..progress import SILENT, Progress
 from ..spec.digest import ChainID, DiffID, Digest, ImageID
 from ..spec.platform import host_platform
-from ..spec.reference import Reference, parse_tagged
+from ..spec.reference import Reference, parse, parse_tagged
 from . import fsutil, gc, ingest, usage
 from .backend import MANIFEST, FSBackend
 from .content import ContentStore
 from .images import Image, ImageRecord, ImageStore, newest_first
 from .ingest import ImageSource, LayerSource, LoadedImage
 from .layers import Layer, LayerReader, LayerStore
-from .refs import ReferenceStore
+from .refs import ReferenceStore, lookup_key
 from .resolve import Resolver, Selected
 
 __all__ = ["RemoveEvent", "Store"]
@@ -179,6 +180,7 @@ class Store:
         self.images = ImageStore(self.backend, self.layers, self.lock, self.tmpdir)
         self.references = ReferenceStore(self.root / "repositories.json", self.tmpdir, self.lock)
         self._resolver = Resolver(self.images, self.references)
+        self.images.recover = self.recover
 
     def _check_format(self) -> None:
         """Refuse a store of a newer format; mark an older (unmarked) one as this
@@ -396,37 +398,72 @@ class Store:
             image_id = self.resolve(name)
             refs = self.references.references(image_id)
             if self._resolver.named_by_reference(name, image_id):
-                ref = parse_tagged(name)
-                if self.references.delete(ref):
-                    events.append(RemoveEvent("Untagged", ref.familiar()))
-                remaining = self.references.references(image_id)
+                ref = lookup_key(parse_tagged(name))
+                untag = [ref]
+                remaining = [r for r in refs if r != ref]
                 if ref.digest is None and not any(
                     r.digest is None and r.name == ref.name for r in remaining
                 ):
                     # Only digest references of that repository are left: drop them too.
-                    digests = [r for r in remaining if r.digest is not None and r.name == ref.name]
-                    for r in self.references.delete_all(digests):
-                        events.append(RemoveEvent("Untagged", r.familiar()))
-                    remaining = self.references.references(image_id)
-                if remaining or self.images.children(image_id):
-                    # Untagged only: an image with children stays, as in Docker.
-                    return
+                    untag += [r for r in remaining if r.digest is not None and r.name == ref.name]
+                    remaining = [r for r in remaining if r not in untag]
+                # Untagged only if other names are left, or children: as in Docker.
+                delete = not remaining and not self.images.children(image_id)
             elif self.images.children(image_id):
                 # Refused before anything is untagged, so the store stays as it was.
                 raise Conflict(
                     f"conflict: unable to delete {image_id.short()} (cannot be forced) "
                     "- image has dependent child images"
                 )
-            elif refs:
-                repos = {r.name for r in refs}
-                if len(repos) > 1 and not force:
+            else:
+                if len({r.name for r in refs}) > 1 and not force:
                     raise Conflict(
                         f"conflict: unable to delete {image_id.short()} (must be forced) "
                         "- image is referenced in multiple repositories"
                     )
-                for r in self.references.delete_image(image_id):  # one write for all
-                    events.append(RemoveEvent("Untagged", r.familiar()))
-            self._delete_image(image_id, prune, events)
+                untag, delete = list(refs), True
+            if delete:
+                # Recorded first: if this dies after untagging, the next writer deletes
+                # the image as it was about to (see recover()).
+                self.images.intend(
+                    {"untag": [[str(r), image_id] for r in untag], "delete": [image_id]}
+                )
+            self.references.delete_all(untag)  # one write for all
+            events += [RemoveEvent("Untagged", r.familiar()) for r in untag]
+            if delete:
+                self._delete_image(image_id, prune, events)
+
+    def recover(self, intent: dict[str, Any]) -> None:
+        """Finish or undo what a writer that died mid-way said it was doing (its dirty
+        marker; called by the next writer, under the lock, before anything else), so
+        that a command is never half-visible after a crash.
+
+        * A load (``create``) whose references are not all in place, which it writes
+          last, is undone: the images it made and nothing names are removed.
+        * An ``rmi`` (``delete``) that untagged the image is finished: the image is
+          deleted; one that had not untagged it yet did nothing, and nothing is done.
+
+        What is removed that way leaves unreferenced layers and blobs, as any delete
+        does: ``gc`` removes them. A damaged marker is ignored (it only ever says what a
+        writer was about to do)."""
+        try:
+            create = [ImageID(Digest(i)) for i in intent.get("create", [])]
+            tags = [(parse(r), ImageID(Digest(i))) for r, i in intent.get("tags", [])]
+            untag = [(parse(r), ImageID(Digest(i))) for r, i in intent.get("untag", [])]
+            delete = [ImageID(Digest(i)) for i in intent.get("delete", [])]
+        except (ValueError, TypeError, AttributeError):  # InvalidInput is a ValueError
+            return
+        current = self.references.all()
+        if create and (not tags or any(current.get(lookup_key(r)) != i for r, i in tags)):
+            for image_id in create:
+                if self.images.exists(image_id) and not self.references.references(image_id):
+                    with contextlib.suppress(Conflict):
+                        self.images.delete(image_id)
+        if delete and not any(current.get(lookup_key(r)) == i for r, i in untag):
+            for image_id in delete:
+                if self.images.exists(image_id) and not self.references.references(image_id):
+                    with contextlib.suppress(Conflict):
+                        self.images.delete(image_id)
 
     def _delete_image(self, image_id: ImageID, prune: bool, events: list[RemoveEvent]) -> None:
         parent = self.images.get_parent(image_id)
@@ -584,6 +621,117 @@ class Store:
             with self.lock.shared():
                 problems = self._check(progress or SILENT)
         return problems
+
+    def repair(self, progress: Progress | None = None) -> tuple[list[str], list[str]]:
+        """``fsck --repair``: mend what can be mended, then check again; returns what
+        was repaired and the problems left (one line each).
+
+        Under the exclusive lock: a layer record that is damaged, empty, whose parent
+        is gone or whose blob is missing or not what its digest says is dropped (with
+        that blob: a later load of the image stages the layer again); a blob an image
+        keeps that is missing or damaged is dropped from its list (a kept manifest
+        too: a later save makes one); a config that is not what its name says is
+        removed, and metadata without a config; references follow (see
+        :meth:`ReferenceStore.repair`); the index is rebuilt from the files. What
+        cannot be mended (an image whose layer is gone) is reported, to load again."""
+        progress = progress or SILENT
+        done: list[str] = []
+        with self.transaction():
+            self.images.rebuild()
+            done += self._repair_layers(progress)
+            done += self._repair_images()
+            manifests = {}
+            for rec in self.images.list():
+                manifest = self.kept_manifest(rec.id)
+                if manifest is not None:
+                    manifests[manifest] = rec.id
+            done += self.references.repair(self.images.exists, manifests)
+        return done, self.fsck(progress)
+
+    def _repair_layers(self, progress: Progress) -> list[str]:
+        done: list[str] = []
+        bad: set[ChainID] = set()
+        chains = self.layers.walk()
+        records: dict[ChainID, Layer] = {}
+        for chain in chains:
+            try:
+                records[chain] = self.layers.get(chain)
+            except (NotFound, CorruptStore) as e:
+                bad.add(chain)
+                done.append(f"removed layer record {chain}: {e}")
+        for chain, layer in records.items():
+            try:
+                task = progress.task(f"layer {chain.short()}", layer.size)
+                with self.layers.open_tar(layer) as tar:
+                    for _ in tar.chunks():
+                        task.update(tar.done)
+                task.finish()
+            except OcistoreError as e:
+                bad.add(chain)
+                done.append(f"removed layer {chain}: {e}")
+                if not self._blob_holds(layer.blob.digest):
+                    self.content.delete(layer.blob.digest)  # damaged: a load brings it again
+        changed = True
+        while changed:  # a layer on top of a dropped one is incomplete too
+            changed = False
+            for chain, layer in records.items():
+                if (
+                    chain not in bad
+                    and layer.parent is not None
+                    and (layer.parent in bad or layer.parent not in records)
+                ):
+                    bad.add(chain)
+                    done.append(f"removed layer {chain}: its parent {layer.parent} is gone")
+                    changed = True
+        for chain in bad:
+            self.layers.delete(chain)
+        return done
+
+    def _blob_holds(self, digest: Digest) -> bool:
+        """Whether a blob is there and what its digest says."""
+        try:
+            with self.content.open(digest) as f:
+                while f.read(1 << 20):
+                    pass
+        except (NotFound, DigestMismatch, CorruptStore):
+            return False
+        return True
+
+    def _repair_images(self) -> list[str]:
+        done: list[str] = []
+        for name, reason in self.images.skipped:
+            with contextlib.suppress(InvalidInput):
+                digest = Digest(name)
+                if not self.backend.exists(digest):
+                    continue
+                try:
+                    self.backend.get(digest)
+                except DigestMismatch:
+                    self.backend.delete(digest)
+                    done.append(f"removed image config {digest}: {reason}")
+        metadata = self.backend.root / "metadata" / "sha256"
+        with contextlib.suppress(FileNotFoundError), os.scandir(metadata) as entries:
+            for entry in entries:
+                digest_text = f"sha256:{entry.name}"
+                if Digest.is_valid(digest_text) and not self.backend.exists(Digest(digest_text)):
+                    fsutil.remove(Path(entry.path), self.tmpdir)
+                    done.append(f"removed metadata of missing image {digest_text}")
+        for rec in self.images.list():
+            keep = []
+            for blob in rec.blobs:
+                if self._blob_holds(blob):
+                    keep.append(blob)
+                elif self.content.exists(blob):
+                    self.content.delete(blob)
+                    done.append(f"image {rec.id}: dropped its damaged blob {blob}")
+                else:
+                    done.append(f"image {rec.id}: dropped its missing blob {blob}")
+            if len(keep) != len(rec.blobs):
+                self.images.set_blobs(rec.id, keep, replace=True)
+                manifest = self.kept_manifest(rec.id)
+                if manifest is not None and manifest not in keep:
+                    self.backend.delete_metadata(rec.id, MANIFEST)
+        return done
 
     def _check(self, progress: Progress) -> list[str]:
         problems: list[str] = []
