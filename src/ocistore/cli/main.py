@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from .. import __version__
-from ..errors import OcistoreError
+from ..errors import OcistoreError, PartiallyDone
 from ..parallel import InterruptiblePipe
 from ..spec.platform import parse_platform
 from ..spec.reference import parse
@@ -69,9 +69,18 @@ def command(
 
 
 def open_store(args: argparse.Namespace) -> Store:
-    store = Store(args.root)
+    store = Store(
+        args.root,
+        lock_timeout=args.lock_timeout or None,
+        on_lock_wait=lambda message: say_error(f"{message} ..."),
+    )
     args.store = store
     return store
+
+
+#: Seconds a command waits for the store's lock by default (``--lock-timeout``): far
+#: longer than any publish step, short enough that a stopped holder is reported.
+LOCK_TIMEOUT = 120.0
 
 
 def say_error(message: object) -> None:
@@ -270,6 +279,12 @@ def cmd_rmi(args: argparse.Namespace) -> int:
     for name in args.images:
         try:
             events = store.remove(name, force=args.force, prune=not args.no_prune)
+        except PartiallyDone as e:
+            for line in e.done:  # what was done before the failure, then the failure
+                print(views.printable(line))
+            say_error(e.error)
+            status = EXIT_ERROR
+            continue
         except OcistoreError as e:
             say_error(e)
             status = EXIT_ERROR
@@ -429,18 +444,37 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def _fsck_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="repair what can be repaired (damaged or partial records, the index, "
+        "references to missing images), then check again",
+    )
 
 
 @command("fsck", _fsck_args)
 def cmd_fsck(args: argparse.Namespace) -> int:
     """Verify every image config, layer and blob against its digest.
 
-    Prints one line per problem and exits 1 if there is any.
+    Prints one line per problem and exits 1 if there is any. With --repair, first
+    drops what is damaged or partial (layer records, kept blobs, configs not what their
+    name says, metadata of missing images, references to missing images, moving digest
+    references to the image that keeps the manifest), rebuilds the index, prints what
+    it did ("Repaired: ..."), then checks again: an image whose layer is gone is left,
+    to be loaded again.
 
     example:
       ocistore fsck
+      ocistore fsck --repair
     """
-    problems = open_store(args).fsck(TerminalProgress.for_terminal(args.quiet))
+    store = open_store(args)
+    progress = TerminalProgress.for_terminal(args.quiet)
+    if args.repair:
+        repaired, problems = store.repair(progress)
+        for line in repaired:
+            print(views.printable(f"Repaired: {line}"))
+    else:
+        problems = store.fsck(progress)
     for p in problems:
         print(views.printable(p))
     return EXIT_ERROR if problems else EXIT_OK
@@ -533,7 +567,8 @@ def prune_filter(text: str) -> str:
 
 
 _PRUNE_WARNING = "WARNING! This will remove all dangling images."
-_PRUNE_ALL_WARNING = "WARNING! This will remove all images not in use by a container: all images."
+#: docker's is "all images without at least one container associated to them": here, all.
+_PRUNE_ALL_WARNING = "WARNING! This will remove all images."
 
 
 def _image_prune_args(p: argparse.ArgumentParser) -> None:
@@ -623,6 +658,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="store directory (default: $OCISTORE_ROOT, else "
         "${XDG_DATA_HOME:-~/.local/share}/ocistore)",
     )
+    parser.add_argument(
+        "--lock-timeout",
+        type=seconds,
+        default=LOCK_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long to wait for the store's lock (default: {LOCK_TIMEOUT:g}; 0: "
+        "forever); a wait of more than a moment is told on stderr, naming the holder",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, configure, handler in _COMMANDS:
         if only is not None and name != only:
@@ -646,9 +689,9 @@ def _command_named(argv: list[str]) -> str | None:
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--root":
+        if arg in ("--root", "--lock-timeout"):
             i += 2
-        elif arg.startswith("--root="):
+        elif arg.startswith(("--root=", "--lock-timeout=")):
             i += 1
         elif arg.startswith("-"):
             return None

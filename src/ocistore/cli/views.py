@@ -265,10 +265,16 @@ def print_history(
 _DOCKER_MIN_WIDTH = 10
 
 
+_GO_HTML_ESCAPES: Final = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def _json_line(doc: dict[str, Any]) -> str:
-    """One JSON object as Go's ``json.Marshal`` of a map writes it: keys sorted,
-    compact, and (as everywhere) every non-ASCII and control character escaped."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
+    """One JSON object as Go's ``json.Marshal`` of a map writes it (docker's ``--format
+    json``): keys sorted, compact, ``<``, ``>`` and ``&`` escaped (``\\u003cnone\\u003e``),
+    and (as everywhere) every non-ASCII and control character escaped. Those three
+    characters occur only inside strings, so escaping them in the text is exact."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return text.translate(_GO_HTML_ESCAPES) + "\n"
 
 
 def _reclaimable(size: int, reclaimable: int) -> str:
