@@ -593,7 +593,12 @@ def confirm(question: str) -> bool:
     a terminal): yes only for ``y`` or ``Y``; no answer (end of input) is no."""
     sys.stdout.write(f"{question}\nAre you sure you want to continue? [y/N] ")
     sys.stdout.flush()
-    answer = sys.stdin.readline()
+    if sys.stdin is None:  # closed: no answer
+        return False
+    try:
+        answer = sys.stdin.buffer.readline().decode(errors="replace")
+    except (OSError, ValueError):
+        return False
     return answer.strip().lower() == "y"
 
 
