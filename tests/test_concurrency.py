@@ -467,17 +467,7 @@ def test_gc_grace_0_spares_the_spool_of_a_load_from_a_pipe(tmp_path: Path) -> No
     data = archives.save("pipe/img:1", "docker").read_bytes()
     root = tmp_path / "store"
     Store(root).close()
-    proc = subprocess.Popen(
-        [str(OCISTORE), "--root", str(root), "load", "-q", "-i", "-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None
-    # A pipe holds 64 KiB: once 256 KiB are written, the load has read from it, so its
-    # spool file exists (it is made before the first read), and it waits for more.
-    proc.stdin.write(data[: 256 << 10])
-    proc.stdin.flush()
+    proc = _half_fed(root, data, "load", "-q", "-i", "-")
     gc_run = subprocess.run(
         [str(OCISTORE), "--root", str(root), "gc", "--grace", "0"],
         capture_output=True,
@@ -487,6 +477,75 @@ def test_gc_grace_0_spares_the_spool_of_a_load_from_a_pipe(tmp_path: Path) -> No
     out, err = proc.communicate(data[256 << 10 :], timeout=WAIT)
     assert proc.returncode == 0, (err.decode(), gc_run.stdout)
     assert b"Loaded image: pipe/img:1" in out
+    check_sound(root)
+
+
+def _half_fed(root: Path, data: bytes, *args: str) -> subprocess.Popen[bytes]:
+    """``ocistore ARGS`` reading ``data`` from a pipe, of which 256 KiB are written: a
+    pipe holds 64 KiB, so once the write returns the command has read from it (past the
+    few bytes it peeks at first), and its file in tmp/ exists; it waits for more."""
+    assert len(data) > 300 << 10
+    proc = subprocess.Popen(
+        [str(OCISTORE), "--root", str(root), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(data[: 256 << 10])
+    proc.stdin.flush()
+    assert not invariants.tmp_is_empty(root)
+    return proc
+
+
+def _rootfs_tarball() -> bytes:
+    return make_tar({"data": random.Random(99).randbytes(500_000), "etc/id": b"imported\n"})
+
+
+def test_gc_grace_0_spares_an_import_reading_its_pipe(tmp_path: Path) -> None:
+    """``ocistore import -`` streams its pipe into a staged blob in tmp/; ``gc --grace
+    0`` from another process meanwhile must leave it, and the import must succeed."""
+    root = tmp_path / "store"
+    Store(root).close()
+    data = _rootfs_tarball()
+    proc = _half_fed(root, data, "import", "-q", "-", "gc/imported:1")
+    gc_run = subprocess.run(
+        [str(OCISTORE), "--root", str(root), "gc", "--grace", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out, err = proc.communicate(data[256 << 10 :], timeout=WAIT)
+    assert proc.returncode == 0, (err.decode(), gc_run.stdout)
+    (image_id,) = out.decode().split()
+    assert invariants.references(root) == {"gc/imported:1": image_id}
+    check_sound(root)
+
+
+@pytest.mark.parametrize("command", ["import", "load"])
+def test_gc_removes_what_a_killed_writer_left_at_once(tmp_path: Path, command: str) -> None:
+    """A writer killed while it read its pipe (an import staging, a load spooling) leaves
+    its file in tmp/: a plain ``gc`` (a day's grace for files it cannot tell) removes it
+    at once, since its writer is gone."""
+    root = tmp_path / "store"
+    Store(root).close()
+    if command == "import":
+        proc = _half_fed(root, _rootfs_tarball(), "import", "-q", "-", "gc/killed:1")
+    else:
+        archives = Archives(tmp_path / "made")
+        archives.add("gc/killed:1", [pool_layer(30, 400_000)])
+        data = archives.save("gc/killed:1", "docker").read_bytes()
+        proc = _half_fed(root, data, "load", "-q", "-i", "-")
+    proc.kill()
+    proc.communicate(timeout=WAIT)
+    left = invariants.tmp_entries(root)
+    assert left
+    gc_run = subprocess.run(
+        [str(OCISTORE), "--root", str(root), "gc"], capture_output=True, text=True, check=True
+    )
+    assert invariants.tmp_is_empty(root), (invariants.tmp_entries(root), gc_run.stdout)
+    for name in left:
+        assert name in gc_run.stdout
     check_sound(root)
 
 
@@ -672,6 +731,42 @@ def _at_barrier(layer: LayerSource, barrier: threading.Barrier) -> LayerSource:
             yield f
 
     return layer._replace(open=opener)
+
+
+# -- rmi against save ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci-archive"])
+def test_rmi_during_a_save(tmp_path: Path, fmt: str) -> None:
+    """A save has started copying the image's first layer out when ``rmi`` deletes the
+    image: the save must either write an archive that loads back as that image, or
+    fail with an error and leave no output (nor a temporary file beside it)."""
+    archives = Archives(tmp_path / "made")
+    image_id = archives.add("sv/img:1", [pool_layer(31), pool_layer(32)])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        ocistore.load(store, archives.save("sv/img:1", "oci-archive"))
+    saver, remover = Store(root), Store(root)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "saved.tar"
+    gate = Gate()
+    save = Background(
+        lambda: ocistore.save(saver, ["sv/img:1"], out, format=fmt, progress=_GateAtFirstTask(gate))
+    )
+    save.start()
+    events = while_held(gate, root, lambda: remover.remove("sv/img:1"))
+    assert f"Deleted: {image_id}" in [str(e) for e in events]
+    _, error = save.outcome()
+    if error is None:
+        with Store(tmp_path / "fresh") as fresh:
+            assert [x.id for x in ocistore.load(fresh, out)] == [image_id]
+            assert fresh.fsck() == []
+    else:
+        assert isinstance(error, OcistoreError), repr(error)
+        assert list(out_dir.iterdir()) == []
+    assert invariants.image_ids(root) == []
+    check_sound(root)
 
 
 # -- fsck against writers -----------------------------------------------------------------
@@ -861,11 +956,12 @@ def mixed_worker(
 @pytest.mark.parametrize("with_fsck", [False, True], ids=["writers", "writers-and-fsck"])
 def test_mixed_operations_of_several_processes(tmp_path: Path, with_fsck: bool) -> None:
     """Several processes load overlapping images (docker-archives and oci-archives that
-    share layers and gzip blobs), tag, ``rmi``, ``rmi -f``, ``gc``, ``fsck`` and save at
-    once on one store. Afterwards: the independent reader finds nothing wrong and
-    ``tmp/`` is empty; every operation that succeeded shows (each worker's tags and
-    images are exactly what its own successful operations made them); every save that
-    succeeded loads back as the image saved; every fsck reported nothing; fsck is clean."""
+    share layers and gzip blobs), tag, ``rmi``, ``rmi -f``, ``gc``, ``gc --grace 0``,
+    (``fsck``) and save at once on one store. Afterwards: the independent reader finds
+    nothing wrong and ``tmp/`` is empty; every operation that succeeded shows (each
+    worker's tags and images are exactly what its own successful operations made them);
+    every save that succeeded loads back as the image saved; every fsck reported
+    nothing; fsck is clean."""
     plan = _mixed_archives(tmp_path / "made")
     root = tmp_path / "store"
     Store(root).close()
