@@ -685,3 +685,20 @@ def test_a_failure_part_way_says_what_was_done(
     assert run(built.root, capsys, "gc")[0] == 0
     assert sha(T4) not in blob_files(built.root)
     assert_sound(built.root, capsys)
+
+
+def test_an_image_without_a_container_config_is_not_filtered_by_labels(
+    tmp_path: Path,
+) -> None:
+    """moby's ``img.Config != nil && !matchLabels(...)``: no container config at all
+    means the label filters do not apply to the image."""
+    root = tmp_path / "store"
+    bare = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    labelled = config([T1], NOW, {"other": "x"})
+    with Store(root) as store:
+        store.add_images([source(bare, [], ["bare:1"]), source(labelled, [T1], ["lab:1"])])
+        report = store.prune_images(all_images=True, filters=["label=wanted"])
+    assert [str(e) for e in report.events] == ["Untagged: bare:1", f"Deleted: {sha(bare)}"]
+    assert invariants.image_ids(root) == [sha(labelled)]

@@ -251,10 +251,10 @@ def _usage(
     copies = {b for b in kept_blobs if b not in stored_in and b not in manifest_blobs}
 
     # Per image: its blobs, and which of them another listed image needs too.
-    image_blobs = {r.id: _image_blobs(r, layers) for r in listed}
+    image_blobs = {r.id: _image_blobs(r, layers) for r in records}
     users: dict[Digest, int] = {}
-    for blobs in image_blobs.values():
-        for b in blobs:
+    for rec in listed:
+        for b in image_blobs[rec.id]:
             users[b] = users.get(b, 0) + 1
     images_out: list[ImageUsage] = []
     for rec in listed:
@@ -275,7 +275,7 @@ def _usage(
     for rec in records:
         for chain in rec.chains:
             chain_users[chain] = chain_users.get(chain, 0) + 1
-        for b in _image_blobs(rec, layers):
+        for b in image_blobs[rec.id]:
             blob_users[b] = blob_users.get(b, 0) + 1
     layers_out = [
         LayerUsage(
@@ -305,18 +305,16 @@ def _usage(
         for b, size in sorted(sizes.items())
     ]
 
-    layer_blobs_set = {layer.blob.digest for layer in layers.values()}
     listed_used = sum(1 for i in images_out if i.in_use)
-    images_size = size_of(b for b in all_blobs if b in sizes)
-    images_used = size_of(b for b in used_blobs if b in sizes)
-    layers_size = size_of(layer_blobs_set)
-    layers_used = size_of(b for b in layer_blobs_set if b in used_blobs)
+    images_size = size_of(all_blobs)
+    used_size = size_of(used_blobs)
+    layers_size = size_of(stored_in)
+    layers_used = size_of(b for b in stored_in if b in used_blobs)
     blobs_size = sum(sizes.values())
-    blobs_used = size_of(b for b in used_blobs if b in sizes)
     copies_on_disk = [b for b in copies if b in sizes]
     copies_used = [b for b in copies_on_disk if b in used_blobs]
     summary = [
-        TypeUsage("Images", len(listed), listed_used, images_size, images_size - images_used),
+        TypeUsage("Images", len(listed), listed_used, images_size, images_size - used_size),
         TypeUsage(
             "Layers",
             len(layers),
@@ -329,7 +327,7 @@ def _usage(
             len(sizes),
             sum(1 for b in sizes if b in used_blobs),
             blobs_size,
-            blobs_size - blobs_used,
+            blobs_size - used_size,
         ),
         TypeUsage(
             "Layer copies",
