@@ -12,7 +12,8 @@ this process, into an empty store or one that holds an image already. The rule:
 * exit 0 only for a valid image whose digests hold: the store's invariants hold, ``fsck``
   is clean, and every image saves back and loads again under the same ID;
 * otherwise exit 1, nothing on stdout, exactly one line on stderr starting
-  ``ocistore: ``, no traceback, and the store byte for byte as it was.
+  ``ocistore: `` (no raw control character in it), no traceback, and the store byte for
+  byte as it was.
 
 An exception out of :func:`ocistore.cli.main.main` fails the case. A case is named by
 its number; ``scripts/fuzz.py --seed S --cases N`` runs more of them (same generator) and
@@ -796,6 +797,8 @@ def run_case(corpus: Corpus, seed: int, n: int, work: Path) -> Outcome:
     lines = err.replace(str(work), "WORK").splitlines()
     if code != 1 or len(lines) != 1 or not lines[0].startswith("ocistore: ") or out:
         raise _fail(what, f"exit {code}, stdout {out!r}, stderr {err!r}")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in lines[0]):
+        raise _fail(what, f"a raw control character on stderr: {err!r}")
     if snapshot(root) != before:
         raise _fail(what, f"refused ({lines[0]}) but the store changed")
     return Outcome(False, lines[0])
