@@ -209,6 +209,11 @@ def _layers(root: Path, blobs: dict[str, int], out: list[str]) -> set[str]:
             out.append(f"{where}/layer.json: an uncompressed blob that is not the layer's tar")
         if blob["digest"] not in blobs:
             out.append(f"{where}/layer.json: blob {blob['digest']} is not stored")
+        elif blobs[blob["digest"]] != blob["size"]:
+            out.append(
+                f"{where}/layer.json: blob {blob['digest']} holds {blobs[blob['digest']]} "
+                f"bytes, the record says {blob['size']}"
+            )
         elif blob["compression"] == "gzip":
             tar = _gunzip_digest(root / "blobs" / "sha256" / blob["digest"][7:])
             if tar != (diff_id, size):
@@ -216,11 +221,6 @@ def _layers(root: Path, blobs: dict[str, int], out: list[str]) -> set[str]:
                     f"{where}/layer.json: blob {blob['digest']} decompresses to {tar}, "
                     f"not the layer's tar ({diff_id}, {size} bytes)"
                 )
-        elif blobs[blob["digest"]] != blob["size"]:
-            out.append(
-                f"{where}/layer.json: blob {blob['digest']} holds {blobs[blob['digest']]} "
-                f"bytes, the record says {blob['size']}"
-            )
         records[chain] = rec
     for chain, rec in records.items():
         parent = rec.get("parent")

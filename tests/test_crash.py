@@ -63,7 +63,7 @@ import ocistore
 #: Every count of the campaign is multiplied by this (``make soak`` sets 20).
 SCALE = max(1, int(os.environ.get("OCISTORE_CAMPAIGN_SCALE", "1") or "1"))
 #: Crash points run two at a time (each on its own store): a CI machine has two cores.
-WORKERS = 2
+WORKERS = 4
 #: The system calls a crash point may be put at, grouped as the kill loops take them.
 PUBLISH_CALLS = ("rename", "renameat", "renameat2", "link", "linkat")
 OTHER_CALLS = (
@@ -386,16 +386,17 @@ def trace_argv(log: Path, calls: Iterable[str]) -> list[str]:
     return ["strace", "-f", "-qq", "-o", str(log), "-e", f"trace={spec}"]
 
 
-def inject_argv(calls: Iterable[str], action: str, when: int) -> list[str]:
+def inject_argv(calls: Iterable[str], action: str, when: int, log: Path | None = None) -> list[str]:
     """``strace`` killing (``action="signal=KILL"``) or failing (``error=ENOSPC``) the
-    ``when``-th call of each of ``calls`` in each thread."""
+    ``when``-th call of each of ``calls`` in each thread (logged to ``log``, where an
+    injected call is marked ``(INJECTED)``)."""
     spec = ",".join(f"?{c}" for c in calls)
     return [
         "strace",
         "-f",
         "-qq",
         "-o",
-        "/dev/null",
+        str(log) if log is not None else "/dev/null",
         "-e",
         f"trace={spec}",
         "-e",
@@ -543,9 +544,12 @@ def fresh_store(template: Path, dest: Path) -> Path:
 
 
 def reference_run(
-    cli: Cli, corpus: Corpus, cmd: Command, work: Path, calls: Sequence[str]
+    cli: Cli, corpus: Corpus, cmd: Command, work: Path, calls: Sequence[str], opened: bool = False
 ) -> Reference:
+    """Run ``cmd`` to the end on a copy of its store (``opened`` once before, when told)."""
     root = fresh_store(cmd.template(corpus), work / "reference-store")
+    if opened:
+        cli.ok(root, "images")
     out = work / "reference-out"
     out.mkdir()
     before = invariants.state(root)
