@@ -773,7 +773,12 @@ def _fail(what: str, why: str) -> CaseFailure:
 
 def run_case(corpus: Corpus, seed: int, n: int, work: Path) -> Outcome:
     """Run case ``n`` in the empty directory ``work``; raises :class:`CaseFailure`."""
-    case = make_case(corpus, seed, n)
+    return check_case(corpus, make_case(corpus, seed, n), seed, work)
+
+
+def check_case(corpus: Corpus, case: Case, seed: int, work: Path) -> Outcome:
+    """Load ``case`` and check the rule (see the module documentation)."""
+    n = case.n
     archive, tar_done = render(case, work)
     steps = [s for s in case.steps if s != "<tar bytes>"] + tar_done
     what = case._replace(steps=steps).describe(seed)
@@ -860,6 +865,71 @@ def test_seeds_load_cleanly(corpus: Corpus, tmp_path: Path) -> None:
 def test_cases_are_reproducible(corpus: Corpus) -> None:
     a, b = make_case(corpus, SEED, 7), make_case(corpus, SEED, 7)
     assert (a.seed, a.warm, a.steps, a.members) == (b.seed, b.warm, b.steps, b.members)
+
+
+def _with_config_field(corpus: Corpus, path: tuple[str, ...], value: Any) -> Case:
+    """The oci-archive seed with one field of image a's config set to ``value``, every
+    digest above it fixed up."""
+    (seed,) = [s for s in corpus.seeds if s.label == "oci-archive a+b"]
+    members = list(seed.members)
+    for i, m in enumerate(members):
+        if not _is_json(m):
+            continue
+        doc = json.loads(m.data)
+        if isinstance(doc, dict) and doc.get("comment") == "a" and "rootfs" in doc:
+            _get(doc, path[:-1])[path[-1]] = value
+            members[i] = m._replace(data=json.dumps(doc).encode())
+            fix_up(members, i, m.data)
+            break
+    else:
+        raise AssertionError("no config of image a")
+    where = ".".join(str(k) for k in path)
+    return Case(0, seed, False, [f"config field {where} = {json.dumps(value)}"], members, [])
+
+
+_SAVE_REFUSES = "issue 10: load accepts this config, then save --format docker refuses it"
+CONFIG_FIELDS = [
+    (("config", "Cmd"), 5, _SAVE_REFUSES),
+    (("config", "Entrypoint"), {}, _SAVE_REFUSES),
+    (("config", "Env"), 5, _SAVE_REFUSES),
+    (("config", "Env"), [1], _SAVE_REFUSES),
+    (("config", "User"), 1, _SAVE_REFUSES),
+    (("config", "Labels"), ["a"], _SAVE_REFUSES),
+    (("config", "ExposedPorts"), [], _SAVE_REFUSES),
+    (("config", "Volumes"), ["/x"], _SAVE_REFUSES),
+    (("config", "Healthcheck"), 1, _SAVE_REFUSES),
+    (("config", "StopSignal"), 1, _SAVE_REFUSES),
+    (("container_config",), 1, _SAVE_REFUSES),
+    (("docker_version",), 1, _SAVE_REFUSES),
+    (("created",), "yesterday", _SAVE_REFUSES),
+    (("history", "0", "empty_layer"), "yes", _SAVE_REFUSES),
+    (("config", "Cmd"), "sh", ""),  # a string is a valid strslice
+    (("author",), 1, ""),
+    (("os",), 1, ""),
+    (("history",), "x", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        pytest.param(
+            path,
+            value,
+            id=f"{'.'.join(path)}={json.dumps(value)}",
+            marks=[pytest.mark.xfail(strict=True, reason=reason)] if reason else [],
+        )
+        for path, value, reason in CONFIG_FIELDS
+    ],
+)
+def test_config_field_of_the_wrong_type(
+    corpus: Corpus, tmp_path: Path, path: tuple[str, ...], value: Any
+) -> None:
+    """Found by case 334: a config field of a type Docker's image struct refuses. The
+    rule holds as for any case: loaded only if it saves back (as a docker-archive too),
+    else refused in one line."""
+    path = tuple(int(k) if k.isdigit() else k for k in path)  # type: ignore[misc]
+    check_case(corpus, _with_config_field(corpus, path, value), SEED, tmp_path)
 
 
 @pytest.mark.parametrize(
