@@ -368,7 +368,11 @@ def small_fs(kind: str, base: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=True, timeout=120)
+        if subprocess.run(["umount", str(mnt)], timeout=120).returncode != 0:
+            # Busy (a command of the test still running after a failure): detach it now,
+            # it goes when the last file closes, and the test fails.
+            subprocess.run(["umount", "-l", str(mnt)], check=True, timeout=120)
+            pytest.fail(f"{mnt} was busy at the end of the test")
         image.unlink(missing_ok=True)
         mnt.rmdir()
 
