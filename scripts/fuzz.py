@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import faulthandler
 import re
 import shutil
 import sys
@@ -42,6 +43,13 @@ def main() -> int:
         help="where failing inputs are kept (default ./fuzz-failures)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per case")
+    parser.add_argument(
+        "--watchdog",
+        type=float,
+        default=300,
+        help="print every thread's stack when one case runs longer than this many seconds "
+        "(a hang, or a bomb); default 300",
+    )
     args = parser.parse_args()
 
     numbers = args.case or list(range(args.start, args.start + args.cases))
@@ -55,6 +63,7 @@ def main() -> int:
         for k, n in enumerate(numbers):
             case_dir = work / f"case-{n}"
             case_dir.mkdir()
+            faulthandler.dump_traceback_later(args.watchdog)
             try:
                 outcome = test_fuzz.run_case(corpus, args.seed, n, case_dir)
             except Exception as e:  # a CaseFailure, or a bug of the generator itself
@@ -85,6 +94,7 @@ def main() -> int:
             shutil.rmtree(case_dir, ignore_errors=True)
             if not args.verbose and (k + 1) % 500 == 0:
                 print(f"... {k + 1} cases", flush=True)
+    faulthandler.cancel_dump_traceback_later()
     elapsed = time.monotonic() - started
     print(
         f"\nseed {args.seed}: {len(numbers)} cases in {elapsed:.1f} s: {loaded} loaded, "

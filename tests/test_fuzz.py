@@ -277,8 +277,11 @@ def _replace_refs(doc: Any, old: str, new: str, size: int | None) -> Any:
 def fix_up(members: Members, index: int, old_data: bytes) -> None:
     """After member ``index`` changed from ``old_data``: rename it if its name is its
     digest, and rewrite every JSON document that names it (descriptor digests and sizes,
-    DiffIDs, Docker's file names), and so on up to ``index.json`` and ``manifest.json``."""
+    DiffIDs, Docker's file names), and so on up to ``index.json`` and ``manifest.json``.
+    At most 64 rewrites: a mutation that made two documents name each other would
+    otherwise never end."""
     work = [(index, old_data)]
+    budget = 64
     while work:
         i, old = work.pop()
         m = members[i]
@@ -298,7 +301,8 @@ def fix_up(members: Members, index: int, old_data: bytes) -> None:
             for k, (o, n) in enumerate(pairs):
                 if o != n:
                     new_doc = _replace_refs(new_doc, o, n, len(m.data) if k == 0 else None)
-            if new_doc != doc:
+            if new_doc != doc and budget > 0:
+                budget -= 1
                 before = other.data
                 members[j] = other._replace(data=json.dumps(new_doc).encode())
                 work.append((j, before))
