@@ -723,6 +723,93 @@ def test_two_loads_of_one_image_at_once(tmp_path: Path, formats: tuple[str, str]
     check_saves_and_loads_back(root, "two/img:1", tmp_path)
 
 
+def test_two_loads_of_images_sharing_a_new_layer_at_once(tmp_path: Path) -> None:
+    """Two images that share a base layer the store does not have are loaded at once:
+    both stage the layer, one publishes it, the other finds it stored. Both succeed and
+    the layer is stored once."""
+    archives = Archives(tmp_path)
+    base = pool_layer(40)
+    a = archives.add("share/a:1", [base, pool_layer(41)])
+    b = archives.add("share/b:1", [base, pool_layer(42)])
+    root = tmp_path / "store"
+    Store(root).close()
+    both = threading.Barrier(2, timeout=WAIT)
+    loads, opened = [], []
+    for name, fmt in (("share/a:1", "oci-archive"), ("share/b:1", "docker")):
+        store = Store(root)
+        sources, archive = sources_of(archives.save(name, fmt), store)
+        opened.append(archive)
+        (src,) = sources
+        src.layers[0] = _at_barrier(src.layers[0], both)
+        loads.append(Background(lambda store=store, sources=sources: store.add_images(sources)))
+    for load in loads:
+        load.start()
+    for load in loads:
+        _, error = load.outcome()
+        assert error is None, repr(error)
+    for archive in opened:
+        archive.close()
+    assert invariants.image_ids(root) == sorted([a, b])
+    chains = os.listdir(root / "layerdb" / "sha256")
+    assert chains.count(sha(base)[7:]) == 1
+    assert len(chains) == 3
+    check_sound(root)
+    for name in ("share/a:1", "share/b:1"):
+        check_saves_and_loads_back(root, name, tmp_path)
+
+
+def test_load_again_while_rmi_f_removes_that_image(tmp_path: Path) -> None:
+    """A load of an image the store has reads nothing (every layer is stored) and waits
+    for the lock while ``rmi -f`` removes that very image: the load must then either
+    store the image whole again or fail saying so, never leave it half there."""
+    archives = Archives(tmp_path)
+    image_id = archives.add("again/img:1", [pool_layer(43), pool_layer(44)])
+    path = archives.save("again/img:1", "oci-archive")
+    root = tmp_path / "store"
+    with Store(root) as store:
+        ocistore.load(store, path)
+    loader, remover = Store(root), Store(root)
+    gate = Gate()
+    gate_first_exclusive(loader, gate)
+    load = Background(lambda: ocistore.load(loader, path))
+    load.start()
+    events = while_held(gate, root, lambda: remover.remove(image_id, force=True))
+    assert f"Deleted: {image_id}" in [str(e) for e in events]
+    result, error = load.outcome()
+    if error is None:
+        assert [r.id for r in result] == [image_id]
+        assert invariants.references(root) == {"again/img:1": image_id}
+        check_sound(root)
+        check_saves_and_loads_back(root, "again/img:1", tmp_path)
+    else:
+        assert isinstance(error, OcistoreError), repr(error)
+        assert "load again" in str(error) or "removed" in str(error), str(error)
+        assert invariants.image_ids(root) == []
+        check_sound(root)
+
+
+def test_two_rmis_of_one_image_at_once(tmp_path: Path) -> None:
+    """Two ``rmi`` of one image, the second waiting for the lock once it started: one
+    deletes it, the other finds nothing to delete and says so."""
+    archives = Archives(tmp_path)
+    image_id = archives.add("rr/img:1", [pool_layer(45)])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        ocistore.load(store, archives.save("rr/img:1", "docker"))
+    first, second = Store(root), Store(root)
+    gate = Gate()
+    gate_first_exclusive(second, gate)
+    late = Background(lambda: second.remove("rr/img:1"))
+    late.start()
+    events = while_held(gate, root, lambda: first.remove("rr/img:1"))
+    assert f"Deleted: {image_id}" in [str(e) for e in events]
+    _, error = late.outcome()
+    assert isinstance(error, NotFound), repr(error)
+    assert invariants.image_ids(root) == []
+    assert invariants.references(root) == {}
+    check_sound(root)
+
+
 def _at_barrier(layer: LayerSource, barrier: threading.Barrier) -> LayerSource:
     @contextlib.contextmanager
     def opener() -> Iterator[IO[bytes]]:
