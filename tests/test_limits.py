@@ -448,6 +448,15 @@ def test_long_names_and_pax_headers_are_bounded() -> None:
     assert seen == []
 
 
+def test_sparse_members_are_refused() -> None:
+    header = bytearray(tarfile.TarInfo("s").tobuf(format=tarfile.USTAR_FORMAT))
+    header[156:157] = b"S"
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\x00 " % sum(header)
+    with pytest.raises(InvalidInput, match=r"t\.tar: the member at byte 0 is a GNU sparse file"):
+        tarscan.TarScanner("t.tar", lambda e: None).feed(bytes(header) + bytes(1024))
+
+
 # -- compressed streams -------------------------------------------------------------------
 
 

@@ -134,6 +134,12 @@ class TarScanner:
             return InvalidInput(f"{self.archive}: not a tar archive ({why})")
         return InvalidInput(f"{self.archive}: archive is damaged at byte {at}: {why}")
 
+    def _sparse(self) -> InvalidInput:
+        return InvalidInput(
+            f"{self.archive}: the member at byte {self.pos - BLOCK} is a GNU sparse file, "
+            "which image archives never hold (not supported)"
+        )
+
     def _number(self, block: bytes, start: int, end: int, field: str) -> int:
         raw = block[start:end]
         if raw[0] & 0x80:  # GNU base-256
@@ -185,7 +191,7 @@ class TarScanner:
                 self._want = size
             return
         if kind == _GNU_SPARSE:
-            raise self._damaged("a GNU sparse member, which image archives never hold")
+            raise self._sparse()
         name_raw = _field(block, 0, 100)
         if block[257:263] == _POSIX_MAGIC:
             prefix = _field(block, 345, 500)
@@ -220,7 +226,7 @@ class TarScanner:
             if size < 0:
                 raise self._damaged("negative pax size")
         if any(k.startswith("GNU.sparse.") for k in pax):
-            raise self._damaged("a GNU sparse member, which image archives never hold")
+            raise self._sparse()
         return pax.get("path", name), pax.get("linkpath", link), size
 
     def _extension(self, kind: bytes, payload: bytes) -> None:
