@@ -372,6 +372,31 @@ def test_manifest_json_of_many_entries_stays_small(tmp_path: Path) -> None:
     assert rss < 64 << 20, rss
 
 
+def test_configs_total_limit(
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The store parses every image's config: one config named by many images counts
+    once per image, in both formats."""
+    monkeypatch.setattr(docker_archive, "MAX_CONFIGS_TOTAL", 5 * len(CONFIG))
+    members = [("c.json", CONFIG)] + [(f"l{i}.tar", LAYER) for i in range(6)]
+    doc = json.dumps([{"Config": "c.json", "Layers": [f"l{i}.tar"]} for i in range(6)])
+    data = tar_bytes([*members, ("manifest.json", doc.encode())])
+    line = refused(store, capsys, tmp_path, data, "configs.tar")
+    assert f"manifest.json: more than {5 * len(CONFIG)} bytes of image configs" in line
+
+    monkeypatch.setattr(oci_layout, "MAX_CONFIGS_TOTAL", 5 * len(CONFIG))
+    manifests = [
+        json.dumps({**json.loads(MANIFEST), "annotations": {"n": str(i)}}).encode()
+        for i in range(6)
+    ]
+    index = index_of([desc(m, mt.OCI_MANIFEST) for m in manifests])
+    line = refused(store, capsys, tmp_path, oci_tar(index, manifests), "configs.tar")
+    assert f"more than {5 * len(CONFIG)} bytes of image configs (one per image)" in line
+
+
 # -- junk members -------------------------------------------------------------------------
 
 

@@ -50,7 +50,15 @@ from ..errors import (
 from ..progress import SILENT, Progress
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import EMPTY_TAR_DIGEST, ChainID, DiffID, Digest, ImageID, check_bytes
-from ..spec.limits import MAX_ARCHIVE_JSON, MAX_CONFIG, MAX_IMAGES, MAX_LAYER_DEPTH, load_json
+from ..spec.limits import (
+    MAX_ARCHIVE_JSON,
+    MAX_CONFIG,
+    MAX_CONFIGS_TOTAL,
+    MAX_IMAGES,
+    MAX_LAYER_DEPTH,
+    Budget,
+    load_json,
+)
 from ..spec.reference import (
     Reference,
     is_identifier,
@@ -175,6 +183,7 @@ def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
     read_configs: dict[str, tuple[bytes, ImageConfig]] = {}
     layer_sources: dict[str, LayerSource] = {}
     repeated: dict[tuple[str, ...], int] = {}
+    configs_read = Budget(MAX_CONFIGS_TOTAL, top, "image configs (one per image)")
     tag_sets: list[set[Reference]] = []
     for i, entry in enumerate(doc):
         where = f"{top}[{i}]"
@@ -241,6 +250,7 @@ def _read_manifest(archive: ArchiveReader) -> list[ImageSource]:
             continue
         repeated[same] = len(sources)
         tag_sets.append(set(tags))
+        configs_read.spend(len(raw))
         sources.append(ImageSource(config=raw, what=config_what, layers=layers, tags=tags))
         configs.append(cfg)
         parents.append(parent)

@@ -122,9 +122,11 @@ from ..spec.digest import Digest, ImageID, check_bytes, digest_bytes, digest_str
 from ..spec.limits import (
     MAX_ARCHIVE_JSON,
     MAX_CONFIG,
+    MAX_CONFIGS_TOTAL,
     MAX_DESCRIPTORS,
     MAX_INDEX_NESTING,
     MAX_LAYER_DEPTH,
+    Budget,
     load_json,
 )
 from ..spec.platform import Platform, host_platform
@@ -216,6 +218,11 @@ class _LayoutReader:
         self._visited: dict[Digest, list[Digest]] = {}
         #: Descriptors read so far, in every index (:data:`MAX_DESCRIPTORS`).
         self.descriptors = 0
+        #: Each config read once, and all the images' configs counted together.
+        self._configs: dict[Digest, bytes] = {}
+        self._configs_read = Budget(
+            MAX_CONFIGS_TOTAL, archive.name, "image configs (one per image)"
+        )
 
     @property
     def name(self) -> str:
@@ -456,7 +463,14 @@ class _LayoutReader:
             raise InvalidInput(
                 f"{here}: {len(layers_raw)} layers, over the limit of {MAX_LAYER_DEPTH}"
             )
-        config = self._read_blob(cdesc, "config", limit=MAX_CONFIG)
+        config = self._configs.get(cdesc.digest)
+        if config is None:
+            config = self._configs[cdesc.digest] = self._read_blob(cdesc, "config", MAX_CONFIG)
+        elif len(config) != cdesc.size:
+            raise SizeMismatch(
+                f"{self.name}: {blob_path(cdesc.digest)} ({cdesc.where})", cdesc.size, len(config)
+            )
+        self._configs_read.spend(len(config))
         layers = [
             self._layer(parse_descriptor(ld, f"{desc.where} → layers[{i}]", self.name))
             for i, ld in enumerate(layers_raw)

@@ -22,6 +22,7 @@ from ..errors import InvalidInput
 __all__ = [
     "MAX_ARCHIVE_JSON",
     "MAX_CONFIG",
+    "MAX_CONFIGS_TOTAL",
     "MAX_DESCRIPTORS",
     "MAX_IMAGES",
     "MAX_INDEX_NESTING",
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_PAX_HEADER",
     "MAX_SYMLINKS",
     "MAX_TAR_TRAILER",
+    "Budget",
     "check_size",
     "load_json",
 ]
@@ -53,6 +55,9 @@ MAX_ARCHIVE_JSON: Final = 8 << 20
 #: ``{`` and ``,``): about 110 bytes of memory each at worst (small objects), so about
 #: 27 MiB for the largest document. An index of 30,000 descriptors stays below it.
 MAX_JSON_VALUES: Final = 250_000
+#: The configs of one archive's images together, each counted once per image (the store
+#: parses every image's config): a thousand images of 20 KiB configs need 20 MiB.
+MAX_CONFIGS_TOTAL: Final = 64 << 20
 #: How deep JSON may nest. Real documents nest 3 to 6 levels; Python's own parser fails
 #: around 1,000.
 MAX_JSON_DEPTH: Final = 64
@@ -91,6 +96,25 @@ def check_size(size: int, limit: int, what: str, kind: str = "a JSON document") 
     """Refuse ``size`` bytes over ``limit`` for ``kind`` of document, naming ``what``."""
     if size > limit:
         raise InvalidInput(f"{what}: {size} bytes, over the limit of {_size(limit)} for {kind}")
+
+
+class Budget:
+    """A running total of bytes against a limit: :meth:`spend` refuses the first
+    amount that takes it over, naming ``what`` and ``kind``."""
+
+    def __init__(self, limit: int, what: str, kind: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.kind = kind
+        self.spent = 0
+
+    def spend(self, n: int) -> None:
+        self.spent += n
+        if self.spent > self.limit:
+            raise InvalidInput(
+                f"{self.what}: more than {_size(self.limit)} of {self.kind}, "
+                f"over the limit of {_size(self.limit)}"
+            )
 
 
 def _depth(doc: Any) -> int:
