@@ -57,7 +57,7 @@ def main() -> int:
     failures: list[tuple[int, str]] = []
     reasons: collections.Counter[str] = collections.Counter()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ocistore-fuzz-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ocistore-fuzz-", dir=test_fuzz.scratch_base()) as tmp:
         work = Path(tmp)
         corpus = test_fuzz.build_corpus(work / "corpus")
         for k, n in enumerate(numbers):
