@@ -253,7 +253,8 @@ def print_history(
         image = row["Id"]
         if image != "<missing>" and not no_trunc:
             image = image[7:19]
-        created_by = str(row["CreatedBy"])
+        # Tabs become spaces, as docker shows them (RUN lines are often indented so).
+        created_by = str(row["CreatedBy"]).replace("\t", " ")
         created_by = printable(created_by) if no_trunc else shorten(created_by, 45)
         table.append(
             [image, since(row["Created"]), created_by, human_size(row["Size"]), row["Comment"]]
