@@ -622,7 +622,12 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
     parse_filters(args.filter, args.all)  # a bad filter is refused before asking
     if not args.force and not confirm(_PRUNE_ALL_WARNING if args.all else _PRUNE_WARNING):
         return EXIT_OK
-    report = open_store(args).prune_images(args.all, args.filter)
+    try:
+        report = open_store(args).prune_images(args.all, args.filter)
+    except PartiallyDone as e:  # what was done before the failure, then the failure
+        views.print_prune_done(e.done, sys.stdout)
+        say_error(e.error)
+        return EXIT_ERROR
     views.print_prune(report, sys.stdout)
     return EXIT_OK
 

@@ -395,10 +395,18 @@ def print_disk_usage(
 
 def print_prune(report: PruneReport, out: IO[str]) -> None:
     """What ``image prune`` did, as ``docker image prune`` prints it."""
-    if report.events:
-        lines = ["Deleted Images:"]
-        for event in report.events:
-            action = "untagged" if event.action == "Untagged" else "deleted"
-            lines.append(f"{action}: {printable(event.subject)}")
-        out.write("\n".join(lines) + "\n\n")
+    print_prune_done([str(event) for event in report.events], out)
     out.write(f"Total reclaimed space: {human_size(report.reclaimed, 4)}\n")
+
+
+def print_prune_done(events: Sequence[str], out: IO[str]) -> None:
+    """``Deleted Images:`` and a line per event (``Untagged: x`` as ``untagged: x``,
+    ``Deleted: y`` as ``deleted: y``), then a blank line; nothing without events. Also
+    what a prune that failed part-way had done."""
+    if not events:
+        return
+    lines = ["Deleted Images:"]
+    for event in events:
+        action, _, subject = event.partition(": ")
+        lines.append(f"{action.lower()}: {printable(subject)}")
+    out.write("\n".join(lines) + "\n\n")
