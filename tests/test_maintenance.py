@@ -380,6 +380,7 @@ def test_system_df_json(built: Built, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0
     (doc,) = [json.loads(line) for line in out.splitlines()]
     assert {i["ID"] for i in doc["Images"]} == {b.id[n] for n in "ABDEC"}
+    assert '"Repository":"\\u003cnone\\u003e"' in out  # as Go's encoder writes <none>
     assert len(doc["Layers"]) == 7 and len(doc["Blobs"]) == 11
 
 
