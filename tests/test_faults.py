@@ -285,9 +285,9 @@ def test_an_injected_error_fails_cleanly_and_a_retry_succeeds(
 
 _LEFT_PUBLISHED = pytest.mark.xfail(
     strict=True,
-    reason="issue 10: a load failing after it began to publish (EIO on a rename, ENOSPC on "
-    "a mkdir) leaves the blobs and layer records it published, and after the config the "
-    "image itself, untagged and without its kept manifest",
+    reason="issue 10: a load failing after it began to publish (EIO on a rename or linkat, "
+    "ENOSPC on a mkdir) leaves the blobs it published, and, in an OCI load, layer records "
+    "and the config: exit 1, the images as they were, the files not",
 )
 
 
@@ -312,8 +312,10 @@ def test_an_injected_error_leaves_the_store_as_it_was_or_wholly_changed(
 
 _UNNAMED = pytest.mark.xfail(
     strict=True,
-    reason="issue 10: an ENOSPC or EIO from write or fsync is reported as "
-    "'ocistore: No space left on device' (or 'Input/output error'), naming no file or step",
+    reason="issue 10: some ENOSPC/EIO lines name no file or step: "
+    "'ocistore: Input/output error' for the last fsync of a load (the directory's, after "
+    "index.dirty is removed), 'ocistore: No space left on device' for a full standard "
+    "output and for save -o FILE's pwrite",
 )
 
 
