@@ -73,7 +73,8 @@ _NAMES_A_PATH = re.compile(r"(^|[\s'\"(])/[^\s:'\"]+")
 
 #: A failure that harms the store or the user (the first test of each case).
 HARM = "harm"
-#: Files a failed command left in the store though no image names them (the second).
+#: What a failed command left of its change, whole but not undone: files no image names,
+#: or an image published but never tagged (the second test).
 LEFTOVER = "leftover"
 #: An error line that names no file or step (the third).
 NAMING = "naming"
@@ -286,8 +287,8 @@ def test_an_injected_error_fails_cleanly_and_a_retry_succeeds(
 _LEFT_PUBLISHED = pytest.mark.xfail(
     strict=True,
     reason="issue 10: a load failing after it began to publish (EIO on a rename or linkat, "
-    "ENOSPC on a mkdir) leaves the blobs it published, and, in an OCI load, layer records "
-    "and the config: exit 1, the images as they were, the files not",
+    "ENOSPC on a mkdir) exits 1 but leaves the blobs it published, and an OCI load its layer "
+    "records and config too: an untagged image that ocistore images lists and no writer undoes",
 )
 
 
