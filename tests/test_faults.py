@@ -11,7 +11,7 @@ Two ways of making writes fail:
   first and last included.
 * **Real small file systems** (as root): a tmpfs and a loop-mounted ext4 image, the
   store on them, filled with a file so that the space left is 0, 4 KiB, half a layer and
-  just short of what the command needs (and ``4 × (scale - 1)`` levels more in between),
+  just short of what the command needs (and ``2 × (scale - 1)`` levels more in between),
   before an ``import`` or a ``load`` of an image of a few MB; then the fill is removed and
   the command run again.
 
@@ -431,7 +431,7 @@ def levels(need: int) -> list[tuple[str, int]]:
     more in between at a higher scale."""
     out = [("0", 0), ("4KiB", 4096), ("half a layer", FS_LAYER // 2)]
     out.append(("just short", max(0, need - (64 << 10))))
-    extra = 4 * (SCALE - 1)
+    extra = 2 * (SCALE - 1)
     out += [(f"{i}/{extra + 1} of the need", need * i // (extra + 1)) for i in range(1, extra + 1)]
     return out
 
