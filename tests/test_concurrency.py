@@ -895,6 +895,27 @@ def test_fsck_during_an_rmi_reports_nothing(tmp_path: Path) -> None:
     check_sound(root)
 
 
+def test_fsck_during_a_gc_reports_nothing(tmp_path: Path) -> None:
+    """``fsck`` has listed the layers, a layer no image uses among them, when ``gc``
+    removes that layer and its blob: fsck must report no problem."""
+    archives = Archives(tmp_path)
+    archives.add("fs/kept:1", [pool_layer(19)])
+    root = tmp_path / "store"
+    with Store(root) as store:
+        ocistore.load(store, archives.save("fs/kept:1", "oci-archive"))
+        store.register_layer(io.BytesIO(gz(pool_layer(46))))
+    checker, collector = Store(root), Store(root)
+    gate = Gate()
+    fsck = Background(lambda: checker.fsck(_GateAtFirstTask(gate)))
+    fsck.start()
+    removed = while_held(gate, root, lambda: collector.gc())
+    problems, error = fsck.outcome()
+    assert f"layer {sha(pool_layer(46))}" in removed
+    assert error is None, repr(error)
+    assert problems == []
+    check_sound(root)
+
+
 def test_fsck_during_a_load_reports_nothing(tmp_path: Path) -> None:
     """``fsck`` has listed the layers when a load publishes a new image (tagged): fsck
     must report no problem."""
