@@ -888,6 +888,12 @@ KNOWN: dict[int, tuple[tuple[str, ...], str]] = {
         "(see test_manifest_media_type)",
     ),
     1608: (("['config']['Env'] = \"xxx",), f"{_KNOWN_CONFIG}: config.Env a string"),
+    3284: (("['config']['Cmd'][0] = []",), f"{_KNOWN_CONFIG}: config.Cmd[0] a list"),
+    3442: (("['config']['Cmd'] = {}",), f"{_KNOWN_CONFIG}: config.Cmd an object"),
+    3606: (
+        ("['history'][0]['created_by'] = 9223372036854775808",),
+        f"{_KNOWN_CONFIG}: history[0].created_by a number",
+    ),
 }
 
 
