@@ -964,6 +964,8 @@ def _mixed_archives(work: Path) -> dict[str, Any]:
 
 
 def _run(root: str, *args: str) -> tuple[int, str, str]:
+    """``ocistore ARGS`` in this process: exit code, stdout, and stderr without the
+    notices of a wait for the store's lock (one line each, which other writers cause)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -972,7 +974,9 @@ def _run(root: str, *args: str) -> tuple[int, str, str]:
             code = e.code if isinstance(e.code, int) else 2
         except BaseException:
             code, err = -1, io.StringIO(traceback.format_exc())
-    return code, out.getvalue(), err.getvalue()
+    lines = err.getvalue().splitlines(keepends=True)
+    told = "".join(line for line in lines if "waiting for the store lock" not in line)
+    return code, out.getvalue(), told
 
 
 def mixed_worker(
