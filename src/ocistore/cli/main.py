@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from .. import __version__
-from ..errors import OcistoreError, PartiallyDone
+from ..errors import OcistoreError, PartiallyDone, StorageError
 from ..parallel import InterruptiblePipe
 from ..spec.platform import parse_platform
 from ..spec.reference import parse
@@ -725,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(args.handler(args))
         report_skipped(args)
+        sys.stdout.flush()  # here, so that a full disk behind stdout is reported
         return code
     except OcistoreError as e:
         say_error(e)
@@ -742,6 +744,44 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
 
 
+class _Stdout(io.FileIO):
+    """Standard output whose write errors (a full disk behind a redirection) name it."""
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StorageError("writing", _describe_stdout(self.fileno()), e) from None
+
+
+def _describe_stdout(fd: int) -> str:
+    """``standard output``, with the file it was redirected to when there is one."""
+    with contextlib.suppress(OSError):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith("/"):
+            return f"standard output ({target})"
+    return "standard output"
+
+
+def _name_stdout_errors() -> None:
+    out = sys.stdout
+    if out is None or not hasattr(out, "fileno"):
+        return
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):
+        return
+    out.flush()
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(_Stdout(fd, "w", closefd=False)),
+        encoding=out.encoding,
+        errors=out.errors,
+        line_buffering=bool(out.line_buffering),
+    )
+
+
 def run() -> int:
     """The ``ocistore`` command: :func:`main`, then a quicker exit.
 
@@ -749,6 +789,7 @@ def run() -> int:
     collections a walk over all of them. Exit handlers and file flushes still run as
     usual.
     """
+    _name_stdout_errors()
     code = main()
     gc.freeze()
     return code

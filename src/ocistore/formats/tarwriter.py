@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Final
 
 from .. import parallel
-from ..errors import InvalidInput, NotFound, OcistoreError
+from ..errors import InvalidInput, NotFound, OcistoreError, StorageError
 from ..spec.digest import CHUNK
 from ..store import fsutil
 
@@ -341,6 +341,19 @@ def fill_from(
 
 
 @contextlib.contextmanager
+def _naming(output: object) -> Iterator[None]:
+    """A write error that names no file (a full disk, an I/O error) names the output."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise  # the reader went away: the command line ends quietly
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise StorageError("writing", output, e) from None
+
+
+@contextlib.contextmanager
 def output_file(path: str) -> Iterator[IO[bytes]]:
     """``-`` is stdout (written so that Ctrl-C always stops a wait on it); a path is
     written to a temporary file beside it and renamed into place when complete, so a
@@ -355,7 +368,8 @@ def output_file(path: str) -> Iterator[IO[bytes]]:
     if path == "-":
         sys.stdout.flush()
         sys.stdout.buffer.flush()
-        with parallel.InterruptiblePipe(sys.stdout.buffer) as pipe:  # Ctrl-C stops a wait
+        # Ctrl-C stops a wait on the pipe.
+        with parallel.InterruptiblePipe(sys.stdout.buffer) as pipe, _naming("standard output"):
             yield pipe  # type: ignore[misc]
         return
     dest = Path(os.path.realpath(path))  # through a symlink: the link stays a link
@@ -371,5 +385,5 @@ def output_file(path: str) -> Iterator[IO[bytes]]:
     output = fsutil.AtomicFile(
         dest, mode=0o666, durable=False, open_file=lambda fd: OutputFile(fd, "wb")
     )
-    with output as f:
+    with output as f, _naming(dest):
         yield f

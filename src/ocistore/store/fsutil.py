@@ -34,10 +34,13 @@ from ..errors import CorruptStore, LockTimeout, ReadOnlyStore, StorageError
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
+    """Make a directory's entries (a rename, a new file) durable; a failure is a
+    :class:`~ocistore.errors.StorageError` naming the directory."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as e:
+        raise StorageError("syncing the directory", path, e) from None
     finally:
         os.close(fd)
 

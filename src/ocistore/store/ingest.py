@@ -28,6 +28,7 @@ whatever happens: the store is as it was.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -35,11 +36,12 @@ from contextlib import AbstractContextManager
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from .. import parallel
-from ..errors import Conflict, DigestMismatch, InvalidInput
+from ..errors import Conflict, DigestMismatch, InvalidInput, OcistoreError
 from ..progress import SILENT, Progress
 from ..spec.config import ImageConfig, parse_config
-from ..spec.digest import ChainID, DiffID, Digest, ImageID, chain_ids
+from ..spec.digest import ChainID, DiffID, Digest, ImageID, chain_ids, digest_bytes
 from ..spec.reference import Reference, check_digest_reference, check_tag
+from . import gc
 from .backend import MANIFEST
 from .layers import Layer
 from .refs import lookup_key
@@ -308,11 +310,43 @@ def _publish(
             # What this load makes, recorded first: if it dies before its references are
             # written (the last step), the next writer removes those images again.
             new = [cfg.id for cfg in configs if not store.images.exists(cfg.id)]
+            intent = intent_to_create(new, tags)
             if new:
-                store.images.intend(intent_to_create(new, tags))
-            ids = _publish_images(store, sources, configs, staged)
-            store.references.add_all(tags, force_tags=True)
+                store.images.intend(intent)
+            made = _not_yet_stored(store, sources, configs, staged)
+            try:
+                ids = _publish_images(store, sources, configs, staged)
+                store.references.add_all(tags, force_tags=True)
+            except BaseException:
+                _undo(store, intent, made)
+                raise
     return [LoadedImage(i, tuple(src.tags)) for i, src in zip(ids, sources, strict=True)]
+
+
+def _not_yet_stored(
+    store: Store,
+    sources: Sequence[ImageSource],
+    configs: list[ImageConfig],
+    staged: dict[str, StagedLayer],
+) -> tuple[list[ChainID], list[Digest]]:
+    """The chains and blobs a publish would add: what undoing it removes."""
+    chains = [c for _, _, c, _ in _plan(sources, configs) if not store.layers.exists(c)]
+    blobs = [s.blob.digest for s in staged.values()]
+    blobs += [digest_bytes(src.manifest) for src in sources if src.manifest is not None]
+    return list(dict.fromkeys(chains)), [
+        b for b in dict.fromkeys(blobs) if not store.content.exists(b)
+    ]
+
+
+def _undo(store: Store, intent: dict[str, Any], made: tuple[list[ChainID], list[Digest]]) -> None:
+    """Put the store back as it was after a publish failed half-way (a full disk, an
+    I/O error): the images it made, then the layers and blobs it added that nothing
+    needs. Best effort: the publish's own error is the one reported, and whatever is
+    left is garbage nothing names (``gc``)."""
+    with contextlib.suppress(OcistoreError, OSError):
+        store.recover(intent)
+        chains, blobs = made
+        gc.sweep(store.layers, store.content, store.images.list(), chains, blobs)
 
 
 def intent_to_create(
