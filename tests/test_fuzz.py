@@ -739,6 +739,9 @@ class Case(NamedTuple):
 
 
 def make_case(corpus: Corpus, seed: int, n: int) -> Case:
+    """Case ``n`` of ``seed``: a seed archive, the store to load it into, one to three
+    mutations (of members, or of the tar's bytes), and how it is loaded. It depends on
+    nothing but ``seed``, ``n`` and the seed archives' bytes."""
     rng = random.Random(f"{seed}/{n}")
     src = rng.choice(corpus.seeds)
     warm = rng.random() < 0.4
