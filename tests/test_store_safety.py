@@ -438,3 +438,33 @@ def test_a_killed_save_leaves_no_partial_output_and_the_next_save_clears_any_lef
     assert leftover.name.startswith(".x.tar.") and out.read_bytes() == whole
     assert ocistore(filled, "save", "-q", "-o", out, "app:1").returncode == 0
     assert list(out_dir.iterdir()) == [out] and out.read_bytes() == whole
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["imagedb/index.json", "imagedb/index.dirty", "repositories.json", "layer.json", "blobs"],
+)
+def test_the_stores_own_files_nested_deep_are_damage_not_a_traceback(
+    filled: Path, name: str
+) -> None:
+    """A hostile neighbour's JSON nested far deeper than Python's parser goes, in place
+    of one of the store's own files: a clean line, a rebuilt index, or an ignored
+    marker, never a traceback."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with Store(filled) as store:
+        image = store.image("app:1")
+        layer = store.layers_of(image)[0]
+        targets = {
+            "imagedb/index.json": store.images.index_path,
+            "imagedb/index.dirty": store.images.dirty_path,
+            "repositories.json": filled / "repositories.json",
+            "layer.json": filled / "layerdb" / "sha256" / layer.chain_id.hex / "layer.json",
+            "blobs": store.backend.root / "metadata" / "sha256" / image.id.hex / "blobs",
+        }
+    path = targets[name]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(deep)
+    for args in (["images"], ["fsck", "-q"], ["tag", "base:1", "base:2"]):
+        proc = ocistore(filled, *args)
+        assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr, proc
+        assert proc.returncode in (0, 1) and len(proc.stderr.splitlines()) <= 3, proc

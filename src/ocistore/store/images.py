@@ -206,7 +206,7 @@ class ImageStore:
             if doc.get("version") != INDEX_VERSION:
                 return None
             return _records_from_rows(doc["images"])
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
             return None  # a damaged cache is rebuilt, not fatal
 
     def _record_from_files(self, image_id: ImageID, inode: int) -> tuple[ImageRecord, ImageConfig]:
@@ -226,7 +226,7 @@ class ImageStore:
                 blobs = tuple(
                     Digest(b) for b in json.loads(self.backend.get_metadata(image_id, BLOBS))
                 )
-        except (ValueError, TypeError) as e:  # InvalidInput is a ValueError too
+        except (ValueError, TypeError, RecursionError) as e:  # InvalidInput is a ValueError too
             raise CorruptStore(f"image {image_id}: damaged metadata: {e}") from None
         record = ImageRecord(
             id=image_id,
@@ -368,7 +368,7 @@ class ImageStore:
             return None
         try:
             intent = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return intent if isinstance(intent, dict) else None
 

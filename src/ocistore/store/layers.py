@@ -113,7 +113,7 @@ class LayerStore:
                     Digest(blob["digest"]), int(blob["size"]), Compression(blob["compression"])
                 ),
             )
-        except (ValueError, KeyError, TypeError, InvalidInput) as e:
+        except (ValueError, KeyError, TypeError, InvalidInput, RecursionError) as e:
             raise CorruptStore(f"layer record {path} is damaged: {e}") from None
         expected = make_chain_id(layer.parent, layer.diff_id)
         if layer.chain_id != chain_id or expected != chain_id:

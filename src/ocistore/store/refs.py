@@ -127,7 +127,7 @@ class _Snapshot:
                 v.startswith("sha256:") for v in out
             ):
                 raise ValueError("unusual reference")
-        except (ValueError, TypeError, KeyError, AttributeError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             return {i: [r.familiar() for r in refs] for i, refs in self.by_id.items()}
         for names in out.values():
             if len(names) > 1:

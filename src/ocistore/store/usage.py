@@ -193,7 +193,15 @@ def _kept_manifest(store: Store, rec: ImageRecord) -> tuple[Digest | None, list[
     try:
         doc = json.loads(store.read_blob(manifest))
         return manifest, [Digest(d["digest"]) for d in doc.get("layers") or []]
-    except (ValueError, TypeError, KeyError, AttributeError, OcistoreError, OSError):
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+        OcistoreError,
+        OSError,
+    ):
         return manifest, []
 
 
