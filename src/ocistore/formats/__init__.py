@@ -18,6 +18,7 @@ from ..spec.platform import Platform
 from ..store.ingest import LoadedImage
 from ..store.store import Store
 from .detect import read_images
+from .legacy.v1 import check_config
 from .reader import open_archive
 from .tarwriter import output_file
 
@@ -42,7 +43,11 @@ def load(
     """
     archive = open_archive(source, store.spool)
     try:
-        return store.add_images(read_images(archive, platform), progress)
+        sources = read_images(archive, platform)
+        for src in sources:
+            if isinstance(src.config, bytes):  # as Docker decodes it, or refused
+                check_config(src.config, f"{src.what}: config")
+        return store.add_images(sources, progress)
     finally:
         archive.close()
 

@@ -411,6 +411,16 @@ class LegacyLayer(NamedTuple):
     json: bytes
 
 
+def check_config(config: bytes, what: str) -> None:
+    """Refuse a config that Docker could not decode into its ``image.Image`` (a field of
+    the wrong type: ``config.Cmd`` a number, ``created`` not an RFC 3339 time), as
+    ``docker load`` refuses it, and that could therefore not be saved again; checked
+    against the types of current Docker and of Docker 20.10 to 24, whose archives
+    ``save`` writes."""
+    _decode(what, config, IMAGE)
+    _decode(what, config, IMAGE_LEGACY)
+
+
 def legacy_layers(config: bytes, *, utc_offset: int = 0) -> list[LegacyLayer]:
     """The legacy layer directories ``docker save`` (Docker 20.10 to 24) writes, bottom first.
 
