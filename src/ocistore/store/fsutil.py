@@ -1,11 +1,16 @@
 """The file primitives every part of ocistore writes through.
 
 * :class:`AtomicFile` (and :func:`atomic_write` for bytes at hand) makes a named file
-  visible whole: it writes a temporary file (in the store's ``tmp/``, or beside the file
-  under a hidden name), every write completed, fsyncs it, renames it into place and fsyncs
-  the directory. Content-addressed files go through
+  visible whole: it writes an unnamed file (in the store's ``tmp/``, or beside an
+  output), every write completed, fsyncs it, names it and renames it into place, and
+  fsyncs the directory. Content-addressed files go through
   :class:`~ocistore.store.content.BlobWriter` instead, which also checks their digest.
+* Every temporary name says which process made it (:func:`writer_tag`), so that ``gc``
+  removes a dead writer's leftovers at once and never a live one's (:func:`writer_alive`).
 * :class:`TempFile` is a scratch file in ``tmp/`` (an archive spooled from a pipe).
+* Failures of a write, a sync, a rename are :class:`~ocistore.errors.StorageError`,
+  naming the step and the file; the store's own files and directories get their modes
+  whatever the umask, and symlinks in the store's place are refused, never followed.
 * :class:`FileLock` is the OS file lock (``fcntl.flock``) that serializes publishing:
   exclusive for writers, shared for readers that need a consistent view; on the store's
   ``lock`` file, or on a directory (an OCI layout being added to).
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import io
 import os
 import stat as stat_mod
@@ -51,15 +57,15 @@ DIR_MODE = 0o755
 
 def makedirs(path: Path) -> None:
     """Create a directory and its parents (mode :data:`DIR_MODE`, whatever the umask),
-    fsyncing each parent that got a new entry. A symlink where a directory is missing is
-    not followed: :class:`~ocistore.errors.CorruptStore`."""
+    fsyncing each parent that got a new entry. A symlink made where a directory was
+    being created is not followed: :class:`~ocistore.errors.CorruptStore`. (Existing
+    parents may be symlinks: the user's path to the store may go through one; the
+    store's own names are checked when it is opened.)"""
     missing: list[Path] = []
     p = path
     while not os.path.lexists(p):
         missing.append(p)
         p = p.parent
-    if missing and os.path.islink(p):
-        raise CorruptStore(f"{p} is a symlink: refusing to create {path} through it")
     for d in reversed(missing):
         try:
             d.mkdir(mode=DIR_MODE)
@@ -156,6 +162,7 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int]:
 _owner_cache: tuple[int, str] | None = None
 
 
+@functools.cache
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as f:
