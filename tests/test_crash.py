@@ -1,7 +1,8 @@
 """Crash points (issue 10): the command is killed at every publish and delete step.
 
 Each command the store offers for writing (``import``, ``load`` of a docker-archive, an
-OCI layout and an oci-archive, ``tag``, ``rmi``, ``gc``, ``save -o``) is first run to the
+OCI layout, an oci-archive and a gzip docker-archive on standard input, ``tag``, ``rmi``,
+``gc``, ``save -o``) is first run to the
 end under ``strace`` to count, per thread, how often it makes each system call that
 publishes or deletes something (``rename``/``renameat``/``renameat2``, ``link``/
 ``linkat``, ``fsync``/``fdatasync``, ``unlink``/``unlinkat``/``rmdir``, ``write``/
@@ -123,11 +124,14 @@ class Cli:
         *args: str | Path,
         strace: Sequence[str] = (),
         cwd: Path | None = None,
+        stdin: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run a command (standard input from ``stdin``, else empty)."""
         cmd = [*strace, *self.argv(root, *args)]
-        return subprocess.run(
-            cmd, capture_output=True, text=True, env=self.env, cwd=cwd, timeout=300
-        )
+        with open(stdin or os.devnull, "rb") as f:
+            return subprocess.run(
+                cmd, stdin=f, capture_output=True, text=True, env=self.env, cwd=cwd, timeout=300
+            )
 
     def ok(self, root: Path, *args: str | Path) -> str:
         proc = self.run(root, *args)
@@ -232,6 +236,8 @@ class Corpus(NamedTuple):
     oci_archive: Path
     #: The same image as a docker-archive (plain layers), tagged ``campaign/docker:1``.
     docker_archive: Path
+    #: The docker-archive compressed with gzip (spooled into ``tmp/`` when read from a pipe).
+    docker_archive_gz: Path
     #: ``base:1``, imported.
     base: Path
     #: ``base`` with the layout loaded (``campaign/oci:1``), also tagged
@@ -270,6 +276,8 @@ def build_corpus(cli: Cli, d: Path, layer_size: int = 150_000) -> Corpus:
     cli.ok(scratch, "tag", "campaign/oci:1", "campaign/docker:1")
     docker_archive = d / "docker-archive.tar"
     cli.ok(scratch, "save", "-o", docker_archive, "campaign/docker:1")
+    docker_archive_gz = d / "docker-archive.tar.gz"
+    docker_archive_gz.write_bytes(gzip.compress(docker_archive.read_bytes(), 1, mtime=0))
 
     # Garbage: every blob and layer of an image whose config and references are gone.
     gone = d / "store-gone"
@@ -289,7 +297,18 @@ def build_corpus(cli: Cli, d: Path, layer_size: int = 150_000) -> Corpus:
     for store in (base, full, garbage):
         cli.ok(store, "images")
         assert invariants.problems(store) == [], store
-    return Corpus(d, rootfs, layout, oci_archive, docker_archive, base, full, garbage, oci_id)
+    return Corpus(
+        d,
+        rootfs,
+        layout,
+        oci_archive,
+        docker_archive,
+        docker_archive_gz,
+        base,
+        full,
+        garbage,
+        oci_id,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -490,6 +509,12 @@ class Command(NamedTuple):
     args: tuple[str, ...]
     #: The file it writes, in ``{out}`` (``save -o``).
     output: str | None = None
+    #: The corpus file it reads on standard input.
+    stdin: str | None = None
+
+    def input(self, corpus: Corpus) -> Path | None:
+        path: Path | None = getattr(corpus, self.stdin) if self.stdin else None
+        return path
 
     def argv(self, corpus: Corpus, out: Path) -> list[str]:
         values = {
@@ -512,6 +537,7 @@ COMMANDS = [
     Command("load-docker-archive", "base", ("load", "-q", "-i", "{docker_archive}")),
     Command("load-oci-layout", "base", ("load", "-q", "-i", "{layout}")),
     Command("load-oci-archive", "base", ("load", "-q", "-i", "{oci_archive}")),
+    Command("load-stdin-gzip", "base", ("load", "-q", "-i", "-"), stdin="docker_archive_gz"),
     Command("tag", "full", ("tag", "base:1", "campaign/oci:1")),
     Command("rmi", "full", ("rmi", "-f", "{oci_id}")),
     Command("gc", "garbage", ("gc", "--grace", "0")),
@@ -556,7 +582,9 @@ def reference_run(
     out.mkdir()
     before = invariants.state(root)
     log = work / "reference.strace"
-    proc = cli.run(root, *cmd.argv(corpus, out), strace=trace_argv(log, calls))
+    proc = cli.run(
+        root, *cmd.argv(corpus, out), strace=trace_argv(log, calls), stdin=cmd.input(corpus)
+    )
     assert proc.returncode == 0, proc.stderr
     assert invariants.problems(root) == []
     known = frozenset(before["images"])
@@ -645,7 +673,8 @@ def crash_run(
     root = fresh_store(cmd.template(corpus), point / "store")
     out = point / "out"
     out.mkdir()
-    proc = cli.run(root, *cmd.argv(corpus, out), strace=inject_argv([call], "signal=KILL", when))
+    kill = inject_argv([call], "signal=KILL", when)
+    proc = cli.run(root, *cmd.argv(corpus, out), strace=kill, stdin=cmd.input(corpus))
     where = f"{cmd.name} killed at {call} #{when}"
     if proc.returncode not in (0, -9):
         return False, [Failure(HARM, f"{where}: exited {proc.returncode}: {proc.stderr.strip()}")]

@@ -71,7 +71,7 @@ FAULTS = {
 FAULT_CALLS = tuple(c for calls, _, _ in FAULTS.values() for c in calls)
 #: The commands faults are injected into (the writes a full disk can hit).
 FAULT_COMMANDS = {c.name: c for c in COMMANDS}
-FAULTED = ["import", "load-docker-archive", "load-oci-layout", "save-docker"]
+FAULTED = ["import", "load-docker-archive", "load-oci-layout", "load-stdin-gzip", "save-docker"]
 #: A line that names what failed: an absolute path somewhere in it, or the standard stream.
 _NAMES_A_PATH = re.compile(r"(^|[\s'\"(])/[^\s:'\"]+|standard (output|input|error)")
 #: The store's own directories, made when first needed: not a change when they appear.
@@ -131,6 +131,7 @@ def check_failed_command(
     out: Path | None,
     retry: list[str],
     stderr_failed: bool = False,
+    stdin: Path | None = None,
 ) -> list[Failure]:
     """What must hold after a command failed on a write: one line, exit 1, the store as it
     was or wholly changed and sound, and a retry (``retry``, without the fault) succeeds."""
@@ -171,7 +172,7 @@ def check_failed_command(
         fail(kind, f"the store is neither as it was nor wholly changed: {changed}")
     if out is not None and os.listdir(out):
         fail(HARM, f"a failed save left {sorted(os.listdir(out))}")
-    proc = cli.run(root, *retry)
+    proc = cli.run(root, *retry, stdin=stdin)
     if proc.returncode != 0:
         fail(HARM, f"the retry exited {proc.returncode}: {proc.stderr.strip()}")
     elif normalized(invariants.state(root), ref.known)["refs"] != ref.done["refs"]:
@@ -217,7 +218,8 @@ def fault_run(
     out.mkdir()
     log = point / "strace.log"
     argv = cmd.argv(corpus, out)
-    proc = cli.run(root, *argv, strace=inject_argv([call], f"error={errno_name}", when, log))
+    fault = inject_argv([call], f"error={errno_name}", when, log)
+    proc = cli.run(root, *argv, strace=fault, stdin=cmd.input(corpus))
     where = f"{cmd.name} with {call} #{when} failing with {errno_name}"
     injected = [line for line in log.read_text().splitlines() if line.endswith("(INJECTED)")]
     stderr_failed = any(re.search(r"\bwrite\(2,", line) for line in injected)
@@ -237,7 +239,7 @@ def fault_run(
         )
     else:
         failures = check_failed_command(
-            cli, root, proc, before, ref, where, None, argv, stderr_failed
+            cli, root, proc, before, ref, where, None, argv, stderr_failed, cmd.input(corpus)
         )
     if cmd.output and (out / cmd.output).read_bytes() != ref.output:
         failures.append(Failure(HARM, f"{where}: the retried save differs"))
@@ -289,8 +291,10 @@ FAULT_CASES = [
     (name, fault)
     for name in FAULTED
     for fault in FAULTS
-    # A save writes no directory and syncs nothing (an export, as docker save -o).
+    # A save writes no directory and syncs nothing (an export, as docker save -o); a load
+    # from a pipe differs from one from a file in its spooling (writes) only.
     if not (name.startswith("save") and fault in ("mkdir-ENOSPC", "sync-EIO"))
+    and not (name == "load-stdin-gzip" and fault != "write-ENOSPC")
 ]
 
 
