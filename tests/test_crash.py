@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 
 import invariants
 import pytest
-from util import make_tar
+from util import make_tar, snapshot
 
 import ocistore
 
@@ -545,6 +545,12 @@ COMMANDS = [
         "save-docker", "full", ("save", "-o", "{out}/saved.tar", "campaign/oci:1"), "saved.tar"
     ),
     Command(
+        "save-oci-layout",
+        "full",
+        ("save", "--format", "oci", "-o", "{out}/layout", "campaign/oci:1"),
+        "layout",
+    ),
+    Command(
         "save-oci-archive",
         "full",
         ("save", "--format", "oci-archive", "-o", "{out}/saved.tar", "campaign/oci:1"),
@@ -560,7 +566,8 @@ class Reference(NamedTuple):
     before: dict[str, Any]
     done: dict[str, Any]
     counts: dict[str, int]
-    output: bytes | None
+    #: The file's bytes, or (an OCI layout) the directory's :func:`util.snapshot`.
+    output: bytes | dict[str, object] | None
     known: frozenset[str]
 
 
@@ -588,7 +595,10 @@ def reference_run(
     assert proc.returncode == 0, proc.stderr
     assert invariants.problems(root) == []
     known = frozenset(before["images"])
-    output = (out / cmd.output).read_bytes() if cmd.output else None
+    output: bytes | dict[str, object] | None = None
+    if cmd.output:
+        target = out / cmd.output
+        output = snapshot(target) if target.is_dir() else target.read_bytes()
     return Reference(
         normalized(before, known),
         normalized(invariants.state(root), known),
@@ -644,8 +654,20 @@ def check_killed_store(
         fail(BETWEEN, f"neither before nor after: {after}")
     if out is not None and output is not None:
         entries = sorted(os.listdir(out))
-        if output in entries and (out / output).read_bytes() != ref.output:
-            fail(HARM, f"{output} is there but not whole ({(out / output).stat().st_size} bytes)")
+        target = out / output
+        if isinstance(ref.output, bytes):
+            if output in entries and target.read_bytes() != ref.output:
+                fail(HARM, f"{output} is there but not whole ({target.stat().st_size} bytes)")
+        elif output in entries:
+            # An OCI layout is there once its index.json is: then all of it, and nothing
+            # hidden is left in it (blobs without an index.json are not a layout yet).
+            snap = snapshot(target)
+            hidden = [k for k in snap if any(part.startswith(".") for part in k.split("/"))]
+            shown = {k: v for k, v in snap.items() if k not in hidden}
+            if "index.json" in snap and shown != ref.output:
+                fail(HARM, f"{output}/index.json is there but the layout is not whole")
+            if hidden:
+                fail(DEBRIS, f"in the output: {hidden}")
         if [e for e in entries if e != output]:
             fail(DEBRIS, f"beside the output: {entries}")
     proc = cli.run(root, "gc", "--grace", "0")
@@ -734,7 +756,17 @@ def test_a_killed_command_loses_nothing_and_shows_nothing_half_made(
     assert not harm, _report(results, harm)
 
 
-@pytest.mark.parametrize("cmd", [pytest.param(c, id=c.name) for c in COMMANDS])
+_LAYOUT_TMP = pytest.mark.xfail(
+    strict=True,
+    reason="issue 10: a killed save --format oci -o DIR leaves its hidden staging directory "
+    ".DIR.<hex>.tmp (blobs and all) beside DIR, and nothing ever removes it",
+)
+DEBRIS_MARKS = {"save-oci-layout": [_LAYOUT_TMP]}
+
+
+@pytest.mark.parametrize(
+    "cmd", [pytest.param(c, id=c.name, marks=DEBRIS_MARKS.get(c.name, [])) for c in COMMANDS]
+)
 def test_a_killed_command_leaves_nothing_fsck_or_a_user_would_see(
     cmd: Command, crashes: Callable[[Command], CrashResults]
 ) -> None:
