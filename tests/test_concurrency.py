@@ -2,16 +2,23 @@
 
 * Writers importing and tagging while a reader lists; several command lines at once.
 * Targeted races, each order forced with gates (:class:`Gate`: a layer's stream that
-  stops half-way, the first lock a ``Store`` takes, fsck's first progress task, a pipe
-  the test feeds), never with sleeps: two ``Store`` objects on one root behave as two
-  processes (the lock is ``flock`` on files each opens). gc against a load that is
-  staging, ``rmi -f`` against a load relying on the image's blobs, ``rmi`` against
-  ``tag``, two loads of one image at once, fsck against writers.
+  stops half-way, the first lock a ``Store`` takes, fsck's or save's first progress
+  task, a pipe the test feeds and a process it kills), never with sleeps: two ``Store``
+  objects on one root behave as two processes (the lock is ``flock`` on files each
+  opens). gc (``--grace 0`` too) against a load or an import that is staging or
+  spooling, and against what a killed writer left; ``rmi -f`` against a load relying
+  on the image's layers or kept gzip blobs, or loading that very image again; ``rmi``
+  against ``tag`` (both orders), against another ``rmi``, against a save; two loads of
+  one image (same or different formats) and of two images sharing a new layer at once;
+  fsck against rmi, gc and load.
 * Several processes doing mixed operations (loads of overlapping docker-archives and
-  oci-archives, tags, rmi, gc, fsck, saves), then the invariants checked by
-  ``tests/invariants.py``, an independent reader of the files.
+  oci-archives, tags, rmi, rmi -f, gc, gc --grace 0, fsck, saves), then the invariants
+  checked by ``tests/invariants.py``, an independent reader of the files, and each
+  worker's own model of what its successful operations made.
 
 ``OCISTORE_CAMPAIGN_SCALE`` (``make soak``: 20) multiplies the numbers of operations.
+Where a race may end either way by design (a load refused because a layer it relied on
+went away), both ends are accepted and each is checked for what it must leave.
 """
 
 from __future__ import annotations
