@@ -649,6 +649,8 @@ def _fix_checksum(block: bytearray) -> None:
 
 
 def mut_tar_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
+    if not data:
+        return data, "tar: empty already"
     how = rng.choice(["header", "header", "header", "truncate", "truncate", "append"])
     if how == "truncate":
         cut = rng.randrange(len(data))
@@ -1041,7 +1043,12 @@ def _with_manifest_media_type(corpus: Corpus, value: Any) -> Case:
                 "its oci-archive save copies that type into index.json and loads back empty",
             ),
         )
-        for value in ["sha256:" + "d6" * 32, "text/plain"]
+        for value in [
+            "sha256:" + "d6" * 32,
+            "text/plain",
+            "APPLICATION/VND.OCI.IMAGE.MANIFEST.V1+JSON",  # seed 12 case 4165
+            "application/vnd.oci.image.manifest.v1+jso",  # seed 10 case 7437
+        ]
     ]
     + ["application/vnd.docker.distribution.manifest.v2+json", None],
 )
