@@ -69,6 +69,11 @@ FAULTS = {
     "mkdir-ENOSPC": (("mkdir", "mkdirat"), "ENOSPC", 1),
 }
 FAULT_CALLS = tuple(c for calls, _, _ in FAULTS.values() for c in calls)
+#: Where every call is a fault point, whatever the scale: the fsyncs and renames of one
+#: import, the publishing step all loads share. (A directory's fsync failing after a link
+#: or rename has put the entry in place is where undoing is hardest; at a spread of
+#: three, only a soak came across the one that left an image without its layer.)
+EVERY_POINT = {("import", "sync-EIO"), ("import", "publish-EIO")}
 #: The commands faults are injected into (the writes a full disk can hit).
 FAULT_COMMANDS = {c.name: c for c in COMMANDS}
 FAULTED = ["import", "load-docker-archive", "load-oci-layout", "load-stdin-gzip", "save-docker"]
@@ -98,6 +103,14 @@ def store_snapshot(root: Path) -> dict[str, object]:
 
 #: A failure that harms the store or the user (the first test of each case).
 HARM = "harm"
+_CONFIG_LEFT = pytest.mark.xfail(
+    strict=True,
+    reason="issue 10: EIO on fsync of imagedb/content/sha256 after the config is linked: the "
+    "undo removes the layer and its blob but not the config, an image without its layer "
+    "(ocistore images warns 'skipped image', fsck fails)",
+)
+#: The cases that fail today, for the harm test and the leftover test alike.
+KNOWN = {("import", "sync-EIO"): [_CONFIG_LEFT]}
 #: What a failed command left of its change, whole but not undone: files no image names,
 #: or an image published but never tagged (the second test).
 LEFTOVER = "leftover"
@@ -252,10 +265,11 @@ def fault_campaign(
     cli: Cli, corpus: Corpus, cmd: Command, ref: Reference, fault: str, work: Path
 ) -> FaultResults:
     calls, errno_name, per_scale = FAULTS[fault]
+    every = (cmd.name, fault) in EVERY_POINT
     points = [
         (call, when)
         for call in calls
-        for when in spread(ref.counts.get(call, 0), per_scale * SCALE)
+        for when in spread(ref.counts.get(call, 0), 1000 if every else per_scale * SCALE)
     ]
     with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
         runs = list(
@@ -302,7 +316,12 @@ def _report(results: FaultResults, lines: list[str]) -> str:
     return f"{len(lines)} failures over {len(results.points)} faults:\n" + "\n".join(lines)
 
 
-@pytest.mark.parametrize(("name", "fault"), FAULT_CASES, ids=[f"{n}-{f}" for n, f in FAULT_CASES])
+KNOWN_CASES = [
+    pytest.param(n, f, id=f"{n}-{f}", marks=KNOWN.get((n, f), [])) for n, f in FAULT_CASES
+]
+
+
+@pytest.mark.parametrize(("name", "fault"), KNOWN_CASES)
 def test_an_injected_error_fails_cleanly_and_a_retry_succeeds(
     name: str, fault: str, faults: Callable[[str, str], FaultResults]
 ) -> None:
@@ -313,7 +332,7 @@ def test_an_injected_error_fails_cleanly_and_a_retry_succeeds(
     assert not harm, _report(results, harm)
 
 
-@pytest.mark.parametrize(("name", "fault"), FAULT_CASES, ids=[f"{n}-{f}" for n, f in FAULT_CASES])
+@pytest.mark.parametrize(("name", "fault"), KNOWN_CASES)
 def test_an_injected_error_leaves_the_store_as_it_was_or_wholly_changed(
     name: str, fault: str, faults: Callable[[str, str], FaultResults]
 ) -> None:
