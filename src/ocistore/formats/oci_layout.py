@@ -823,7 +823,8 @@ def write_oci_layout(
         parent = dest.parent
         if not parent.is_dir():
             raise NotFound(f"{dest}: parent directory {parent} does not exist")
-        tmp = parent / f".{dest.name}.{os.urandom(16).hex()}.tmp"
+        fsutil.remove_dead_beside(dest)  # what a killed save of this layout left
+        tmp = fsutil.beside(dest)
         try:
             tmp.mkdir(mode=0o755)
             _fill_layout(store, tmp, plan, progress, None)

@@ -221,6 +221,29 @@ def temp_path(tmpdir: Path, suffix: str = "") -> Path:
     return tmpdir / f"{writer_tag()}-{os.urandom(8).hex()}{suffix}"
 
 
+def beside(path: Path) -> Path:
+    """A hidden temporary name beside an output ``path`` (``.NAME.<writer>-<random>.tmp``),
+    where it is built before it is renamed into place."""
+    return path.with_name(f".{path.name}.{writer_tag()}-{os.urandom(8).hex()}.tmp")
+
+
+def remove_dead_beside(path: Path) -> None:
+    """Remove what a killed writer of the output ``path`` left beside it (a name of
+    :func:`beside` whose process is gone; a live writer's is left alone)."""
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            name = entry.name
+            dead = (
+                name.startswith(prefix)
+                and name.endswith(".tmp")
+                and writer_alive(name[len(prefix) : -len(".tmp")]) is False
+            )
+            if dead:
+                with contextlib.suppress(OSError):
+                    remove(Path(entry.path))
+
+
 def _umask() -> int:
     """The process's umask, read without changing it (``/proc/self/status``)."""
     try:
@@ -322,7 +345,7 @@ class AtomicFile:
             self.tmp = temp_path(tmpdir)
             self._mode = mode
         else:
-            self.tmp = path.with_name(f".{path.name}.{writer_tag()}-{os.urandom(8).hex()}.tmp")
+            self.tmp = beside(path)
             self._mode = mode & ~_umask() & ~0o002
         self._durable = durable
         self._open = open_file
@@ -331,7 +354,7 @@ class AtomicFile:
     def __enter__(self) -> IO[bytes]:
         directory = self._tmpdir if self._tmpdir is not None else self.path.parent
         if self._tmpdir is None:
-            self._remove_dead_leftovers()
+            remove_dead_beside(self.path)
         fd = _tmpfile(directory, self._mode)
         if fd is None:
             try:
@@ -361,22 +384,6 @@ class AtomicFile:
         if self._durable:
             fsync_dir(self.path.parent)
         return True
-
-    def _remove_dead_leftovers(self) -> None:
-        """Remove what a killed writer of this same output left beside it (a temporary
-        name of a process that is gone; a live one's is left alone)."""
-        prefix = f".{self.path.name}."
-        with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
-            for entry in entries:
-                name = entry.name
-                dead = (
-                    name.startswith(prefix)
-                    and name.endswith(".tmp")
-                    and writer_alive(name[len(prefix) : -len(".tmp")]) is False
-                )
-                if dead:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
 
     def _discard(self) -> None:
         if self._named:
