@@ -8,7 +8,8 @@ removed, duplicated, renamed and symlinked members, bytes of tar headers, a cut 
 padded archive; for some, the digests above the change are fixed up so that the
 mutation reaches the checks below them), and loads the result with the command line, in
 this process, into an empty store or one that holds an image already, from the file or
-(for some tars) from standard input. The rule:
+(for some tars) from standard input, some tars compressed with gzip or zstd (and those
+bytes cut or flipped too). The rule:
 
 * exit 0 only for a valid image whose digests hold: the store's invariants hold, ``fsck``
   is clean, and every image saves back and loads again under the same ID;
@@ -680,17 +681,21 @@ def mut_tar_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
 
 
 def mut_gz_bytes(rng: random.Random, data: bytes) -> tuple[bytes, str]:
-    """A gzip-compressed archive cut short, or with a bit flipped (in its header, its
-    deflate stream or its CRC and length trailer)."""
+    return mut_compressed_bytes(rng, data, "gzip")
+
+
+def mut_compressed_bytes(rng: random.Random, data: bytes, how: str) -> tuple[bytes, str]:
+    """A compressed archive cut short, or with a bit flipped (in its header, its stream
+    or its trailer: gzip's CRC and length, zstd's checksum)."""
     if rng.random() < 0.5:
         cut = rng.randrange(len(data))
-        return data[:cut], f"gzip: cut at byte {cut} of {len(data)}"
+        return data[:cut], f"{how}: cut at byte {cut} of {len(data)}"
     pos = rng.choice(
         [rng.randrange(10), rng.randrange(len(data)), len(data) - 1 - rng.randrange(8)]
     )
     out = bytearray(data)
     out[pos] ^= 1 << rng.randrange(8)
-    return bytes(out), f"gzip: bit flipped at byte {pos} of {len(data)}"
+    return bytes(out), f"{how}: bit flipped at byte {pos} of {len(data)}"
 
 
 def write_dir(members: Members, dest: Path) -> None:
@@ -732,6 +737,10 @@ class Case(NamedTuple):
     gz_step: int | None = None
     #: Loaded from standard input (``load -i -``, spooled into the store's tmp/).
     stdin: bool = False
+    #: The tar compressed with zstd (a ``.tar.zst``), and the seed of a mutation of the
+    #: compressed bytes (``-1``: none).
+    zstd: bool = False
+    zstd_step: int = -1
 
     def describe(self, seed: int) -> str:
         store = "a store holding fuzz/a:1" if self.warm else "an empty store"
@@ -767,7 +776,9 @@ def make_case(corpus: Corpus, seed: int, n: int) -> Case:
     if src.layout == "tar.gz" and rng.random() < 0.3:
         gz_step = rng.randrange(1 << 32)
     stdin = src.layout != "dir" and rng.random() < 0.3
-    return Case(n, src, warm, steps, members, tar_steps, gz_step, stdin)
+    zstd = src.layout == "tar" and rng.random() < 0.15
+    zstd_step = rng.randrange(1 << 32) if zstd and rng.random() < 0.4 else -1
+    return Case(n, src, warm, steps, members, tar_steps, gz_step, stdin, zstd, zstd_step)
 
 
 def render(case: Case, dest: Path) -> tuple[Path, list[str]]:
@@ -786,7 +797,15 @@ def render(case: Case, dest: Path) -> tuple[Path, list[str]]:
         if case.gz_step is not None:
             data, what = mut_gz_bytes(random.Random(case.gz_step), data)
             done.append(what)
-    path = dest / ("archive.tar.gz" if case.seed.layout == "tar.gz" else "archive.tar")
+    name = "archive.tar.gz" if case.seed.layout == "tar.gz" else "archive.tar"
+    if case.zstd:
+        data = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+        name = "archive.tar.zst"
+        done.append("compressed with zstd")
+        if case.zstd_step >= 0:
+            data, what = mut_compressed_bytes(random.Random(case.zstd_step), data, "zstd")
+            done.append(what)
+    path = dest / name
     path.write_bytes(data)
     return path, done
 
