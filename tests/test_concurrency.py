@@ -466,11 +466,24 @@ def test_gc_grace_0_spares_the_files_of_a_load_staging(tmp_path: Path) -> None:
     check_saves_and_loads_back(root, "gc/live:1", tmp_path)
 
 
+def _pipe_max() -> int:
+    """The most a pipe can hold (``/proc/sys/fs/pipe-max-size``): a process may enlarge
+    its pipes up to it; they hold 64 KiB by default."""
+    try:
+        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+#: What the tests write into a command's pipe before they act: more than any pipe holds.
+FED = _pipe_max() + (256 << 10)
+
+
 def test_gc_grace_0_spares_the_spool_of_a_load_from_a_pipe(tmp_path: Path) -> None:
     """``ocistore load -i -`` copies its pipe into tmp/ first; ``gc --grace 0`` while it
     reads must not remove that copy, and the load must succeed."""
     archives = Archives(tmp_path)
-    archives.add("pipe/img:1", [pool_layer(3, 400_000), pool_layer(4)])
+    archives.add("pipe/img:1", [pool_layer(3, 2 * FED), pool_layer(4)])
     data = archives.save("pipe/img:1", "docker").read_bytes()
     root = tmp_path / "store"
     Store(root).close()
@@ -481,17 +494,18 @@ def test_gc_grace_0_spares_the_spool_of_a_load_from_a_pipe(tmp_path: Path) -> No
         text=True,
         check=True,
     )
-    out, err = proc.communicate(data[256 << 10 :], timeout=WAIT)
+    out, err = proc.communicate(data[FED:], timeout=WAIT)
     assert proc.returncode == 0, (err.decode(), gc_run.stdout)
     assert b"Loaded image: pipe/img:1" in out
     check_sound(root)
 
 
 def _half_fed(root: Path, data: bytes, *args: str) -> subprocess.Popen[bytes]:
-    """``ocistore ARGS`` reading ``data`` from a pipe, of which 256 KiB are written: a
-    pipe holds 64 KiB, so once the write returns the command has read from it (past the
-    few bytes it peeks at first), and its file in tmp/ exists; it waits for more."""
-    assert len(data) > 300 << 10
+    """``ocistore ARGS`` reading ``data`` from a pipe, of which :data:`FED` bytes are
+    written: more than a pipe can hold, so once the write returns the command has read
+    from it (past the few bytes it peeks at first), and its file in tmp/ exists; it
+    waits for more."""
+    assert len(data) > FED + (64 << 10)
     proc = subprocess.Popen(
         [str(OCISTORE), "--root", str(root), *args],
         stdin=subprocess.PIPE,
@@ -499,14 +513,15 @@ def _half_fed(root: Path, data: bytes, *args: str) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None
-    proc.stdin.write(data[: 256 << 10])
+    proc.stdin.write(data[:FED])
     proc.stdin.flush()
     assert not invariants.tmp_is_empty(root)
     return proc
 
 
 def _rootfs_tarball() -> bytes:
-    return make_tar({"data": random.Random(99).randbytes(500_000), "etc/id": b"imported\n"})
+    data = random.Random(99).randbytes(FED + (512 << 10))
+    return make_tar({"data": data, "etc/id": b"imported\n"})
 
 
 def test_gc_grace_0_spares_an_import_reading_its_pipe(tmp_path: Path) -> None:
@@ -522,7 +537,7 @@ def test_gc_grace_0_spares_an_import_reading_its_pipe(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    out, err = proc.communicate(data[256 << 10 :], timeout=WAIT)
+    out, err = proc.communicate(data[FED:], timeout=WAIT)
     assert proc.returncode == 0, (err.decode(), gc_run.stdout)
     (image_id,) = out.decode().split()
     assert invariants.references(root) == {"gc/imported:1": image_id}
@@ -540,7 +555,7 @@ def test_gc_removes_what_a_killed_writer_left_at_once(tmp_path: Path, command: s
         proc = _half_fed(root, _rootfs_tarball(), "import", "-q", "-", "gc/killed:1")
     else:
         archives = Archives(tmp_path / "made")
-        archives.add("gc/killed:1", [pool_layer(30, 400_000)])
+        archives.add("gc/killed:1", [pool_layer(30, 2 * FED)])
         data = archives.save("gc/killed:1", "docker").read_bytes()
         proc = _half_fed(root, data, "load", "-q", "-i", "-")
     proc.kill()
