@@ -461,9 +461,14 @@ class Store:
         current = self.references.all()
         if create and (not tags or any(current.get(lookup_key(r)) != i for r, i in tags)):
             for image_id in create:
-                if self.images.exists(image_id) and not self.references.references(image_id):
-                    with contextlib.suppress(Conflict):
-                        self.images.delete(image_id)
+                if self.images.exists(image_id):
+                    if not self.references.references(image_id):
+                        with contextlib.suppress(Conflict):
+                            self.images.delete(image_id)
+                elif self.backend.exists(image_id):
+                    # Its config was written and the step failed before it became an
+                    # image (the directory's fsync): it goes too, before its layers do.
+                    self.backend.delete(image_id)
         if delete and not any(current.get(lookup_key(r)) == i for r, i in untag):
             for image_id in delete:
                 if self.images.exists(image_id) and not self.references.references(image_id):
