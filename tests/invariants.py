@@ -11,7 +11,9 @@ check. The formats are those of ``docs/design.md`` ("On-disk layout"):
   follows from the parent's and the DiffID, and a gzip blob decompresses to the DiffID
   (zstd blobs are not decompressed: that needs a library);
 * ``imagedb/metadata/sha256/<id>/{parent,manifest,blobs}``;
-* ``repositories.json``: ``{"Repositories": {repo: {ref: image id}}}``.
+* ``repositories.json``: ``{"Repositories": {repo: {ref: image id}}}``;
+* ``imagedb/index.json`` (a cache, but written whole) and ``format`` (the store format's
+  number), when they are there.
 
 :func:`problems` lists every violated invariant (empty: the store is sound);
 :func:`tmp_is_empty` says whether ``tmp/`` holds nothing; :func:`state` summarizes the
@@ -329,6 +331,9 @@ def problems(root: Path) -> list[str]:
     index = root / "imagedb" / "index.json"
     if index.exists():
         _read_json(index, "imagedb/index.json", out)
+    fmt = root / "format"
+    if fmt.exists() and not fmt.read_bytes().strip().isdigit():
+        out.append(f"format: not a format number: {fmt.read_bytes()[:40]!r}")
     return out
 
 
