@@ -369,6 +369,7 @@ def _damages(root: Path, oci_id: str) -> dict[str, Callable[[], object]]:
         "a half-written repositories.json": lambda: (root / "repositories.json").write_text(
             '{"Repositories": {"x"'
         ),
+        "an empty format file": lambda: (root / "format").write_bytes(b""),
     }
 
 
