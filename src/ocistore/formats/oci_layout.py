@@ -18,8 +18,9 @@ blob and where the descriptor is (``index.json manifests[2] → manifests[0] →
   +json``, no type at all) is classified by the document it points at (its own
   ``mediaType``, else the presence of ``manifests`` or ``config``/``layers``), as the
   go-containerregistry test layouts need. A document whose own ``mediaType`` contradicts
-  its descriptor (an index where a manifest was announced, or the reverse) is refused; OCI
-  and Docker manifest types are interchangeable, since they have the same shape. Docker
+  its descriptor (an index where a manifest was announced, or the reverse, or a type that
+  is neither) is refused; OCI and Docker manifest types are interchangeable, since they
+  have the same shape. Docker
   schema 1 manifests and encrypted layers are refused. A manifest whose config is not an
   image config (an artifact: signatures, attestations, Helm charts) is skipped.
 * Layers. The layer media type must be a known layer type (OCI or Docker, plain, gzip,
@@ -405,17 +406,18 @@ class _LayoutReader:
                 "is not supported"
             )
         if desc.media_type in mt.INDEX_TYPES:
-            if inner in mt.MANIFEST_TYPES:
+            if inner is not None and inner not in mt.INDEX_TYPES:
                 raise InvalidInput(
                     f"{self.name}: {path} ({desc.where}): the descriptor says "
-                    f"{desc.media_type} but the document is a {inner}"
+                    f"{desc.media_type} but the document's mediaType is {inner!r}"
                 )
             return "index"
         if desc.media_type in mt.MANIFEST_TYPES:
-            if inner in mt.INDEX_TYPES:
+            # Its own type is what a save writes again: it must be a manifest's.
+            if inner is not None and inner not in mt.MANIFEST_TYPES:
                 raise InvalidInput(
                     f"{self.name}: {path} ({desc.where}): the descriptor says "
-                    f"{desc.media_type} but the document is a {inner}"
+                    f"{desc.media_type} but the document's mediaType is {inner!r}"
                 )
             return "manifest"
         if inner in mt.INDEX_TYPES:
