@@ -13,6 +13,7 @@ import errno
 import io
 import json
 import os
+import pty
 import signal
 import stat
 import subprocess
@@ -175,14 +176,42 @@ def stopped_holder(filled: Path) -> Iterator[int]:
 def test_a_lock_held_by_a_stopped_process_is_named_and_the_wait_ends(
     filled: Path, stopped_holder: int
 ) -> None:
-    proc = ocistore(filled, "--lock-timeout", "2.5", "images")
+    """Not on a terminal, the wait ends in one line naming the holder."""
+    proc = ocistore(filled, "--lock-timeout", "0.5", "images")
     assert proc.returncode == 1, proc.stdout
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("ocistore: store lock ") and "still held" in line
+    assert f"process {stopped_holder} (" in line and "after 0.5 s" in line
+
+
+def test_on_a_terminal_a_long_wait_for_the_lock_is_told_first(
+    filled: Path, stopped_holder: int
+) -> None:
+    """On a terminal, a wait that lasts is told (naming the holder) before it ends."""
+    main, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [str(OCISTORE), "--root", str(filled), "--lock-timeout", "2.5", "images"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=secondary,
+        )
+        os.close(secondary)
+        secondary = -1
+        out = b""
+        with contextlib.suppress(OSError):  # EIO once the command has closed the terminal
+            while chunk := os.read(main, 4096):
+                out += chunk
+        assert proc.wait(timeout=120) == 1
+    finally:
+        os.close(main)
+        if secondary >= 0:
+            os.close(secondary)
+    lines = out.decode().splitlines()
+    assert len(lines) == 2, lines
     assert lines[0].startswith("ocistore: waiting for the store lock") and lines[0].endswith("...")
     assert f"process {stopped_holder}" in lines[0]
-    assert lines[1].startswith("ocistore: store lock ") and "still held" in lines[1]
-    assert f"process {stopped_holder}" in lines[1] and "after 2.5 s" in lines[1]
+    assert "still held" in lines[1] and "after 2.5 s" in lines[1]
 
 
 def test_the_lock_timeout_is_checked_before_anything_changes(

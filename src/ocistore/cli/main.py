@@ -73,7 +73,8 @@ def open_store(args: argparse.Namespace) -> Store:
     store = Store(
         args.root,
         lock_timeout=args.lock_timeout or None,
-        on_lock_wait=lambda message: say_error(f"{message} ..."),
+        # Told like progress: on a terminal only (a script gets the timeout's one line).
+        on_lock_wait=(lambda m: say_error(f"{m} ...")) if sys.stderr.isatty() else None,
     )
     args.store = store
     return store
