@@ -497,3 +497,35 @@ def test_the_stores_own_files_nested_deep_are_damage_not_a_traceback(
         proc = ocistore(filled, *args)
         assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr, proc
         assert proc.returncode in (0, 1) and len(proc.stderr.splitlines()) <= 3, proc
+
+
+@pytest.mark.parametrize("when", ["while writing", "once finished"])
+def test_a_staged_blob_swapped_for_a_symlink_is_neither_followed_nor_published(
+    filled: Path, tmp_path: Path, when: str
+) -> None:
+    """Another writer replaces a staged file in tmp/ with a symlink to a file outside:
+    its target's mode and bytes stay as they were, and nothing is published."""
+    outside = tmp_path / "precious"
+    outside.write_bytes(b"not a blob")
+    os.chmod(outside, 0o600)
+    data = b"the blob" * 1000
+    with Store(filled) as store:
+        w = store.content.writer()
+        w.write(data)
+
+        def swap() -> None:
+            os.unlink(w.path)
+            os.symlink(outside, w.path)
+
+        if when == "while writing":
+            swap()
+            staged = w.finish()
+        else:
+            staged = w.finish()
+            swap()
+        with pytest.raises(CorruptStore, match="replaced or removed"):
+            store.content.publish(staged)
+        assert not store.content.exists(staged.digest)
+        os.unlink(w.path)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600
+    assert outside.read_bytes() == b"not a blob"
