@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs the peer tools the tests compare against (skopeo, umoci, docker-registry) from
+# Installs the peer tools the tests compare against (skopeo, umoci, docker-registry) and
+# the tools the crash and fault tests drive ocistore with (strace, mkfs.ext4, setpriv) from
 # Debian when running as root and they are missing. Without root, tests that need a
 # missing peer skip with a reason (and fail under CI=true).
 set -e
@@ -8,6 +9,9 @@ command -v skopeo >/dev/null 2>&1 || missing="$missing skopeo"
 command -v umoci >/dev/null 2>&1 || missing="$missing umoci"
 command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ] || missing="$missing docker-registry"
 command -v zstd >/dev/null 2>&1 || missing="$missing zstd"
+command -v strace >/dev/null 2>&1 || missing="$missing strace"
+command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || missing="$missing e2fsprogs"
+command -v setpriv >/dev/null 2>&1 || missing="$missing util-linux"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing peer tools:$missing"
