@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, NamedTuple, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import (
     Conflict,
@@ -50,7 +50,7 @@ from ..progress import SILENT, Progress
 from ..spec.digest import ChainID, DiffID, Digest, ImageID
 from ..spec.platform import host_platform
 from ..spec.reference import Reference, parse, parse_tagged
-from . import fsutil, gc, ingest, usage
+from . import fsutil, gc, ingest
 from .backend import MANIFEST, FSBackend
 from .content import ContentStore
 from .images import Image, ImageRecord, ImageStore, newest_first
@@ -58,6 +58,9 @@ from .ingest import ImageSource, LayerSource, LoadedImage
 from .layers import Layer, LayerReader, LayerStore
 from .refs import ReferenceStore, lookup_key
 from .resolve import Resolver, Selected
+
+if TYPE_CHECKING:  # imported when first used: most commands never need it
+    from . import usage
 
 __all__ = ["RemoveEvent", "Store"]
 
@@ -788,6 +791,8 @@ class Store:
         """What the images, layers and blobs take on disk, what is shared, and what
         ``image prune`` and ``gc`` would reclaim, as ``docker system df`` shows it
         (:func:`ocistore.store.usage.disk_usage`)."""
+        from . import usage
+
         return usage.disk_usage(self)
 
     def prune_images(
@@ -796,4 +801,6 @@ class Store:
         """Remove dangling images (or, with ``all_images``, every image) as ``docker
         image prune`` does, filters (``until=``, ``label=``, ``label!=``) and all, in one
         transaction (:func:`ocistore.store.usage.prune_images`)."""
+        from . import usage
+
         return usage.prune_images(self, all_images, filters)
