@@ -55,18 +55,23 @@ def fsync_dir(path: Path) -> None:
 DIR_MODE = 0o755
 
 
+def _missing(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist, outermost first."""
+    missing: list[Path] = []
+    p = path
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    return missing[::-1]
+
+
 def makedirs(path: Path) -> None:
     """Create a directory and its parents (mode :data:`DIR_MODE`, whatever the umask),
     fsyncing each parent that got a new entry. A symlink made where a directory was
     being created is not followed: :class:`~ocistore.errors.CorruptStore`. (Existing
     parents may be symlinks: the user's path to the store may go through one; the
     store's own names are checked when it is opened.)"""
-    missing: list[Path] = []
-    p = path
-    while not os.path.lexists(p):
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
+    for d in _missing(path):
         try:
             d.mkdir(mode=DIR_MODE)
         except FileExistsError:
@@ -81,12 +86,7 @@ def make_output_dirs(path: Path) -> None:
     """Create the directories of an output (an OCI layout's ``blobs/sha256``) with the
     umask's modes, never writable by others."""
     mode = 0o777 & ~_umask() & ~0o002
-    missing: list[Path] = []
-    p = path
-    while not os.path.lexists(p):
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
+    for d in _missing(path):
         with contextlib.suppress(FileExistsError):
             d.mkdir(mode=mode)
             os.chmod(d, mode)

@@ -674,11 +674,7 @@ class Store:
                 done.append(f"removed layer record {chain}: {e}")
         for chain, layer in records.items():
             try:
-                task = progress.task(f"layer {chain.short()}", layer.size)
-                with self.layers.open_tar(layer) as tar:
-                    for _ in tar.chunks():
-                        task.update(tar.done)
-                task.finish()
+                self._verify_layer(layer, progress)
             except OcistoreError as e:
                 bad.add(chain)
                 done.append(f"removed layer {chain}: {e}")
@@ -700,12 +696,24 @@ class Store:
             self.layers.delete(chain)
         return done
 
+    def _verify_blob(self, digest: Digest) -> None:
+        """Read a stored blob to its end, its digest checked (an error if it is not)."""
+        with self.content.open(digest) as f:
+            while f.read(1 << 20):
+                pass
+
+    def _verify_layer(self, layer: Layer, progress: Progress) -> None:
+        """Read a layer's tar to its end, every check of :class:`LayerReader` made."""
+        task = progress.task(f"layer {layer.chain_id.short()}", layer.size)
+        with self.layers.open_tar(layer) as tar:
+            for _ in tar.chunks():
+                task.update(tar.done)
+        task.finish()
+
     def _blob_holds(self, digest: Digest) -> bool:
         """Whether a blob is there and what its digest says."""
         try:
-            with self.content.open(digest) as f:
-                while f.read(1 << 20):
-                    pass
+            self._verify_blob(digest)
         except (NotFound, DigestMismatch, CorruptStore):
             return False
         return True
@@ -767,19 +775,12 @@ class Store:
                 kept.setdefault(blob, rec.id)
         for blob, image_id in kept.items():
             try:
-                with self.content.open(blob) as f:
-                    while f.read(1 << 20):
-                        pass
+                self._verify_blob(blob)
             except OcistoreError as e:
                 problems.append(f"image {image_id}: kept {e}")
         for chain in self.layers.walk():
             try:
-                layer = self.layers.get(chain)
-                task = progress.task(f"layer {chain.short()}", layer.size)
-                with self.layers.open_tar(layer) as tar:
-                    for _ in tar.chunks():
-                        task.update(tar.done)
-                task.finish()
+                self._verify_layer(self.layers.get(chain), progress)
             except OcistoreError as e:
                 problems.append(f"layer {chain}: {e}")
         for ref, image_id in self.references.all().items():
