@@ -30,3 +30,5 @@ $OCISTORE rmi demo/minimal:v1 demo/minimal:latest
 $OCISTORE load -i "$work/minimal.oci.tar"
 $OCISTORE tag demo/minimal:v1 demo/minimal:latest
 $OCISTORE images demo/minimal
+$OCISTORE system df
+$OCISTORE fsck -q
