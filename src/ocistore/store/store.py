@@ -454,12 +454,7 @@ class Store:
             tags = [(parse(r), ImageID(Digest(i))) for r, i in intent.get("tags", [])]
             untag = [(parse(r), ImageID(Digest(i))) for r, i in intent.get("untag", [])]
             delete = [ImageID(Digest(i)) for i in intent.get("delete", [])]
-        except (
-            ValueError,
-            TypeError,
-            AttributeError,
-            RecursionError,
-        ):  # InvalidInput is a ValueError
+        except (ValueError, TypeError, AttributeError, RecursionError):  # InvalidInput too
             return
         current = self.references.all()
         if create and (not tags or any(current.get(lookup_key(r)) != i for r, i in tags)):
