@@ -529,3 +529,115 @@ def test_a_staged_blob_swapped_for_a_symlink_is_neither_followed_nor_published(
         os.unlink(w.path)
     assert stat.S_IMODE(outside.stat().st_mode) == 0o600
     assert outside.read_bytes() == b"not a blob"
+
+
+# -- what a dead writer's marker says ------------------------------------------------------
+
+
+def _dead_marker(root: Path, intent: dict[str, object]) -> None:
+    """What a writer killed after saying what it would do leaves."""
+    (root / "imagedb" / "index.dirty").write_text(json.dumps(intent))
+
+
+def test_a_damaged_layer_record_is_dropped_by_repair_but_its_image_keeps_its_tags(
+    filled: Path,
+) -> None:
+    with Store(filled) as store:
+        app = store.resolve("app:1")
+        layer = store.layers_of(store.image("app:1"))[0]
+    (filled / "layerdb" / "sha256" / layer.chain_id.hex / "layer.json").write_text("{")
+    proc = ocistore(filled, "fsck", "-q", "--repair")
+    assert proc.returncode == 1 and app in proc.stdout  # the image is left to load again
+    assert "removed app:1" not in proc.stdout and "removed other/app:1" not in proc.stdout
+    refs = json.loads((filled / "repositories.json").read_text())["Repositories"]
+    assert refs["app"] == {"app:1": app} and refs["other/app"] == {"other/app:1": app}
+    with Store(filled) as store:  # loading it again mends it
+        store.import_tarball(io.BytesIO(make_tar({"a": b"a" * 5000})), "app:1")
+    assert ocistore(filled, "fsck", "-q").returncode == 0
+
+
+def test_undoing_a_dead_load_removes_children_before_their_parents(filled: Path) -> None:
+    with Store(filled) as store:
+        base = store.resolve("base:1")
+        parent = store.import_tarball(io.BytesIO(make_tar({"p": b"p" * 100})))
+        child = store.import_tarball(io.BytesIO(make_tar({"c": b"c" * 100})))
+        store.images.set_parent(child, parent)
+    _dead_marker(filled, {"create": [parent, child], "tags": [["docker.io/library/pc:1", child]]})
+    with Store(filled) as store:
+        ids = {rec.id for rec, _ in store.list_images(all_images=True)}
+    assert parent not in ids and child not in ids and base in ids
+    assert not (filled / "imagedb" / "index.dirty").exists()
+
+
+def test_a_marker_whose_recovery_fails_stays_for_the_next_writer(
+    filled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store(filled) as store:
+        base = store.resolve("base:1")
+        store.remove("base:1")  # as an rmi killed after untagging would leave it... and more
+        orphan = store.import_tarball(io.BytesIO(make_tar({"o": b"o" * 100})))
+    _dead_marker(filled, {"untag": [["docker.io/library/gone:1", orphan]], "delete": [orphan]})
+    store = Store(filled)
+
+    def broken(intent: dict[str, object]) -> None:
+        raise fsutil.StorageError("removing", filled / "x", OSError(errno.EIO, "I/O error"))
+
+    monkeypatch.setattr(store, "recover", broken)
+    store.images.recover = broken
+    with pytest.raises(fsutil.StorageError), store.transaction():
+        pass
+    assert "delete" in (filled / "imagedb" / "index.dirty").read_text()
+    with Store(filled) as again:  # the next writer finishes the rmi
+        again.tag(str(again.resolve("app:1")), "app:2")
+        assert not again.images.exists(orphan) and not again.images.exists(base)
+    assert not (filled / "imagedb" / "index.dirty").exists()
+
+
+def test_a_load_checks_what_it_relies_on_after_a_dead_writer_was_recovered(
+    filled: Path, tmp_path: Path
+) -> None:
+    """A killed rmi of app (untagged, not yet deleted) is finished by the next writer, a
+    load of an image sharing app's layer: that load must see the layer go first and
+    stage it, not find it gone at its publish step."""
+    with Store(filled) as store:
+        app = store.resolve("app:1")
+        store.references.delete_image(app)
+        archive = tmp_path / "app.tar"
+        store.tag(app, "keep:1")
+    assert ocistore(filled, "save", "-q", "-o", archive, "keep:1").returncode == 0
+    with Store(filled) as store:
+        store.references.delete_image(app)
+    _dead_marker(
+        filled,
+        {"untag": [["docker.io/library/app:1", app]], "delete": [app]},
+    )
+    loaded = ocistore(filled, "load", "-q", "-i", archive)
+    assert loaded.returncode == 0, loaded.stderr
+    assert ocistore(filled, "fsck", "-q").returncode == 0
+
+
+@pytest.mark.parametrize("name", ["parent", "layer.json", "index.json"])
+def test_the_stores_own_small_files_are_never_read_through_a_symlink(
+    filled: Path, name: str
+) -> None:
+    """A record replaced by a symlink to /dev/zero (endless) or to a file outside: read
+    as damage, in one line or a rebuilt index, never followed into a MemoryError."""
+    with Store(filled) as store:
+        image = store.image("app:1")
+        layer = store.layers_of(image)[0]
+        meta = store.backend.root / "metadata" / "sha256" / image.id.hex
+    path = {
+        "parent": meta / "parent",
+        "layer.json": filled / "layerdb" / "sha256" / layer.chain_id.hex / "layer.json",
+        "index.json": filled / "imagedb" / "index.json",
+    }[name]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    os.symlink("/dev/zero", path)
+    (filled / "imagedb" / "index.json").unlink(missing_ok=True)  # read the records again
+    if name == "index.json":
+        os.symlink("/dev/zero", path)
+    for args in (["images"], ["fsck", "-q"]):
+        proc = ocistore(filled, *args)
+        assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc
+        assert proc.returncode in (0, 1), proc

@@ -101,7 +101,7 @@ class FSBackend:
         if not self.exists(digest):
             raise NotFound(f"image {digest} not found: no metadata {key!r}")
         try:
-            return self._metadata_path(digest, key).read_bytes()
+            return fsutil.read_own(self._metadata_path(digest, key))
         except FileNotFoundError:
             raise NotFound(f"image {digest} has no metadata {key!r}") from None
 

@@ -106,6 +106,35 @@ def refuse_symlink(path: Path, what: str) -> None:
         raise CorruptStore(f"{what} {path} is a symlink: refusing to follow it")
 
 
+def read_own(path: Path, limit: int = 1 << 20) -> bytes:
+    """One of the store's own small files (a record, metadata), never through a symlink
+    and never more than ``limit`` bytes (``FileNotFoundError`` if it is missing;
+    :class:`~ocistore.errors.CorruptStore` if a symlink, a device or a file that large
+    stands in its place)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptStore(f"{path} is a symlink: refusing to follow it") from None
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise CorruptStore(f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise CorruptStore(f"{path} is not a regular file")
+        if st.st_size > limit:
+            raise CorruptStore(f"{path} is {st.st_size} bytes, more than such a file can be")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as e:
+        raise CorruptStore(f"{path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 #: :class:`BackgroundSync` calls ``fdatasync`` each time this many more bytes were written.
 SYNC_EVERY = 8 << 20
 

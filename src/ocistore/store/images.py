@@ -182,6 +182,7 @@ class ImageStore:
         self._dirty_seen = False
         self._loaded = False
         self._writing_depth = 0
+        self._intended = False
         #: Configs skipped by the last full load, as ``(digest or name, reason)``.
         self.skipped: list[tuple[str, str]] = []
         #: Finishes or undoes what a dead writer's marker says it was doing (the store's).
@@ -194,9 +195,12 @@ class ImageStore:
         is no usable index. Remembers what it saw, for :meth:`_current`."""
         self._dirty_seen = self.dirty_path.exists()
         try:
-            raw = self.index_path.read_bytes()
+            raw = fsutil.read_own(self.index_path, 1 << 30)
             self._index_sig = fsutil.stat_key(os.stat(self.index_path))
         except FileNotFoundError:
+            self._index_sig = None
+            return None
+        except CorruptStore:  # a symlink or a device in its place: rebuilt, not followed
             self._index_sig = None
             return None
         if self._dirty_seen:
@@ -347,24 +351,32 @@ class ImageStore:
             # ever half-visible (the marker stays until that is done).
             unfinished = self._intent_left()
             self._writing_depth = 1
+            self._intended = False
+            done = False
             try:
                 if unfinished is not None and self.recover is not None:
                     self.recover(unfinished)
+                unfinished = None
                 fsutil.atomic_write(self.dirty_path, b"", self.tmpdir)
                 yield
+                done = True
             finally:
                 self._writing_depth = 0
                 # Whatever happened, the records describe the files as they now are.
                 self._save_index()
-                fsutil.remove(self.dirty_path)
-                self._dirty_seen = False
+                # A marker that says what is left to finish or undo (a recovery that
+                # failed, a change that failed after saying what it would do) stays, for
+                # the next writer; else it goes.
+                if done or (unfinished is None and not self._intended):
+                    fsutil.remove(self.dirty_path)
+                    self._dirty_seen = False
 
     def _intent_left(self) -> dict[str, Any] | None:
         """What a dead writer's marker says it was doing (``None``: no marker, or an
         empty or unreadable one: nothing to finish)."""
         try:
-            raw = self.dirty_path.read_bytes()
-        except FileNotFoundError:
+            raw = fsutil.read_own(self.dirty_path, 16 << 20)
+        except (FileNotFoundError, CorruptStore):
             return None
         try:
             intent = json.loads(raw) if raw else None
@@ -378,6 +390,12 @@ class ImageStore:
         undo it (:attr:`recover`)."""
         assert self._writing_depth, "intend() is called inside writing()"
         fsutil.atomic_write(self.dirty_path, json.dumps(intent).encode(), self.tmpdir)
+        self._intended = True
+
+    def settled(self) -> None:
+        """What :meth:`intend` recorded was undone by its writer after a failure: the
+        marker may go at the end of :meth:`writing` (else it stays for the next writer)."""
+        self._intended = False
 
     def rebuild(self) -> None:
         """Read every config again, trusting nothing in the index (``fsck --repair``;

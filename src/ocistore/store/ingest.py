@@ -176,6 +176,9 @@ def add_images(
     """Add images to ``store`` in one publish step (see the module documentation);
     ``jobs`` is how many layers are staged at once (default: one per CPU)."""
     progress = progress or SILENT
+    # First, what a dead writer left is finished or undone (the refresh of a store whose
+    # marker is left does it): what this load finds stored must still be there after.
+    store.images.refresh()
     given: list[ImageConfig | None] = []
     for src in sources:
         _check_references(src)
@@ -291,10 +294,10 @@ def _publish(
     staged: dict[str, StagedLayer],
 ) -> list[LoadedImage]:
     tags = [(ref, cfg.id) for src, cfg in zip(sources, configs, strict=True) for ref in src.tags]
-    with store.lock.exclusive():
-        # Under the lock, and before the transaction marks the index dirty, refuse what
-        # would fail half-way: a name that cannot be set, or a layer that was not read
-        # because the store had it, and that is gone since.
+    with store.transaction():
+        # Under the lock (and after what a dead writer left was finished or undone),
+        # refuse what would fail half-way: a name that cannot be set, or a layer that
+        # was not read because the store had it, and that is gone since.
         store.references.add_all(tags, force_tags=True, check_only=True)
         for _, layer, chain, _ in _plan(sources, configs):
             if layer.stage_key in staged:
@@ -306,20 +309,19 @@ def _publish(
                     f"{layer.what}: layer {chain} was removed from the store while "
                     "loading; load again"
                 )
-        with store.transaction():
-            # What this load makes, recorded first: if it dies before its references are
-            # written (the last step), the next writer removes those images again.
-            new = [cfg.id for cfg in configs if not store.images.exists(cfg.id)]
-            intent = intent_to_create(new, tags)
-            if new:
-                store.images.intend(intent)
-            made = _not_yet_stored(store, sources, configs, staged)
-            try:
-                ids = _publish_images(store, sources, configs, staged)
-                store.references.add_all(tags, force_tags=True)
-            except BaseException:
-                _undo(store, intent, made)
-                raise
+        # What this load makes, recorded first: if it dies before its references are
+        # written (the last step), the next writer removes those images again.
+        new = [cfg.id for cfg in configs if not store.images.exists(cfg.id)]
+        intent = intent_to_create(new, tags)
+        if new:
+            store.images.intend(intent)
+        made = _not_yet_stored(store, sources, configs, staged)
+        try:
+            ids = _publish_images(store, sources, configs, staged)
+            store.references.add_all(tags, force_tags=True)
+        except BaseException:
+            _undo(store, intent, made)
+            raise
     return [LoadedImage(i, tuple(src.tags)) for i, src in zip(ids, sources, strict=True)]
 
 
@@ -347,6 +349,7 @@ def _undo(store: Store, intent: dict[str, Any], made: tuple[list[ChainID], list[
         store.recover(intent)
         chains, blobs = made
         gc.sweep(store.layers, store.content, store.images.list(), chains, blobs)
+        store.images.settled()  # else the marker stays, and the next writer undoes it
 
 
 def intent_to_create(

@@ -91,7 +91,7 @@ class LayerStore:
             return layer
         path = self._dir(chain_id) / "layer.json"
         try:
-            raw = path.read_bytes()
+            raw = fsutil.read_own(path)
         except FileNotFoundError:
             raise NotFound(f"layer {chain_id} not found") from None
         layer = self._parse(chain_id, raw, path)

@@ -190,7 +190,7 @@ class Store:
         format, which reads it unchanged."""
         path = self.root / FORMAT_FILE
         try:
-            raw = path.read_bytes()
+            raw = fsutil.read_own(path, 4096)
         except FileNotFoundError:
             if self.writable:
                 fsutil.atomic_write(path, f"{STORE_FORMAT}\n".encode(), self.tmpdir)
@@ -459,19 +459,27 @@ class Store:
         current = self.references.all()
         if create and (not tags or any(current.get(lookup_key(r)) != i for r, i in tags)):
             for image_id in create:
-                if self.images.exists(image_id):
-                    if not self.references.references(image_id):
-                        with contextlib.suppress(Conflict):
-                            self.images.delete(image_id)
-                elif self.backend.exists(image_id):
+                if not self.images.exists(image_id) and self.backend.exists(image_id):
                     # Its config was written and the step failed before it became an
                     # image (the directory's fsync): it goes too, before its layers do.
                     self.backend.delete(image_id)
+            self._delete_unnamed(create)
         if delete and not any(current.get(lookup_key(r)) == i for r, i in untag):
-            for image_id in delete:
-                if self.images.exists(image_id) and not self.references.references(image_id):
-                    with contextlib.suppress(Conflict):
-                        self.images.delete(image_id)
+            self._delete_unnamed(delete)
+
+    def _delete_unnamed(self, images: Sequence[ImageID]) -> None:
+        """Delete those of ``images`` that nothing names, children before parents (a
+        parent with a child left is refused: it waits for the next round)."""
+        left = [i for i in images if self.images.exists(i)]
+        while left:
+            before = len(left)
+            for image_id in list(left):
+                if self.references.references(image_id) or self.images.children(image_id):
+                    continue
+                self.images.delete(image_id)
+                left.remove(image_id)
+            if len(left) == before:
+                return  # named, or a parent of an image that stays
 
     def _delete_image(self, image_id: ImageID, prune: bool, events: list[RemoveEvent]) -> None:
         parent = self.images.get_parent(image_id)
@@ -653,7 +661,9 @@ class Store:
                 manifest = self.kept_manifest(rec.id)
                 if manifest is not None:
                     manifests[manifest] = rec.id
-            done += self.references.repair(self.images.exists, manifests)
+            # A reference goes only when its image's config is gone: an image whose layer
+            # was dropped keeps its names, to be loaded again.
+            done += self.references.repair(self.backend.exists, manifests)
         return done, self.fsck(progress)
 
     def _repair_layers(self, progress: Progress) -> list[str]:
