@@ -641,3 +641,35 @@ def test_the_stores_own_small_files_are_never_read_through_a_symlink(
         proc = ocistore(filled, *args)
         assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc
         assert proc.returncode in (0, 1), proc
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["images"], "writing standard output (/dev/full)"),
+        (["--help"], "writing standard output (/dev/full)"),
+        (["save", "-q", "-o", "/dev/full", "app:1"], "writing /dev/full"),
+    ],
+)
+def test_a_full_output_is_one_line_naming_it_and_no_traceback(
+    filled: Path, args: list[str], named: str
+) -> None:
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run(
+            [str(OCISTORE), "--root", str(filled), *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line == f"ocistore: {named}: No space left on device"
+
+
+def test_a_directory_in_place_of_the_references_is_one_line(filled: Path) -> None:
+    refs = filled / "repositories.json"
+    refs.unlink()
+    refs.mkdir()
+    one_line_error(ocistore(filled, "images"), str(refs), "Is a directory")

@@ -791,9 +791,33 @@ def run() -> int:
     usual.
     """
     _name_stdout_errors()
-    code = main()
+    try:
+        code = main()
+    except SystemExit as e:  # --help, --version, usage errors: argparse's exit
+        code = e.code if isinstance(e.code, int) else EXIT_USAGE if e.code else EXIT_OK
+    except StorageError as e:  # writing the help to a full disk
+        say_error(e)
+        code = EXIT_ERROR
+    try:
+        sys.stdout.flush()
+    except (OSError, OcistoreError) as e:
+        if code == EXIT_OK and not isinstance(e, BrokenPipeError):
+            say_error(e)  # (a command that failed already said so, in one line)
+        code = code or EXIT_ERROR
+    finally:
+        _stdout_to_devnull()  # what is left unwritten is dropped, not retried at exit
     gc.freeze()
     return code
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at /dev/null, once nothing more will be written to it:
+    the interpreter's last flush of a buffer that could not be written (a full disk, a
+    closed pipe) then succeeds quietly instead of printing a traceback."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":

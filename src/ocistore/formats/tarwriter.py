@@ -379,11 +379,15 @@ def output_file(path: str) -> Iterator[IO[bytes]]:
         raise NotFound(f"{path}: no such directory {dest.parent}")
     if dest.exists() and not dest.is_file():
         # A FIFO or a device (/dev/null, /dev/stdout): written to, never replaced.
-        with open(dest, "wb") as stream:
+        with _naming(dest), open(dest, "wb") as stream:  # its close flushes: named too
             yield stream
         return
     output = fsutil.AtomicFile(
-        dest, mode=0o666, durable=False, open_file=lambda fd: OutputFile(fd, "wb")
+        dest,
+        mode=0o666,
+        durable=False,
+        open_file=lambda fd: OutputFile(fd, "wb"),
+        clean_beside=True,
     )
     with output as f, _naming(dest):
         yield f

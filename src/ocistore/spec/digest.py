@@ -18,10 +18,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import IO, Final, NewType
 
-from ..errors import DigestMismatch, InvalidInput, NotFound, SizeMismatch
+from ..errors import DigestMismatch, InvalidInput, SizeMismatch
 
 _GRAMMAR: Final = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _HEX_LENGTH: Final = {"sha256": 64, "sha512": 128}
@@ -157,16 +156,6 @@ def check_bytes(data: bytes, digest: Digest, what: str) -> bytes:
     if got != digest:
         raise DigestMismatch(what, digest, got)
     return data
-
-
-def read_verified(path: Path, digest: Digest, what: str) -> bytes:
-    """A small file's content, re-hashed: :class:`NotFound` or :class:`DigestMismatch`
-    naming ``what`` when it is missing or not what ``digest`` says."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"{what} not found") from None
-    return check_bytes(data, digest, what)
 
 
 class VerifyingReader:

@@ -357,7 +357,10 @@ class AtomicFile:
     The store's own files (``tmpdir`` given) get exactly ``mode``, whatever the umask;
     an output (no ``tmpdir``) gets ``mode`` less the umask, and never write permission
     for others. ``open_file`` makes the file object from the file descriptor (a plain
-    unbuffered file by default, whose ``write`` is completed here).
+    unbuffered file by default, whose ``write`` is completed here). With
+    ``clean_beside``, what a killed writer of the same output left beside it is removed
+    first (a scan of its directory: for an output named once, not for each blob of a
+    layout, whose new files are linked in place and leave nothing).
     """
 
     def __init__(
@@ -367,9 +370,11 @@ class AtomicFile:
         mode: int = 0o644,
         durable: bool = True,
         open_file: Callable[[int], IO[bytes]] | None = None,
+        clean_beside: bool = False,
     ) -> None:
         self.path = path
         self._tmpdir = tmpdir
+        self._clean = clean_beside and tmpdir is None
         if tmpdir is not None:
             self.tmp = temp_path(tmpdir)
             self._mode = mode
@@ -382,7 +387,7 @@ class AtomicFile:
 
     def __enter__(self) -> IO[bytes]:
         directory = self._tmpdir if self._tmpdir is not None else self.path.parent
-        if self._tmpdir is None:
+        if self._clean:
             remove_dead_beside(self.path)
         fd = _tmpfile(directory, self._mode)
         if fd is None:
@@ -473,9 +478,10 @@ class _CompleteWriter(io.FileIO):
 
 def atomic_write(path: Path, data: bytes, tmpdir: Path | None, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, whole
-    (:class:`AtomicFile`), creating its directory if needed."""
+    (:class:`AtomicFile`), creating its directory if needed; an output (no ``tmpdir``:
+    an OCI layout's ``index.json``) is cleared of a killed writer's leftovers first."""
     makedirs(path.parent)
-    with AtomicFile(path, tmpdir, mode) as f:
+    with AtomicFile(path, tmpdir, mode, clean_beside=tmpdir is None) as f:
         f.write(data)
 
 
@@ -552,7 +558,9 @@ class TempFile:
 def lock_holder(fd: int) -> str | None:
     """Who holds the lock on the file open as ``fd``, from ``/proc/locks``: ``process
     1234 (ocistore load -i x.tar)``, or ``None`` when it cannot be told."""
-    ino = os.fstat(fd).st_ino
+    st = os.fstat(fd)
+    # /proc/locks names the file as MAJOR:MINOR:INODE, the device numbers in hex.
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
         with open("/proc/locks", "rb") as f:
             lines = f.read().decode(errors="replace").splitlines()
@@ -562,8 +570,8 @@ def lock_holder(fd: int) -> str | None:
         fields = line.split()
         if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK":
             continue
-        pid, where = fields[4], fields[5]
-        if where.rsplit(":", 1)[-1] != str(ino) or not pid.isdigit() or int(pid) == os.getpid():
+        pid = fields[4]
+        if fields[5] != where or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -313,12 +313,21 @@ class ReferenceStore:
         except FileNotFoundError:
             self.close()
             return _EMPTY
+        except OSError as e:  # a symlink (ELOOP) or worse in its place
+            raise CorruptStore(
+                f"{self._path}: cannot read the reference store: {e.strerror}"
+            ) from None
         try:
             key = stat_key(os.fstat(fd))
             chunks: list[bytes] = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
             snapshot = _Snapshot(key, raw=b"".join(chunks), path=self._path)
+        except OSError as e:  # a directory in its place (EISDIR)
+            os.close(fd)
+            raise CorruptStore(
+                f"{self._path}: cannot read the reference store: {e.strerror}"
+            ) from None
         except BaseException:
             os.close(fd)
             raise

@@ -28,7 +28,6 @@ size of the blob files that were there before and are gone after.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import stat
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ..errors import Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError, PartiallyDone
 from ..spec.digest import ChainID, Digest, ImageID
+from ..spec.limits import MAX_MANIFEST, load_json
 from ..spec.reference import Reference
 from . import gc
 from .images import ImageRecord, newest_first
@@ -191,7 +191,7 @@ def _kept_manifest(store: Store, rec: ImageRecord) -> tuple[Digest | None, list[
     if manifest is None:
         return None, []
     try:
-        doc = json.loads(store.read_blob(manifest))
+        doc = load_json(store.read_blob(manifest), f"manifest {manifest}", MAX_MANIFEST)
         return manifest, [Digest(d["digest"]) for d in doc.get("layers") or []]
     except (
         ValueError,
