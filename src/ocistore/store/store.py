@@ -632,10 +632,14 @@ class Store:
         again holding the shared lock, on a store no writer changes meanwhile, so that
         what a concurrent load or ``rmi`` did half-way when first looked at is never
         reported: only what is wrong in a consistent store is."""
-        problems = self._check(progress or SILENT)
+        failed: set[str] = set()
+        problems = self._check(progress or SILENT, failed)
         if problems:
+            # Under the lock only what failed is read again: writers wait for a look at
+            # the records, not for every layer to be decompressed a second time (what
+            # was whole once stays whole: it is named by its digest).
             with self.lock.shared():
-                problems = self._check(progress or SILENT)
+                problems = self._check(SILENT, set(), reread=failed)
         return problems
 
     def repair(self, progress: Progress | None = None) -> tuple[list[str], list[str]]:
@@ -759,8 +763,17 @@ class Store:
                     self.backend.delete_metadata(rec.id, MANIFEST)
         return done
 
-    def _check(self, progress: Progress) -> list[str]:
+    def _check(
+        self, progress: Progress, failed: set[str], reread: set[str] | None = None
+    ) -> list[str]:
+        """The problems of the store; the blobs and layers that fail are added to
+        ``failed``; with ``reread``, only those of them are read again (the others are
+        only looked for)."""
         problems: list[str] = []
+
+        def read(key: str) -> bool:
+            return reread is None or key in reread
+
         self.images.refresh(force=True)
         for digest, reason in self.images.skipped:
             problems.append(f"image {digest}: {reason}")
@@ -780,13 +793,20 @@ class Store:
                 kept.setdefault(blob, rec.id)
         for blob, image_id in kept.items():
             try:
-                self._verify_blob(blob)
+                if read(f"blob {blob}"):
+                    self._verify_blob(blob)
+                elif not self.content.exists(blob):
+                    raise NotFound(f"blob {blob} not found")
             except OcistoreError as e:
+                failed.add(f"blob {blob}")
                 problems.append(f"image {image_id}: kept {e}")
         for chain in self.layers.walk():
             try:
-                self._verify_layer(self.layers.get(chain), progress)
+                layer = self.layers.get(chain)
+                if read(f"layer {chain}"):
+                    self._verify_layer(layer, progress)
             except OcistoreError as e:
+                failed.add(f"layer {chain}")
                 problems.append(f"layer {chain}: {e}")
         for ref, image_id in self.references.all().items():
             if not self.images.exists(image_id):
