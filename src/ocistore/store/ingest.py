@@ -17,10 +17,14 @@ it drives writes under the root. Then:
    failure no new layer starts, and the first failure in that order is reported; after
    Ctrl-C the layers in flight stop at their next piece and remove their files. Equal
    sources are staged once.
-3. **Publish**, under one exclusive lock: first refuse what would fail half-way (a
-   reference that cannot be set, a layer that was not staged because the store had it
-   and that is gone since); then, in one transaction, bottom-up: blobs and layer records,
-   configs, manifests and kept blobs, parents, and last the references.
+3. **Publish**, in one transaction (the exclusive lock): first refuse what would fail
+   half-way (a reference that cannot be set, a layer that was not staged because the
+   store had it and that is gone since); record in the dirty marker which images this
+   makes and which tags it sets; then, bottom-up: blobs and layer records, configs,
+   manifests and kept blobs, parents, and last the references. A failure part-way undoes
+   what was added; a crash part-way is undone by the next writer
+   (:meth:`~ocistore.store.store.Store.recover`), which a load also lets finish before
+   it looks at what the store has.
 
 Bad input is refused before anything becomes visible, and staged files are removed
 whatever happens: the store is as it was.
