@@ -559,3 +559,60 @@ def test_compressed_archive_with_padding_loads(
     code, err = load(store, capsys, path)
     assert code == 0, err
     assert gzip.decompress(path.read_bytes())[-1024:] == bytes(1024)
+
+
+# -- JSON integers ------------------------------------------------------------------------
+
+HUGE_INT = b"1" * 5000  # Python refuses to convert more than 4300 digits (a ValueError)
+
+
+def test_load_json_refuses_huge_integers() -> None:
+    for doc in (b"[" + HUGE_INT + b"]", b'{"a": -' + HUGE_INT + b"}", HUGE_INT):
+        with pytest.raises(InvalidInput, match=r"^x: a JSON integer of more than 4300 digits"):
+            load_json(doc, "x", 1 << 20)
+    assert load_json(b"[" + b"1" * 4300 + b"]", "x", 1 << 20) == [int("1" * 4300)]
+
+
+def _config_with_huge_int() -> bytes:
+    return CONFIG[:-1] + b', "x": ' + HUGE_INT + b"}"
+
+
+@pytest.mark.parametrize(
+    ("where", "data", "named"),
+    [
+        (
+            "manifest.json",
+            docker_archive_tar(
+                b'[{"Config": "c.json", "Layers": ["l.tar"], "x": ' + HUGE_INT + b"}]"
+            ),
+            "manifest.json",
+        ),
+        (
+            "config",
+            docker_archive_tar(json.dumps([entry()]).encode(), _config_with_huge_int()),
+            "c.json",
+        ),
+        ("v1 JSON", tar_bytes([(f"{V1_ID}/json", b'{"x":' + HUGE_INT + b"}")]), "json"),
+        ("index.json", oci_tar(b'{"schemaVersion": ' + HUGE_INT + b"}", []), "index.json"),
+        (
+            "manifest",
+            oci_tar(
+                index_of([{**desc(b"[" + HUGE_INT + b"]", mt.OCI_MANIFEST)}]),
+                [b"[" + HUGE_INT + b"]"],
+            ),
+            sha(b"[" + HUGE_INT + b"]")[7:],
+        ),
+    ],
+)
+def test_huge_json_integer(
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    where: str,
+    data: bytes,
+    named: str,
+) -> None:
+    """A plain ValueError from json.loads (not a JSONDecodeError) was a traceback."""
+    line = refused(store, capsys, tmp_path, data, "int.tar")
+    assert "a JSON integer of more than 4300 digits, over the limit of 4300 digits" in line, where
+    assert named in line

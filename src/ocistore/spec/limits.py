@@ -15,6 +15,7 @@ before it is spent) and on its nesting depth; its errors name the document.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Final
 
 from ..errors import InvalidInput
@@ -154,6 +155,16 @@ def load_json(raw: bytes, what: str, limit: int, kind: str = "a JSON document") 
         too_deep = containers > MAX_JSON_DEPTH and _depth(doc) > MAX_JSON_DEPTH
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InvalidInput(f"{what}: not valid JSON: {e}") from None
+    except ValueError as e:  # not a JSONDecodeError: the integer digits limit
+        # Python's own limit on the digits of an integer (sys.get_int_max_str_digits(),
+        # 4300 by default: converting more takes time quadratic in their number).
+        digits = sys.get_int_max_str_digits()
+        if "integer string conversion" not in str(e) or not digits:
+            raise InvalidInput(f"{what}: not valid JSON: {e}") from None
+        raise InvalidInput(
+            f"{what}: a JSON integer of more than {digits} digits, "
+            f"over the limit of {digits} digits"
+        ) from None
     except RecursionError:  # Python's parser gives up around 1,000 levels
         too_deep = True
     if too_deep:
