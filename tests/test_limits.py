@@ -616,3 +616,157 @@ def test_huge_json_integer(
     line = refused(store, capsys, tmp_path, data, "int.tar")
     assert "a JSON integer of more than 4300 digits, over the limit of 4300 digits" in line, where
     assert named in line
+
+
+# -- numeric fields of tar headers --------------------------------------------------------
+
+
+def ustar_header(name: bytes, size_field: bytes, kind: bytes = b"0") -> bytes:
+    """A ustar header with ``size_field`` as its 12 bytes of size, checksummed."""
+    block = bytearray(512)
+    block[: len(name)] = name
+    block[100:108] = b"0000644\x00"
+    block[108:116] = block[116:124] = b"0000000\x00"
+    block[124:136] = size_field.ljust(11, b" ") + b"\x00" if len(size_field) < 12 else size_field
+    block[136:148] = b"00000000000\x00"
+    block[156:157] = kind
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\x00 " % sum(block)
+    return bytes(block)
+
+
+@pytest.mark.parametrize(
+    ("size_field", "message"),
+    [
+        (b"-1000", "size field b'-1000' is not a number"),  # AssertionError from a file
+        (b"-1", "size field b'-1' is not a number"),
+        (b"+1", "size field b'+1' is not a number"),
+        (b"1_0", "size field b'1_0' is not a number"),
+        (b"\xff" * 12, "negative size field"),
+        (b"\xc0" + bytes(11), "negative size field"),  # base-256 -2**94, not 2**94
+        (b"\xfe" + b"\xff" * 11, "negative size field"),
+    ],
+    ids=["minus1000", "minus1", "plus", "underscore", "b256-minus1", "b256-c0", "b256-fe"],
+)
+@pytest.mark.parametrize("compressed", [False, True], ids=["file", "stream"])
+def test_tar_numbers_are_octal_digits_or_positive(
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    size_field: bytes,
+    message: str,
+    compressed: bool,
+) -> None:
+    """``int(text, 8)`` took ``-1000``: a negative size made the scan go backwards (an
+    AssertionError for a file; a stream re-read the same header until MAX_MEMBERS)."""
+    good = ustar_header(b"a", b"12") + b"x" * 10 + bytes(502)  # one member, no end marker
+    data = good + ustar_header(b"manifest.json", size_field) + bytes(1024)
+    if compressed:
+        data = gzip.compress(data)
+    line = refused(store, capsys, tmp_path, data, "neg.tar.gz" if compressed else "neg.tar")
+    assert f"archive is damaged at byte {len(good)}: {message}" in line, line
+
+
+def test_tar_numbers_are_checked_at_byte_0(
+    store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    line = refused(
+        store, capsys, tmp_path, ustar_header(b"manifest.json", b"-1000") + bytes(1024), "n.tar"
+    )
+    assert line.endswith("not a tar archive (size field b'-1000' is not a number)"), line
+
+
+def test_pax_size_and_record_lengths_are_decimal_digits() -> None:
+    for value in ("-1", "+1", "1_0", " 1", "9" * 5000):
+        info = tarfile.TarInfo("a")
+        info.pax_headers = {"size": value}
+        data = info.tobuf(format=tarfile.PAX_FORMAT) + bytes(1024)
+        with pytest.raises(InvalidInput, match=r"t\.tar: archive is damaged .*pax size"):
+            tarscan.TarScanner("t.tar", lambda e: None).feed(data)
+    record = b"+12 path=abc\n"
+    header = ustar_header(b"././@PaxHeader", b"%011o" % len(record), b"x")
+    data = header + record.ljust(512, b"\x00") + ustar_header(b"a", b"0") + bytes(1024)
+    with pytest.raises(InvalidInput, match="a malformed pax extended header"):
+        tarscan.TarScanner("t.tar", lambda e: None).feed(data)
+
+
+# -- chained pax headers ------------------------------------------------------------------
+
+
+def pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:
+        n = len(str(n)) + len(body)
+    return str(n).encode() + body
+
+
+def pax_header(records: list[tuple[bytes, bytes]]) -> bytes:
+    payload = b"".join(pax_record(k, v) for k, v in records)
+    header = ustar_header(b"././@PaxHeader", b"%011o" % len(payload), b"x")
+    return header + payload + bytes(-len(payload) % 512)
+
+
+def _without_end(tar: bytes) -> bytes:
+    """A tar's members without its end-of-archive marker and record padding."""
+    end = 0
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        for info in t:
+            end = info.offset_data + -info.size % 512 + info.size
+    return tar[:end]
+
+
+def test_chained_pax_headers_are_bounded_together(
+    store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Each header was capped but not their total: 300 chained headers of 1 MB of
+    records held 366 MB before the member they extend came."""
+    filler = [(b"k%d" % i, b"v" * 1000) for i in range(600)]  # ~600 KB each
+    chain = pax_header(filler) * 2
+    good = _without_end(docker_archive_tar(json.dumps([entry()]).encode()))
+    data = good + chain + ustar_header(b"z", b"0") + bytes(1024)
+    for compressed in (False, True):
+        line = refused(
+            store,
+            capsys,
+            tmp_path,
+            gzip.compress(data) if compressed else data,
+            "pax.tar.gz" if compressed else "pax.tar",
+        )
+        at = len(good) + len(chain) // 2
+        assert f"damaged at byte {at}: pax headers of " in line, line
+        assert f"bytes for one member, over the limit of {limits.MAX_PAX_HEADER} bytes" in line
+
+
+def test_chained_pax_headers_within_the_limit_apply() -> None:
+    """Several headers for one member still apply, the later over the earlier, and keys
+    the scanner does not use (times, comments) are not kept."""
+    seen: list[tarscan.Entry] = []
+    chain = pax_header([(b"path", b"first"), (b"comment", b"c" * 1000), (b"mtime", b"1.5")])
+    chain += pax_header([(b"path", b"second/name"), (b"linkpath", b"t"), (b"size", b"3")])
+    scanner = tarscan.TarScanner("t.tar", seen.append)
+    scanner.feed(chain + ustar_header(b"x", b"0") + b"abc".ljust(512, b"\x00") + bytes(1024))
+    assert scanner.ended
+    assert [(e.name, e.size, e.linkname) for e in seen] == [("second/name", 3, "t")]
+    with pytest.raises(InvalidInput, match=r"the member at byte \d+ is a GNU sparse file"):
+        sparse = pax_header([(b"GNU.sparse.size", b"10")]) + pax_header([(b"path", b"p")])
+        tarscan.TarScanner("t.tar", seen.append).feed(sparse + ustar_header(b"p", b"0"))
+    with pytest.raises(InvalidInput, match="an extended header is followed by no member"):
+        tarscan.TarScanner("t.tar", seen.append).feed(
+            ustar_header(b"a", b"0") + pax_header([(b"mtime", b"1")]) + bytes(1024)
+        )
+
+
+def test_chained_pax_headers_memory(tmp_path: Path) -> None:
+    """The review's bomb, smaller: 40 chained headers of 1 MB, compressed."""
+    one = pax_header([(b"k%d" % i, b"v" * 1000) for i in range(1000)])
+    path = tmp_path / "pax.tar.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        for _ in range(40):
+            f.write(one)
+        f.write(ustar_header(b"a", b"0") + bytes(1024))
+    code, err, rss = peak_rss_of("--root", tmp_path / "store", "load", "-i", path)
+    assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "pax headers of" in err and "over the limit of" in err
+    assert rss < 40 << 20, rss

@@ -14,6 +14,7 @@ no data whatever their size field says; unknown types are passed over with their
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -29,6 +30,10 @@ _HEADER_ONLY = frozenset(b"123456")
 _POSIX_MAGIC = b"ustar\x00"
 _PAX, _PAX_GLOBAL, _GNU_NAME, _GNU_LINK, _GNU_SPARSE = b"x", b"g", b"L", b"K", b"S"
 _EXTENSIONS = frozenset((_PAX, _PAX_GLOBAL, _GNU_NAME, _GNU_LINK))
+_OCTAL = re.compile(rb"[0-7]+")
+_DECIMAL = re.compile(rb"[0-9]+")
+#: The pax keys the scanner applies; the others (times, owners, comments) are dropped.
+_PAX_KEYS = frozenset((b"path", b"linkpath", b"size"))
 
 
 class Entry(NamedTuple):
@@ -72,7 +77,12 @@ class TarScanner:
         self._want = BLOCK
         self._payload: bytes | None = None  # the extension type whose payload is read
         self._pad = 0
+        #: The pax records for the next member, only the keys it uses (:data:`_PAX_KEYS`),
+        #: the bytes of its extended headers so far (all of them count against
+        #: :data:`MAX_PAX_HEADER`: headers may be chained), and whether one was sparse.
         self._pax: dict[str, str] = {}
+        self._pax_bytes = 0
+        self._pax_sparse = False
         self._long_name: str | None = None
         self._long_link: str | None = None
         self._headers = 0
@@ -141,18 +151,20 @@ class TarScanner:
         )
 
     def _number(self, block: bytes, start: int, end: int, field: str) -> int:
+        """A numeric field: octal digits (NUL- or space-terminated, space-padded), or
+        GNU base-256. Never negative: ``int(text, 8)`` alone would take ``-1000``,
+        ``+1`` or ``1_0``, and a negative size would move the scan backwards."""
         raw = block[start:end]
-        if raw[0] & 0x80:  # GNU base-256
-            if raw[0] == 0xFF:
+        if raw[0] & 0x80:  # GNU base-256, two's complement: 0x40 of the first byte is the sign
+            if raw[0] & 0x40:
                 raise self._damaged(f"negative {field} field")
-            return int.from_bytes(bytes([raw[0] & 0x7F]) + raw[1:], "big")
+            return int.from_bytes(bytes([raw[0] & 0x3F]) + raw[1:], "big")
         text = raw.split(b"\x00", 1)[0].strip(b" ")
         if not text:
             return 0
-        try:
-            return int(text, 8)
-        except ValueError:
-            raise self._damaged(f"{field} field {text!r} is not a number") from None
+        if not _OCTAL.fullmatch(text):
+            raise self._damaged(f"{field} field {text!r} is not a number")
+        return int(text, 8)
 
     def _header(self, block: bytes) -> None:
         if block == _ZERO:
@@ -160,7 +172,7 @@ class TarScanner:
                 raise InvalidInput(
                     f"{self.archive}: not a tar archive (it starts with a zero block)"
                 )
-            if self._pax or self._long_name is not None or self._long_link is not None:
+            if self._pax_bytes or self._long_name is not None or self._long_link is not None:
                 raise self._damaged("an extended header is followed by no member")
             self.ended = True
             return
@@ -183,6 +195,13 @@ class TarScanner:
             if size > limit + (1 if kind in (_GNU_NAME, _GNU_LINK) else 0):
                 what = "GNU long name" if kind in (_GNU_NAME, _GNU_LINK) else "pax header"
                 raise self._damaged(f"{what} of {size} bytes, over the limit of {limit} bytes")
+            if kind == _PAX:  # chained headers for one member: their total is bounded too
+                if self._pax_bytes + size > MAX_PAX_HEADER:
+                    raise self._damaged(
+                        f"pax headers of {self._pax_bytes + size} bytes for one member, "
+                        f"over the limit of {MAX_PAX_HEADER} bytes"
+                    )
+                self._pax_bytes += size
             self._payload = kind
             self._pad = -size % BLOCK
             if size == 0:
@@ -199,7 +218,7 @@ class TarScanner:
                 name_raw = prefix + b"/" + name_raw
         name = self._long_name if self._long_name is not None else _text(name_raw)
         link = self._long_link if self._long_link is not None else _text(_field(block, 157, 257))
-        if self._pax:
+        if self._pax_bytes:
             name, link, size = self._apply_pax(name, link, size)
         self._long_name = self._long_link = None
         for value in (name, link):  # a character is at most 4 bytes
@@ -218,14 +237,15 @@ class TarScanner:
 
     def _apply_pax(self, name: str, link: str, size: int) -> tuple[str, str, int]:
         pax, self._pax = self._pax, {}
+        sparse, self._pax_sparse, self._pax_bytes = self._pax_sparse, False, 0
         if "size" in pax:
-            try:
-                size = int(pax["size"])
-            except ValueError:
-                raise self._damaged(f"pax size {pax['size']!r} is not a number") from None
-            if size < 0:
-                raise self._damaged("negative pax size")
-        if any(k.startswith("GNU.sparse.") for k in pax):
+            text = pax["size"]
+            if not _DECIMAL.fullmatch(text.encode("utf-8", "surrogateescape")):
+                raise self._damaged(f"pax size {text[:40]!r} is not a number")
+            if len(text) > 19:  # Go's reader takes an int64
+                raise self._damaged(f"pax size {text[:40]!r} is out of range")
+            size = int(text)
+        if sparse:
             raise self._sparse()
         return pax.get("path", name), pax.get("linkpath", link), size
 
@@ -242,23 +262,26 @@ class TarScanner:
             return
         records = self._pax_records(payload)
         if kind == _PAX:  # a global header's records are not applied (as Go's reader)
-            self._pax.update(records)
+            for key, raw in records:
+                if key in _PAX_KEYS:
+                    self._pax[key.decode()] = _text(raw)
+                elif key.startswith(b"GNU.sparse."):
+                    self._pax_sparse = True
 
-    def _pax_records(self, payload: bytes) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def _pax_records(self, payload: bytes) -> list[tuple[bytes, bytes]]:
+        """The records of one extended header (at most :data:`MAX_PAX_HEADER`), checked."""
+        out: list[tuple[bytes, bytes]] = []
         pos = 0
         while pos < len(payload):
             space = payload.find(b" ", pos)
-            try:
-                length = int(payload[pos:space]) if space > pos else 0
-            except ValueError:
-                length = 0
+            digits = payload[pos:space] if space > pos else b""
+            length = int(digits) if len(digits) < 8 and _DECIMAL.fullmatch(digits) else 0
             end = pos + length
             if length <= 0 or end > len(payload) or payload[end - 1 : end] != b"\n":
                 raise self._damaged("a malformed pax extended header")
             key, eq, value = payload[space + 1 : end - 1].partition(b"=")
             if not eq:
                 raise self._damaged("a malformed pax extended header")
-            out[_text(key)] = _text(value)
+            out.append((key, value))
             pos = end
         return out
