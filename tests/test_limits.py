@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from ocistore.formats import docker_archive, oci_layout, reader, tarscan
 from ocistore.spec import limits
 from ocistore.spec import mediatypes as mt
 from ocistore.spec.limits import load_json
+from ocistore.spec.platform import Platform
 from ocistore.store import Store
 
 LAYER = make_tar({"etc/hello": b"hello\n"})
@@ -770,3 +772,107 @@ def test_chained_pax_headers_memory(tmp_path: Path) -> None:
     assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert "pax headers of" in err and "over the limit of" in err
     assert rss < 40 << 20, rss
+
+
+# -- names through a shared index ---------------------------------------------------------
+
+
+def shared_index(names: int, manifests: int, named: bool = True) -> tuple[bytes, list[bytes]]:
+    """``index.json`` of ``names`` descriptors (ref names ``t0``…, or none), each of an
+    index of its own (named: the same one) over ``manifests`` manifests."""
+    many = [
+        json.dumps({**json.loads(MANIFEST), "annotations": {"n": str(i)}}).encode()
+        for i in range(manifests)
+    ]
+    below = index_of([desc(m, mt.OCI_MANIFEST) for m in many])
+    if named:
+        ref = "org.opencontainers.image.ref.name"
+        top = [desc(below, mt.OCI_INDEX, annotations={ref: f"t{j}"}) for j in range(names)]
+        return index_of(top), [below, *many]
+    middles = [
+        json.dumps({"schemaVersion": 2, "manifests": [desc(below, mt.OCI_INDEX)], "n": j}).encode()
+        for j in range(names)
+    ]
+    return index_of([desc(m, mt.OCI_INDEX) for m in middles]), [below, *many, *middles]
+
+
+def test_names_through_a_shared_index_are_bounded(
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each of K names was given to each of the N manifests below one shared index: 800
+    names over 800 manifests took 18.7 s and 397 MB (640,000 tags)."""
+    index, blobs = shared_index(40, 40)
+    path = tmp_path / "shared.tar"
+    path.write_bytes(oci_tar(index, blobs))
+    archive = reader.open_archive(path, store.spool)
+    walk = oci_layout._LayoutReader(archive, None)
+    try:
+        sources = walk.read()
+    finally:
+        archive.close()
+    assert len(sources) == 40 and all(len(s.tags) == 40 for s in sources)
+    assert walk.naming == 40 * (1 + 40)  # each name at the index and at each manifest
+    monkeypatch.setattr(oci_layout, "MAX_IMAGE_NAMES", 40 * 41 - 1)
+    line = refused(store, capsys, tmp_path, path.read_bytes(), "shared.tar")
+    assert line.endswith(
+        "index.json manifests[39]: the names of index.json reach more than 1639 descriptors "
+        "(each name counted at every descriptor below it), over the limit of 1639"
+    ), line
+
+
+def test_names_limit_at_its_value(
+    store: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The review's layout, smaller: 320 names over 320 manifests (102,720 steps)."""
+    index, blobs = shared_index(320, 320)
+    line = refused(store, capsys, tmp_path, oci_tar(index, blobs), "shared.tar")
+    assert f"over the limit of {limits.MAX_IMAGE_NAMES}" in line
+
+
+def test_names_of_real_layouts_count_once_or_twice(tmp_path: Path) -> None:
+    """A name on a manifest is one step, on a multi-platform index two (the platform
+    chosen is the one manifest it reaches)."""
+    ref = "org.opencontainers.image.ref.name"
+    arm = json.dumps({**json.loads(MANIFEST), "annotations": {"p": "arm64"}}).encode()
+    platforms = [
+        desc(MANIFEST, mt.OCI_MANIFEST, platform={"os": "linux", "architecture": "amd64"}),
+        desc(arm, mt.OCI_MANIFEST, platform={"os": "linux", "architecture": "arm64"}),
+    ]
+    multi = index_of(platforms)
+    top = [desc(multi, mt.OCI_INDEX, annotations={ref: f"m{i}"}) for i in range(3)]
+    top += [desc(MANIFEST, mt.OCI_MANIFEST, annotations={ref: f"f{i}"}) for i in range(5)]
+    path = tmp_path / "real.tar"
+    path.write_bytes(oci_tar(index_of(top), [multi, arm]))
+    archive = reader.open_archive(path, None)  # type: ignore[arg-type]
+    walk = oci_layout._LayoutReader(archive, Platform("linux", "amd64"))
+    try:
+        (source,) = walk.read()
+    finally:
+        archive.close()
+    assert [str(t) for t in source.tags] == [
+        *(f"localhost/m{i}:latest" for i in range(3)),
+        *(f"localhost/f{i}:latest" for i in range(5)),
+    ]
+    assert walk.naming == 3 * 2 + 5
+
+
+def test_unnamed_paths_through_a_shared_index_are_not_kept(tmp_path: Path) -> None:
+    """Each index kept the list of every manifest below it: K indexes over one index of
+    N manifests held K·N entries (3,000 by 3,000: 104 MB, 4.1 s) though no name needed
+    them. Now each index keeps its own descriptors' blobs."""
+    index, blobs = shared_index(1500, 1500, named=False)
+    path = tmp_path / "dag.tar"
+    path.write_bytes(oci_tar(index, blobs))
+    archive = reader.open_archive(path, None)  # type: ignore[arg-type]
+    try:
+        tracemalloc.start()
+        sources = oci_layout.read_oci_layout(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        archive.close()
+    assert len(sources) == 1500
+    assert peak < 12 << 20, peak

@@ -125,6 +125,7 @@ from ..spec.limits import (
     MAX_CONFIG,
     MAX_CONFIGS_TOTAL,
     MAX_DESCRIPTORS,
+    MAX_IMAGE_NAMES,
     MAX_INDEX_NESTING,
     MAX_LAYER_DEPTH,
     Budget,
@@ -213,10 +214,17 @@ class _LayoutReader:
         self.found: dict[Digest, ImageSource] = {}
         #: The names each found manifest has (a set: adding one stays linear).
         self._tags: dict[Digest, set[Reference]] = {}
-        #: For each blob visited, the manifests found through it: a blob is read once,
-        #: however many descriptors name it (an index naming the next one ten times,
-        #: seven deep, is eight reads, not ten million).
-        self._visited: dict[Digest, list[Digest]] = {}
+        #: For each blob visited, the blobs it leads to (an index: its descriptors' blobs
+        #: that are followed, each once; others: none). A blob is read once, however
+        #: many descriptors name it (an index naming the next one ten times, seven deep,
+        #: is eight reads, not ten million), and what is kept is one entry a descriptor.
+        self._visited: dict[Digest, tuple[Digest, ...]] = {}
+        #: The names of ``index.json`` are given down from its descriptors, each name
+        #: through each blob once; every step (a name at a descriptor) counts against
+        #: :data:`MAX_IMAGE_NAMES`, so K names over an index of N manifests cannot make
+        #: K·N work unbounded.
+        self._named: set[tuple[Reference, Digest]] = set()
+        self.naming = 0
         #: Descriptors read so far, in every index (:data:`MAX_DESCRIPTORS`).
         self.descriptors = 0
         #: Each config read once, and all the images' configs counted together.
@@ -297,15 +305,14 @@ class _LayoutReader:
             if d.platform is not None:
                 groups.setdefault(d.annotations.get(ANNOTATION_REF_NAME, ""), []).append(d)
         for d in descs:
-            if d.platform is None:
-                self._visit(d, _names(d.annotations), 0)
-                continue
-            group = groups[d.annotations.get(ANNOTATION_REF_NAME, "")]
-            if len(group) == 1:
-                self._visit(d, _names(d.annotations), 0)
-            elif group[0] is d:
-                chosen = self._choose(group, INDEX_FILE)
-                self._visit(chosen, _names(chosen.annotations), 0)
+            if d.platform is not None:
+                group = groups[d.annotations.get(ANNOTATION_REF_NAME, "")]
+                if len(group) > 1:
+                    if group[0] is not d:
+                        continue
+                    d = self._choose(group, INDEX_FILE)
+            self._visit(d, 0)
+            self._give(_names(d.annotations), d)
         return list(self.found.values())
 
     def _index_entries(self, doc: dict[str, Any], where: str, label: str) -> list[Descriptor]:
@@ -347,25 +354,38 @@ class _LayoutReader:
                 return d
         return matches[0]
 
-    def _visit(self, desc: Descriptor, names: list[Reference], depth: int) -> list[Digest]:
-        """Follow a descriptor; the manifests found through it (each given ``names``)."""
-        done = self._visited.get(desc.digest)
-        if done is None:
-            self._visited[desc.digest] = []  # a blob cannot name itself; be sure anyway
-            done = self._visited[desc.digest] = self._follow(desc, depth)
-        for digest in done:
-            self._name(digest, names)
-        return done
+    def _visit(self, desc: Descriptor, depth: int) -> None:
+        """Follow a descriptor, unless its blob was followed already."""
+        if desc.digest not in self._visited:
+            self._visited[desc.digest] = ()  # a blob cannot name itself; be sure anyway
+            self._visited[desc.digest] = self._follow(desc, depth)
 
-    def _name(self, digest: Digest, names: list[Reference]) -> None:
-        source = self.found[digest]
-        tags = self._tags[digest]
-        for n in names:
-            if n not in tags:
-                tags.add(n)
-                source.tags.append(n)
+    def _give(self, names: list[Reference], desc: Descriptor) -> None:
+        """Give ``names`` to every manifest found through ``desc`` (visited already)."""
+        for name in names:
+            below = [desc.digest]
+            while below:
+                digest = below.pop()
+                self.naming += 1
+                if self.naming > MAX_IMAGE_NAMES:
+                    raise InvalidInput(
+                        f"{self.name}: {desc.where}: the names of {INDEX_FILE} reach more "
+                        f"than {MAX_IMAGE_NAMES} descriptors (each name counted at every "
+                        f"descriptor below it), over the limit of {MAX_IMAGE_NAMES}"
+                    )
+                if (name, digest) in self._named:
+                    continue
+                self._named.add((name, digest))
+                source = self.found.get(digest)
+                if source is None:
+                    below.extend(reversed(self._visited[digest]))
+                    continue
+                tags = self._tags[digest]
+                if name not in tags:
+                    tags.add(name)
+                    source.tags.append(name)
 
-    def _follow(self, desc: Descriptor, depth: int) -> list[Digest]:
+    def _follow(self, desc: Descriptor, depth: int) -> tuple[Digest, ...]:
         if desc.media_type in mt.DOCKER_SCHEMA1:
             raise InvalidInput(
                 f"{self.name}: {desc.where}: Docker image manifest schema 1 "
@@ -376,7 +396,7 @@ class _LayoutReader:
             # Some other type: look at the document itself if it can be one of ours.
             path = blob_path(desc.digest)
             if desc.size > mt.MAX_MANIFEST or not self.archive.exists(path):
-                return []
+                return ()
         what = "index" if desc.media_type in mt.INDEX_TYPES else "manifest" if known else "blob"
         data = self._read_blob(desc, what)
         if known:
@@ -385,15 +405,15 @@ class _LayoutReader:
             try:
                 doc = load_json(data, "blob", mt.MAX_MANIFEST)
             except InvalidInput:  # not JSON, or not one of ours within the limits
-                return []
+                return ()
             if not isinstance(doc, dict):
-                return []
+                return ()
         kind = self._kind(desc, doc)
         if kind == "index":
             return self._index(desc, doc, depth)
         if kind == "manifest":
-            return self._manifest(desc, data, doc)
-        return []
+            self._manifest(desc, data, doc)
+        return ()
 
     def _kind(self, desc: Descriptor, doc: dict[str, Any]) -> str | None:
         inner = doc.get("mediaType")
@@ -431,7 +451,7 @@ class _LayoutReader:
                 return "manifest"
         return None
 
-    def _index(self, desc: Descriptor, doc: dict[str, Any], depth: int) -> list[Digest]:
+    def _index(self, desc: Descriptor, doc: dict[str, Any], depth: int) -> tuple[Digest, ...]:
         label = f"index {desc.digest} ({desc.where})"
         if depth >= MAX_NESTING:
             raise InvalidInput(
@@ -441,13 +461,14 @@ class _LayoutReader:
         descs = self._index_entries(doc, desc.where, label)
         with_platform = [d for d in descs if d.platform is not None]
         chosen = self._choose(with_platform, label) if with_platform else None
-        found: dict[Digest, None] = {}
+        below: dict[Digest, None] = {}
         for d in descs:
-            if d.platform is None or d is chosen:
-                found.update(dict.fromkeys(self._visit(d, [], depth + 1)))
-        return list(found)
+            if (d.platform is None or d is chosen) and d.digest not in below:
+                self._visit(d, depth + 1)
+                below[d.digest] = None
+        return tuple(below)
 
-    def _manifest(self, desc: Descriptor, raw: bytes, doc: dict[str, Any]) -> list[Digest]:
+    def _manifest(self, desc: Descriptor, raw: bytes, doc: dict[str, Any]) -> None:
         path = blob_path(desc.digest)
         here = f"{self.name}: {path} ({desc.where})"
         version = doc.get("schemaVersion")
@@ -455,7 +476,7 @@ class _LayoutReader:
             raise InvalidInput(f"{here}: manifest schemaVersion is {version!r}, not 2")
         cdesc = parse_descriptor(doc.get("config"), f"{desc.where} → config", self.name)
         if cdesc.media_type not in mt.CONFIG_TYPES:
-            return []  # an artifact, not an image
+            return  # an artifact, not an image
         layers_raw = doc.get("layers")
         if layers_raw is None:
             layers_raw = []
@@ -482,7 +503,6 @@ class _LayoutReader:
         )
         self.found[desc.digest] = source
         self._tags[desc.digest] = set()
-        return [desc.digest]
 
     def _layer(self, desc: Descriptor) -> LayerSource:
         media_type = desc.media_type

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_CONFIGS_TOTAL",
     "MAX_DESCRIPTORS",
     "MAX_IMAGES",
+    "MAX_IMAGE_NAMES",
     "MAX_INDEX_NESTING",
     "MAX_JSON_DEPTH",
     "MAX_JSON_VALUES",
@@ -71,6 +72,12 @@ MAX_SYMLINKS: Final = 16
 #: Descriptors read in one OCI layout, all its indexes together (each blob is read once,
 #: however many descriptors name it).
 MAX_DESCRIPTORS: Final = 100_000
+#: The names of an OCI layout's ``index.json`` given to its images, each name counted at
+#: every descriptor it passes on its way down to the manifests: 1 for a name on a
+#: manifest, 2 on a multi-platform index. As many as :data:`MAX_DESCRIPTORS`, twice what
+#: an ``index.json`` within :data:`MAX_JSON_VALUES` can name (50,000 descriptors of five
+#: values each), so only names multiplied by a shared index reach it.
+MAX_IMAGE_NAMES: Final = 100_000
 #: Images in one archive (entries of ``manifest.json``, legacy layer directories).
 MAX_IMAGES: Final = 10_000
 #: Members of one tar archive (every header, extension headers included; with implied
