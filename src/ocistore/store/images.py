@@ -384,6 +384,13 @@ class ImageStore:
             return None
         return intent if isinstance(intent, dict) else None
 
+    def finish_pending(self) -> None:
+        """If a writer died after saying what it would do, have it finished or undone now
+        (a writing block runs :attr:`recover` first); else do nothing, write nothing."""
+        if self._intent_left() is not None and not self.lock.held:
+            with self.writing():
+                pass
+
     def intend(self, intent: dict[str, Any]) -> None:
         """Record in the dirty marker, durably, what the running change is about to do
         (inside :meth:`writing`), so that if the writer dies the next one can finish or

@@ -180,9 +180,9 @@ def add_images(
     """Add images to ``store`` in one publish step (see the module documentation);
     ``jobs`` is how many layers are staged at once (default: one per CPU)."""
     progress = progress or SILENT
-    # First, what a dead writer left is finished or undone (the refresh of a store whose
-    # marker is left does it): what this load finds stored must still be there after.
-    store.images.refresh()
+    # First, what a dead writer left is finished or undone: what this load finds stored
+    # must still be there when it publishes.
+    store.images.finish_pending()
     given: list[ImageConfig | None] = []
     for src in sources:
         _check_references(src)
