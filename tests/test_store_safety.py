@@ -302,8 +302,14 @@ def test_the_store_sets_its_own_modes_and_outputs_are_never_world_writable(
             assert mode == 0o444, (p, oct(mode))
         else:
             assert mode == 0o644, (p, oct(mode))
-    for p in [out, layout, *layout.rglob("*")]:
-        assert not p.lstat().st_mode & 0o002, (p, oct(p.lstat().st_mode))
+    for p in [out, layout, *layout.rglob("*")]:  # the umask (none), less o+w
+        assert stat.S_IMODE(p.lstat().st_mode) == (0o775 if p.is_dir() else 0o664), p
+    usual = {"preexec_fn": lambda: os.umask(0o022)}
+    layout2 = tmp_path / "layout2"
+    saved = ocistore(root, "save", "-q", "--format", "oci", "-o", layout2, "app:1", **usual)
+    assert saved.returncode == 0, saved.stderr
+    for p in [layout2, *layout2.rglob("*")]:
+        assert stat.S_IMODE(p.lstat().st_mode) == (0o755 if p.is_dir() else 0o644), p
     strict = {"preexec_fn": lambda: os.umask(0o077)}
     assert ocistore(root, "tag", "app:1", "app:2", **strict).returncode == 0
     assert stat.S_IMODE((root / "repositories.json").stat().st_mode) == 0o644

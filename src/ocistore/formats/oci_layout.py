@@ -158,6 +158,10 @@ LAYOUT_BYTES: Final = b'{"imageLayoutVersion":"1.0.0"}'
 MAX_NESTING: Final = MAX_INDEX_NESTING
 
 
+#: A layout's files, as any output: the umask's modes, never writable by others.
+OUTPUT_MODE = 0o666
+
+
 def _json_bytes(value: Any) -> bytes:
     """Compact JSON, keys in the order given (Go's struct order for the documents here)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
@@ -759,7 +763,7 @@ def _write_blob(store: Store, root: Path, blob: _Blob, progress: Progress) -> No
     if _existing_blob_ok(path, blob):
         return
     fsutil.make_output_dirs(path.parent)
-    with fsutil.AtomicFile(path) as f:
+    with fsutil.AtomicFile(path, mode=OUTPUT_MODE) as f:
         if blob.data is not None:
             f.write(blob.data)
             return
@@ -818,12 +822,12 @@ def _fill_layout(
     for digest in sorted(plan.blobs, key=blob_path):
         _write_blob(store, root, plan.blobs[digest], progress)
     if not (root / LAYOUT_FILE).exists():
-        fsutil.atomic_write(root / LAYOUT_FILE, LAYOUT_BYTES, None)
+        fsutil.atomic_write(root / LAYOUT_FILE, LAYOUT_BYTES, None, OUTPUT_MODE)
     if index is None:
         data = _index_bytes(plan.entries)
     else:
         data = _index_bytes(_merge(list(index.get("manifests") or []), plan.entries), index)
-    fsutil.atomic_write(root / INDEX_FILE, data, None)
+    fsutil.atomic_write(root / INDEX_FILE, data, None, OUTPUT_MODE)
 
 
 def write_oci_layout(
@@ -848,7 +852,7 @@ def write_oci_layout(
         fsutil.remove_dead_beside(dest)  # what a killed save of this layout left
         tmp = fsutil.beside(dest)
         try:
-            tmp.mkdir(mode=0o755)
+            fsutil.make_output_dirs(tmp)
             _fill_layout(store, tmp, plan, progress, None)
             os.rename(tmp, dest)
         except OSError as e:
