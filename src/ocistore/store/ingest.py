@@ -391,16 +391,23 @@ def _publish_images(
         if layer.blob_digest and layer.blob_digest != stored_blob:
             extra_blobs[i].append(layer.blob_digest)
     ids: list[ImageID] = []
+    # One image may come with many manifests (an index naming it many times): its blobs
+    # are kept, and its manifest named, in one write each, not one per manifest.
+    kept: dict[ImageID, list[Digest]] = {}
+    named: dict[ImageID, Digest] = {}
     for src, cfg, blobs in zip(sources, configs, extra_blobs, strict=True):
         image_id = store.images.create(cfg)
         manifest_digest = store.content.write(src.manifest) if src.manifest is not None else None
+        kept.setdefault(image_id, []).extend(blobs)
         if manifest_digest is not None:
-            blobs.append(manifest_digest)
-        if blobs:  # kept alive first, then pointed at: a crash between leaves no dangling name
-            store.images.set_blobs(image_id, blobs)
-        if manifest_digest is not None:
-            store.backend.set_metadata(image_id, MANIFEST, manifest_digest.encode())
+            kept[image_id].append(manifest_digest)
+            named[image_id] = manifest_digest  # the last one, as a save re-emits one
         ids.append(image_id)
+    for image_id, blobs in kept.items():
+        if blobs:  # kept alive first, then pointed at: a crash between leaves no dangling name
+            store.images.set_blobs(image_id, list(dict.fromkeys(blobs)))
+        if image_id in named:
+            store.backend.set_metadata(image_id, MANIFEST, named[image_id].encode())
     for i, src in enumerate(sources):
         if src.parent is not None and ids[src.parent] != ids[i]:
             store.images.set_parent(ids[i], ids[src.parent])
