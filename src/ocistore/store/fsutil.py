@@ -662,13 +662,9 @@ class FileLock:
         pause = 0.001
         while True:
             waited = time.monotonic() - start
-            if self.timeout is not None and waited >= self.timeout:
-                holder = lock_holder(fd)
-                raise LockTimeout(
-                    f"store lock {self.path} is still held"
-                    + (f" by {holder}" if holder else "")
-                    + f" after {self.timeout:g} s (see --lock-timeout)"
-                )
+            timed_out = self.timeout is not None and waited >= self.timeout
+            # Told once the wait outlasts the notice's delay, and before a timeout is
+            # raised if it did, however late a loaded machine lets this loop come round.
             if not told and self.on_wait is not None and waited >= LOCK_NOTICE_AFTER:
                 holder = lock_holder(fd)
                 self.on_wait(
@@ -676,6 +672,13 @@ class FileLock:
                     + (f", held by {holder}" if holder else "")
                 )
                 told = True
+            if timed_out:
+                holder = lock_holder(fd)
+                raise LockTimeout(
+                    f"store lock {self.path} is still held"
+                    + (f" by {holder}" if holder else "")
+                    + f" after {self.timeout:g} s (see --lock-timeout)"
+                )
             wait = pause if self.timeout is None else min(pause, self.timeout - waited)
             time.sleep(max(wait, 0))
             pause = min(pause * 2, 0.05)
