@@ -28,7 +28,6 @@ removes.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import queue
@@ -128,13 +127,7 @@ class ContentStore:
     def open_file(self, digest: Digest) -> IO[bytes]:
         """A blob's file, unbuffered, never through a symlink (``FileNotFoundError`` if
         it is missing; :class:`CorruptStore` if a symlink stands in its place)."""
-        path = self.path(digest)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise CorruptStore(f"blob {digest}: {path} is a symlink") from None
-            raise
+        fd = fsutil.open_own(self.path(digest), f"blob {digest}: ")
         return open(fd, "rb", buffering=0)
 
     def open(self, digest: Digest, verify: bool = True) -> IO[bytes]:

@@ -106,18 +106,28 @@ def refuse_symlink(path: Path, what: str) -> None:
         raise CorruptStore(f"{what} {path} is a symlink: refusing to follow it")
 
 
+def open_own(path: Path, what: str = "") -> int:
+    """Open one of the store's own files for reading, never through a symlink (nor
+    waiting on a FIFO): :class:`~ocistore.errors.CorruptStore` if a symlink stands in
+    its place (``what`` leads the message); any other ``OSError`` is the caller's."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CorruptStore(f"{what}{path} is a symlink: refusing to follow it") from None
+        raise
+
+
 def read_own(path: Path, limit: int = 1 << 20) -> bytes:
     """One of the store's own small files (a record, metadata), never through a symlink
     and never more than ``limit`` bytes (``FileNotFoundError`` if it is missing;
     :class:`~ocistore.errors.CorruptStore` if a symlink, a device or a file that large
     stands in its place)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_own(path)
+    except FileNotFoundError:
+        raise
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise CorruptStore(f"{path} is a symlink: refusing to follow it") from None
-        if isinstance(e, FileNotFoundError):
-            raise
         raise CorruptStore(f"{path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)
@@ -200,6 +210,7 @@ def _boot_id() -> str:
         return "noboot"
 
 
+@functools.cache
 def _pid_namespace() -> str:
     try:
         link = os.readlink("/proc/self/ns/pid")  # pid:[4026531836]

@@ -58,7 +58,7 @@ from ..spec.reference import (
     parse_trusted,
     sort_key,
 )
-from .fsutil import FileLock, atomic_write, stat_key
+from .fsutil import FileLock, atomic_write, open_own, stat_key
 
 _T = TypeVar("_T")
 _StatKey = tuple[int, int, int]
@@ -309,11 +309,11 @@ class ReferenceStore:
     def _load(self) -> _Snapshot:
         """Read and parse the file from disk, and cache it."""
         try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_own(self._path, "reference store ")
         except FileNotFoundError:
             self.close()
             return _EMPTY
-        except OSError as e:  # a symlink (ELOOP) or worse in its place
+        except OSError as e:
             raise CorruptStore(
                 f"{self._path}: cannot read the reference store: {e.strerror}"
             ) from None
@@ -342,7 +342,7 @@ class ReferenceStore:
     def _save(self, refs: dict[Reference, ImageID]) -> None:
         """Rewrite the whole file; the caller holds the exclusive lock."""
         atomic_write(self._path, encode(refs), self._tmpdir)
-        fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_own(self._path, "reference store ")
         try:
             key = stat_key(os.fstat(fd))
         except BaseException:
