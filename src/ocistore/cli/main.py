@@ -494,16 +494,26 @@ def _add_subcommands(
     sub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, configure, handler in subcommands:
-        doc = (handler.__doc__ or "").strip()
-        summary, _, rest = doc.partition("\n")
-        sp = sub.add_parser(
-            name,
-            help=summary,
-            description=summary + ("\n" + textwrap.dedent(rest) if rest else ""),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        configure(sp)
-        sp.set_defaults(subcommand_handler=handler)
+        _add_command(sub, name, configure, handler).set_defaults(subcommand_handler=handler)
+
+
+def _add_command(
+    sub: argparse._SubParsersAction[Parser],
+    name: str,
+    configure: Callable[[argparse.ArgumentParser], None],
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    """A command's parser, its handler's docstring as its help (first line: summary)."""
+    doc = (handler.__doc__ or "").strip()
+    summary, _, rest = doc.partition("\n")
+    p = sub.add_parser(
+        name,
+        help=summary,
+        description=summary + ("\n" + textwrap.dedent(rest) if rest else ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    configure(p)
+    return p
 
 
 def _run_subcommand(args: argparse.Namespace) -> int:
@@ -682,16 +692,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, configure, handler in _COMMANDS:
         if only is not None and name != only:
             continue
-        doc = (handler.__doc__ or "").strip()
-        summary, _, rest = doc.partition("\n")
-        p = sub.add_parser(
-            name,
-            help=summary,
-            description=summary + ("\n" + textwrap.dedent(rest) if rest else ""),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        configure(p)
-        p.set_defaults(handler=handler)
+        _add_command(sub, name, configure, handler).set_defaults(handler=handler)
     return parser
 
 
