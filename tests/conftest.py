@@ -11,10 +11,13 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from docker_engine import DockerEngine, started_engine, static_busybox
+from util import make_tar
 
 #: skopeo's blob cache: it remembers blobs across runs and skews repeated copies.
 SKOPEO_BLOB_CACHE = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
@@ -65,3 +68,48 @@ def skopeo() -> Runner:
 def umoci() -> Runner:
     """Run umoci."""
     return _runner([require_tool("umoci")])
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """One private Docker engine for the whole session (see ``tests/docker_engine.py``).
+    Tests share it: each uses image names of its own, and leaves the images of
+    :func:`docker_images` alone."""
+    with started_engine() as engine:
+        yield engine
+
+
+class DockerImages(NamedTuple):
+    """The images Docker built once per session for the comparisons (names in ``lab/``)."""
+
+    #: ``docker import`` of a small tree: one layer, no history but the import's.
+    imported: str
+    #: ``FROM scratch``, ``COPY`` of the static busybox, then ``RUN`` steps, ``ENV``,
+    #: ``LABEL``, ``CMD``: the legacy builder leaves each step's intermediate image.
+    built: str
+    #: A child of ``built`` with one more ``RUN`` layer and a tab in its command.
+    child: str
+
+
+@pytest.fixture(scope="session")
+def docker_images(docker_engine: DockerEngine) -> DockerImages:
+    busybox = static_busybox()
+    tree = make_tar({"etc/hostname": b"lab\n", "usr/share/doc/x.txt": b"x" * 3000}, dirs=True)
+    docker_engine.run("import", "-m", "a tree", "-c", "ENV A=1", "-", "lab/imported:1", input=tree)
+    docker_engine.build(
+        "lab/built:1",
+        "FROM scratch\n"
+        "COPY busybox /bin/busybox\n"
+        'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+        "RUN mkdir -p /etc/app && echo hello > /etc/app/greeting && ln /etc/app/greeting /g\n"
+        "ENV PATH=/bin GREETING=hello\n"
+        'LABEL org.example.name="built" org.example.ünïcode="✓"\n'
+        "WORKDIR /etc/app\n"
+        'CMD ["sh"]\n',
+        {"busybox": busybox},
+    )
+    docker_engine.build(
+        "lab/child:1",
+        "FROM lab/built:1\nRUN echo child > /child &&\trm /etc/app/greeting\nUSER 1000:1000\n",
+    )
+    return DockerImages("lab/imported:1", "lab/built:1", "lab/child:1")
