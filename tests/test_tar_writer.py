@@ -1,11 +1,14 @@
-"""The tar writer of ``save``: tarfile's bytes, in order or filled in parallel at known
-offsets; stored layers copied (and checked) from plain, gzip and zstd blobs."""
+"""The tar writer of ``save``: Go's ``archive/tar`` headers as ``docker save`` writes
+them (tarfile's bytes but for the mode's type bits and the device numbers, no record
+padding), in order or filled in parallel at known offsets; stored layers copied (and
+checked) from plain, gzip and zstd blobs."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -29,8 +32,35 @@ FILES = {
 }
 
 
-def reference() -> bytes:
-    """What tarfile writes for the same members (as TarWriter did before it wrote its own)."""
+def go_header(block: bytes) -> bytes:
+    """A USTAR header tarfile wrote, as Go's ``archive/tar`` writes it for ``docker save``:
+    the file type bits in the mode field, zero device numbers, the checksum made again."""
+    b = bytearray(block)
+    kind = b[156:157]
+    bits = {b"0": stat.S_IFREG, b"5": stat.S_IFDIR, b"2": stat.S_IFLNK}.get(bytes(kind), 0)
+    b[100:108] = b"%07o\0" % (int(b[100:107], 8) | bits)
+    b[329:345] = b"0000000\x000000000\x00"
+    b[148:156] = b" " * 8
+    b[148:155] = b"%06o\0" % sum(b)
+    return bytes(b)
+
+
+def go_tar(data: bytes) -> bytes:
+    """What ``docker save`` writes for the members of tarfile's archive ``data``: each
+    USTAR header as :func:`go_header` makes it (PAX headers are tarfile's), the end after
+    two zero blocks."""
+    out = bytearray()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        members = tf.getmembers()
+    for m in members:
+        header = data[m.offset : m.offset_data]
+        out += header[:-512] + go_header(header[-512:])
+        out += data[m.offset_data : m.offset_data + -(-m.size // 512) * 512]
+    return bytes(out + bytes(1024))
+
+
+def reference(mtime: int = 0) -> bytes:
+    """What Go writes for the members (tarfile's bytes, as Go's headers)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
 
@@ -40,11 +70,11 @@ def reference() -> bytes:
                 kind,
                 size,
                 mode,
+                mtime,
                 0,
                 0,
-                0,
-                "",
-                "",
+                "root",
+                "root",
             )
             return i
 
@@ -60,7 +90,7 @@ def reference() -> bytes:
         link = info("z/link", tarfile.SYMTYPE, mode=0o777)
         link.linkname = "../a.txt"
         tf.addfile(link)
-    return out.getvalue()
+    return go_tar(out.getvalue())
 
 
 def fill_with(data: bytes, step: int = 100_000):
@@ -85,6 +115,33 @@ def test_stream_is_tarfiles_bytes() -> None:
     with TarWriter(out) as tar:
         write(tar)
     assert out.getvalue() == reference()
+
+
+def test_headers_are_gos() -> None:
+    """The fields of a member as ``docker save`` writes them (checked against Docker's
+    own bytes in ``test_docker_engine_save``): type bits, ``root``, and no padding to a
+    10 KiB record after the two zero blocks."""
+    out = io.BytesIO()
+    with TarWriter(out) as tar:
+        tar.add_dir("d", mtime=1_796_181_701)
+        tar.add_bytes("d/f", b"x" * 3, mtime=1_796_181_702)
+        tar.add_symlink("d/l", "f", mtime=1_796_181_703)
+    data = out.getvalue()
+    assert len(data) == 6 * 512 and data.endswith(bytes(1024))  # 3 headers, 1 data block
+    heads = [data[0:512], data[512:1024], data[1536:2048]]
+    assert [h[100:108] for h in heads] == [b"0040755\0", b"0100644\0", b"0120777\0"]
+    assert [int(h[136:147], 8) for h in heads] == [1_796_181_701, 1_796_181_702, 1_796_181_703]
+    for h in heads:
+        assert h[257:265] == b"ustar\x0000"
+        assert h[265:269] == h[297:301] == b"root"
+        assert h[329:345] == b"0000000\x000000000\x00"
+        assert int(h[148:154], 8) == sum(h[:148]) + 8 * 32 + sum(h[156:])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        assert [(m.name, m.mode, m.uname) for m in tf] == [
+            ("d", 0o40755, "root"),
+            ("d/f", 0o100644, "root"),
+            ("d/l", 0o120777, "root"),
+        ]
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

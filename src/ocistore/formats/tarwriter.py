@@ -1,8 +1,9 @@
 """Writing deterministic tar archives.
 
-:class:`TarWriter` writes a tar with fixed owners, modes and times, so the same images
-give the same bytes; :func:`output_file` writes ``-o PATH`` through a temporary file so a
-failed save leaves nothing behind. Into that file every member's place is known in
+:class:`TarWriter` writes a tar with fixed owners and modes and the times it is given,
+so the same images give the same bytes, in the headers ``docker save`` writes;
+:func:`output_file` writes ``-o PATH`` through a temporary file so a failed save leaves
+nothing behind. Into that file every member's place is known in
 advance, so large members (layers, blobs) are read, checked, decompressed and written by
 several threads at once, each at its own offset; into a pipe they are written in order,
 with a second thread reading and checking a few MiB ahead.
@@ -16,6 +17,7 @@ import io
 import os
 import posixpath
 import queue
+import stat
 import sys
 import tarfile
 from collections.abc import Callable, Iterator
@@ -29,8 +31,15 @@ from ..store import fsutil
 
 #: tar's block: every header and every member's data is padded to a multiple of it.
 _BLOCK: Final = 512
-#: tar's record: the archive is padded to a multiple of it (20 blocks, as tarfile writes).
-_RECORD: Final = 20 * _BLOCK
+#: The file type bits Go's ``archive/tar`` keeps in the mode field (``c_ISDIR`` and so on),
+#: which moby's ``pkg/archive`` sets and Python's tarfile leaves out.
+_TYPE_BITS: Final = {
+    tarfile.REGTYPE: stat.S_IFREG,
+    tarfile.DIRTYPE: stat.S_IFDIR,
+    tarfile.SYMTYPE: stat.S_IFLNK,
+}
+#: The owner's names ``docker save`` writes (its daemon runs as root: uid and gid 0).
+_OWNER: Final = "root"
 #: The most threads that fill the members of one output file at once (each holds a few
 #: MiB of buffers, so a save's memory stays small).
 MAX_FILL_THREADS: Final = 4
@@ -120,15 +129,20 @@ _END: Final = object()
 
 
 class TarWriter:
-    """Writes a deterministic tar: owner 0:0, mtime 0, 0644 files, 0755 directories.
+    """Writes a deterministic tar, with the headers of ``docker save`` (moby's
+    ``pkg/archive`` through Go's ``archive/tar``): owner 0:0 named ``root``, 0644 files,
+    0755 directories, 0777 symlinks, the file type bits in the mode field, the mtime each
+    member is given (0 unless told), and the end after two zero blocks (Go pads the
+    archive to no record).
 
-    Headers are tarfile's own (``TarInfo.tobuf``, PAX format), so the bytes are those
-    ``tarfile`` writes. Member data comes from :meth:`add_file`'s fill functions, run at
-    :meth:`close`. Into an :class:`OutputFile` every member has a known place: the fill
-    functions run several at once (largest first), each writing at its own offset. Into
-    any other stream they run in order on a second thread, a few MiB ahead of the
-    calling one, which writes. The end-of-archive blocks are written only when every
-    member was filled: a failed save never looks whole.
+    Headers are tarfile's own (``TarInfo.tobuf``, PAX format: the same USTAR fields Go
+    writes), with the type bits put in the mode field. Member data comes from
+    :meth:`add_file`'s fill functions, run at :meth:`close`. Into an :class:`OutputFile`
+    every member has a known place: the fill functions run several at once (largest
+    first), each writing at its own offset. Into any other stream they run in order on a
+    second thread, a few MiB ahead of the calling one, which writes. The end-of-archive
+    blocks are written only when every member was filled: a failed save never looks
+    whole.
     """
 
     def __init__(self, out: IO[bytes], threads: int | None = None) -> None:
@@ -157,16 +171,27 @@ class TarWriter:
             self.abort()
 
     @staticmethod
-    def _header(name: str, kind: bytes, size: int = 0, mode: int = 0o644, link: str = "") -> bytes:
+    def _header(
+        name: str, kind: bytes, size: int = 0, mode: int = 0o644, link: str = "", mtime: int = 0
+    ) -> bytes:
         info = tarfile.TarInfo(name)
         info.type = kind
         info.size = size
         info.mode = mode
-        info.mtime = 0
+        info.mtime = mtime
         info.uid = info.gid = 0
-        info.uname = info.gname = ""
+        info.uname = info.gname = _OWNER
         info.linkname = link
-        return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        buf = bytearray(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        # tarfile writes ``mode & 0o7777`` and, but for devices, empty device numbers; Go
+        # writes the type bits and zeros. The last (the USTAR) header gets Go's fields, and
+        # its checksum is made again (all as tarfile formats its numbers).
+        head = len(buf) - _BLOCK
+        buf[head + 100 : head + 108] = b"%07o\0" % (mode | _TYPE_BITS[kind])
+        buf[head + 329 : head + 345] = b"0000000\0" * 2  # devmajor, devminor
+        buf[head + 148 : head + 156] = b" " * 8
+        buf[head + 148 : head + 155] = b"%06o\0" % sum(buf[head : head + _BLOCK])
+        return bytes(buf)
 
     def _emit(self, data: bytes) -> None:
         self._pending += data
@@ -186,31 +211,32 @@ class TarWriter:
         if parent:
             self.add_dir(parent)
 
-    def add_dir(self, name: str) -> None:
+    def add_dir(self, name: str, mtime: int = 0) -> None:
+        """A directory (written once; a parent not added before is added with mtime 0)."""
         name = name.rstrip("/")
         if name in self._dirs:
             return
         self._parents(name)
         self._dirs.add(name)
-        self._emit(self._header(name, tarfile.DIRTYPE, mode=0o755))
+        self._emit(self._header(name, tarfile.DIRTYPE, mode=0o755, mtime=mtime))
 
-    def add_bytes(self, name: str, data: bytes) -> None:
+    def add_bytes(self, name: str, data: bytes, mtime: int = 0) -> None:
         self._parents(name)
-        self._emit(self._header(name, tarfile.REGTYPE, len(data)))
+        self._emit(self._header(name, tarfile.REGTYPE, len(data), mtime=mtime))
         self._emit(data + bytes(-len(data) % _BLOCK))
 
-    def add_symlink(self, name: str, target: str) -> None:
+    def add_symlink(self, name: str, target: str, mtime: int = 0) -> None:
         self._parents(name)
-        self._emit(self._header(name, tarfile.SYMTYPE, mode=0o777, link=target))
+        self._emit(self._header(name, tarfile.SYMTYPE, mode=0o777, link=target, mtime=mtime))
 
-    def add_file(self, name: str, size: int, fill: Fill) -> None:
+    def add_file(self, name: str, size: int, fill: Fill, mtime: int = 0) -> None:
         """A regular file of ``size`` bytes that ``fill`` writes into a :class:`MemberSink`.
 
         ``fill`` reads and verifies the content, raising if it is not what it must be. It
         runs at :meth:`close`, in another thread.
         """
         self._parents(name)
-        self._emit(self._header(name, tarfile.REGTYPE, size))
+        self._emit(self._header(name, tarfile.REGTYPE, size, mtime=mtime))
         self._flush()
         job = _Job(name, self._offset, size, fill)
         self._jobs.append(job)
@@ -297,20 +323,19 @@ class TarWriter:
         parallel.run_all([write, produce], workers=2, caller_first=True)
 
     def close(self) -> None:
-        """Fill the members, then end the archive (two zero blocks, padded to a record,
-        as tarfile does)."""
+        """Fill the members, then end the archive: two zero blocks, and no padding to a
+        record (as Go's ``archive/tar`` in ``docker save``; tarfile pads to 10 KiB)."""
         if self._done:
             return
         self._done = True
-        end = self._offset + 2 * _BLOCK
         if self._fd is None:
-            self._emit(bytes(2 * _BLOCK + (-end % _RECORD)))
+            self._emit(bytes(2 * _BLOCK))
             self._flush()
             self._stream()
         else:
             self._flush()
             self._run_jobs()
-            self._emit(bytes(2 * _BLOCK + (-end % _RECORD)))
+            self._emit(bytes(2 * _BLOCK))
             self._flush()
 
     def abort(self) -> None:
