@@ -27,8 +27,8 @@ from util import make_tar, unchanged
 
 from ocistore.cli import main as cli
 from ocistore.errors import InvalidInput
-from ocistore.formats import docker_archive, oci_layout, reader, tarscan
-from ocistore.spec import limits
+from ocistore.formats import docker_archive, oci_layout, reader
+from ocistore.spec import limits, tarscan
 from ocistore.spec import mediatypes as mt
 from ocistore.spec.limits import load_json
 from ocistore.spec.platform import Platform

@@ -9,7 +9,7 @@ is followed only while it stays inside the archive and ends on a regular file, a
 ``docker load`` does with the links ``docker save`` writes for repeated layers; any
 other link where a file is expected is refused.
 
-Headers are read by :class:`~ocistore.formats.tarscan.TarScanner`, with the limits of
+Headers are read by :class:`~ocistore.spec.tarscan.TarScanner`, with the limits of
 :mod:`ocistore.spec.limits`: a stream is followed while it is spooled, so junk is
 refused at its first header and nothing after the end-of-archive marker is written, and
 the index it leaves is the archive's (the scratch file is not read again).
@@ -39,8 +39,8 @@ from ..spec.limits import (
     check_size,
     load_json,
 )
+from ..spec.tarscan import BLOCK, Entry, TarScanner
 from ..store import fsutil
-from .tarscan import BLOCK, Entry, TarScanner
 
 
 class ArchiveReader(Protocol):

@@ -10,6 +10,18 @@ byte 0), and it counts members, name bytes and extension headers against the lim
 grow with the archive. Members are reported as Python's ``tarfile`` and Go's
 ``archive/tar`` read them: header-only types (links, directories, devices, fifos) have
 no data whatever their size field says; unknown types are passed over with their data.
+
+The scanner also counts what Docker calls a layer's size (:attr:`TarScanner.content_size`):
+the sum of the ``size`` of every header Go's ``archive/tar`` ``Next()`` returns, as moby's
+``pkg/archive`` ``UnpackLayer`` adds it up (``size += hdr.Size``, before it looks at
+what the member is). Extended headers and GNU long names are not members and do not
+count; a pax ``size`` record replaces the header's; a link, directory or device counts
+its header's size field (normally 0) though it has no data; whiteouts count like any
+member; a sparse file counts its logical size. With ``layer=True`` a tar is read as a
+layer, as Docker applies it: no limit on the number of members or on the length of names
+(Go's reader has none; its extended headers and long names are bounded at 1 MiB, as
+here), sparse files read (their data passed over), an empty tar (only zero blocks)
+accepted, and the end of the stream at a header taken for the end of the archive.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..errors import InvalidInput
-from ..spec.limits import MAX_MEMBERS, MAX_NAME, MAX_PAX_HEADER
+from .limits import MAX_MEMBERS, MAX_NAME, MAX_PAX_HEADER
 
 __all__ = ["BLOCK", "Entry", "TarScanner"]
 
@@ -34,6 +46,10 @@ _OCTAL = re.compile(rb"[0-7]+")
 _DECIMAL = re.compile(rb"[0-9]+")
 #: The pax keys the scanner applies; the others (times, owners, comments) are dropped.
 _PAX_KEYS = frozenset((b"path", b"linkpath", b"size"))
+#: The pax records of GNU sparse files a layer's scan reads (Go's ``readGNUSparsePAXHeaders``).
+_SPARSE_KEYS = frozenset(
+    b"GNU.sparse." + k for k in (b"major", b"minor", b"map", b"size", b"realsize", b"name")
+)
 
 
 class Entry(NamedTuple):
@@ -64,9 +80,20 @@ def _block_count(size: int) -> int:
 class TarScanner:
     """Follows one tar archive; ``on_entry`` is called for each member, in order."""
 
-    def __init__(self, archive: str, on_entry: Callable[[Entry], None]) -> None:
+    def __init__(
+        self,
+        archive: str,
+        on_entry: Callable[[Entry], None] | None = None,
+        *,
+        layer: bool = False,
+    ) -> None:
         self.archive = archive
         self._on_entry = on_entry
+        #: Read as a layer (see the module's text): no member or name limits, sparse
+        #: files read.
+        self.layer = layer
+        #: Docker's size of the members so far (see the module's text).
+        self.content_size = 0
         #: Bytes of the archive seen so far (the end-of-archive block included).
         self.pos = 0
         #: Whether the end-of-archive marker was reached; nothing after it is read.
@@ -87,6 +114,9 @@ class TarScanner:
         self._long_link: str | None = None
         self._headers = 0
         self._current = ""  # the member whose data is being passed, for messages
+        #: An old GNU sparse member whose map continues in extension blocks: its name,
+        #: data size and logical size, reported once the map ends.
+        self._sparse_member: tuple[str, int, int] | None = None
 
     # -- feeding --------------------------------------------------------------------
 
@@ -126,6 +156,16 @@ class TarScanner:
         """The archive's bytes ended here: refuse it if that is before its end marker."""
         if self.ended:
             return
+        pending = self._pax_bytes or self._long_name is not None or self._long_link is not None
+        if (
+            self.layer
+            and self._headers
+            and not (self.skip or self._buf or self._payload is not None or pending)
+        ):
+            self.ended = True  # Go's reader takes the end of the stream at a header as the end
+            return
+        if self._headers == 0 and self._buf:
+            raise InvalidInput(f"{self.archive}: not a tar archive (shorter than a header)")
         if self.skip or self._buf or self._payload is not None:
             where = f" in {self._current}" if self.skip and self._current else ""
             raise InvalidInput(f"{self.archive}: archive is truncated{where}")
@@ -168,7 +208,7 @@ class TarScanner:
 
     def _header(self, block: bytes) -> None:
         if block == _ZERO:
-            if self._headers == 0:
+            if self._headers == 0 and not self.layer:  # (a layer may be empty)
                 raise InvalidInput(
                     f"{self.archive}: not a tar archive (it starts with a zero block)"
                 )
@@ -177,7 +217,7 @@ class TarScanner:
             self.ended = True
             return
         self._headers += 1
-        if self._headers > MAX_MEMBERS:
+        if self._headers > MAX_MEMBERS and not self.layer:
             raise InvalidInput(
                 f"{self.archive}: more than {MAX_MEMBERS} members (headers), "
                 f"over the limit of {MAX_MEMBERS}"
@@ -191,8 +231,10 @@ class TarScanner:
         kind = block[156:157] or b"\x00"
         size = self._number(block, 124, 136, "size")
         if kind in _EXTENSIONS:
-            limit = MAX_NAME if kind in (_GNU_NAME, _GNU_LINK) else MAX_PAX_HEADER
-            if size > limit + (1 if kind in (_GNU_NAME, _GNU_LINK) else 0):
+            long_name = kind in (_GNU_NAME, _GNU_LINK)
+            # A layer's long names are bounded as Go bounds them: at 1 MiB, MAX_PAX_HEADER.
+            limit = MAX_NAME if long_name and not self.layer else MAX_PAX_HEADER
+            if size > limit + (1 if long_name and not self.layer else 0):
                 what = "GNU long name" if kind in (_GNU_NAME, _GNU_LINK) else "pax header"
                 raise self._damaged(f"{what} of {size} bytes, over the limit of {limit} bytes")
             if kind == _PAX:  # chained headers for one member: their total is bounded too
@@ -209,7 +251,7 @@ class TarScanner:
             else:
                 self._want = size
             return
-        if kind == _GNU_SPARSE:
+        if kind == _GNU_SPARSE and not self.layer:
             raise self._sparse()
         name_raw = _field(block, 0, 100)
         if block[257:263] == _POSIX_MAGIC:
@@ -218,38 +260,77 @@ class TarScanner:
                 name_raw = prefix + b"/" + name_raw
         name = self._long_name if self._long_name is not None else _text(name_raw)
         link = self._long_link if self._long_link is not None else _text(_field(block, 157, 257))
+        declared = size
         if self._pax_bytes:
-            name, link, size = self._apply_pax(name, link, size)
+            name, link, size, declared = self._apply_pax(name, link, size)
         self._long_name = self._long_link = None
-        for value in (name, link):  # a character is at most 4 bytes
-            if (
-                len(value) > MAX_NAME // 4
-                and len(value.encode("utf-8", "surrogateescape")) > MAX_NAME
-            ):
-                raise self._damaged(
-                    f"a name of more than {MAX_NAME} bytes, over the limit of {MAX_NAME}"
-                )
+        if not self.layer:
+            for value in (name, link):  # a character is at most 4 bytes
+                if (
+                    len(value) > MAX_NAME // 4
+                    and len(value.encode("utf-8", "surrogateescape")) > MAX_NAME
+                ):
+                    raise self._damaged(
+                        f"a name of more than {MAX_NAME} bytes, over the limit of {MAX_NAME}"
+                    )
         if kind[0] in _HEADER_ONLY:
-            size = 0
+            size = 0  # no data, whatever the field says; Docker still counts the field
+        elif kind == _GNU_SPARSE:  # old GNU sparse (a layer's): the logical size counts
+            declared = self._number(block, 483, 495, "realsize")
+            if block[482]:  # the map goes on in extension blocks, before the data
+                self._sparse_member = (name, size, declared)
+                self._payload, self._pad = _GNU_SPARSE, 0
+                return
+        self._member(name, kind, size, declared, link)
+
+    def _member(self, name: str, kind: bytes, size: int, declared: int, link: str = "") -> None:
+        """A member as Go's ``Next()`` returns it: counted, reported, its data skipped."""
+        self.content_size += declared
         self._current = name
-        self._on_entry(Entry(name, kind, self.pos, size, link))
+        if self._on_entry is not None:
+            self._on_entry(Entry(name, kind, self.pos, size, link))
         self.skip = _block_count(size)
 
-    def _apply_pax(self, name: str, link: str, size: int) -> tuple[str, str, int]:
+    def _pax_number(self, pax: dict[str, str], key: str) -> int:
+        text = pax[key]
+        if not _DECIMAL.fullmatch(text.encode("utf-8", "surrogateescape")):
+            raise self._damaged(f"pax {key} {text[:40]!r} is not a number")
+        if len(text) > 19:  # Go's reader takes an int64
+            raise self._damaged(f"pax {key} {text[:40]!r} is out of range")
+        return int(text)
+
+    def _apply_pax(self, name: str, link: str, size: int) -> tuple[str, str, int, int]:
+        """The member's name, link, data size and declared size (:meth:`_member`) once its
+        pax records apply."""
         pax, self._pax = self._pax, {}
         sparse, self._pax_sparse, self._pax_bytes = self._pax_sparse, False, 0
         if "size" in pax:
-            text = pax["size"]
-            if not _DECIMAL.fullmatch(text.encode("utf-8", "surrogateescape")):
-                raise self._damaged(f"pax size {text[:40]!r} is not a number")
-            if len(text) > 19:  # Go's reader takes an int64
-                raise self._damaged(f"pax size {text[:40]!r} is out of range")
-            size = int(text)
+            size = self._pax_number(pax, "size")
+        declared = size
         if sparse:
-            raise self._sparse()
-        return pax.get("path", name), pax.get("linkpath", link), size
+            if not self.layer:
+                raise self._sparse()
+            # Go's readGNUSparsePAXHeaders: which versions it knows, and the logical size.
+            major, minor = pax.get("GNU.sparse.major", ""), pax.get("GNU.sparse.minor", "")
+            known = (major, minor) in (("0", "0"), ("0", "1"), ("1", "0"))
+            if known or (not major and not minor and pax.get("GNU.sparse.map")):
+                name = pax.get("GNU.sparse.name") or pax.get("path", name)
+                for key in ("GNU.sparse.size", "GNU.sparse.realsize"):
+                    if pax.get(key):
+                        declared = self._pax_number(pax, key)
+                        break
+                return name, pax.get("linkpath", link), size, declared
+        return pax.get("path", name), pax.get("linkpath", link), size, declared
 
     def _extension(self, kind: bytes, payload: bytes) -> None:
+        if kind == _GNU_SPARSE:  # a block of an old GNU sparse map
+            if payload[504]:
+                return  # another block follows
+            assert self._sparse_member is not None
+            name, size, declared = self._sparse_member
+            self._payload = self._sparse_member = None
+            self._member(name, kind, size, declared)
+            return
         self._payload = None
         self._want = BLOCK
         self.skip = self._pad
@@ -263,9 +344,9 @@ class TarScanner:
         records = self._pax_records(payload)
         if kind == _PAX:  # a global header's records are not applied (as Go's reader)
             for key, raw in records:
-                if key in _PAX_KEYS:
+                if key in _PAX_KEYS or (self.layer and key in _SPARSE_KEYS):
                     self._pax[key.decode()] = _text(raw)
-                elif key.startswith(b"GNU.sparse."):
+                if key.startswith(b"GNU.sparse."):
                     self._pax_sparse = True
 
     def _pax_records(self, payload: bytes) -> list[tuple[bytes, bytes]]:
