@@ -5,7 +5,15 @@ A verb that reads or writes many bytes takes a ``progress`` argument: anything w
 ``finish()``. The verb makes one task per item (a layer, a blob), calls ``update`` with
 the bytes done so far as it goes, from whichever thread does the work, and ``finish``
 when the item is done. The command line draws these on a terminal; a program may log
-them, or pass nothing (:data:`SILENT`)::
+them, or pass nothing (:data:`SILENT`).
+
+Labels are shaped as docker's progress lines start, ``ID: Status`` (made by
+:func:`task_label`): ``0123456789ab: Loading layer``. The ID is the item's short digest,
+the same for one layer in every verb: a layer read or written as it is (load, a
+docker-archive save, fsck) shows its DiffID, unless the bytes read are a blob of
+another digest (an OCI layout's compressed layer), which shows that digest, as an OCI
+save does. An item with no digest known before it is read (an imported tarball) has
+the status alone::
 
     class Printer:
         def task(self, label, total=None):
@@ -18,7 +26,28 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["SILENT", "Progress", "ProgressTask"]
+__all__ = [
+    "COPYING",
+    "LOADING",
+    "SAVING",
+    "SILENT",
+    "VERIFYING",
+    "Progress",
+    "ProgressTask",
+    "task_label",
+]
+
+#: The statuses of the long verbs' items (the words of docker's own ``Loading layer``).
+LOADING = "Loading layer"
+SAVING = "Saving layer"
+COPYING = "Copying blob"
+VERIFYING = "Verifying layer"
+
+
+def task_label(item: str, status: str) -> str:
+    """A task's label: ``ID: Status`` as docker's progress lines start, or the status
+    alone when the item has no ID (``item`` is empty)."""
+    return f"{item}: {status}" if item else status
 
 
 class ProgressTask(Protocol):

@@ -110,7 +110,7 @@ from ..errors import (
     NotFound,
     SizeMismatch,
 )
-from ..progress import SILENT, Progress
+from ..progress import COPYING, SILENT, Progress, task_label
 from ..spec import mediatypes as mt
 from ..spec.compression import detect
 from ..spec.descriptor import (
@@ -716,7 +716,7 @@ def _blob_fill(store: Store, blob: _Blob, progress: Progress) -> Fill:
     digest, size = blob.digest, blob.size
 
     def fill(sink: MemberSink) -> None:
-        task = progress.task(f"Copying blob {digest.short()}", size)
+        task = progress.task(task_label(digest.short(), COPYING), size)
         fill_from(lambda: store.open_blob(digest), task.update)(sink)
         task.finish()
 

@@ -41,7 +41,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from .. import parallel
 from ..errors import Conflict, DigestMismatch, InvalidInput, OcistoreError
-from ..progress import SILENT, Progress
+from ..progress import LOADING, SILENT, Progress, task_label
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import ChainID, DiffID, Digest, ImageID, chain_ids, digest_bytes
 from ..spec.reference import Reference, check_digest_reference, check_tag
@@ -252,7 +252,11 @@ def _stage_all(
         layer, diff_id = wanted[key]
 
         def stage(stop: parallel.Stop) -> None:
-            task = progress.task(layer.what, layer.expected_read)
+            # Named by the digest of the bytes read, else the DiffID they must have.
+            shown = layer.blob_digest or diff_id
+            task = progress.task(
+                task_label(shown.short() if shown else "", LOADING), layer.expected_read
+            )
 
             def update(done: int) -> None:
                 # Only an interrupt stops a layer in flight: it runs to its end after
