@@ -33,9 +33,11 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any, TextIO
 
+from .. import parallel
 from .views import human_size, printable, shorten
 
-#: Seconds between two redraws that updates cause (a finished item redraws at once).
+#: Seconds between two redraws that updates cause, made by a thread of the display's
+#: while items are in progress (a finished item redraws at once).
 _REDRAW = 0.1
 #: The widest bar, and the narrowest worth drawing (docker's bar is 50 wide).
 _BAR = 50
@@ -81,7 +83,8 @@ class TerminalProgress:
         self._unknown = 0  # items in progress of no known total
         self._start = 0.0
         self._drawn = 0  # lines of the display on the screen, above the cursor
-        self._last_draw = 0.0
+        self._dirty = False  # an item moved on since the last redraw
+        self._ticking = False  # the redrawing thread runs
         self._resizes = 0
         self._closed = False
         self._old_winch: Any = None
@@ -109,16 +112,27 @@ class TerminalProgress:
                 else:
                     self._bytes_total += total
                 self._active.append(task)
-            self.changed()
+                self._dirty = True
+                if not self._ticking and not self._closed:
+                    self._ticking = True
+                    parallel.start_thread(self._tick, "ocistore-progress")
         return task
 
     def changed(self) -> None:
-        """An item moved on: redraw, at most every :data:`_REDRAW` seconds."""
-        if time.monotonic() - self._last_draw < _REDRAW:
-            return
-        with self._lock:
-            if not self._closed and time.monotonic() - self._last_draw >= _REDRAW:
-                self._draw()
+        """An item moved on: the next redraw shows it (updates cost no lock)."""
+        self._dirty = True
+
+    def _tick(self) -> None:
+        """Redraw what moved on, every :data:`_REDRAW` seconds, while items are in
+        progress and the display is open (a stalled item then still shows where it is)."""
+        while True:
+            time.sleep(_REDRAW)
+            with self._lock:
+                if self._closed or not self._active:
+                    self._ticking = False
+                    return
+                if self._dirty:
+                    self._draw()
 
     def finished(self, task: TerminalTask) -> None:
         with self._lock:
@@ -144,7 +158,10 @@ class TerminalProgress:
             if self._closed:
                 return
             self._closed = True
-            if self._old_winch is not None:
+            if (
+                self._old_winch is not None
+                and threading.current_thread() is threading.main_thread()
+            ):
                 signal.signal(signal.SIGWINCH, self._old_winch)
             if interrupted and self.enabled:
                 self.stream.write("\r\x1b[J")
@@ -202,7 +219,7 @@ class TerminalProgress:
             self.stream.write("".join(parts))
             self.stream.flush()
             self._drawn = len(live)
-            self._last_draw = time.monotonic()
+            self._dirty = False
             if self._resizes == resizes:
                 return
 
