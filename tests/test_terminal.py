@@ -377,3 +377,25 @@ def test_ctrl_c_mid_import_leaves_the_terminal_clean(tmp_path: Path) -> None:
     assert _OVERALL.match(rows[-2]) and rows[-2].startswith("Total: 0/1 done"), rows
     assert "\x1b[?25l" not in term.screen()
     check_fits(visible_lines(term.screen()), 80)
+
+
+def test_the_display_keeps_within_a_small_screen() -> None:
+    """Eight items on a screen 6 rows by 30 columns: what does not fit is counted."""
+    from ocistore.cli.progress import TerminalProgress
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 6, 30, 0, 0))
+    with os.fdopen(slave, "w") as stream:
+        progress = TerminalProgress(True, stream)
+        tasks = [progress.task(f"{i:012x}: Loading layer", 1000) for i in range(8)]
+        for task in tasks:
+            task.update(1000)
+        tasks[0].finish()
+        progress.close()
+        os.set_blocking(master, False)
+        output = os.read(master, 1 << 20).decode()
+    os.close(master)
+    check_fits(visible_lines(output), 30)
+    rows = screen_rows(output, 30)
+    assert len(rows) == 6 and rows[0].startswith("000000000000: Load"), rows
+    assert rows[-2] == "... and 4 more" and rows[-1].startswith("Total: "), rows

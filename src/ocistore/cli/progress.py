@@ -58,6 +58,8 @@ def _line(head: str, done: int, total: int | None, tail: str, width: int) -> str
     right = f"{shown}/{human_size(total)}" if total else shown
     if tail:
         right += " " + tail
+    if len(head) + 1 + len(right) > width:
+        right = right.lstrip()  # the padding goes before the label is cut
     room = width - len(right) - 1
     if len(head) > room:
         head = shorten(head, max(room, 4))
