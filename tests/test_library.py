@@ -4,6 +4,7 @@ store package writes under a store's root."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import pydoc
@@ -121,10 +122,12 @@ def test_one_progress_interface_for_every_long_verb(tmp_path: Path) -> None:
     with ocistore.open(tmp_path / "store") as store:
         rec = Recorder()
         ocistore.load(store, archive, progress=rec)
+        # A layer is named by its short DiffID and a status, as docker load shows it.
+        a, b = (f"{hashlib.sha256(t).hexdigest()[:12]}: Loading layer" for t in (TAR_A, TAR_B))
         labels = {label for kind, label, _ in rec.events if kind == "finish"}
-        assert labels == {f"{archive}: a.tar", f"{archive}: b.tar"}
-        assert ("start", f"{archive}: b.tar", len(TAR_B)) in rec.events
-        assert ("update", f"{archive}: b.tar", len(TAR_B)) in rec.events
+        assert labels == {a, b}
+        assert ("start", b, len(TAR_B)) in rec.events
+        assert ("update", b, len(TAR_B)) in rec.events
 
         rec = Recorder()
         ocistore.save(store, ["app:1"], tmp_path / "out.tar", progress=rec)
@@ -132,7 +135,7 @@ def test_one_progress_interface_for_every_long_verb(tmp_path: Path) -> None:
 
         rec = Recorder()
         store.import_tarball(io.BytesIO(TAR_B), "imported:1", source="b.tar", progress=rec)
-        assert ("finish", "tarball b.tar", None) in rec.events
+        assert ("finish", "Loading layer", None) in rec.events  # (no digest known yet)
 
 
 def test_version_and_python_dash_m(tmp_path: Path) -> None:
