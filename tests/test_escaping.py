@@ -207,7 +207,7 @@ def test_an_import_message_with_controls_is_shown_escaped(
         ["rmi", EVIL],
         ["tag", EVIL, "x:1"],
         ["save", "-o", "/dev/null", EVIL],
-        ["images", EVIL],
+        ["images", "--filter", "before=" + EVIL],
         ["load", "-i", "/nonexistent/" + EVIL],
         ["import", "/nonexistent/" + EVIL],
     ],
@@ -237,7 +237,7 @@ def test_a_malicious_tag_target_is_escaped(
     "args",
     [
         [EVIL],
-        ["images", "--format", EVIL],
+        ["images", "--filter", EVIL],  # not name=value
         ["images", EVIL, EVIL],
         ["gc", "--grace", EVIL],
         ["image", "prune", "--filter", EVIL],

@@ -885,7 +885,8 @@ class _Builder:
                 ("timeout", "Timeout"),
                 ("start-period", "StartPeriod"),
             ):
-                health[field] = _interval(flag, flags.values.get(flag, ""))
+                if interval := _interval(flag, flags.values.get(flag, "")):
+                    health[field] = interval
             retries = flags.values.get("retries", "")
             if retries:
                 count = _parse_int32(retries)
@@ -1107,4 +1108,10 @@ def import_config(
         "RootFS": {"Type": "layers", "DiffIDs": [diff_id]},
         "History": [{"Created": created, "Comment": comment}],
     }
-    return gojson.marshal(image, IMAGE)
+    # image.Image's MarshalJSON: the struct, then its top-level keys sorted (a map of
+    # raw messages), "so that a push/pull cycle with a legacy registry keeps the order".
+    fields = gojson.unmarshal(gojson.marshal(image, IMAGE), _RAW_MAP)
+    return gojson.marshal(fields, _RAW_MAP)
+
+
+_RAW_MAP: Final = gojson.Map(gojson.RAW)
