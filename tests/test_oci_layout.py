@@ -829,18 +829,32 @@ def test_add_to_an_existing_layout(
     save_dir(store, ["bee:2"], out)
     entries = read_layout_index(out)["manifests"]
     assert [e["digest"] for e in entries] == [images[0].desc["digest"], images[1].desc["digest"]]
-    # The same tag written again for another image replaces the earlier descriptor.
+    # Another repository's image with the same tag (ref name 2) is another name: both kept,
+    # as one save of both writes them.
     store.tag("example.com/test/c:c3", "example.com/test/a:2")
     save_dir(store, ["example.com/test/a:2"], out)
     entries = read_layout_index(out)["manifests"]
-    assert [e["digest"] for e in entries] == [images[0].desc["digest"], images[2].desc["digest"]]
+    digests = [images[i].desc["digest"] for i in (0, 1, 2)]
+    assert [e["digest"] for e in entries] == digests
+    assert [e["annotations"][oci.ANNOTATION_REF_NAME] for e in entries] == ["a1", "2", "2"]
     # Damaged blobs of the layout are rewritten.
     victim = out / "blobs/sha256" / images[0].layer_blobs[1].partition(":")[2]
     victim.write_bytes(b"garbage")
     save_dir(store, ["example.com/test/a:a1"], out)
     assert sha(victim.read_bytes()) == images[0].layer_blobs[1]
+    assert [e["digest"] for e in read_layout_index(out)["manifests"]] == digests
+    # The same name moved to another image replaces its descriptor; the others stay.
+    store.tag("example.com/test/c:c3", "example.com/test/a:a1")
+    save_dir(store, ["example.com/test/a:a1"], out)
+    entries = read_layout_index(out)["manifests"]
+    assert [e["digest"] for e in entries] == [digests[2], digests[1], digests[2]]
+    assert [e["annotations"][oci.ANNOTATION_CONTAINERD_NAME] for e in entries] == [
+        "example.com/test/a:a1",  # in the place of the one it replaces, as skopeo does
+        "docker.io/library/bee:2",
+        "example.com/test/a:2",
+    ]
     store2 = Store(tmp_path / "store2")
-    assert sorted(str(x.id) for x in load(store2, out)) == sorted([images[0].id, images[2].id])
+    assert sorted(str(x.id) for x in load(store2, out)) == sorted([images[1].id, images[2].id])
     assert not [p for p in out.rglob("*.tmp")]
 
 
@@ -857,6 +871,82 @@ def test_layout_into_an_existing_umoci_style_layout(
         "sha256:98ceaf93e482fe91b9bfd6bba07137c098e49ee2d55e69f09fb6c951e75e0e46",
         images[1].desc["digest"],
     ]
+
+
+def test_add_to_a_layout_skopeo_and_umoci_add_to(
+    store: Store, sample: tuple[Path, list[Built]], tmp_path: Path, skopeo: Any, umoci: Any
+) -> None:
+    """ocistore, skopeo and umoci adding to the same layout keep each other's refs; a bare
+    ref name skopeo wrote is replaced by ocistore's image of that ref name."""
+    path, images = sample
+    load(store, path)
+    out = tmp_path / "out"
+    save_dir(store, ["example.com/test/a:a1"], out)
+    archive = tmp_path / "bee.tar"
+    formats.save(store, ["bee:2"], str(archive), formats.SaveFormat.DOCKER)
+    skopeo("copy", f"docker-archive:{archive}", f"oci:{out}:sk")
+    save_dir(store, ["example.com/test/c:c3"], out)
+    refs = umoci("ls", "--layout", out).stdout.split()
+    assert sorted(refs) == ["a1", "c3", "sk"]
+    for ref, image in (("a1", images[0]), ("c3", images[2])):
+        inspected = json.loads(skopeo("inspect", "--raw", f"oci:{out}:{ref}").stdout)
+        assert inspected["config"]["digest"] == image.id
+    # skopeo's bare "sk" is replaced by ocistore's image tagged sk; the rest stays.
+    store.tag("example.com/test/c:c3", "example.com/test/c:sk")
+    save_dir(store, ["example.com/test/c:sk"], out)
+    assert sorted(umoci("ls", "--layout", out).stdout.split()) == ["a1", "c3", "sk"]
+    inspected = json.loads(skopeo("inspect", "--raw", f"oci:{out}:sk").stdout)
+    assert inspected["config"]["digest"] == images[2].id
+    # skopeo adds beside ocistore's refs too, and ocistore loads them all.
+    skopeo("copy", f"docker-archive:{archive}", f"oci:{out}:bee")
+    assert sorted(umoci("ls", "--layout", out).stdout.split()) == ["a1", "bee", "c3", "sk"]
+    other = Store(tmp_path / "other")
+    loaded = {str(x.id): sorted(str(t) for t in x.tags) for x in load(other, out)}
+    assert loaded.pop(images[0].id) == ["example.com/test/a:a1"]
+    assert loaded.pop(images[2].id) == ["example.com/test/c:c3", "example.com/test/c:sk"]
+    assert list(loaded.values()) == [["localhost/bee:latest"]]  # skopeo's copy
+    umoci("ls", "--layout", out)  # still a layout umoci reads
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("oci-layout", b'{"imageLayoutVersion":"2.0.0"}', "unsupported imageLayoutVersion"),
+        ("oci-layout", b"{not json", "oci-layout"),
+        ("index.json", b"{not json", "index.json"),
+        ("index.json", b'{"schemaVersion":2,"manifests":{}}', "is not an image index"),
+        ("index.json", b'{"schemaVersion":2,"manifests":["x"]}', r"manifests\[0\] is not a"),
+        (
+            "index.json",
+            b'{"schemaVersion":2,"manifests":[{"digest":"sha256:00","annotations":{"a":1}}]}',
+            r"manifests\[0\] is not a descriptor",
+        ),
+        ("index.json", None, "index.json cannot be read"),  # a directory
+    ],
+)
+def test_refuse_to_add_to_a_damaged_layout(
+    store: Store,
+    sample: tuple[Path, list[Built]],
+    tmp_path: Path,
+    file: str,
+    content: bytes | None,
+    message: str,
+) -> None:
+    """Nothing is written into a layout ocistore cannot read back: one line naming it."""
+    path, _ = sample
+    load(store, path)
+    out = save_dir(store, ["example.com/test/a:a1"], tmp_path / "out")
+    target = out / file
+    target.unlink()
+    if content is None:
+        target.mkdir()
+    else:
+        target.write_bytes(content)
+    before = snapshot(out)
+    with pytest.raises(InvalidInput, match=message) as err:
+        save_dir(store, ["bee:2"], out)
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
+    assert snapshot(out) == before
 
 
 def test_refuse_a_destination_that_is_not_a_layout(store: Store, tmp_path: Path) -> None:

@@ -84,9 +84,13 @@ as ``docker save`` does.
 :func:`write_oci_layout` creates the directory (built beside it and renamed into place),
 or adds to an existing layout as skopeo and umoci do: blobs are added (an existing blob
 file is re-hashed and rewritten if it is damaged), and ``index.json`` is replaced
-atomically, with earlier descriptors kept except those carrying one of the ref names now
-written, or identical to one now written. A destination that exists and is neither an OCI
-layout nor an empty directory is refused.
+atomically, with the earlier descriptors kept but those of a name now written (or
+identical to one now written), whose place the new descriptor takes (see
+:func:`_merge`): the name is the full reference (``lab/a:1`` and ``lab/b:1`` are two
+images, though both have ref name ``1``), or, for a descriptor with a bare ref name alone
+(skopeo's, umoci's), that ref name. A destination that exists and is neither an OCI
+layout nor an empty directory, or a layout whose ``oci-layout`` or ``index.json`` cannot
+be read back, is refused with one line naming it, before anything is written into it.
 
 Loading keeps a Docker v2 schema 2 manifest as it came; only writing an OCI layout turns
 it into its OCI form (so that manifest's digest differs from the one loaded).
@@ -792,27 +796,71 @@ def _read_existing_index(dest: Path) -> dict[str, Any]:
         index = load_json(index_path.read_bytes(), f"{dest}: {INDEX_FILE}", MAX_ARCHIVE_JSON)
     except OSError as e:
         raise InvalidInput(f"{dest}: {INDEX_FILE} cannot be read: {e}") from None
-    if not isinstance(index, dict) or not isinstance(index.get("manifests") or [], list):
-        raise InvalidInput(f"{dest}: {INDEX_FILE} is not an image index; refusing to add to it")
+    where = f"{dest}: {INDEX_FILE}"
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(index, dict) or not isinstance(manifests, list | None):
+        raise InvalidInput(f"{where} is not an image index; refusing to add to it")
+    for i, entry in enumerate(index.get("manifests") or []):
+        # What the merge reads of each descriptor must be there, of its type: a damaged
+        # index is refused before anything is written.
+        annotations = entry.get("annotations") if isinstance(entry, dict) else None
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("digest"), str)
+            or not isinstance(annotations or {}, dict)
+            or not all(isinstance(v, str) for v in (annotations or {}).values())
+        ):
+            raise InvalidInput(
+                f"{where}: manifests[{i}] is not a descriptor (an object with a digest and "
+                "string annotations); refusing to add to it"
+            )
     return index
 
 
 def _merge(existing: list[Any], new: list[dict[str, Any]]) -> list[Any]:
-    names = {
-        e["annotations"][ANNOTATION_REF_NAME]
-        for e in new
-        if ANNOTATION_REF_NAME in e.get("annotations", {})
-    }
-    kept = []
-    for m in existing:
-        ann = m.get("annotations") if isinstance(m, dict) else None
-        ref_name = ann.get(ANNOTATION_REF_NAME) if isinstance(ann, dict) else None
-        if ref_name is not None and ref_name in names:
-            continue
-        if m in new:
-            continue
-        kept.append(m)
-    return kept + new
+    """An existing ``index.json``'s descriptors with the ``new`` ones added, as skopeo and
+    umoci add to a layout: a new descriptor takes the place of the first existing one of
+    the same name (or identical to it), later ones of that name go, the rest stay in
+    their order, and new descriptors that replace nothing come last.
+
+    A descriptor's name is the reference it loads as (:func:`_names`) when it has one of
+    its own (``io.containerd.image.name``, or a full reference as its ref name): so
+    ``lab/a:1`` and ``lab/b:1``, both ref name ``1``, are two images, as one save of both
+    writes them. A descriptor with a bare ref name alone (skopeo's ``oci:DIR:TAG``,
+    umoci's) is named by it: a new descriptor with that ref name replaces it."""
+    by_name: dict[Reference, int] = {}
+    by_ref_name: dict[str, int] = {}
+    for j, entry in enumerate(new):
+        annotations = entry.get("annotations", {})
+        for name in _names(annotations):
+            by_name.setdefault(name, j)
+        if ANNOTATION_REF_NAME in annotations:
+            by_ref_name.setdefault(annotations[ANNOTATION_REF_NAME], j)
+
+    def replaced_by(entry: dict[str, Any]) -> int | None:
+        if entry in new:
+            return new.index(entry)
+        annotations = entry.get("annotations") or {}
+        ref_name = annotations.get(ANNOTATION_REF_NAME)
+        if ANNOTATION_CONTAINERD_NAME in annotations or (
+            ref_name is not None and not is_tag(ref_name)
+        ):
+            for name in _names(annotations):
+                if name in by_name:
+                    return by_name[name]
+            return None
+        return by_ref_name.get(ref_name) if ref_name is not None else None
+
+    out: list[Any] = []
+    placed: set[int] = set()
+    for entry in existing:
+        by = replaced_by(entry)
+        if by is None:
+            out.append(entry)
+        elif by not in placed:
+            placed.add(by)
+            out.append(new[by])
+    return out + [entry for j, entry in enumerate(new) if j not in placed]
 
 
 def _fill_layout(
