@@ -695,17 +695,20 @@ class Template:
     """A parsed ``--format``: :meth:`render` a row, :attr:`table` whether it is a table
     (:meth:`header` then gives its header row)."""
 
-    def __init__(self, format: str, table: bool, items: list[_Item], header_items: list[_Item]):
+    def __init__(
+        self, format: str, source: str, table: bool, items: list[_Item], header_items: list[_Item]
+    ) -> None:
         self.format = format
         self.table = table
-        self._items = items
-        self._header_items = header_items
+        self._source = source
+        self._run = _compile(items, _FUNCTIONS)
+        self._run_header = _compile(header_items, _HEADER_FUNCTIONS)
 
     def render(self, row: Any) -> str:
         """The template applied to ``row`` (a :class:`Struct`, a mapping or any value)."""
         out: list[str] = []
         try:
-            _run(self._items, row, out, _FUNCTIONS)
+            self._run(row, out)
         except _Raise as e:
             raise self._exec_error(e) from None
         return "".join(out)
@@ -715,7 +718,7 @@ class Template:
         ``{"ID": "IMAGE ID", ...}``), with docker's header functions."""
         out: list[str] = []
         try:
-            _run(self._header_items, dict(headers), out, _HEADER_FUNCTIONS)
+            self._run_header(dict(headers), out)
         except _Raise as e:
             raise self._exec_error(e) from None
         return "".join(out)
@@ -730,8 +733,6 @@ class Template:
             f'template parsing error: template: :{line}:{col}: executing "" at '
             f"<{e.node.text}>: {e.message}"
         )
-
-    _source: str = ""
 
 
 def _eval(
@@ -785,43 +786,6 @@ def _emit(value: Any, call: _Arg, out: list[str]) -> None:
         out.append(printable(go_string(value)))
 
 
-def _run(
-    items: Sequence[_Item], dot: Any, out: list[str], functions: Mapping[str, Callable[..., Any]]
-) -> None:
-    for item in items:
-        if isinstance(item, _Text):
-            out.append(item.text)
-        elif isinstance(item, _Action):
-            value = _eval(item.pipe, dot, functions)
-            _emit(value, item.pipe.commands[-1], out)
-        else:
-            value = _eval(item.pipe, dot, functions)
-            if item.kind == "range":
-                elements: Iterable[Any]
-                if isinstance(value, Struct):
-                    raise _Raise(item.pipe, f"range can't iterate over {go_string(value)}")
-                if isinstance(value, Mapping):
-                    elements = [value[k] for k in sorted(value)]
-                elif isinstance(value, (list, tuple)):
-                    elements = value
-                elif value is None or value is MISSING:
-                    elements = []
-                elif isinstance(value, int) and not isinstance(value, bool):
-                    elements = range(value)
-                else:
-                    raise _Raise(item.pipe, f"range can't iterate over {go_string(value)}")
-                ran = False
-                for element in elements:
-                    ran = True
-                    _run(item.then, element, out, functions)
-                if not ran:
-                    _run(item.otherwise, dot, out, functions)
-            elif _truth(value):
-                _run(item.then, value if item.kind == "with" else dot, out, functions)
-            else:
-                _run(item.otherwise, dot, out, functions)
-
-
 def parse(format: str) -> Template:
     """A ``--format`` as docker's CLI reads it: ``table`` (alone: the command's default
     table, which the caller supplies) or ``table FORMAT``, ``json``, or a template;
@@ -832,9 +796,7 @@ def parse(format: str) -> Template:
     body = body.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
     items = _Parser(body, _FUNCTIONS).parse()
     header_items = _Parser(body, _HEADER_FUNCTIONS).parse() if table else items
-    template = Template(format, table, items, header_items)
-    template._source = body
-    return template
+    return Template(format, body, table, items, header_items)
 
 
 def is_default_table(format: str | None) -> bool:
@@ -912,3 +874,122 @@ def write(
         out.write(body)
         return
     out.write(tabwrite(template.header(headers or {}) + "\n" + body))
+
+
+_Step = Callable[[Any, list[str]], None]
+
+
+def _compile(items: Sequence[_Item], functions: Mapping[str, Callable[..., Any]]) -> _Step:
+    """The items as one function of the dot and the output: what a row costs is the
+    fields it prints, not a walk over the parsed template (a listing renders thousands)."""
+    steps = [_compile_item(item, functions) for item in items]
+    if len(steps) == 1:
+        return steps[0]
+
+    def run(dot: Any, out: list[str]) -> None:
+        for step in steps:
+            step(dot, out)
+
+    return run
+
+
+def _compile_item(item: _Item, functions: Mapping[str, Callable[..., Any]]) -> _Step:
+    if isinstance(item, _Text):
+        text = item.text
+
+        def literal(_dot: Any, out: list[str]) -> None:
+            out.append(text)
+
+        return literal
+    if isinstance(item, _Action):
+        commands = item.pipe.commands
+        if len(commands) == 1 and isinstance(commands[0], _Field) and commands[0].receiver is None:
+            get = _compile_field(commands[0])
+
+            def field(dot: Any, out: list[str]) -> None:
+                value = get(dot)
+                if type(value) is not str:
+                    value = go_string(value)
+                # (printable ASCII, the usual, is known so at C speed)
+                out.append(value if value.isascii() and value.isprintable() else printable(value))
+
+            return field
+        pipe = item.pipe
+
+        def action(dot: Any, out: list[str]) -> None:
+            _emit(_eval(pipe, dot, functions), pipe.commands[-1], out)
+
+        return action
+    condition = item.pipe
+    commands = condition.commands
+    test: Callable[[Any], Any]
+    if len(commands) == 1 and isinstance(commands[0], _Field) and commands[0].receiver is None:
+        test = _compile_field(commands[0])
+    else:
+
+        def test(dot: Any) -> Any:
+            return _eval(condition, dot, functions)
+
+    then = _compile(item.then, functions)
+    otherwise = _compile(item.otherwise, functions)
+    if item.kind == "if":
+
+        def if_(dot: Any, out: list[str]) -> None:
+            if _truth(test(dot)):
+                then(dot, out)
+            else:
+                otherwise(dot, out)
+
+        return if_
+    if item.kind == "with":
+
+        def with_(dot: Any, out: list[str]) -> None:
+            value = test(dot)
+            if _truth(value):
+                then(value, out)
+            else:
+                otherwise(dot, out)
+
+        return with_
+
+    def range_(dot: Any, out: list[str]) -> None:
+        value = test(dot)
+        elements: Iterable[Any]
+        if isinstance(value, Struct):
+            raise _Raise(condition, f"range can't iterate over {go_string(value)}")
+        if isinstance(value, Mapping):
+            elements = [value[k] for k in sorted(value)]
+        elif isinstance(value, (list, tuple)):
+            elements = value
+        elif value is None or value is MISSING:
+            elements = []
+        elif isinstance(value, int) and not isinstance(value, bool):
+            elements = range(value)
+        else:
+            raise _Raise(condition, f"range can't iterate over {go_string(value)}")
+        ran = False
+        for element in elements:
+            ran = True
+            then(element, out)
+        if not ran:
+            otherwise(dot, out)
+
+    return range_
+
+
+def _compile_field(node: _Field) -> Callable[[Any], Any]:
+    """``.Name`` (the usual) looked up at once in a :class:`Struct`; anything else as
+    :func:`_field` does."""
+    if len(node.names) != 1:
+        return lambda dot: _field(node, dot)
+    name = node.names[0]
+
+    def get(dot: Any) -> Any:
+        if type(dot) is Struct:
+            try:
+                return dot.fields[name]
+            except KeyError:
+                raise _Raise(node, f"can't evaluate field {name} in type {dot.type_name}") from None
+        return _field(node, dot)
+
+    return get
