@@ -46,7 +46,9 @@ from . import fsutil, gc
 from .backend import BLOBS, PARENT, FSBackend
 from .layers import Layer, LayerStore
 
-INDEX_VERSION = 2
+#: 3: an image's size is Docker's (the sum of its layers' ``content_size``), no longer
+#: the sum of their tar lengths: an index of version 2 holds those, and is rebuilt.
+INDEX_VERSION = 3
 _HEXDIGITS = frozenset("0123456789abcdef")
 #: Deletes the hex digits: what is left of a string of names is what is not hex.
 _NOT_HEX: Final = str.maketrans("", "", "0123456789abcdef")
@@ -219,7 +221,7 @@ class ImageStore:
         chains = tuple(config.chain_ids)
         size = 0
         for c in chains:
-            size += self.layers.get(c).size  # NotFound if a layer is missing
+            size += self.layers.get(c).shown_size  # NotFound if a layer is missing
         parent: ImageID | None = None
         blobs: tuple[Digest, ...] = ()
         try:
@@ -412,6 +414,19 @@ class ImageStore:
         self.layers.forget()
         self._load()
 
+    def recount_sizes(self) -> None:
+        """Sum every image's size from its layer records again (inside :meth:`writing`,
+        whose end writes the index): ``fsck --repair`` recorded layers' content sizes.
+        An image whose layer record is gone or damaged keeps the size it had."""
+        assert self._writing_depth, "recount_sizes() is called inside writing()"
+        for image_id, rec in builtins.list(self._images.items()):
+            try:
+                size = sum(self.layers.get(c).shown_size for c in rec.chains)
+            except (NotFound, CorruptStore):
+                continue
+            if size != rec.size:
+                self._replace(image_id, size=size)
+
     # -- reading ---------------------------------------------------------------------
 
     def _record(self, image_id: ImageID) -> ImageRecord:
@@ -479,7 +494,7 @@ class ImageStore:
             size = 0
             for i, chain in enumerate(cfg.chain_ids):
                 try:
-                    size += self.layers.get(chain).size
+                    size += self.layers.get(chain).shown_size
                 except NotFound:
                     raise NotFound(
                         f"image {cfg.id}: layer chain {chain} (layer {i}, "

@@ -1,8 +1,14 @@
 """The layer store: layer chains, each backed by the blob it came in.
 
 ``layerdb/sha256/<chain hex>/layer.json`` records a chain: its DiffID, parent chain,
-the size of its uncompressed tar and the blob that holds it (kept as it came: a gzip
-layer stays the same gzip blob, so a later save or push needs no recompression).
+the size of its uncompressed tar, Docker's size of it (``content_size``: what its tar
+headers say its members hold, counted while it is staged) and the blob that holds it
+(kept as it came: a gzip layer stays the same gzip blob, so a later save or push needs
+no recompression).
+
+A record written before ``content_size`` was recorded has none (``None``); until
+``fsck --repair`` counts it (it reads every layer anyway) the tar's length stands in for
+it (:attr:`Layer.shown_size`), as ocistore showed before, and ``fsck`` says so.
 
 A layer enters in two steps. :func:`~ocistore.store.staging.stage_layer` does the long
 work outside any lock: it copies the stream into ``tmp/`` once, hashing the blob as it is,
@@ -19,6 +25,7 @@ Nothing here counts references: which layers are in use is derived from the imag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -29,6 +36,7 @@ from ..errors import CorruptStore, DigestMismatch, InvalidInput, NotFound, SizeM
 from ..spec.compression import Compression, Decompressor
 from ..spec.config import MAX_LAYER_DEPTH
 from ..spec.digest import CHUNK, ChainID, DiffID, Digest, hash_rest, make_chain_id, new_hasher
+from ..spec.tarscan import TarScanner
 from . import fsutil
 from .content import ContentStore
 
@@ -50,25 +58,36 @@ class Layer(NamedTuple):
     chain_id: ChainID
     diff_id: DiffID
     parent: ChainID | None
-    #: Size of this layer's uncompressed tar.
+    #: Size of this layer's uncompressed tar (what reading it gives, checked then).
     size: int
     blob: BlobRef
+    #: Docker's size of the layer: the sum of the sizes its tar headers give their
+    #: members (:attr:`~ocistore.spec.tarscan.TarScanner.content_size`), or ``None`` in
+    #: a record written before it was recorded.
+    content_size: int | None = None
+
+    @property
+    def shown_size(self) -> int:
+        """The layer's size as Docker shows it (``docker history``, and summed over a
+        chain, an image's ``Size``): :attr:`content_size`, or, for a record without it,
+        the tar's length."""
+        return self.size if self.content_size is None else self.content_size
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "chain_id": self.chain_id,
-                "diff_id": self.diff_id,
-                "parent": self.parent or "",
-                "size": self.size,
-                "blob": {
-                    "digest": self.blob.digest,
-                    "size": self.blob.size,
-                    "compression": self.blob.compression.value,
-                },
+        doc: dict[str, object] = {
+            "chain_id": self.chain_id,
+            "diff_id": self.diff_id,
+            "parent": self.parent or "",
+            "size": self.size,
+            "blob": {
+                "digest": self.blob.digest,
+                "size": self.blob.size,
+                "compression": self.blob.compression.value,
             },
-            sort_keys=True,
-        ).encode()
+        }
+        if self.content_size is not None:
+            doc["content_size"] = self.content_size
+        return json.dumps(doc, sort_keys=True).encode()
 
 
 class LayerStore:
@@ -104,6 +123,9 @@ class LayerStore:
             d = json.loads(raw)
             blob = d["blob"]
             parent = ChainID(Digest(d["parent"])) if d["parent"] else None
+            content_size = d.get("content_size")
+            if content_size is not None and (type(content_size) is not int or content_size < 0):
+                raise ValueError(f"content_size {content_size!r} is not a size")
             layer = Layer(
                 chain_id=ChainID(Digest(d["chain_id"])),
                 diff_id=DiffID(Digest(d["diff_id"])),
@@ -112,6 +134,7 @@ class LayerStore:
                 blob=BlobRef(
                     Digest(blob["digest"]), int(blob["size"]), Compression(blob["compression"])
                 ),
+                content_size=content_size,
             )
         except (ValueError, KeyError, TypeError, InvalidInput, RecursionError) as e:
             raise CorruptStore(f"layer record {path} is damaged: {e}") from None
@@ -179,6 +202,7 @@ class LayerStore:
             parent=parent,
             size=staged.size,
             blob=BlobRef(blob_digest, staged.blob.size, staged.compression),
+            content_size=staged.content_size,
         )
         tmpdir = fsutil.temp_path(self.tmpdir, ".layer")
         fsutil.make_private_dir(tmpdir)
@@ -190,6 +214,16 @@ class LayerStore:
             raise
         self._cache[chain_id] = layer
         return layer
+
+    def record_content_size(self, layer: Layer, content_size: int) -> Layer:
+        """Add Docker's size, counted from the verified layer, to a record written without
+        it (``fsck --repair``; with the store lock held): ``layer.json`` is replaced
+        atomically, everything else in it as it was."""
+        updated = layer._replace(content_size=content_size)
+        path = self._dir(layer.chain_id) / "layer.json"
+        fsutil.atomic_write(path, updated.to_json(), self.tmpdir)
+        self._cache[layer.chain_id] = updated
+        return updated
 
     def delete(self, chain_id: ChainID) -> bool:
         """Remove a chain's record (not its blob: :mod:`ocistore.store.gc` says what is
@@ -230,6 +264,11 @@ class LayerReader:
 
     :meth:`chunks` gives the tar in pieces (the fastest way to copy it); ``read`` and
     ``readinto`` make it a stream.
+
+    A layer whose record has no ``content_size`` (written before it was recorded) has
+    its headers followed as it streams: once the reader has ended, :attr:`content_size`
+    is Docker's size of it, counted from the verified tar (``None`` if its headers are
+    not a tar as Docker reads a layer; the reading goes on as before).
     """
 
     def __init__(self, layer: Layer, blob: IO[bytes]) -> None:
@@ -246,6 +285,9 @@ class LayerReader:
         self._pieces: Iterator[bytes | memoryview] | None = None
         self._current: memoryview = memoryview(b"")
         self._pos = 0
+        self._scanner = TarScanner(self._what, layer=True) if layer.content_size is None else None
+        #: Docker's size of the layer: the record's, or counted (see above) once read.
+        self.content_size: int | None = layer.content_size
 
     def chunks(self) -> Iterator[bytes | memoryview]:
         """The tar, piece by piece, each checked as said above before the next is asked
@@ -275,6 +317,10 @@ class LayerReader:
         got = f"sha256:{self._diff_hasher.hexdigest()}"
         if got != layer.diff_id:
             raise DigestMismatch(self._what, layer.diff_id, got)
+        if self._scanner is not None:
+            with contextlib.suppress(InvalidInput):
+                self._scanner.finish()
+                self.content_size = self._scanner.content_size
 
     def _emitted(self, out: bytes | memoryview) -> None:
         n = len(out)
@@ -283,6 +329,12 @@ class LayerReader:
         if self._diff_hasher is not self._blob_hasher:
             self._diff_hasher.update(out)
         self.done += n
+        scanner = self._scanner
+        if scanner is not None and not scanner.ended:
+            try:
+                scanner.feed(out)
+            except InvalidInput:
+                self._scanner = None  # not a tar as Docker reads a layer: not counted
 
     def _check_blob(self) -> None:
         """Hash what is left of the blob; a blob not what its name says is the error."""

@@ -1,9 +1,13 @@
 """Staging a layer: its bytes copied into ``tmp/`` once, hashed as they are (the blob)
-and, decompressed, hashed again (the DiffID), outside any lock.
+and, decompressed, hashed again (the DiffID), and its tar headers followed (Docker's
+size of the layer), outside any lock.
 
 :func:`stage_layer` streams a layer through a :class:`~ocistore.store.content.BlobWriter`:
-the calling thread reads and writes the blob while a second thread decompresses and
-hashes the tar (a plain layer's tar is its blob: that thread hashes the blob). The result
+the calling thread reads, writes and hashes the blob while a second thread decompresses
+and hashes the tar (a plain layer's tar is its blob, whose digest is its DiffID: that
+thread only follows its headers). The headers are read by the one tar scanner
+(:class:`~ocistore.spec.tarscan.TarScanner`, as a layer), which passes over file data
+by arithmetic: a header's work per member, none per byte. The result
 is a :class:`StagedLayer` that the publish step commits under the store lock
 (:meth:`~ocistore.store.layers.LayerStore.publish`).
 """
@@ -22,28 +26,10 @@ from ..spec.compression import (
     detect,
 )
 from ..spec.digest import CHUNK, DiffID, Digest, new_hasher
+from ..spec.tarscan import TarScanner
 from .content import ContentStore, Pieces, StagedBlob
 
 __all__ = ["StagedLayer", "stage_layer"]
-
-
-def _tar_header_ok(block: bytes) -> bool:
-    """Whether the first 512 bytes of a stream look like the start of a tar archive."""
-    if len(block) < 512:
-        return False
-    if not block.strip(b"\x00"):
-        return True  # end-of-archive blocks: an empty tar
-    try:
-        stored = int(block[148:156].split(b"\x00", 1)[0].strip() or b"-1", 8)
-    except ValueError:
-        return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:512])
-    signed = (
-        sum(b - 256 if b > 127 else b for b in block[:148])
-        + 256
-        + sum(b - 256 if b > 127 else b for b in block[156:512])
-    )
-    return stored in (unsigned, signed)
 
 
 class StagedLayer(NamedTuple):
@@ -52,7 +38,11 @@ class StagedLayer(NamedTuple):
     blob: StagedBlob
     compression: Compression
     diff_id: DiffID
+    #: The tar's length.
     size: int
+    #: Docker's size of the layer: the sum of its members' header sizes
+    #: (:attr:`~ocistore.spec.tarscan.TarScanner.content_size`).
+    content_size: int
 
     def discard(self) -> None:
         self.blob.discard()
@@ -65,27 +55,45 @@ COMPRESSED_CHUNK = 512 << 10
 
 
 class _TarDigest:
-    """Decompresses a layer's pieces and hashes the tar they make, on the blob writer's
-    second thread: its DiffID, its size and its first block."""
+    """Decompresses a layer's pieces and follows the tar they make, on the blob writer's
+    second thread: its headers (:attr:`scanner`), its size and, unless the blob is the
+    tar and its digest the DiffID (``hash_tar`` false), its DiffID."""
 
-    def __init__(self, compression: Compression, what: str) -> None:
+    def __init__(self, compression: Compression, what: str, hash_tar: bool = True) -> None:
         self.compression = compression
         self.what = what
-        self.hasher = new_hasher("sha256")
+        self.hasher = new_hasher("sha256") if hash_tar else None
         self.size = 0
-        self.head = b""
+        self.scanner = TarScanner(what, layer=True)
+        #: What the headers were found to be, if not a tar: told once the blob's digest
+        #: and the DiffID are checked (a blob not what it should be explains the rest),
+        #: so the pieces are still read to their end.
+        self.not_a_tar: InvalidInput | None = None
 
     def __call__(self, pieces: Pieces) -> None:
         if self.compression is Compression.ZSTD:
             self._pull_zstd(pieces)
         else:
             self._feed(pieces)
+        if self.not_a_tar is None:
+            try:
+                self.scanner.finish()
+            except InvalidInput as e:
+                self.not_a_tar = e
 
     def _got(self, out: bytes | memoryview) -> None:
-        self.hasher.update(out)
-        self.size += len(out)
-        if len(self.head) < 512:
-            self.head += bytes(out[: 512 - len(self.head)])
+        if self.hasher is not None:
+            self.hasher.update(out)
+        n = len(out)
+        self.size += n
+        scanner = self.scanner
+        if scanner.skip >= n:  # file data, passed over by arithmetic
+            scanner.passed(n)
+        elif not scanner.ended and self.not_a_tar is None:
+            try:
+                scanner.feed(out)
+            except InvalidInput as e:
+                self.not_a_tar = e
 
     def _feed(self, pieces: Pieces) -> None:
         decompressor = Decompressor(self.compression, self.what)
@@ -115,6 +123,7 @@ class _TarDigest:
 
     @property
     def diff_id(self) -> DiffID:
+        assert self.hasher is not None
         return DiffID(Digest(f"sha256:{self.hasher.hexdigest()}"))
 
 
@@ -129,8 +138,10 @@ def stage_layer(
 ) -> StagedLayer:
     """Copy a layer (plain, gzip or zstd tar) into ``tmp/``, reading its bytes once.
 
-    Computes the blob digest and, from the decompressed stream, the DiffID and tar size;
-    checks each against what is expected (the blob first). ``progress``, if given, is
+    Computes the blob digest and, from the decompressed stream, the DiffID, the tar size
+    and Docker's size of the layer (its headers, which must make a tar as Docker reads
+    a layer: one line naming the layer and the byte otherwise); checks each against what
+    is expected (the blob first). ``progress``, if given, is
     called with the number of blob bytes read so far; what it raises stops the staging.
     Whatever fails, nothing is left in ``tmp/``.
     """
@@ -139,19 +150,16 @@ def stage_layer(
     plain = compression is Compression.NONE
     with content.writer(expected_blob, expected_blob_size, what) as blob:
         # A plain layer is its own tar: its blob digest is its DiffID (when both are
-        # sha256), and its first block is read ahead here.
-        tar = None if plain and blob.digest.algorithm == "sha256" else _TarDigest(compression, what)
-        head = reader.peek(512) if tar is None else b""
+        # sha256), and the second thread only follows its headers.
+        same = plain and blob.digest.algorithm == "sha256"
+        tar = _TarDigest(compression, what, hash_tar=not same)
         chunk_size = CHUNK if plain else COMPRESSED_CHUNK
         blob.copy_from(reader, tar, progress, chunk_size)
         blob_digest = blob.verify()
-        if tar is None:
-            diff_id, size = DiffID(blob_digest), blob.offset
-        else:
-            diff_id, size, head = tar.diff_id, tar.size, tar.head
+        diff_id = DiffID(blob_digest) if same else tar.diff_id
         if expected_diff_id is not None and diff_id != expected_diff_id:
             raise DigestMismatch(f"{what}: diff ID", expected_diff_id, diff_id)
-        if not _tar_header_ok(head):
-            raise InvalidInput(f"{what}: not a tar archive")
+        if tar.not_a_tar is not None:
+            raise tar.not_a_tar
         staged = blob.finish()
-    return StagedLayer(staged, compression, diff_id, size)
+    return StagedLayer(staged, compression, diff_id, tar.size, tar.scanner.content_size)
