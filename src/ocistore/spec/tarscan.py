@@ -117,6 +117,7 @@ class TarScanner:
         #: An old GNU sparse member whose map continues in extension blocks: its name,
         #: data size and logical size, reported once the map ends.
         self._sparse_member: tuple[str, int, int] | None = None
+        self._header_block = _ZERO  # a counting scan's last member header, for messages
 
     # -- feeding --------------------------------------------------------------------
 
@@ -133,7 +134,17 @@ class TarScanner:
                 i += k
                 self.pos += k
                 continue
-            k = min(self._want - len(self._buf), n - i)
+            want = self._want
+            if not self._buf and n - i >= want:  # a whole block (or payload) at hand
+                block = bytes(view[i : i + want])
+                i += want
+                self.pos += want
+                if self._payload is None:
+                    self._header(block)
+                else:
+                    self._extension(self._payload, block)
+                continue
+            k = min(want - len(self._buf), n - i)
             self._buf += view[i : i + k]
             i += k
             self.pos += k
@@ -167,7 +178,8 @@ class TarScanner:
         if self._headers == 0 and self._buf:
             raise InvalidInput(f"{self.archive}: not a tar archive (shorter than a header)")
         if self.skip or self._buf or self._payload is not None:
-            where = f" in {self._current}" if self.skip and self._current else ""
+            current = self._current or _text(_field(self._header_block, 0, 100))
+            where = f" in {current}" if self.skip and current else ""
             raise InvalidInput(f"{self.archive}: archive is truncated{where}")
         if self._headers == 0:
             raise InvalidInput(f"{self.archive}: not a tar archive (no header)")
@@ -253,13 +265,20 @@ class TarScanner:
             return
         if kind == _GNU_SPARSE and not self.layer:
             raise self._sparse()
-        name_raw = _field(block, 0, 100)
-        if block[257:263] == _POSIX_MAGIC:
-            prefix = _field(block, 345, 500)
-            if prefix:
-                name_raw = prefix + b"/" + name_raw
-        name = self._long_name if self._long_name is not None else _text(name_raw)
-        link = self._long_link if self._long_link is not None else _text(_field(block, 157, 257))
+        if self.layer and self._on_entry is None:
+            # Only counted: the names are made only for a message (see finish()).
+            name, link = self._long_name or "", self._long_link or ""
+            self._header_block = block
+        else:
+            name_raw = _field(block, 0, 100)
+            if block[257:263] == _POSIX_MAGIC:
+                prefix = _field(block, 345, 500)
+                if prefix:
+                    name_raw = prefix + b"/" + name_raw
+            name = self._long_name if self._long_name is not None else _text(name_raw)
+            link = (
+                self._long_link if self._long_link is not None else _text(_field(block, 157, 257))
+            )
         declared = size
         if self._pax_bytes:
             name, link, size, declared = self._apply_pax(name, link, size)
