@@ -322,15 +322,18 @@ class BlobWriter:
         consume: Callable[[Pieces], None] | None = None,
         progress: Callable[[int], None] | None = None,
         chunk_size: int = CHUNK,
+        look_at: Callable[[memoryview], None] | None = None,
     ) -> None:
         """Append everything ``stream`` gives, to its end, on two threads.
 
         The calling thread reads pieces of ``chunk_size`` into a few reusable buffers and
-        writes each; a second thread takes the pieces in order: it hashes them, or, with
-        ``consume``, gives them to that function (a decompressor, say) while the calling
-        thread hashes too. ``consume`` gets the pieces as :class:`Pieces` and must read
-        them to their end; whatever it raises is raised here. ``progress`` is called with
-        :attr:`offset` after each piece; whatever it raises stops the copy.
+        writes each; a second thread takes the pieces in order: it hashes them (and, with
+        ``look_at``, shows each hashed piece to that function: a plain layer's tar
+        headers are followed so), or, with ``consume``, gives them to that function (a
+        decompressor, say) while the calling thread hashes too. ``consume`` gets the
+        pieces as :class:`Pieces` and must read them to their end; whatever it (or
+        ``look_at``) raises is raised here. ``progress`` is called with :attr:`offset`
+        after each piece; whatever it raises stops the copy.
         """
         pending: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
         free: queue.Queue[bytearray] = queue.Queue()
@@ -371,6 +374,8 @@ class BlobWriter:
                     update = self._hasher.update
                     while (piece := pieces.next()) is not None:
                         update(piece)
+                        if look_at is not None:
+                            look_at(piece)
             except BaseException:
                 stop.failed.set()  # the reading thread stops at its next piece
                 raise

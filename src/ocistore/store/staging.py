@@ -4,8 +4,9 @@ size of the layer), outside any lock.
 
 :func:`stage_layer` streams a layer through a :class:`~ocistore.store.content.BlobWriter`:
 the calling thread reads, writes and hashes the blob while a second thread decompresses
-and hashes the tar (a plain layer's tar is its blob, whose digest is its DiffID: that
-thread only follows its headers). The headers are read by the one tar scanner
+and hashes the tar (a plain layer's tar is its blob, whose digest is its DiffID: the
+calling thread only reads and writes, and the second hashes the blob); the second thread
+also follows the tar's headers. The headers are read by the one tar scanner
 (:class:`~ocistore.spec.tarscan.TarScanner`, as a layer), which passes over file data
 by arithmetic: a header's work per member, none per byte. The result
 is a :class:`StagedLayer` that the publish step commits under the store lock
@@ -75,13 +76,17 @@ class _TarDigest:
             self._pull_zstd(pieces)
         else:
             self._feed(pieces)
+        self.finish()
+
+    def finish(self) -> None:
+        """The tar ended here (see :attr:`not_a_tar`)."""
         if self.not_a_tar is None:
             try:
                 self.scanner.finish()
             except InvalidInput as e:
                 self.not_a_tar = e
 
-    def _got(self, out: bytes | memoryview) -> None:
+    def got(self, out: bytes | memoryview) -> None:
         if self.hasher is not None:
             self.hasher.update(out)
         n = len(out)
@@ -100,7 +105,7 @@ class _TarDigest:
         while (piece := pieces.next()) is not None:
             # A plain piece comes back as it is; a gzip one a megabyte at a time.
             for out in decompressor.chunks(piece):
-                self._got(out)
+                self.got(out)
             del piece
         decompressor.finish()
 
@@ -117,7 +122,7 @@ class _TarDigest:
         reader = decompressed_reader(stream, Compression.ZSTD, self.what, COMPRESSED_CHUNK)
         try:
             while n := reader.readinto(out):  # type: ignore[attr-defined]
-                self._got(view[:n])
+                self.got(view[:n])
         except zstandard.ZstdError as e:
             raise InvalidInput(f"{self.what}: corrupt zstd data: {e}") from None
 
@@ -150,11 +155,15 @@ def stage_layer(
     plain = compression is Compression.NONE
     with content.writer(expected_blob, expected_blob_size, what) as blob:
         # A plain layer is its own tar: its blob digest is its DiffID (when both are
-        # sha256), and the second thread only follows its headers.
+        # sha256), hashed by the second thread as it follows the headers.
         same = plain and blob.digest.algorithm == "sha256"
         tar = _TarDigest(compression, what, hash_tar=not same)
         chunk_size = CHUNK if plain else COMPRESSED_CHUNK
-        blob.copy_from(reader, tar, progress, chunk_size)
+        if same:  # the second thread hashes the blob and shows it to the scanner
+            blob.copy_from(reader, None, progress, chunk_size, look_at=tar.got)
+            tar.finish()
+        else:
+            blob.copy_from(reader, tar, progress, chunk_size)
         blob_digest = blob.verify()
         diff_id = DiffID(blob_digest) if same else tar.diff_id
         if expected_diff_id is not None and diff_id != expected_diff_id:
