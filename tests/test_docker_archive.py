@@ -743,8 +743,32 @@ def test_save_layout_is_docker_save_s(store: Store, tmp_path: Path) -> None:
     assert tar_read(data, "repositories") == (
         b'{"example/app":{"1":"' + legacy[-1].v1_id.encode() + b'"}}\n'
     )
-    for info in entries.values():
-        assert (info.uid, info.gid, info.mtime) == (0, 0, 0)
+    # docker save's times: the image's created time on its config and its directories
+    # (and their files), the epoch on manifest.json and repositories; root owns all.
+    created = 1_609_459_200  # make_config's 2021-01-01T00:00:00Z
+    for name, info in entries.items():
+        assert (info.uid, info.gid, info.uname, info.gname) == (0, 0, "root", "root")
+        assert info.mtime == (0 if name in ("manifest.json", "repositories") else created)
+
+
+@pytest.mark.parametrize(
+    ("created", "mtime"),
+    [
+        ("2021-01-01T00:00:00.999999999+01:00", 1_609_455_600),  # cut to the second
+        ("1969-12-31T23:59:59Z", 0),  # before the epoch: Chtimes sets the epoch
+        ("2300-01-01T00:00:00Z", 0),  # past Go's UnixNano: the epoch too
+        (None, 0),  # none: Go's zero time, before the epoch
+    ],
+)
+def test_save_times_are_the_created_time_docker_sets(
+    store: Store, tmp_path: Path, created: str | None, mtime: int
+) -> None:
+    members, _ = classic([TAR_A], created=created)
+    load_built(store, tmp_path, members)
+    entries = tar_members(save(store, ["example/app:1"]))
+    assert {n: m.mtime for n, m in entries.items()} == {
+        n: (0 if n in ("manifest.json", "repositories") else mtime) for n in entries
+    }
 
 
 def test_save_by_id_has_no_tags_and_no_repositories(store: Store, tmp_path: Path) -> None:
@@ -795,17 +819,48 @@ def test_save_several_images_share_layers_once(store: Store, tmp_path: Path) -> 
     contents = sorted(tar_read(data, n) for n in regular)
     assert contents == sorted([TAR_A, empty, TAR_B, TAR_C])
     assert len(links) == 1
-    ((link, target),) = links.items()
-    assert target.startswith("../") and target.endswith("/layer.tar")
-    assert target[3:] in regular and target[3:] < link  # the file comes first
     # The manifest lists the images sorted by ID; a fresh store loads them back.
     manifest = json.loads(tar_read(data, "manifest.json"))
     assert [m["Config"] for m in manifest] == sorted(f"{sha(c)[7:]}.json" for c in (c1, c2))
+    # The file is in the directory saved first: image one's saved bottom-up.
+    (layers_one,) = [m["Layers"] for m in manifest if m["Config"] == f"{sha(c1)[7:]}.json"]
+    assert links == {layers_one[3]: f"../{layers_one[1]}"}
     other = Store(tmp_path / "other")
     loaded = load(other, write_tar_bytes(tmp_path / "saved.tar", data))
     assert sorted(str(i.id) for i in loaded) == sorted([sha(c1), sha(c2)])
     assert diff_ids_of(other, sha(c1)) == diff_ids_of(store, sha(c1))
     assert other.fsck() == []
+
+
+def test_a_layer_shared_by_images_is_in_the_first_in_manifest_order(
+    store: Store, tmp_path: Path
+) -> None:
+    """As Docker saves the images one after the other: the parent's top layer is also the
+    child's third, in two directories (their v1 JSON differs); the image first in
+    manifest order holds the file, and its time is on the directories both share."""
+    parent, cp = classic([TAR_A, TAR_B], tags=["p:1"], created="2022-01-01T00:00:00Z")
+    child, cc = classic([TAR_A, TAR_B, TAR_C], tags=["c:1"], created="2023-01-01T00:00:00Z")
+    load_built(store, tmp_path, parent)
+    load_built(store, tmp_path, child)
+    data = save(store, ["p:1", "c:1"])
+    entries = tar_members(data)
+    manifest = json.loads(tar_read(data, "manifest.json"))
+    first, second = manifest
+    times = {sha(cp)[7:]: 1_640_995_200, sha(cc)[7:]: 1_672_531_200}
+    first_time = times[first["Config"].removesuffix(".json")]
+    second_time = times[second["Config"].removesuffix(".json")]
+    holder, linker = (
+        layers[1].removesuffix("/layer.tar") for layers in (first["Layers"], second["Layers"])
+    )
+    assert entries[f"{holder}/layer.tar"].isfile()
+    assert entries[f"{linker}/layer.tar"].linkname == f"../{holder}/layer.tar"
+    # The directory both share (TAR_A's) takes the time of the first; the others their
+    # own image's.
+    assert first["Layers"][0] == second["Layers"][0]
+    for name in (first["Config"], *(p.removesuffix("/layer.tar") for p in first["Layers"])):
+        assert entries[name].mtime == first_time
+    for name in (second["Config"], *(p.removesuffix("/layer.tar") for p in second["Layers"][1:])):
+        assert entries[name].mtime == second_time
 
 
 def write_tar_bytes(path: Path, data: bytes) -> Path:

@@ -27,14 +27,20 @@ archives; Docker itself refuses them). Every error names the archive, the file a
 field.
 
 Writing (:func:`write_docker_archive`) produces the Docker 1.10–24 format exactly as
-moby's ``image/tarexport/save.go`` lays it out: per image ``<config hex>.json`` and one
-legacy directory per layer named by its v1 ID (``VERSION`` = ``1.0``, ``json``,
+moby's ``image/tarexport/save.go`` (20.10) lays it out: per image ``<config hex>.json`` and
+one legacy directory per layer named by its v1 ID (``VERSION`` = ``1.0``, ``json``,
 ``layer.tar``), ``manifest.json`` and ``repositories`` (written by Go's JSON encoder:
-compact, one trailing newline), all in the lexical order Docker's tar walk gives. A diff ID
-that occurs in several directories is written once, in the directory that sorts first,
-and the others link to it with a relative symlink (``../<v1 id>/layer.tar``). Where
-Docker's order is a Go map's (the images), images are sorted by ID, so the same images
-give the same bytes.
+compact, one trailing newline), all in the lexical order Docker's tar walk gives, with
+its headers (see :class:`~.tarwriter.TarWriter`). Docker saves the images one after the
+other in manifest order, each bottom-up: a directory is written by the first image that
+has it, and a diff ID that occurs in several directories is written once, in the first
+directory saved, the others linking to it with a relative symlink
+(``../<v1 id>/layer.tar``). Times are Docker's: an image's config, and the directories
+(and their files) it writes, have its ``created`` time (in whole seconds, the epoch when
+it has none); ``manifest.json`` and ``repositories`` the epoch. Where Docker's order is a
+Go map's (the images), images are sorted by ID, so the same images give the same bytes;
+and where Docker leaves the time of the save (a directory whose ``layer.tar`` is a
+link, which Docker does not touch), the image's ``created`` time is written instead.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from typing import IO, Any, Final, NamedTuple
 from ..errors import (
     InvalidInput,
 )
-from ..progress import SILENT, Progress
+from ..progress import SAVING, SILENT, Progress, task_label
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import EMPTY_TAR_DIGEST, ChainID, DiffID, Digest, ImageID, check_bytes
 from ..spec.limits import (
@@ -457,7 +463,26 @@ class _LegacyDir(NamedTuple):
     v1_id: str
     json: bytes
     chain: ChainID
-    diff_id: DiffID
+    #: The first directory (in the order Docker saves them) holding the same diff ID,
+    #: which ``layer.tar`` links to; ``None`` when this directory holds it.
+    link: str | None
+    #: The created time of the first image saved that has this directory.
+    mtime: int
+
+
+#: The latest time Docker's ``system.Chtimes`` sets (Go's ``time.Unix(0, 1<<63-1)``);
+#: later ones, and those before the epoch, become the epoch.
+_MAX_CHTIMES_NS: Final = (1 << 63) - 1
+
+
+def _created_mtime(cfg: ImageConfig) -> int:
+    """The mtime ``docker save`` gives the files of an image: its ``created`` time in
+    whole seconds, as ``system.Chtimes`` sets it (the epoch when it is missing or out of
+    its range) and ``archive/tar`` writes it (truncated to the second)."""
+    from ..store.usage import created_ns  # imported here: loads need none of its 8 ms
+
+    ns = created_ns(cfg.created)  # None: missing (Go's zero time), or not a time Docker reads
+    return ns // 1_000_000_000 if ns is not None and 0 <= ns <= _MAX_CHTIMES_NS else 0
 
 
 def _select(store: Store, names: list[str]) -> dict[ImageID, list[Reference]]:
@@ -478,7 +503,7 @@ def _layer_copy(store: Store, layer: Layer, progress: Progress) -> Fill:
     (:class:`~ocistore.store.layers.LayerReader`)."""
 
     def fill(sink: MemberSink) -> None:
-        task = progress.task(f"Saving layer {layer.diff_id.short()}", layer.size)
+        task = progress.task(task_label(layer.diff_id.short(), SAVING), layer.size)
         with store.open_layer(layer) as tar:
             for piece in tar.chunks():
                 sink.write(piece)
@@ -528,9 +553,11 @@ def write_docker_archive(
     selected = _select(store, names)
     manifest: list[dict[str, Any]] = []
     repositories: dict[str, dict[str, str]] = {}
-    files: dict[str, bytes] = {}
+    files: dict[str, tuple[bytes, int]] = {}  # config files, and their mtimes
     dirs: dict[str, _LegacyDir] = {}
     layers: dict[ChainID, Layer] = {}
+    # Docker saves the images one after the other, in manifest order, each bottom-up.
+    holder: dict[DiffID, str] = {}
     for image_id, tags in selected.items():
         image = store.image(image_id)
         cfg = image.config
@@ -539,9 +566,14 @@ def write_docker_archive(
                 f"image {image_id}: has no layers, and a docker-archive cannot hold such an "
                 "image (docker save: empty export - not implemented)"
             )
+        mtime = _created_mtime(cfg)
         legacy = legacy_layers(cfg.raw)
         for layer, chain, diff_id in zip(legacy, cfg.chain_ids, cfg.diff_ids, strict=True):
-            dirs.setdefault(layer.v1_id, _LegacyDir(layer.v1_id, layer.json, chain, diff_id))
+            if layer.v1_id in dirs:
+                continue
+            first = holder.setdefault(diff_id, layer.v1_id)
+            link = first if first != layer.v1_id else None
+            dirs[layer.v1_id] = _LegacyDir(layer.v1_id, layer.json, chain, link, mtime)
         for stored in store.layers_of(image):
             layers[stored.chain_id] = stored
         top = legacy[-1].v1_id
@@ -557,29 +589,26 @@ def write_docker_archive(
                 "Parent": parent if parent in selected and parent != image_id else "",
             }
         )
-        files[f"{image_id.hex}.json"] = cfg.raw
-
-    # Each diff ID is written once, in the directory that sorts first; the rest link to it.
-    owner: dict[DiffID, str] = {}
-    for v1_id in sorted(dirs):
-        owner.setdefault(dirs[v1_id].diff_id, v1_id)
+        files[f"{image_id.hex}.json"] = cfg.raw, mtime
 
     top_level = sorted([*files, *dirs, MANIFEST, *([REPOSITORIES] if repositories else [])])
     with TarWriter(out) as tar:
         for name in top_level:
             if name in files:
-                tar.add_bytes(name, files[name])
+                data, mtime = files[name]
+                tar.add_bytes(name, data, mtime=mtime)
             elif name in dirs:
                 d = dirs[name]
-                tar.add_dir(name)
-                tar.add_bytes(f"{name}/VERSION", LEGACY_VERSION)
-                tar.add_bytes(f"{name}/json", d.json)
-                first = owner[d.diff_id]
-                if first != name:
-                    tar.add_symlink(f"{name}/layer.tar", f"../{first}/layer.tar")
+                tar.add_dir(name, mtime=d.mtime)
+                tar.add_bytes(f"{name}/VERSION", LEGACY_VERSION, mtime=d.mtime)
+                tar.add_bytes(f"{name}/json", d.json, mtime=d.mtime)
+                if d.link is not None:
+                    target = f"../{d.link}/layer.tar"
+                    tar.add_symlink(f"{name}/layer.tar", target, mtime=d.mtime)
                     continue
                 stored = layers[d.chain]
-                tar.add_file(f"{name}/layer.tar", stored.size, _layer_copy(store, stored, progress))
+                fill = _layer_copy(store, stored, progress)
+                tar.add_file(f"{name}/layer.tar", stored.size, fill, mtime=d.mtime)
             elif name == MANIFEST:
                 tar.add_bytes(MANIFEST, _manifest_json(manifest))
             else:
