@@ -46,7 +46,7 @@ from ..errors import (
     StorageError,
     UnsupportedStore,
 )
-from ..progress import SILENT, Progress
+from ..progress import SILENT, VERIFYING, Progress, task_label
 from ..spec.digest import ChainID, DiffID, Digest, ImageID
 from ..spec.platform import host_platform
 from ..spec.reference import Reference, parse, parse_tagged
@@ -659,6 +659,7 @@ class Store:
         with self.transaction():
             self.images.rebuild()
             done += self._repair_layers(progress)
+            self.images.recount_sizes()  # with the content sizes just recorded
             done += self._repair_images()
             manifests = {}
             for rec in self.images.list():
@@ -683,12 +684,17 @@ class Store:
                 done.append(f"removed layer record {chain}: {e}")
         for chain, layer in records.items():
             try:
-                self._verify_layer(layer, progress)
+                counted = self._verify_layer(layer, progress)
             except OcistoreError as e:
                 bad.add(chain)
                 done.append(f"removed layer {chain}: {e}")
                 if not self._blob_holds(layer.blob.digest):
                     self.content.delete(layer.blob.digest)  # damaged: a load brings it again
+                continue
+            if layer.content_size is None and counted is not None:
+                # A record from before content sizes: counted from the verified tar.
+                records[chain] = self.layers.record_content_size(layer, counted)
+                done.append(f"layer {chain}: recorded its content size, {counted} bytes")
         changed = True
         while changed:  # a layer on top of a dropped one is incomplete too
             changed = False
@@ -711,13 +717,15 @@ class Store:
             while f.read(1 << 20):
                 pass
 
-    def _verify_layer(self, layer: Layer, progress: Progress) -> None:
-        """Read a layer's tar to its end, every check of :class:`LayerReader` made."""
-        task = progress.task(f"layer {layer.chain_id.short()}", layer.size)
+    def _verify_layer(self, layer: Layer, progress: Progress) -> int | None:
+        """Read a layer's tar to its end, every check of :class:`LayerReader` made;
+        returns Docker's size of it (counted if its record has none)."""
+        task = progress.task(task_label(layer.diff_id.short(), VERIFYING), layer.size)
         with self.layers.open_tar(layer) as tar:
             for _ in tar.chunks():
                 task.update(tar.done)
         task.finish()
+        return tar.content_size
 
     def _blob_holds(self, digest: Digest) -> bool:
         """Whether a blob is there and what its digest says."""
@@ -803,6 +811,11 @@ class Store:
         for chain in self.layers.walk():
             try:
                 layer = self.layers.get(chain)
+                if layer.content_size is None:
+                    problems.append(
+                        f"layer {chain}: its record has no content size (written by an "
+                        "older ocistore; sizes show its tar's length): fsck --repair counts it"
+                    )
                 if read(f"layer {chain}"):
                     self._verify_layer(layer, progress)
             except OcistoreError as e:
