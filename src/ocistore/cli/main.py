@@ -117,7 +117,18 @@ def _import_args(p: argparse.ArgumentParser) -> None:
         "file", metavar="FILE|-", help="rootfs tarball (plain, gzip or zstd), - for stdin"
     )
     p.add_argument("reference", metavar="REPOSITORY[:TAG]", nargs="?")
-    p.add_argument("-m", "--message", default=None, help="commit message for the history")
+    p.add_argument(
+        "-c",
+        "--change",
+        action="append",
+        default=[],
+        metavar="INSTRUCTION",
+        help="apply a Dockerfile instruction to the image's config (repeatable): CMD, "
+        "ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, USER, VOLUME, WORKDIR",
+    )
+    p.add_argument(
+        "-m", "--message", default=None, help="the image's comment (default: Imported from -)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
@@ -125,11 +136,14 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     """Create a one-layer image from a root file system tarball, like docker import.
 
-    Prints the new image ID (sha256:...) last.
+    The image's config is the one docker import writes for the same changes and
+    message (but for its creation time, and without docker_version). Prints the new
+    image ID (sha256:...) last.
 
     example:
       tar -C rootfs -c . | ocistore import - myapp:v1
       ocistore import rootfs.tar.gz myapp:latest
+      ocistore import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' -m 'base' rootfs.tar myapp:v2
     """
     store = open_store(args)
     progress = TerminalProgress.for_terminal(args.quiet)
@@ -137,7 +151,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     source = args.file
     with _open_input(source) as f:
         image_id = store.import_tarball(
-            f, args.reference, source=source, progress=progress, message=args.message
+            f,
+            args.reference,
+            source=source,
+            progress=progress,
+            changes=args.change,
+            message=args.message,
         )
     print(image_id)
     return EXIT_OK

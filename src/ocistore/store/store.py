@@ -344,27 +344,38 @@ class Store:
         reference: str | None = None,
         source: str = "-",
         progress: Progress | None = None,
-        changes: dict[str, Any] | None = None,
+        changes: Sequence[str] = (),
         message: str | None = None,
     ) -> ImageID:
         """Make a one-layer image from a root file system tarball (plain, gzip or zstd),
-        as ``docker import``: tagged ``reference`` if given; ``source`` names the
-        tarball in the history and in errors; ``changes`` is the image's container
-        config; ``message`` the history comment."""
+        as ``docker import`` does: tagged ``reference`` if given; ``changes`` are
+        Dockerfile instructions (``CMD``, ``ENTRYPOINT``, ``ENV``, ``EXPOSE``,
+        ``HEALTHCHECK``, ``LABEL``, ``ONBUILD``, ``USER``, ``VOLUME``, ``WORKDIR``) applied
+        to the image's config as ``docker import -c`` applies them, checked before the
+        tarball is read; ``message`` is the comment (``Imported from -`` by default, as
+        Docker writes for a file or standard input); ``source`` names the tarball in
+        errors. The config is the one Docker writes, byte for byte, but for its creation
+        time and ``docker_version`` (left out: no Docker engine made it)."""
+        # Docker's structs and Go's encoding/json live in formats.legacy: the one place
+        # the store reaches above itself (docs/design.md).
+        from ..formats.legacy.changes import build_from_config, import_config
+        from ..formats.legacy.gojson import GoTime
+
         tags = [parse_tagged(reference)] if reference else []
-        comment = message or f"Imported from {source}"
+        container_config = build_from_config(changes)
+        comment = message or "Imported from -"
 
         def make_config(diff_ids: Sequence[DiffID]) -> bytes:
-            created = now_rfc3339()  # once the layer is in, as docker import takes it
-            config: dict[str, Any] = {
-                "architecture": host_platform().architecture,
-                "config": changes or {},
-                "created": created,
-                "history": [{"created": created, "comment": comment}],
-                "os": "linux",
-                "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
-            }
-            return json.dumps(config, separators=(",", ":"), sort_keys=True).encode()
+            # Taken once the layer is in, as docker import takes it.
+            seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+            (diff_id,) = diff_ids
+            return import_config(
+                container_config,
+                diff_id,
+                comment=comment,
+                created=GoTime.unix(seconds, nanoseconds),
+                architecture=host_platform().architecture,
+            )
 
         what = f"tarball {source}"
         layer = LayerSource(
