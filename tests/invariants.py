@@ -26,6 +26,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ __all__ = [
 _HEX = frozenset("0123456789abcdef")
 _COMPRESSIONS = frozenset({"none", "gzip", "zstd"})
 #: The metadata keys an image may have (``imagedb/metadata/sha256/<id>/<key>``).
-_METADATA_KEYS = frozenset({"parent", "manifest", "blobs"})
+_METADATA_KEYS = frozenset({"parent", "manifest", "blobs", "lastUpdated"})
+#: Go's RFC 3339 with nanoseconds, in UTC, as the time of the last tag is written.
+_RFC3339_NANO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,8}[1-9])?Z")
 
 
 def _is_hex(name: str) -> bool:
@@ -282,6 +285,10 @@ def _metadata(root: Path, configs: dict[str, int], blobs: dict[str, int], out: l
                         out.append(f"{kw}: kept blob {b} is not stored")
                 continue
             value = data.decode("utf-8", "replace").strip()
+            if key == "lastUpdated":
+                if not _RFC3339_NANO.fullmatch(value):
+                    out.append(f"{kw}: {value[:80]!r} is not an RFC 3339 time")
+                continue
             if not _is_digest(value):
                 out.append(f"{kw}: {value[:80]!r} is not a digest")
             elif key == "parent" and value not in configs:

@@ -62,24 +62,30 @@ def test_a_reference_wins_over_an_id_prefix(store: Store) -> None:
 def test_resolve_errors(store: Store, images: dict[str, ImageID]) -> None:
     with pytest.raises(NotFound, match="No such image: app:3"):
         store.resolve("app:3")
-    with pytest.raises(NotFound, match="No such image: nothing"):
+    with pytest.raises(NotFound, match=r"^No such image: nothing:latest$"):
         store.resolve("nothing")
     with pytest.raises(InvalidInput, match="empty image name"):
         store.resolve("")
     with pytest.raises(InvalidInput, match="invalid reference format"):
         store.resolve("Bad Name")
-    with pytest.raises(InvalidInput, match="invalid image ID"):
+    # As in Docker, a name that is not a digest is a reference (repository "sha256").
+    with pytest.raises(NotFound, match=r"^No such image: sha256:xyz$"):
         store.resolve("sha256:xyz")
     with pytest.raises(NotFound):
         store.resolve(f"sha256:{'f' * 64}")
 
 
-def test_an_ambiguous_prefix_is_said_so(store: Store) -> None:
+def test_an_ambiguous_prefix_names_no_image_as_in_docker(store: Store) -> None:
     ids = [imp(store, str(i).encode()) for i in range(40)]
     firsts = [i.hex[0] for i in ids]
     shared = next(c for c in firsts if firsts.count(c) > 1)
-    with pytest.raises(Ambiguous, match="ambiguous"):
+    with pytest.raises(NotFound, match=f"^No such image: {shared}:latest$"):
         store.resolve(shared)
+    with pytest.raises(NotFound, match=f"^No such image: sha256:{shared}$"):
+        store.resolve(f"sha256:{shared}")
+    # save's selection says what is wrong (Docker: "ambiguous digest string").
+    with pytest.raises(Ambiguous, match="ambiguous"):
+        store.select([f"sha256:{shared}"])
 
 
 def test_select_as_docker_save(store: Store, images: dict[str, ImageID]) -> None:

@@ -14,6 +14,7 @@ import pytest
 import zstandard
 from util import make_tar, snapshot
 
+import ocistore
 from ocistore.errors import Conflict, InvalidInput, NotFound
 from ocistore.spec.digest import Digest, ImageID, digest_bytes
 from ocistore.spec.platform import host_platform
@@ -78,8 +79,8 @@ def test_import(store: Store, kind: str) -> None:
     assert image.config.diff_ids == (digest_bytes(TAR_A),)
     assert image.config.os == "linux"
     assert image.config.architecture == host_platform().architecture
-    assert image.config.history[0]["comment"] == "Imported from x.tar"
-    assert image.record.size == len(TAR_A)
+    assert image.config.history[0]["comment"] == "Imported from -"  # as Docker writes
+    assert image.record.size == 100  # Docker's size: what the header says "a" holds
     assert tags(store) == {"app:v1": image_id}
     assert store.resolve("app:v1") == image_id
     assert list(store.tmpdir.iterdir()) == []
@@ -221,12 +222,21 @@ def test_rmi_by_id_in_two_repositories_needs_force(store: Store) -> None:
     assert store.images.list() == []
 
 
-def test_rmi_by_id_with_tags_in_one_repository(store: Store) -> None:
+def test_rmi_by_id_with_two_tags_in_one_repository_must_be_forced(store: Store) -> None:
+    """Docker's isSingleReference: more than one tag is a conflict by ID, even when both
+    tags are of one repository; one tag and digest references of its repository is not."""
     image_id = imp(store, TAR_A, "app:v1")
     store.tag(image_id, "app:v2")
-    out = events(store, image_id)
+    with pytest.raises(Conflict, match=r"must be forced.*referenced in multiple repositories"):
+        store.remove(image_id)
+    assert store.images.exists(image_id)
+    out = [str(e) for e in store.remove(image_id, force=True)]
     assert out[:3] == ["Untagged: app:v1", "Untagged: app:v2", f"Deleted: {image_id}"]
     assert store.images.list() == []
+    image_id = imp(store, TAR_A, "app:v1")
+    store.references.add_digest(parse(f"app@{digest_bytes(b'm')}"), image_id)
+    out = [str(e) for e in store.remove(image_id)]
+    assert out[0] == "Untagged: app:v1" and f"Deleted: {image_id}" in out
 
 
 def test_rmi_image_with_children_is_refused_even_forced(store: Store) -> None:
@@ -310,20 +320,29 @@ def test_inspect_and_history(store: Store) -> None:
     image_id = imp(store, TAR_A, "app:v1")
     manifest = digest_bytes(b"manifest")
     store.references.add_digest(parse(f"app@{manifest}"), image_id)
-    data = store.inspect("app:v1")
+    details = store.inspect("app:v1")
+    assert details.image.id == image_id
+    assert details.repo_tags == ["app:v1"]
+    assert details.repo_digests == [f"app@{manifest}"]
+    assert details.image.record.parent is None
+    assert details.last_tag_time.startswith("20")  # imported with a name: tagged now
+    data = ocistore.inspect(store, "app:v1")
     assert data["Id"] == image_id
     assert data["RepoTags"] == ["app:v1"]
     assert data["RepoDigests"] == [f"app@{manifest}"]
     assert data["Parent"] == ""
     assert data["Os"] == "linux"
-    assert data["Size"] == len(TAR_A)
+    assert data["Size"] == data["VirtualSize"] == details.size
     assert data["RootFS"] == {"Type": "layers", "Layers": [digest_bytes(TAR_A)]}
+    assert data["Metadata"] == {"LastTagTime": details.last_tag_time}
+    store.tag("app:v1", "app:v2")
+    assert store.inspect("app:v1").last_tag_time.startswith("20")
     rows = store.history(image_id.hex[:6])
     assert len(rows) == 1
-    assert rows[0]["Id"] == image_id
-    assert rows[0]["Tags"] == ["app:v1"]
-    assert rows[0]["Size"] == len(TAR_A)
-    assert rows[0]["Comment"] == "Imported from -"
+    assert rows[0].id == image_id
+    assert rows[0].tags == ["app:v1", "app:v2"]
+    assert rows[0].size == store.layers_of(store.image(image_id))[0].content_size
+    assert rows[0].comment == "Imported from -"
 
 
 def test_history_with_empty_layers_newest_first(store: Store) -> None:
@@ -337,9 +356,9 @@ def test_history_with_empty_layers_newest_first(store: Store) -> None:
     }
     image_id = store.images.create(json.dumps(cfg).encode())
     rows = store.history(image_id)
-    assert [(r["Id"], r["CreatedBy"], r["Size"]) for r in rows] == [
-        (image_id, "CMD sh", 0),
-        ("<missing>", "ADD a /", len(TAR_A)),
+    assert [(r.id, r.created_by, r.size, r.created) for r in rows] == [
+        (image_id, "CMD sh", 0, 1577923200),
+        (None, "ADD a /", store.layers.get(layer.chain_id).content_size, 1577836800),
     ]
 
 

@@ -29,7 +29,7 @@ what it is about.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     Ambiguous,
@@ -82,6 +82,7 @@ __all__ = [
     "SizeMismatch",
     "Store",
     "__version__",
+    "inspect",
     "load",
     "open",
     "parse_platform",
@@ -94,6 +95,16 @@ def open(root: str | Path) -> Store:
     """The store in the directory ``root`` (created if missing); use it as a context
     manager. :class:`InvalidInput` naming the path if ``root`` is not a directory."""
     return Store(root)
+
+
+def inspect(store: Store, name: str) -> dict[str, Any]:
+    """``docker image inspect`` of one image: what Docker's engine answers (its
+    ``types.ImageInspect``, ``Config`` re-encoded as Docker's ``container.Config``), as
+    Python data in Docker's key order; :meth:`Store.inspect` gives the facts behind it.
+    :class:`NotFound` ``No such image: NAME`` if nothing has that name."""
+    from .formats.legacy import api
+
+    return api.as_data(api.image_inspect(store.inspect(name)))
 
 
 def load(

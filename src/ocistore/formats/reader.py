@@ -407,7 +407,7 @@ def open_archive(source: str | Path, spool: Spool) -> ArchiveReader:
     else:
         path = Path(source)
         if not path.exists():
-            raise NotFound(f"{display}: no such file or directory")
+            raise NotFound(f"open {display}: no such file or directory")  # as Go's os.Open
         opened = open(path, "rb")  # noqa: SIM115
         stream = PeekableReader(opened)
     try:

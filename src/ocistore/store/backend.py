@@ -26,6 +26,9 @@ MANIFEST: Final = "manifest"
 #: Metadata key: a JSON list of further blobs the image keeps alive (its manifest, the
 #: layer blobs it was distributed as when the layer store holds another).
 BLOBS: Final = "blobs"
+#: Metadata key: when the image was last tagged (RFC 3339 with nanoseconds), Docker's
+#: ``lastUpdated``, shown as ``Metadata.LastTagTime``.
+LAST_TAGGED: Final = "lastUpdated"
 
 
 class StoreBackend(Protocol):

@@ -254,9 +254,9 @@ def _stage_all(
         def stage(stop: parallel.Stop) -> None:
             # Named by the digest of the bytes read, else the DiffID they must have.
             shown = layer.blob_digest or diff_id
-            task = progress.task(
-                task_label(shown.short() if shown else "", LOADING), layer.expected_read
-            )
+            # (the hex of a digest given as a plain string, by a caller, shortened too)
+            short = str(shown).partition(":")[2][:12] if shown else ""
+            task = progress.task(task_label(short, LOADING), layer.expected_read)
 
             def update(done: int) -> None:
                 # Only an interrupt stops a layer in flight: it runs to its end after

@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 from typing import NamedTuple
 
-from ..errors import InvalidInput, NotFound
+from ..errors import Ambiguous, InvalidInput, NotFound
 from ..spec.digest import Digest, ImageID
 from ..spec.reference import Reference, looks_like_id, parse_any, parse_tagged, split_familiar
 from .images import ImageStore
 from .refs import ReferenceStore
 
-__all__ = ["Resolver", "Selected", "matches"]
+__all__ = ["Resolver", "Selected", "matches", "no_such_image"]
 
 
 class Selected(NamedTuple):
@@ -46,32 +46,34 @@ class Resolver:
         self._references = references
 
     def _as_id(self, name: str) -> ImageID | None:
-        """The image ``name`` names as an ID prefix, if it could be one and does."""
+        """The image ``name`` names as an ID prefix, if it could be one and names exactly
+        one (an ambiguous prefix names none, as in Docker's ``GetImage``)."""
         if not looks_like_id(name):
             return None
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound, Ambiguous, InvalidInput):
             return self._images.search(name)
         return None
 
     def resolve(self, name: str) -> ImageID:
         """The image a reference (``busybox``, ``name@sha256:…``), full ID or ID prefix
-        names."""
+        names, by Docker's ``GetImage``: a digest (``sha256:`` and 64 hex, or 64 hex) is
+        an ID; a reference is looked up as one, then as an ID prefix. Else ``No such
+        image: busybox:latest`` (:func:`no_such_image`), or the reference's own error
+        (``invalid reference format: …``) when it is not one."""
         if not name:
-            raise InvalidInput("empty image name")
-        if name.startswith("sha256:"):
-            return self._images.search(name)
-        ref: Reference | None = None
-        with contextlib.suppress(InvalidInput):
-            ref = parse_tagged(name)
-        if ref is not None:
-            with contextlib.suppress(NotFound):
-                return self._references.get(ref)
+            raise InvalidInput("invalid reference format: empty image name")
+        parsed = parse_any(name)  # the reference's own error if it is none
+        if isinstance(parsed, Digest):
+            image_id = ImageID(parsed)
+            if self._images.exists(image_id):
+                return image_id
+            raise no_such_image(name)
+        with contextlib.suppress(NotFound, InvalidInput):
+            return self._references.get(parsed.digest_only().tagged_or_default())
         found = self._as_id(name)
         if found is not None:
             return found
-        if ref is None:
-            parse_tagged(name)  # raise the reference error
-        raise NotFound(f"No such image: {name}")
+        raise no_such_image(name)
 
     def named_by_reference(self, name: str, image_id: ImageID) -> bool:
         """Whether ``name`` resolved to ``image_id`` as a reference rather than by ID."""
@@ -123,6 +125,17 @@ class Resolver:
                 parse_tagged(name)  # raise the reference error
             raise NotFound(f"No such image: {name}")
         return out
+
+
+def no_such_image(name: str) -> NotFound:
+    """Docker's error for a name that names no image: ``No such image: busybox:latest``
+    (a reference with neither tag nor digest gets ``latest``, as Docker's
+    ``ErrImageDoesNotExist`` shows it), ``No such image: sha256:…`` for an ID."""
+    shown = name
+    with contextlib.suppress(InvalidInput):
+        parsed = parse_any(name)
+        shown = str(parsed) if isinstance(parsed, Digest) else parsed.tagged_or_default().familiar()
+    return NotFound(f"No such image: {shown}")
 
 
 def matches(familiar: str, wanted: Reference) -> bool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import stat
 import time
@@ -51,7 +50,7 @@ from ..spec.digest import ChainID, DiffID, Digest, ImageID
 from ..spec.platform import host_platform
 from ..spec.reference import Reference, parse, parse_tagged
 from . import fsutil, gc, ingest
-from .backend import MANIFEST, FSBackend
+from .backend import LAST_TAGGED, MANIFEST, FSBackend
 from .content import ContentStore
 from .images import Image, ImageRecord, ImageStore, newest_first
 from .ingest import ImageSource, LayerSource, LoadedImage
@@ -93,8 +92,57 @@ _OWN_NAMES = (
 )
 
 
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def now_rfc3339_nano() -> str:
+    """Now, in UTC, as Go's ``time.Now().UTC().Format(time.RFC3339Nano)`` writes it
+    (nanoseconds, trailing zeros cut)."""
+    ns = time.time_ns()
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction:
+        text += "." + f"{fraction:09d}".rstrip("0")
+    return text + "Z"
+
+
+def _unix_seconds(created: object) -> int:
+    """A config's RFC 3339 time as whole seconds since the epoch, as Docker's API gives
+    history times (``Time.Unix()``: rounded down); 0001-01-01 when there is none."""
+    if isinstance(created, str) and created:
+        with contextlib.suppress(ValueError):
+            t = datetime.fromisoformat(created)
+            if t.tzinfo is None:
+                t = t.replace(tzinfo=UTC)
+            return int(t.timestamp() // 1)
+    return _GO_ZERO_TIME_UNIX
+
+
+#: Go's zero time.Time (0001-01-01T00:00:00Z) in seconds since the Unix epoch.
+_GO_ZERO_TIME_UNIX = -62135596800
+
+
+class ImageDetails(NamedTuple):
+    """What ``docker image inspect`` shows of an image, as the store knows it."""
+
+    image: Image
+    #: The image's tags and digest references, familiar, in Docker's order.
+    repo_tags: list[str]
+    repo_digests: list[str]
+    #: Docker's size of the image: the sum over its layers.
+    size: int
+    #: When the image was last tagged (RFC 3339, nanoseconds), "" if never since loaded.
+    last_tag_time: str
+
+
+class HistoryEntry(NamedTuple):
+    """A row of ``docker history``, as Docker's API gives it (``image.HistoryResponseItem``)."""
+
+    #: The image the row belongs to, ``None`` where the ``Parent`` chain ends (``<missing>``).
+    id: ImageID | None
+    #: Seconds since the Unix epoch.
+    created: int
+    created_by: str
+    size: int
+    comment: str
+    tags: list[str]
 
 
 class RemoveEvent(NamedTuple):
@@ -119,6 +167,20 @@ def _newest_first(
         return [(rec, get(rec.id) or []) for rec in records]
     parents = {r.parent for r in records if r.parent}
     return [(rec, get(rec.id) or []) for rec in records if rec.id not in parents or get(rec.id)]
+
+
+def _single_reference(refs: Sequence[Reference]) -> bool:
+    """Whether ``rmi`` by ID may drop every reference of an image without ``-f``
+    (Docker's ``isSingleReference``): at most one tag, and digest references only of
+    that tag's repository (or, without a tag, of one repository). Two tags of one
+    repository are "referenced in multiple repositories" for Docker too."""
+    tags = [r for r in refs if r.digest is None]
+    if len(tags) > 1:
+        return False
+    digest_repos = {r.name for r in refs if r.digest is not None}
+    if not tags:
+        return len(digest_repos) == 1
+    return not digest_repos or digest_repos == {tags[0].name}
 
 
 def _being_written(path: Path) -> bool:
@@ -382,7 +444,14 @@ class Store:
             open=lambda: contextlib.nullcontext(stream), what=what, read_size=_size_of(stream)
         )
         (loaded,) = self.add_images([ImageSource(make_config, what, [layer], tags)], progress)
+        if tags:  # tagged as docker import tags: the time shows as LastTagTime
+            with self.transaction(), contextlib.suppress(NotFound):  # (unless just removed)
+                self._tagged_now(loaded.id)
         return loaded.id
+
+    def _tagged_now(self, image_id: ImageID) -> None:
+        """Record now as when ``image_id`` was last tagged (Docker's ``lastUpdated``)."""
+        self.backend.set_metadata(image_id, LAST_TAGGED, now_rfc3339_nano().encode())
 
     def tag(self, source: str, target: str) -> Reference:
         """Point ``target`` at the image ``source`` names, moving it if it exists."""
@@ -391,6 +460,7 @@ class Store:
         with self.transaction():
             self.images.record(image_id)
             self.references.add_tag(ref, image_id, force=True)
+            self._tagged_now(image_id)
         return ref
 
     def remove(self, name: str, force: bool = False, prune: bool = True) -> list[RemoveEvent]:
@@ -430,7 +500,7 @@ class Store:
                     "- image has dependent child images"
                 )
             else:
-                if len({r.name for r in refs}) > 1 and not force:
+                if refs and not force and not _single_reference(refs):
                     raise Conflict(
                         f"conflict: unable to delete {image_id.short()} (must be forced) "
                         "- image is referenced in multiple repositories"
@@ -532,64 +602,63 @@ class Store:
             names = self.references.familiar_by_image()
         return _newest_first(records, names, all_images)
 
-    def inspect(self, name: str) -> dict[str, Any]:
-        """A dict shaped like ``docker image inspect``."""
+    def inspect(self, name: str) -> ImageDetails:
+        """What the store knows of an image, for ``docker image inspect``'s answer
+        (:func:`ocistore.inspect` gives that answer, as Docker's engine encodes it)."""
         image = self.image(name)
-        cfg = image.config
-        refs = self.references.references(image.id)
-        data = cfg.data
-        out: dict[str, Any] = {
-            "Id": image.id,
-            "RepoTags": [r.familiar() for r in refs if r.digest is None],
-            "RepoDigests": [r.familiar() for r in refs if r.digest is not None],
-            "Parent": image.record.parent or "",
-            "Comment": data.get("comment", ""),
-            "Created": cfg.created,
-            "DockerVersion": data.get("docker_version", ""),
-            "Author": cfg.author,
-            "Config": cfg.container_config,
-            "Architecture": cfg.architecture,
-        }
-        if cfg.variant:
-            out["Variant"] = cfg.variant
-        out["Os"] = cfg.os
-        if data.get("os.version"):
-            out["OsVersion"] = data["os.version"]
-        out["Size"] = image.record.size
-        out["RootFS"] = {"Type": "layers", "Layers": list(cfg.diff_ids)}
-        out["Metadata"] = {"LastTagTime": ""}
-        return out
+        refs = sorted(self.references.references(image.id), key=str)  # as Docker's
+        last_tagged = ""
+        with contextlib.suppress(NotFound):
+            last_tagged = self.backend.get_metadata(image.id, LAST_TAGGED).decode("ascii")
+        return ImageDetails(
+            image=image,
+            repo_tags=[r.familiar() for r in refs if r.digest is None],
+            repo_digests=[r.familiar() for r in refs if r.digest is not None],
+            size=image.record.size,
+            last_tag_time=last_tagged,
+        )
 
-    def history(self, name: str) -> list[dict[str, Any]]:
-        """The image's history, newest first, as ``docker history`` shows it."""
+    def history(self, name: str) -> list[HistoryEntry]:
+        """The image's history, newest first, as Docker's engine gives it (``docker
+        history``): a row per history entry (none for an image without history), the
+        newest row with the image's ID and tags, each older row with its parent's, as
+        far as the ``Parent`` chain goes (then ``<missing>``); the size of the layer a
+        row made (Docker's count), else 0."""
         image = self.image(name)
-        cfg = image.config
-        chains = list(cfg.chain_ids)
-        rows: list[dict[str, Any]] = []
+        chains = list(image.config.chain_ids)
+        rows: list[HistoryEntry] = []
         layer_index = 0
-        history = cfg.history or [{} for _ in chains]
-        for entry in history:
+        for entry in image.config.history:
             size = 0
             if not entry.get("empty_layer"):
-                if layer_index < len(chains):
-                    size = self.layers.get(chains[layer_index]).size
+                if layer_index >= len(chains):
+                    raise CorruptStore(
+                        f"image {image.id}: too many non-empty layers in its history"
+                    )
+                size = self.layers.get(chains[layer_index]).shown_size
                 layer_index += 1
             rows.append(
-                {
-                    "Id": "<missing>",
-                    "Created": entry.get("created", ""),
-                    "CreatedBy": entry.get("created_by", ""),
-                    "Size": size,
-                    "Comment": entry.get("comment", ""),
-                    "Tags": [],
-                }
+                HistoryEntry(
+                    id=None,
+                    created=_unix_seconds(entry.get("created")),
+                    created_by=str(entry.get("created_by") or ""),
+                    size=size,
+                    comment=str(entry.get("comment") or ""),
+                    tags=[],
+                )
             )
         rows.reverse()
-        if rows:
-            rows[0]["Id"] = image.id
-            rows[0]["Tags"] = [
-                r.familiar() for r in self.references.references(image.id) if r.digest is None
+        image_id: ImageID | None = image.id
+        for i, row in enumerate(rows):
+            if image_id is None or not self.images.exists(image_id):
+                break
+            tags = [
+                r.familiar()
+                for r in sorted(self.references.references(image_id), key=str)
+                if r.digest is None
             ]
+            rows[i] = row._replace(id=image_id, tags=tags)
+            image_id = self.images.get_parent(image_id)
         return rows
 
     # -- maintenance ------------------------------------------------------------------

@@ -63,6 +63,7 @@ __all__ = [
     "compact",
     "encode_string",
     "format_float",
+    "indent",
     "marshal",
     "marshal_value",
     "parse",
@@ -1045,4 +1046,46 @@ def marshal_value(value: Any) -> bytes:
     """
     out = bytearray()
     _encode_any(out, value)
+    return bytes(out)
+
+
+def indent(data: bytes, indent: str = "    ", prefix: str = "") -> bytes:
+    """Go's ``json.Indent`` of valid compact JSON: a line per element, ``": "`` after
+    keys, empty objects and arrays kept as ``{}`` and ``[]``, strings copied as they are
+    (their escapes untouched), as docker prints ``inspect`` output."""
+    out = bytearray()
+    step = indent.encode()
+    newline = b"\n" + prefix.encode()
+    depth = 0
+    i = 0
+    n = len(data)
+    while i < n:
+        c = data[i]
+        if c == 0x22:  # a string: copied to its closing quote
+            j = i + 1
+            while data[j] != 0x22:
+                j += 2 if data[j] == 0x5C else 1
+            out += data[i : j + 1]
+            i = j + 1
+            continue
+        if c in (0x7B, 0x5B):  # { [
+            if i + 1 < n and data[i + 1] in (0x7D, 0x5D):  # empty: kept compact
+                out += data[i : i + 2]
+                i += 2
+                continue
+            depth += 1
+            out.append(c)
+            out += newline + step * depth
+        elif c in (0x7D, 0x5D):  # } ]
+            depth -= 1
+            out += newline + step * depth
+            out.append(c)
+        elif c == 0x2C:  # ,
+            out.append(c)
+            out += newline + step * depth
+        elif c == 0x3A:  # :
+            out += b": "
+        elif c not in _WS:
+            out.append(c)
+        i += 1
     return bytes(out)
