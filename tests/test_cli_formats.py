@@ -168,7 +168,7 @@ def test_bad_platform_is_an_error(root: Path) -> None:
 
 
 def test_usage_errors_exit_2(root: Path) -> None:
-    proc = run(root, "load")
+    proc = run(root, "load", "--platform")
     assert proc.returncode == 2
     proc = run(root, "save", "app:v1")
     assert proc.returncode == 2

@@ -12,23 +12,23 @@ import argparse
 import contextlib
 import gc
 import io
-import json
 import os
+import re
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from .. import __version__
-from ..errors import OcistoreError, PartiallyDone, StorageError
+from ..errors import InvalidInput, OcistoreError, PartiallyDone, StorageError
 from ..parallel import InterruptiblePipe
 from ..spec.platform import parse_platform
-from ..spec.reference import parse
-from ..store.resolve import matches
+from ..spec.reference import split_familiar
+from ..store.images import ImageRecord
 from ..store.store import Store
 from . import views
-from .progress import TerminalProgress
+from .progress import TerminalProgress, displays_ended
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -170,96 +170,331 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
         with InterruptiblePipe(sys.stdin.buffer) as pipe:
             yield pipe  # type: ignore[misc]
         return
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except OSError as e:  # worded as docker's (Go's os.Open): "open PATH: no such file..."
+        cause = e.strerror or str(e)
+        raise OcistoreError(f"open {path}: {cause[:1].lower()}{cause[1:]}") from None
+    with f:
         yield f
+
+
+def image_filter(text: str) -> tuple[str, str]:
+    """A ``--filter`` as docker's CLI reads it: ``name=value``, the name lower-cased,
+    both trimmed."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError("bad format of filter (expected name=value)")
+    return name.strip().lower(), value.strip()
 
 
 def _images_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "reference", metavar="REPOSITORY[:TAG]", nargs="?", help="only this repository (or tag)"
+        "reference",
+        metavar="REPOSITORY[:TAG]",
+        nargs="?",
+        help="only names matching this pattern (as --filter reference=PATTERN)",
     )
     p.add_argument("-a", "--all", action="store_true", help="show intermediate images too")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     p.add_argument("--no-trunc", action="store_true", help="full image IDs")
     p.add_argument("--digests", action="store_true", help="show digests")
-    format_option(p)
+    p.add_argument(
+        "-f",
+        "--filter",
+        type=image_filter,
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="dangling=true|false, reference=PATTERN, label=KEY[=VALUE], before=IMAGE, "
+        "since=IMAGE (repeatable: references are any of, the others all of)",
+    )
+    p.add_argument(
+        "--format",
+        default=None,
+        help="table (default), json (a JSON object per line), a Go template "
+        "('{{.Repository}}:{{.Tag}}'), or table TEMPLATE",
+    )
+
+
+#: The filters ``docker images`` knows.
+IMAGE_FILTERS = ("dangling", "label", "before", "since", "reference")
 
 
 @command("images", _images_args)
 def cmd_images(args: argparse.Namespace) -> int:
-    """List images, newest first.
+    """List images, newest first (by creation time in whole seconds), as docker images.
+
+    A REPOSITORY[:TAG] argument, like --filter reference=, is a pattern (path.Match's
+    '*', '?', '[...]') matched against each name (lab/app:1) and its repository
+    (lab/app): 'lab/*' lists every tag of the repositories in lab/.
 
     example:
       ocistore images
-      ocistore images busybox
+      ocistore images 'lab/*'
       ocistore images -q --no-trunc
+      ocistore images --filter dangling=true --filter label=org.example.team
+      ocistore images --format '{{.Repository}}:{{.Tag}}'
+      ocistore images --format 'table {{.ID}}\\t{{.Size}}'
       ocistore images --format json
     """
-    wanted = parse(args.reference) if args.reference else None  # before opening the store
+    from . import templates
+
+    filters: dict[str, list[str]] = {}
+    for name, value in args.filter:
+        values = filters.setdefault(name, [])
+        if value not in values:
+            values.append(value)
+    if args.reference:
+        filters.setdefault("reference", []).append(args.reference)
+    for name in filters:
+        if name not in IMAGE_FILTERS:
+            raise InvalidInput(f"Invalid filter '{name}'")
+    dangling = filters.get("dangling")
+    if dangling and "true" not in dangling and "false" not in dangling:
+        raise InvalidInput(f"Invalid filter 'dangling=[{' '.join(dangling)}]'")
+    patterns = [go_path_pattern(p) for p in filters.get("reference", [])]
+    final = views.images_format(args.format, args.quiet, args.digests)
+    templates.parse(final)  # a bad format is told before the store is opened
     store = open_store(args)
-    images = store.list_image_names(all_images=args.all)
-    if wanted is not None:
-        images = [
-            (rec, kept)
-            for rec, names in images
-            if (kept := [n for n in names if matches(n, wanted)])
-        ]
-    if args.quiet:
-        ids = [rec.id if args.no_trunc else rec.id.short() for rec, _ in images]
-        sys.stdout.write("".join(f"{i}\n" for i in ids))
-        return EXIT_OK
-    views.print_images(images, sys.stdout, args.no_trunc, args.digests, args.format == "json")
+    images = select_images(
+        store,
+        store.list_image_names(all_images=True),
+        all_images=args.all,
+        dangling=None if not dangling else "true" in dangling,
+        patterns=patterns if "reference" in filters else None,
+        labels=filters.get("label", []),
+        before=[created_ns(store.image(n).config.created) for n in filters.get("before", [])],
+        since=[created_ns(store.image(n).config.created) for n in filters.get("since", [])],
+    )
+    views.print_images(images, sys.stdout, args.no_trunc, args.digests, args.format, args.quiet)
     return EXIT_OK
+
+
+def select_images(
+    store: Store,
+    images: list[tuple[ImageRecord, list[str]]],
+    all_images: bool = False,
+    dangling: bool | None = None,
+    patterns: list[re.Pattern[str]] | None = None,
+    labels: Sequence[str] = (),
+    before: Sequence[int] = (),
+    since: Sequence[int] = (),
+) -> list[tuple[ImageRecord, list[str]]]:
+    """The images and names ``docker images`` lists, by the engine's rules: without
+    ``all_images`` no untagged image with children; ``dangling`` True only untagged
+    images without children, False only named ones; with ``patterns`` only the names
+    matching one (and no image without one); with ``labels`` only images whose config's
+    labels have every ``KEY`` or ``KEY=VALUE``; ``before`` and ``since`` (nanoseconds)
+    only images created strictly before or after. Newest first, by creation time in whole
+    seconds (docker sorts on the engine's ``Created``), a stable sort."""
+    parents = {rec.parent for rec, _ in images if rec.parent}
+    out: list[tuple[ImageRecord, list[str]]] = []
+    for rec, names in images:
+        if dangling and rec.id in parents:
+            continue
+        if before or since:
+            created = created_ns(rec.created)
+            if any(created >= b for b in before) or any(created <= s for s in since):
+                continue
+        if labels and not _has_labels(store, rec, labels):
+            continue
+        if patterns is not None:
+            names = [n for n in names if any(_reference_matches(p, n) for p in patterns)]
+        if dangling and any(split_familiar(n)[2] is None for n in names):
+            continue
+        if not names and (
+            (not all_images and rec.id in parents) or dangling is False or patterns is not None
+        ):
+            continue
+        out.append((rec, names))
+    out.sort(key=lambda image: views.created_seconds(image[0].created), reverse=True)
+    return out
+
+
+def _has_labels(store: Store, rec: ImageRecord, wanted: Sequence[str]) -> bool:
+    """Whether the image's config has every label ``KEY`` (or ``KEY=VALUE``) wanted
+    (docker's ``MatchKVList``); its config is read only for this."""
+    config = store.image(str(rec.id)).config.data.get("config")
+    if not isinstance(config, dict):
+        return False
+    labels = config.get("Labels") or {}
+    if not isinstance(labels, dict) or not labels:
+        return False
+    for item in wanted:
+        key, sep, value = item.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
+def _reference_matches(pattern: re.Pattern[str], familiar: str) -> bool:
+    """docker's ``FamiliarMatch``: the pattern against the name as shown (``lab/app:1``,
+    ``app@sha256:…``), else against its repository."""
+    if pattern.fullmatch(familiar):
+        return True
+    return pattern.fullmatch(split_familiar(familiar)[0]) is not None
+
+
+def go_path_pattern(pattern: str) -> re.Pattern[str]:
+    """Go's ``path.Match`` pattern as a regular expression: ``*`` any run of characters
+    but ``/``, ``?`` one of them, ``[...]`` a class (``[^...]`` negated, ``a-z``
+    ranges), ``\\`` quoting. A malformed pattern is Go's ``syntax error in pattern``."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    bad = InvalidInput("syntax error in pattern")
+    while i < n:
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            i += 1
+            if i >= n:
+                raise bad
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            i += 1
+            negate = i < n and pattern[i] == "^"
+            if negate:
+                i += 1
+            ranges: list[str] = []
+            while True:
+                if i >= n:
+                    raise bad
+                if pattern[i] == "]" and ranges:
+                    break
+                lo, i = _class_char(pattern, i, bad)
+                hi = lo
+                if i < n and pattern[i] == "-":
+                    hi, i = _class_char(pattern, i + 1, bad)
+                    if hi < lo:
+                        raise bad
+                ranges.append(re.escape(lo) + ("-" + re.escape(hi) if hi != lo else ""))
+            out.append(("[^/" if negate else "[") + "".join(ranges) + "]")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _class_char(pattern: str, i: int, bad: InvalidInput) -> tuple[str, int]:
+    """One character of a ``[...]`` class (``\\`` quoting the next), and what follows."""
+    if i >= len(pattern) or pattern[i] in "]-":
+        raise bad
+    if pattern[i] == "\\":
+        i += 1
+        if i >= len(pattern):
+            raise bad
+    return pattern[i], i + 1
+
+
+def created_ns(value: str) -> int:
+    """An RFC 3339 time (up to nanoseconds) in nanoseconds since the epoch, to compare
+    creation times as the engine does for before= and since=; Go's zero time for a
+    missing one."""
+    whole, dot, rest = value.partition(".")
+    fraction = 0
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        fraction = int((rest[:digits] + "000000000")[:9] or "0")
+        value = whole + rest[digits:]
+    return views.created_seconds(value) * 1_000_000_000 + fraction
 
 
 def _inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument(
+        "-f",
+        "--format",
+        default=None,
+        help="a Go template applied to each image ('{{.Id}}', '{{json .Config}}'), or json",
+    )
 
 
 @command("inspect", _inspect_args)
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Show images as a JSON array shaped like docker image inspect.
+    """Show images as docker image inspect does: a JSON array of what Docker's engine
+    says of each (Config as Docker's container.Config, Created with nanoseconds).
 
     example:
       ocistore inspect busybox
       ocistore inspect sha256:3f57d9401f8d
+      ocistore inspect -f '{{.Id}} {{.Size}} {{json .Config.Env}}' busybox
     """
+    from ..formats.legacy import api
+    from . import templates
+
+    template = templates.parse(args.format, listing=False) if args.format else None
     store = open_store(args)
-    out: list[dict[str, Any]] = []
+    docs: list[bytes] = []
     errors: list[str] = []
     for name in args.images:
         try:
-            out.append(store.inspect(name))
+            docs.append(api.image_inspect(store.inspect(name)))
         except OcistoreError as e:
             errors.append(str(e))
-    print(json.dumps(out, indent=4))
+    if template is None:
+        sys.stdout.write(api.print_form(docs))
+    else:
+        values = [views.inspect_value(api.as_data(doc)) for doc in docs]
+        templates.write(template, values, sys.stdout)
     for message in errors:
         say_error(message)
     return EXIT_ERROR if errors else EXIT_OK
+
+
+def go_bool(text: str) -> bool:
+    """A boolean flag's value as Go's ``strconv.ParseBool`` reads it (``-H=false``)."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ValueError(text)
 
 
 def _history_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
     p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
-    format_option(p)
+    p.add_argument(
+        "-H",
+        "--human",
+        type=go_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="sizes and dates in human-readable form (default true; -H=false for bytes "
+        "and RFC 3339 times)",
+    )
+    p.add_argument(
+        "--format",
+        default=None,
+        help="table (default), json (a JSON object per line), a Go template "
+        "('{{.ID}} {{.Size}}'), or table TEMPLATE",
+    )
 
 
 @command("history", _history_args)
 def cmd_history(args: argparse.Namespace) -> int:
-    """Show the history of an image, newest first.
+    """Show the history of an image, newest first, as docker history does.
+
+    Rows whose image is known (the image, then its Parent chain) show its ID; older
+    rows <missing>. An image without history shows no rows.
 
     example:
       ocistore history busybox
       ocistore history --no-trunc --format json myapp:v1
+      ocistore history --format '{{.ID}}\t{{.CreatedBy}}' -H=false myapp:v1
     """
+    from . import templates
+
+    templates.parse(views.history_format(args.format, args.quiet, args.human))  # told first
     store = open_store(args)
     rows = store.history(args.image)
-    if args.quiet:
-        for row in rows:
-            print(row["Id"] if args.no_trunc or row["Id"] == "<missing>" else row["Id"][7:19])
-        return EXIT_OK
-    views.print_history(rows, sys.stdout, args.no_trunc, args.format == "json")
+    views.print_history(rows, sys.stdout, args.format, args.no_trunc, args.quiet, args.human)
     return EXIT_OK
 
 
@@ -319,10 +554,10 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-i",
         "--input",
-        required=True,
+        default="-",
         metavar="PATH|-",
         help="docker-archive or oci-archive tar (plain, gzip or zstd), OCI layout directory, "
-        "or - for stdin",
+        "or - for stdin (the default, as docker load)",
     )
     p.add_argument(
         "--platform",
@@ -342,21 +577,27 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     example:
       ocistore load -i busybox.tar
+      ocistore load < busybox.tar
       skopeo copy -q docker://busybox docker-archive:/dev/stdout:busybox | ocistore load -i -
       ocistore load -i ./layout --platform linux/arm64
     """
     platform = parse_platform(args.platform) if args.platform else None
+    if args.input == "-" and sys.stdin.isatty():
+        raise OcistoreError("requested load from stdin, but stdin is a terminal: give -i PATH")
     store = open_store(args)
     progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
     from .. import formats
 
-    for loaded in formats.load(store, args.input, platform, progress):
-        if loaded.tags:
-            for ref in loaded.tags:
-                print(f"Loaded image: {views.printable(ref.familiar())}")
-        else:
-            print(f"Loaded image ID: {loaded.id}")
+    loaded = formats.load(store, args.input, platform, progress)
+    for image in loaded:
+        for ref in image.tags:
+            print(f"Loaded image: {views.printable(ref.familiar())}")
+    # docker load's rule: every image's ID, after the tags, when the last image of the
+    # archive came untagged.
+    if loaded and not loaded[-1].tags:
+        for image in loaded:
+            print(f"Loaded image ID: {image.id}")
     return EXIT_OK
 
 
@@ -663,17 +904,40 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: ``docker image``'s sub-commands that are the commands of their own (``image ls`` is
+#: ``images``, ``image rm`` is ``rmi``), as docker has both spellings.
+_IMAGE_SUBCOMMANDS = (
+    ("history", "history"),
+    ("import", "import"),
+    ("inspect", "inspect"),
+    ("load", "load"),
+    ("ls", "images"),
+    ("rm", "rmi"),
+    ("save", "save"),
+    ("tag", "tag"),
+)
+
+
 def _image_args(p: argparse.ArgumentParser) -> None:
-    _add_subcommands(p, [("prune", _image_prune_args, cmd_image_prune)])
+    commands = {name: (configure, handler) for name, configure, handler in _COMMANDS}
+    subcommands: list[tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = [
+        ("prune", _image_prune_args, cmd_image_prune)
+    ]
+    subcommands += [(alias, *commands[name]) for alias, name in _IMAGE_SUBCOMMANDS]
+    _add_subcommands(p, sorted(subcommands, key=lambda sub: sub[0]))
 
 
 @command("image", _image_args)
 def cmd_image(args: argparse.Namespace) -> int:
-    """Manage images (image prune: remove unused images).
+    """Manage images: image prune removes unused images; image ls, inspect, history,
+    rm, tag, import, load and save are the commands of those names (images, rmi), as
+    docker image has them.
 
     example:
       ocistore image prune
       ocistore image prune -a -f
+      ocistore image inspect busybox
+      ocistore image ls 'lab/*'
     """
     return _run_subcommand(args)
 
@@ -745,7 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.root is None:
         args.root = default_root()
     try:
-        code = int(args.handler(args))
+        with displays_ended():  # no progress drawn below what is printed next
+            code = int(args.handler(args))
         report_skipped(args)
         sys.stdout.flush()  # here, so that a full disk behind stdout is reported
         return code

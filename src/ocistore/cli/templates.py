@@ -786,11 +786,17 @@ def _emit(value: Any, call: _Arg, out: list[str]) -> None:
         out.append(printable(go_string(value)))
 
 
-def parse(format: str) -> Template:
+def parse(format: str, listing: bool = True) -> Template:
     """A ``--format`` as docker's CLI reads it: ``table`` (alone: the command's default
     table, which the caller supplies) or ``table FORMAT``, ``json``, or a template;
     ``\\t`` and ``\\n`` (the two characters) are a tab and a newline, and spaces around
-    the format are dropped. Raises :class:`TemplateError` with Go's message."""
+    the format are dropped. Not ``listing`` (``inspect``'s ``--format``), only ``json`` is
+    special: the template is taken as it is. Raises :class:`TemplateError` with Go's
+    message."""
+    if not listing:
+        body = _JSON_FORMAT if format == "json" else format
+        items = _Parser(body, _FUNCTIONS).parse()
+        return Template(format, body, False, items, items)
     table = format.startswith(_TABLE)
     body = format[len(_TABLE) :] if table else _JSON_FORMAT if format == "json" else format
     body = body.strip(" ").replace("\\t", "\t").replace("\\n", "\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -15,6 +15,7 @@ from ..spec.reference import split_familiar
 from ..store.images import ImageRecord
 
 if TYPE_CHECKING:
+    from ..store.store import HistoryEntry
     from ..store.usage import DiskUsage, PruneReport
 
 
@@ -143,146 +144,396 @@ def print_table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
 
 def print_columns(columns: Sequence[Sequence[str]], out: IO[str], min_width: int = 0) -> None:
     """Columns (each headed by its title) padded to their widest cell, three spaces apart,
-    as docker prints them (no trailing blanks), each at least ``min_width`` wide with its
-    padding (docker's tab writer makes that 10). Every cell is made :func:`printable`
-    (one scan per column finds the rare column that needs it)."""
+    each at least ``min_width`` wide with its padding (docker's tab writer makes that 10),
+    as Go's tabwriter does: the last cell of a line is not padded, so a line whose last
+    cell is empty ends in the padding of the one before it, as docker's do. Every cell is
+    made :func:`printable` (one scan per column finds the rare column that needs it)."""
     columns = [
         [printable(cell) for cell in column] if _unprintable_in("".join(column)) else column
         for column in columns
     ]
     widths = [max(max(map(len, column)), min_width - 3) for column in columns[:-1]]
     line = "   ".join(f"{{:<{w}}}" for w in widths) + "   {}"
-    lines: Iterable[str] = map(line.format, *columns)
-    if not all(c[-1:].strip() for c in columns[-1]):  # a blank last cell: strip the padding
-        lines = map(str.rstrip, lines)
-    out.write("\n".join(lines) + "\n")
+    out.write("\n".join(map(line.format, *columns)) + "\n")
+
+
+#: ``docker images``'s default tables and the titles of its fields (docker/cli's
+#: ``formatter/image.go``).
+IMAGES_TABLE: Final = (
+    "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t"
+    "{{if .CreatedSince }}{{.CreatedSince}}{{else}}N/A{{end}}\t{{.Size}}"
+)
+IMAGES_TABLE_WITH_DIGEST: Final = (
+    "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t"
+    "{{if .CreatedSince }}{{.CreatedSince}}{{else}}N/A{{end}}\t{{.Size}}"
+)
+IMAGES_QUIET: Final = "{{.ID}}"
+IMAGE_HEADERS: Final = {
+    "ID": "IMAGE ID",
+    "Repository": "REPOSITORY",
+    "Tag": "TAG",
+    "Digest": "DIGEST",
+    "CreatedSince": "CREATED",
+    "CreatedAt": "CREATED AT",
+    "Size": "SIZE",
+    "Containers": "CONTAINERS",
+    "VirtualSize": "SIZE",
+    "SharedSize": "SHARED SIZE",
+    "UniqueSize": "UNIQUE SIZE",
+}
+#: The type docker's errors name for a row of ``docker images``.
+IMAGE_ROW_TYPE: Final = "*formatter.imageContext"
+#: Go's zero time (what an image without a creation time was created at), in seconds.
+GO_ZERO_TIME: Final = -62135596800
+
+
+def images_format(format: str | None, quiet: bool, digests: bool) -> str:
+    """The template ``docker images`` uses: its default table (with a DIGEST column for
+    ``--digests``), ``{{.ID}}`` for ``-q``, else the ``--format`` given (a table of it
+    with ``--digests`` gains a digest column), as docker/cli's ``NewImageFormat``."""
+    if not format or format == "table":
+        if quiet:
+            return IMAGES_QUIET
+        return IMAGES_TABLE_WITH_DIGEST if digests else IMAGES_TABLE
+    if format.startswith("table") and digests and "{{.Digest}}" not in format:
+        return format + "\t{{.Digest}}"
+    return format
+
+
+def created_seconds(value: str) -> int:
+    """An RFC 3339 time cut to whole seconds since the epoch, as the engine's image list
+    gives ``Created``: Go's zero time for a missing or unreadable one."""
+    t = parse_time(value)
+    return GO_ZERO_TIME if t is None else int(t.timestamp() // 1)
+
+
+def go_local_time(unix: int) -> str:
+    """Go's ``time.Unix(s, 0).String()`` in the local time zone: ``2026-12-01 20:22:48
+    +0000 UTC`` (docker's ``CreatedAt`` of an image)."""
+    try:
+        t = datetime.fromtimestamp(unix, UTC).astimezone()
+    except (OverflowError, OSError, ValueError):  # Go's zero time, before Python's
+        return "0001-01-01 00:00:00 +0000 UTC"
+    return f"{t.year:04d}-" + t.strftime("%m-%d %H:%M:%S %z ") + (t.tzname() or "")
+
+
+class _ImageShared:
+    """What the rows of one listing share: the clock, the truncation, and the cells
+    already made (images of one time or size say the same)."""
+
+    __slots__ = ("ages", "now", "sizes", "times", "trunc")
+
+    def __init__(self, trunc: bool, now: float) -> None:
+        self.trunc = trunc
+        self.now = now
+        self.ages: dict[int, str] = {}
+        self.sizes: dict[tuple[int, int], str] = {}
+        self.times: dict[int, str] = {}
+
+    def size(self, n: int, precision: int) -> str:
+        shown = self.sizes.get((n, precision))
+        if shown is None:
+            shown = self.sizes[n, precision] = human_size(n, precision)
+        return shown
+
+
+#: The fields of a row of ``docker images`` (docker/cli's imageContext), in Go's order.
+IMAGE_FIELDS: Final = (
+    "Containers",
+    "CreatedAt",
+    "CreatedSince",
+    "Digest",
+    "ID",
+    "Repository",
+    "SharedSize",
+    "Size",
+    "Tag",
+    "UniqueSize",
+    "VirtualSize",
+)
+_IMAGE_FIELD_SET: Final = frozenset(IMAGE_FIELDS)
+
+
+class ImageRow(Mapping[str, str]):
+    """A row of ``docker images``: its fields made when a template asks for them."""
+
+    __slots__ = ("_digest", "_rec", "_repo", "_shared", "_tag", "_unix")
+
+    def __init__(
+        self, shared: _ImageShared, rec: ImageRecord, unix: int, repo: str, tag: str, digest: str
+    ) -> None:
+        self._shared = shared
+        self._rec = rec
+        self._unix = unix
+        self._repo = repo
+        self._tag = tag
+        self._digest = digest
+
+    def __getitem__(self, key: str) -> str:
+        if key == "Repository":
+            return self._repo
+        if key == "Tag":
+            return self._tag
+        if key == "ID":
+            return self._rec.id.hex[:12] if self._shared.trunc else str(self._rec.id)
+        if key == "Size":
+            return self._shared.size(self._rec.size, 3)
+        if key == "CreatedSince":
+            if self._unix == GO_ZERO_TIME:
+                return ""
+            ages = self._shared.ages
+            age = ages.get(self._unix)
+            if age is None:
+                age = ages[self._unix] = since_seconds(self._unix, self._shared.now)
+            return age
+        if key == "CreatedAt":
+            times = self._shared.times
+            at = times.get(self._unix)
+            if at is None:
+                at = times[self._unix] = go_local_time(self._unix)
+            return at
+        if key == "Digest":
+            return self._digest
+        if key == "VirtualSize":
+            return self._shared.size(self._rec.size, 4)
+        if key in _IMAGE_FIELD_SET:  # Containers, SharedSize, UniqueSize: not counted
+            return "N/A"
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _IMAGE_FIELD_SET
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(IMAGE_FIELDS)
+
+    def __len__(self) -> int:
+        return len(IMAGE_FIELDS)
+
+
+def image_rows(
+    images: Iterable[tuple[ImageRecord, list[str]]],
+    trunc: bool = True,
+    digests: bool = False,
+    need_digest: bool = False,
+    now: float | None = None,
+) -> list[Any]:
+    """The rows ``docker images`` formats, as docker/cli's image formatter makes them
+    (``templates.Struct`` s of an :class:`ImageRow`): one per repository and tag of each
+    image (with ``need_digest``, one per tag and digest of its repository), one per
+    repository named only by digest (with ``digests``, one per digest), ``<none>`` for
+    an image without names."""
+    from .templates import Struct
+
+    shared = _ImageShared(trunc, time.time() if now is None else now)
+    rows: list[Any] = []
+    add = rows.append
+    for rec, names in images:
+        unix = created_seconds(rec.created)
+        if len(names) == 1 and "@" not in names[0]:  # the usual: one tag
+            repo, tag, _ = split_familiar(names[0])
+            row = ImageRow(shared, rec, unix, repo, tag or "<none>", "<none>")
+            add(Struct(row, IMAGE_ROW_TYPE, sorted_json=True))
+            continue
+        if not names:
+            add(
+                Struct(
+                    ImageRow(shared, rec, unix, "<none>", "<none>", "<none>"), IMAGE_ROW_TYPE, True
+                )
+            )
+            continue
+        tags: dict[str, list[str]] = {}
+        by_digest: dict[str, list[str]] = {}
+        for name in names:
+            repo, tag, digest = split_familiar(name)
+            if digest is not None:
+                by_digest.setdefault(repo, []).append(digest)
+            elif tag:
+                tags.setdefault(repo, []).append(tag)
+        for repo, repo_tags in tags.items():
+            repo_digests = by_digest.pop(repo, []) if need_digest else []
+            by_digest.pop(repo, None)
+            for tag in repo_tags:
+                for digest in repo_digests or ["<none>"]:
+                    add(
+                        Struct(ImageRow(shared, rec, unix, repo, tag, digest), IMAGE_ROW_TYPE, True)
+                    )
+        for repo, repo_digests in by_digest.items():
+            for digest in repo_digests if digests else [""]:
+                add(
+                    Struct(
+                        ImageRow(shared, rec, unix, repo, "<none>", digest), IMAGE_ROW_TYPE, True
+                    )
+                )
+    return rows
 
 
 def print_images(
     images: list[tuple[ImageRecord, list[str]]],
     out: IO[str],
     no_trunc: bool = False,
-    digests_column: bool = False,
-    as_json: bool = False,
+    digests: bool = False,
+    format: str | None = None,
+    quiet: bool = False,
 ) -> None:
-    """``images`` as ``docker images`` prints it: a table (or JSON lines), one row per
-    repository and tag of each image, the untagged as ``<none>``."""
-    now = time.time()
-    ages: dict[str, str] = {}
-    sizes: dict[int, str] = {}
-    # One list per column (repository, tag, digest, image ID, created, created since,
-    # size): no tuple per row to build and then transpose again for the widths.
-    repos: list[str] = []
-    tags: list[str] = []
-    digests: list[str] = []
-    image_ids: list[str] = []
-    createds: list[str] = []
-    sinces: list[str] = []
-    shown_sizes: list[str] = []
+    """``images`` as ``docker images`` prints it: its table (``--digests``: with a
+    DIGEST column), ``-q`` the IDs, or a ``--format`` (a Go template, ``table ...``,
+    ``json``) applied to each row (see :func:`image_rows`). Raises
+    ``templates.TemplateError`` for a bad format, before anything is written."""
+    from . import templates
 
-    def add(
-        repo: str, tag: str, digest: str, image_id: str, created: str, age: str, size: str
-    ) -> None:
-        repos.append(repo)
-        tags.append(tag)
-        digests.append(digest)
-        image_ids.append(image_id)
-        createds.append(created)
-        sinces.append(age)
-        shown_sizes.append(size)
+    final = images_format(format, quiet, digests)
+    template = templates.parse(final)
+    need_digest = digests or "{{.Digest}}" in final
+    rows = image_rows(images, not no_trunc, digests, need_digest)
+    templates.write(template, rows, out, IMAGE_HEADERS)
 
-    for rec, names in images:
-        image_id = rec.id if no_trunc else rec.id[7:19]
-        created = rec.created
-        age = ages.get(created)
-        if age is None:
-            age = ages[created] = since(created, now)
-        size = sizes.get(rec.size)
-        if size is None:
-            size = sizes[rec.size] = human_size(rec.size)
-        if not names:
-            add("<none>", "<none>", "<none>", image_id, created, age, size)
-            continue
-        if len(names) == 1:  # the usual: one tag, no list or dict to build
-            repo_name, tag, digest = split_familiar(names[0])
-            if digest is None:
-                add(repo_name, tag or "<none>", "<none>", image_id, created, age, size)
-                continue
-        named: list[tuple[str, str]] = []
-        by_repo: dict[str, str] = {}
-        for n in names:
-            repo_name, tag, digest = split_familiar(n)
-            if digest is not None:
-                by_repo[repo_name] = digest
-            else:
-                named.append((repo_name, tag or "<none>"))
-        for repo_name, tag in named:
-            add(repo_name, tag, by_repo.get(repo_name, "<none>"), image_id, created, age, size)
-        if by_repo:
-            tagged = {t for t, _ in named}
-            for repo_name, digest in by_repo.items():
-                if repo_name not in tagged:
-                    add(repo_name, "<none>", digest, image_id, created, age, size)
-    if as_json:
-        keys = ("Repository", "Tag", "Digest", "ID", "CreatedAt", "CreatedSince", "Size")
-        rows = zip(repos, tags, digests, image_ids, createds, sinces, shown_sizes, strict=True)
-        out.write("".join(json.dumps(dict(zip(keys, row, strict=True))) + "\n" for row in rows))
-        return
-    columns = [["REPOSITORY", *repos], ["TAG", *tags]]
-    if digests_column:
-        columns.append(["DIGEST", *digests])
-    columns += [["IMAGE ID", *image_ids], ["CREATED", *sinces], ["SIZE", *shown_sizes]]
-    print_columns(columns, out)
+
+#: Go's longest time.Duration, in seconds: how long ago docker says a time is at most
+#: (an image "created" at Go's zero time is "292 years ago").
+_MAX_GO_DURATION: Final = (2**63 - 1) / 1e9
+
+
+def since_seconds(unix: int, now: float | None = None) -> str:
+    """How long ago a time in whole seconds since the epoch was, as docker says it."""
+    ago = min((time.time() if now is None else now) - unix, _MAX_GO_DURATION)
+    return human_duration(ago) + " ago"
+
+
+def rfc3339_local(unix: int) -> str:
+    """Go's ``time.Unix(s, 0).Format(time.RFC3339)`` in the local time zone (``Z`` when
+    it is UTC), as docker prints history times when not made human."""
+    try:
+        t = datetime.fromtimestamp(unix, UTC).astimezone()
+    except (OverflowError, OSError, ValueError):  # before year 1 of Python's calendar
+        t = datetime(1, 1, 1, tzinfo=UTC)
+    offset = t.utcoffset()
+    text = t.strftime("%Y-%m-%dT%H:%M:%S")
+    if not offset:
+        return text + "Z"
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return text + f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def history_fields(
+    row: HistoryEntry, trunc: bool = True, human: bool = True, now: float | None = None
+) -> dict[str, str]:
+    """A history row's fields as docker's history formatter gives them to ``--format``
+    (and its table): ``ID`` (12 hex unless not truncated, ``<missing>`` past the parent
+    chain), ``CreatedSince``, ``CreatedAt``, ``CreatedBy`` (tabs as spaces, cut at 45
+    characters when truncated), ``Size``, ``Comment``."""
+    image = "<missing>" if row.id is None else str(row.id)
+    if trunc and row.id is not None:
+        image = row.id.hex[:12]
+    created_by = row.created_by.replace("\t", " ")
+    return {
+        "ID": image,
+        "CreatedSince": since_seconds(row.created, now) if human else rfc3339_local(row.created),
+        "CreatedAt": rfc3339_local(row.created),
+        "CreatedBy": shorten(created_by, 45) if trunc else created_by,
+        "Size": human_size(row.size) if human else str(row.size),
+        "Comment": row.comment,
+    }
+
+
+#: The objects of ``docker image inspect``'s answer that are Go maps (the others are
+#: structs: a template naming a field they lack is an error).
+_INSPECT_MAPS: Final = frozenset({"Labels", "ExposedPorts", "Volumes", "Data"})
+
+
+def inspect_value(data: Mapping[str, Any], name: str = "types.ImageInspect") -> Any:
+    """An image's inspect answer as ``inspect --format`` templates see it: objects as Go
+    structs, fields in Docker's order, except the maps (``Labels`` and the like)."""
+    fields = {
+        key: (
+            value
+            if not isinstance(value, Mapping) or key in _INSPECT_MAPS
+            else inspect_value(value, key)
+        )
+        for key, value in data.items()
+    }
+    from .templates import Struct
+
+    return Struct(fields, name)
+
+
+#: docker history's default tables and the titles of its fields (docker/cli's
+#: ``formatter_history.go``).
+HISTORY_TABLE: Final = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+HISTORY_TABLE_NOT_HUMAN: Final = (
+    "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
+)
+HISTORY_HEADERS: Final = {
+    "ID": "IMAGE",
+    "CreatedSince": "CREATED",
+    "CreatedAt": "CREATED AT",
+    "CreatedBy": "CREATED BY",
+    "Size": "SIZE",
+    "Comment": "COMMENT",
+}
+
+
+def history_format(format: str | None, quiet: bool, human: bool) -> str:
+    """The template ``docker history`` uses (docker/cli's ``NewHistoryFormat``): for the
+    default table, ``{{.ID}}`` with ``-q``, the table with ``CREATED AT`` without
+    ``--human``; else the ``--format`` given."""
+    if not format or format == "table":
+        if quiet:
+            return "{{.ID}}"
+        return HISTORY_TABLE if human else HISTORY_TABLE_NOT_HUMAN
+    return format
 
 
 def print_history(
-    rows: list[dict[str, Any]], out: IO[str], no_trunc: bool = False, as_json: bool = False
+    rows: list[HistoryEntry],
+    out: IO[str],
+    format: str | None = None,
+    no_trunc: bool = False,
+    quiet: bool = False,
+    human: bool = True,
 ) -> None:
-    """An image's history as ``docker history`` prints it (a table, or JSON lines)."""
-    if as_json:
-        for row in rows:
-            out.write(
-                json.dumps(
-                    {
-                        "ID": row["Id"],
-                        "CreatedAt": row["Created"],
-                        "CreatedSince": since(row["Created"]),
-                        "CreatedBy": row["CreatedBy"],
-                        "Size": human_size(row["Size"]),
-                        "Comment": row["Comment"],
-                    }
-                )
-                + "\n"
-            )
-        return
-    table = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
-    for row in rows:
-        image = row["Id"]
-        if image != "<missing>" and not no_trunc:
-            image = image[7:19]
-        # Tabs become spaces, as docker shows them (RUN lines are often indented so).
-        created_by = str(row["CreatedBy"]).replace("\t", " ")
-        created_by = printable(created_by) if no_trunc else shorten(created_by, 45)
-        table.append(
-            [image, since(row["Created"]), created_by, human_size(row["Size"]), row["Comment"]]
+    """An image's history as ``docker history`` prints it: its table, IDs, JSON lines
+    (``--format json``: each row's fields, truncated as in the table) or a template."""
+    from . import templates
+
+    template = templates.parse(history_format(format, quiet, human))
+    now = time.time()
+    contexts = (
+        templates.Struct(
+            history_fields(row, not no_trunc, human, now),
+            "*image.historyContext",
+            sorted_json=True,
         )
-    print_table(table, out)
+        for row in rows
+    )
+    templates.write(template, contexts, out, HISTORY_HEADERS)
 
 
 #: docker's tables (its tab writer: cells padded by 3, at least 10 wide).
 _DOCKER_MIN_WIDTH = 10
 
 
-_GO_HTML_ESCAPES: Final = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+#: What a JSON line writes as a ``\\u`` escape: Go's HTML escapes (``<``, ``>``, ``&``)
+#: and line separators, and (beyond Go, which writes them raw) what a terminal would act
+#: on: DEL, C1 controls and the bidirectional controls; lone surrogates become U+FFFD, as Go
+#: writes invalid UTF-8. Other non-ASCII text stays as it is, as Go writes it.
+_JSON_ESCAPED: Final = re.compile(
+    "[<>&\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return "\\ufffd" if 0xD800 <= code <= 0xDFFF else f"\\u{code:04x}"
 
 
 def _json_line(doc: dict[str, Any]) -> str:
-    """One JSON object as Go's ``json.Marshal`` of a map writes it (docker's ``--format
-    json``): keys sorted, compact, ``<``, ``>`` and ``&`` escaped (``\\u003cnone\\u003e``),
-    and (as everywhere) every non-ASCII and control character escaped. Those three
+    """One JSON object as docker's ``--format json`` writes a row (Go's ``json.Marshal``
+    of a map): keys sorted, compact, ``<``, ``>`` and ``&`` escaped
+    (``\\u003cnone\\u003e``), non-ASCII text as UTF-8 (see ``_JSON_ESCAPED``). Those
     characters occur only inside strings, so escaping them in the text is exact."""
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    return text.translate(_GO_HTML_ESCAPES) + "\n"
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _JSON_ESCAPED.sub(_json_escape, text) + "\n"
 
 
 def _reclaimable(size: int, reclaimable: int) -> str:
