@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import pytest
 from docker_engine import DockerEngine
-from util import make_tar
+from util import make_tar, ocistore_cli
 
 OCISTORE = Path(sys.executable).parent / "ocistore"
 
@@ -72,11 +72,7 @@ def pair(docker_engine: DockerEngine, tmp_path: Path) -> Iterator[Pair]:
     names = ["t-cmd/a:1", "t-cmd/a:2", "t-cmd/b:1", "t-cmd/c:1", "t-cmd/d:1"]
     docker_engine.run("save", "-o", archive, *names)
     root = tmp_path / "store"
-    subprocess.run(
-        [str(OCISTORE), "--root", str(root), "load", "-q", "-i", str(archive)],
-        check=True,
-        capture_output=True,
-    )
+    ocistore_cli("--root", root, "load", "-q", "-i", archive)
     yield Pair(docker_engine, root)
     docker_engine.run("rmi", "-f", *ids, check=False)
 
@@ -138,11 +134,7 @@ def test_an_ambiguous_id_prefix_names_no_image_as_in_docker(
         archive = tmp_path / "many.tar"
         docker_engine.run("save", "-o", archive, *ids)
         root = tmp_path / "store"
-        subprocess.run(
-            [str(OCISTORE), "--root", str(root), "load", "-q", "-i", str(archive)],
-            check=True,
-            capture_output=True,
-        )
+        ocistore_cli("--root", root, "load", "-q", "-i", archive)
         firsts = [i[7] for i in ids]
         shared = next(c for c in firsts if firsts.count(c) > 1)
         pair = Pair(docker_engine, root)

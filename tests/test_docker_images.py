@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from docker_engine import DockerEngine
-from util import make_tar
+from util import make_tar, ocistore_cli
 
 from ocistore.cli import main as cli
 from ocistore.cli import templates, views
@@ -119,15 +119,6 @@ def craft_archive() -> tuple[bytes, dict[str, str]]:
     return buf.getvalue(), ids
 
 
-def ocistore(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(OCISTORE), *(str(a) for a in args)], capture_output=True, text=True, timeout=300
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"ocistore {args} exited {proc.returncode}: {proc.stderr}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def images(
     docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory
@@ -138,7 +129,7 @@ def images(
     archive.write_bytes(data)
     docker_engine.run("load", "-i", archive)
     store = tmp / "store"
-    ocistore("--root", store, "load", "-q", "-i", archive)
+    ocistore_cli("--root", store, "load", "-q", "-i", archive)
     seconds = {ids[c.key][7:19]: views.created_seconds(c.created or "") for c in CRAFTED}
     yield Images(archive, store, ids, seconds)
     docker_engine.run("rmi", "-f", ids["child"], check=False)
@@ -149,7 +140,7 @@ def both(
     images: Images, docker_engine: DockerEngine, *args: str, check: bool = True
 ) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
     theirs = docker_engine.run("images", *args, check=check)
-    ours = ocistore("--root", images.store, "images", *args, check=check)
+    ours = ocistore_cli("--root", images.store, "images", *args, check=check)
     return theirs, ours
 
 

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from docker_engine import DockerEngine
-from util import make_tar
+from util import make_tar, ocistore_cli
 
 import ocistore as lib
 
@@ -122,15 +121,6 @@ REFUSED: list[tuple[list[str], str]] = [
 ]
 
 
-def ocistore(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(OCISTORE), *(str(a) for a in args)], capture_output=True, text=True, timeout=300
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"ocistore {args} exited {proc.returncode}: {proc.stderr}")
-    return proc
-
-
 def change_args(changes: list[str], message: str | None) -> list[str]:
     args = [a for c in changes for a in ("-c", c)]
     return args + (["-m", message] if message is not None else [])
@@ -169,8 +159,8 @@ def test_import_writes_the_config_docker_writes(
     try:
         docker.run("save", "-o", archive, ref)
         store = tmp_path / "store"
-        ocistore("--root", store, "load", "-q", "-i", archive)
-        ours_id = ocistore("--root", store, "import", "-q", *args, tarball).stdout.split()[-1]
+        ocistore_cli("--root", store, "load", "-q", "-i", archive)
+        ours_id = ocistore_cli("--root", store, "import", "-q", *args, tarball).stdout.split()[-1]
         with lib.open(store) as s:
             ours = s.images.get(s.resolve(ours_id)).config
             theirs = s.images.get(s.resolve(theirs_id)).config
@@ -193,9 +183,9 @@ def test_docker_loads_the_import_and_inspects_the_same_config(
     args = change_args(changes, message)
     theirs_ref, ours_ref = f"t-import/{name}-docker:1", f"t-import/{name}-ocistore:1"
     store = tmp_path / "store"
-    ocistore("--root", store, "import", "-q", *args, tarball, ours_ref)
+    ocistore_cli("--root", store, "import", "-q", *args, tarball, ours_ref)
     archive = tmp_path / "ocistore.tar"
-    ocistore("--root", store, "save", "-o", archive, ours_ref)
+    ocistore_cli("--root", store, "save", "-o", archive, ours_ref)
     try:
         docker.run("import", *args, tarball, theirs_ref)
         docker.run("load", "-i", archive)
@@ -218,10 +208,10 @@ def test_refused_changes_are_refused_as_docker_refuses_them(
     assert theirs.returncode != 0
     assert theirs.stderr.strip() == f"Error response from daemon: {reason}"
     store = tmp_path / "store"
-    ours = ocistore(
+    ours = ocistore_cli(
         "--root", store, "import", "-q", *args, tarball, "t-import/refused:1", check=False
     )
     assert ours.returncode == 1
     (line,) = ours.stderr.splitlines()
     assert line.startswith("ocistore: change") and line.endswith(f": {reason}"), line
-    assert ocistore("--root", store, "images", "-q").stdout == ""
+    assert ocistore_cli("--root", store, "images", "-q").stdout == ""

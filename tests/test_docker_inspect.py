@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import pytest
 from docker_engine import DockerEngine, static_busybox
+from util import ocistore_cli
 
 OCISTORE = Path(sys.executable).parent / "ocistore"
 
@@ -58,15 +59,6 @@ class Images(NamedTuple):
     ids: list[str]
 
 
-def ocistore(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(OCISTORE), *(str(a) for a in args)], capture_output=True, text=True, timeout=300
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(f"ocistore {args} exited {proc.returncode}: {proc.stderr}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def images(
     docker_engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory
@@ -89,7 +81,7 @@ def images(
     docker.run("rmi", "t-inspect/app:1", "t-inspect/child:1")
     docker.run("load", "-i", archive)
     store = tmp / "store"
-    ocistore("--root", store, "load", "-q", "-i", archive)
+    ocistore_cli("--root", store, "load", "-q", "-i", archive)
     yield Images(archive, store, ids)
     docker.run("rmi", "-f", "t-inspect/app:1", "t-inspect/child:1", check=False)
     left = [i for i in ids if docker.run("image", "inspect", i, check=False).returncode == 0]
@@ -114,7 +106,7 @@ def test_inspect_prints_what_docker_prints(
     images: Images, docker_engine: DockerEngine, name: str
 ) -> None:
     theirs = docker_engine.run("image", "inspect", name).stdout
-    ours = ocistore("--root", images.store, "inspect", name).stdout
+    ours = ocistore_cli("--root", images.store, "inspect", name).stdout
     assert ours == without_graph_driver(theirs)
 
 
@@ -122,7 +114,7 @@ def test_inspect_of_every_intermediate_image_and_several_at_once(
     images: Images, docker_engine: DockerEngine
 ) -> None:
     theirs = docker_engine.run("image", "inspect", *images.ids).stdout
-    ours = ocistore("--root", images.store, "inspect", *images.ids).stdout
+    ours = ocistore_cli("--root", images.store, "inspect", *images.ids).stdout
     assert ours == without_graph_driver(theirs)
     data = json.loads(ours)
     # Docker's zero values, its key order, the parent chain restored from the archive.
@@ -140,12 +132,12 @@ def test_inspect_by_id_prefix_and_a_missing_image(
 ) -> None:
     short = images.ids[0][7:19]
     theirs = docker_engine.run("image", "inspect", short, "t-inspect/nosuch", check=False)
-    ours = ocistore("--root", images.store, "inspect", short, "t-inspect/nosuch", check=False)
+    ours = ocistore_cli("--root", images.store, "inspect", short, "t-inspect/nosuch", check=False)
     assert ours.returncode == theirs.returncode == 1
     assert ours.stdout == without_graph_driver(theirs.stdout)
     assert ours.stderr == "ocistore: No such image: t-inspect/nosuch:latest\n"
     assert theirs.stderr.rstrip().endswith("No such image: t-inspect/nosuch:latest")
-    nothing = ocistore("--root", images.store, "inspect", "t-inspect/nosuch", check=False)
+    nothing = ocistore_cli("--root", images.store, "inspect", "t-inspect/nosuch", check=False)
     assert nothing.stdout == "[]\n"
 
 
@@ -162,10 +154,10 @@ def test_last_tag_time_is_the_time_of_the_last_tag(
     finally:
         docker_engine.run("rmi", "t-inspect/again:1")
     store = tmp_path / "store"
-    ocistore("--root", store, "load", "-q", "-i", images.archive)
-    before = last_tag_time(ocistore("--root", store, "inspect", "t-inspect/app:1").stdout)
-    ocistore("--root", store, "tag", "t-inspect/app:1", "t-inspect/again:1")
-    after = last_tag_time(ocistore("--root", store, "inspect", "t-inspect/app:1").stdout)
+    ocistore_cli("--root", store, "load", "-q", "-i", images.archive)
+    before = last_tag_time(ocistore_cli("--root", store, "inspect", "t-inspect/app:1").stdout)
+    ocistore_cli("--root", store, "tag", "t-inspect/app:1", "t-inspect/again:1")
+    after = last_tag_time(ocistore_cli("--root", store, "inspect", "t-inspect/app:1").stdout)
     pattern = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d*[1-9])?Z")
     assert before == "0001-01-01T00:00:00Z"
     assert pattern.fullmatch(after) and pattern.fullmatch(last_tag_time(theirs))
@@ -179,7 +171,7 @@ def test_last_tag_time_is_the_time_of_the_last_tag(
             check=True,
         )
         image_id = proc.stdout.decode().split()[-1]
-        shown = last_tag_time(ocistore("--root", store, "inspect", image_id).stdout)
+        shown = last_tag_time(ocistore_cli("--root", store, "inspect", image_id).stdout)
         assert (shown != "0001-01-01T00:00:00Z") is tagged, shown
         assert pattern.fullmatch(shown)
 
@@ -199,7 +191,7 @@ def test_history_prints_what_docker_prints(
     images: Images, docker_engine: DockerEngine, name: str, options: list[str]
 ) -> None:
     theirs = docker_engine.run("history", *options, name).stdout
-    ours = ocistore("--root", images.store, "history", *options, name).stdout
+    ours = ocistore_cli("--root", images.store, "history", *options, name).stdout
     assert ours == theirs
     # Every row's image but the layerless bottom one is in the archive.
     assert ours.count("<missing>") == 1
@@ -217,12 +209,12 @@ def test_history_in_human_form_and_as_json_lines(
 ) -> None:
     # Relative times may tick between the two commands: compared as a placeholder.
     theirs = docker_engine.run("history", "t-inspect/child:1").stdout
-    ours = ocistore("--root", images.store, "history", "t-inspect/child:1").stdout
+    ours = ocistore_cli("--root", images.store, "history", "t-inspect/child:1").stdout
     assert _cells(_AGO.sub("AGO", ours)) == _cells(_AGO.sub("AGO", theirs))
     for options in (["--format", "{{json .}}"], ["--format", "{{json .}}", "--no-trunc"]):
         theirs = docker_engine.run("history", *options, "t-inspect/child:1").stdout
         ours_json = ["--format", "json", *options[2:]]
-        ours = ocistore("--root", images.store, "history", *ours_json, "t-inspect/child:1")
+        ours = ocistore_cli("--root", images.store, "history", *ours_json, "t-inspect/child:1")
         assert _AGO.sub("AGO", ours.stdout) == _AGO.sub("AGO", theirs)
 
 
@@ -233,8 +225,8 @@ def test_history_of_an_image_loaded_without_its_parents(
     archive = tmp_path / "child.tar"
     docker_engine.run("save", "-o", archive, "t-inspect/child:1")
     store = tmp_path / "store"
-    ocistore("--root", store, "load", "-q", "-i", archive)
-    ours = ocistore("--root", store, "history", "-H=false", "t-inspect/child:1").stdout
+    ocistore_cli("--root", store, "load", "-q", "-i", archive)
+    ours = ocistore_cli("--root", store, "history", "-H=false", "t-inspect/child:1").stdout
     lines = ours.splitlines()
     assert lines[1].startswith(images.ids[0][7:19] + "   ")
     assert all(line.startswith("<missing>   ") for line in lines[2:])
@@ -290,10 +282,10 @@ def test_history_of_an_image_without_history_has_no_rows(
     finally:
         docker_engine.run("rmi", "t-inspect/bare:1")
     store = tmp_path / "store"
-    ocistore("--root", store, "load", "-q", "-i", archive)
-    ours = ocistore("--root", store, "history", "t-inspect/bare:1").stdout
+    ocistore_cli("--root", store, "load", "-q", "-i", archive)
+    ours = ocistore_cli("--root", store, "history", "t-inspect/bare:1").stdout
     assert ours == theirs
-    ours_inspect = ocistore("--root", store, "inspect", "t-inspect/bare:1").stdout
+    ours_inspect = ocistore_cli("--root", store, "inspect", "t-inspect/bare:1").stdout
     # No layers: RootFS.Layers left out; no created: Go's zero time; Config {} of zeros.
     assert ours_inspect == without_graph_driver(theirs_inspect)
 
@@ -314,7 +306,7 @@ def test_inspect_templates_print_what_docker_prints(
 ) -> None:
     names = ["t-inspect/app:1", "t-inspect/child:1"]
     theirs = docker_engine.run("image", "inspect", "--format", template, *names).stdout
-    ours = ocistore("--root", images.store, "inspect", "--format", template, *names).stdout
+    ours = ocistore_cli("--root", images.store, "inspect", "--format", template, *names).stdout
     assert ours == theirs
 
 
@@ -332,14 +324,14 @@ def test_history_templates_print_what_docker_prints(
 ) -> None:
     args = ["history", *options, "--format", template, "t-inspect/child:1"]
     theirs = docker_engine.run(*args).stdout
-    ours = ocistore("--root", images.store, *args).stdout
+    ours = ocistore_cli("--root", images.store, *args).stdout
     assert ours == theirs
 
 
 def test_a_bad_template_is_one_line_and_exit_1(images: Images, docker_engine: DockerEngine) -> None:
     for args in (["history", "--format", "{{.Nope}}"], ["history", "--format", "{{.ID"]):
         theirs = docker_engine.run(*args, "t-inspect/app:1", check=False)
-        ours = ocistore("--root", images.store, *args, "t-inspect/app:1", check=False)
+        ours = ocistore_cli("--root", images.store, *args, "t-inspect/app:1", check=False)
         assert ours.returncode == theirs.returncode == 1
         assert len(ours.stderr.splitlines()) == 1 and ours.stdout == ""
         assert ours.stderr.startswith("ocistore: template")

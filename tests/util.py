@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +80,17 @@ needs_corpus = pytest.mark.skipif(
     not CORPUS.is_dir() and os.environ.get("CI") != "true",
     reason=f"shared/corpus is not at {CORPUS}",
 )
+
+
+#: The ocistore command of this environment.
+OCISTORE = Path(sys.executable).parent / "ocistore"
+
+
+def ocistore_cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the ocistore command; fails the test if it fails and ``check``."""
+    proc = subprocess.run(
+        [str(OCISTORE), *(str(a) for a in args)], capture_output=True, text=True, timeout=300
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"ocistore {args} exited {proc.returncode}: {proc.stderr}")
+    return proc

@@ -315,17 +315,13 @@ def select_images(
 def _has_labels(store: Store, rec: ImageRecord, wanted: Sequence[str]) -> bool:
     """Whether the image's config has every label ``KEY`` (or ``KEY=VALUE``) wanted
     (docker's ``MatchKVList``); its config is read only for this."""
+    from ..store.usage import match_kv  # (as image prune's label filter)
+
     config = store.image(str(rec.id)).config.data.get("config")
     if not isinstance(config, dict):
         return False
     labels = config.get("Labels") or {}
-    if not isinstance(labels, dict) or not labels:
-        return False
-    for item in wanted:
-        key, sep, value = item.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True
+    return isinstance(labels, dict) and match_kv(wanted, labels)
 
 
 def _reference_matches(pattern: re.Pattern[str], familiar: str) -> bool:

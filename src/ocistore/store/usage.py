@@ -530,7 +530,7 @@ def created_ns(created: str) -> int | None:
     return int(t.timestamp()) * 1_000_000_000 + nanos
 
 
-def _match_kv(wanted: Sequence[str], labels: Mapping[str, Any]) -> bool:
+def match_kv(wanted: Sequence[str], labels: Mapping[str, Any]) -> bool:
     """moby's ``MatchKVList``: every ``key`` or ``key=value`` is among ``labels``."""
     if not wanted:
         return True
@@ -557,9 +557,9 @@ def _labels_match(store: Store, rec: ImageRecord, f: PruneFilters) -> bool:
         return True
     labels = config.get("Labels")
     labels = labels if isinstance(labels, dict) else {}
-    if not _match_kv(f.labels, labels):
+    if not match_kv(f.labels, labels):
         return False
-    return not (f.not_labels and _match_kv(f.not_labels, labels))
+    return not (f.not_labels and match_kv(f.not_labels, labels))
 
 
 def prune_images(
