@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from ocistore.errors import InvalidInput
-from ocistore.formats.legacy import gojson
-from ocistore.formats.legacy.changes import ChangeError, build_from_config, import_config
-from ocistore.formats.legacy.v1 import CONTAINER_CONFIG
+from ocistore.spec.legacy import gojson
+from ocistore.spec.legacy.changes import ChangeError, build_from_config, import_config
+from ocistore.spec.legacy.v1 import CONTAINER_CONFIG
 
 SH = ["/bin/sh", "-c"]
 

@@ -31,10 +31,10 @@ from ocistore.formats.docker_archive import (
     read_docker_archive,
     write_docker_archive,
 )
-from ocistore.formats.legacy import v1
 from ocistore.formats.reader import open_archive
 from ocistore.progress import Progress
 from ocistore.spec.digest import EMPTY_TAR_DIGEST, digest_bytes
+from ocistore.spec.legacy import v1
 from ocistore.spec.reference import parse_tagged
 from ocistore.store import Store
 from ocistore.store.ingest import LoadedImage, add_images

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from ocistore.errors import InvalidInput
-from ocistore.formats.legacy import gojson
-from ocistore.formats.legacy.gojson import (
+from ocistore.spec.legacy import gojson
+from ocistore.spec.legacy.gojson import (
     ANY,
     BOOL,
     FLOAT64,
@@ -408,7 +408,7 @@ def test_go_types_are_immutable_values_that_copy_and_pickle() -> None:
     import copy
     import pickle
 
-    from ocistore.formats.legacy import v1
+    from ocistore.spec.legacy import v1
 
     for t in (gojson.STRING, gojson.Slice(gojson.STRING), gojson.Map(gojson.Ptr(INT)), v1.IMAGE):
         assert copy.deepcopy(t) == t

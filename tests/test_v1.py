@@ -12,8 +12,8 @@ import pytest
 import util
 
 from ocistore.errors import InvalidInput
-from ocistore.formats.legacy import gojson, v1
 from ocistore.spec.digest import EMPTY_TAR_DIGEST, chain_ids
+from ocistore.spec.legacy import gojson, v1
 
 DATA = Path(__file__).parent / "data"
 SAVE = DATA / "docker_save"

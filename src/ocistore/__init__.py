@@ -102,7 +102,7 @@ def inspect(store: Store, name: str) -> dict[str, Any]:
     ``types.ImageInspect``, ``Config`` re-encoded as Docker's ``container.Config``), as
     Python data in Docker's key order; :meth:`Store.inspect` gives the facts behind it.
     :class:`NotFound` ``No such image: NAME`` if nothing has that name."""
-    from .formats.legacy import api
+    from .formats import docker_api as api
 
     return api.as_data(api.image_inspect(store.inspect(name)))
 

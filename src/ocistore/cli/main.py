@@ -419,7 +419,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
       ocistore inspect sha256:3f57d9401f8d
       ocistore inspect -f '{{.Id}} {{.Size}} {{json .Config.Env}}' busybox
     """
-    from ..formats.legacy import api
+    from ..formats import docker_api as api
     from . import templates
 
     template = templates.parse(args.format, listing=False) if args.format else None

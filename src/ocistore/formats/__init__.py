@@ -14,11 +14,11 @@ from pathlib import Path
 
 from ..errors import InvalidInput
 from ..progress import Progress
+from ..spec.legacy.v1 import check_config
 from ..spec.platform import Platform
 from ..store.ingest import LoadedImage
 from ..store.store import Store
 from .detect import read_images
-from .legacy.v1 import check_config
 from .reader import open_archive
 from .tarwriter import output_file
 

@@ -300,7 +300,7 @@ def _legacy_config(
     """The config Docker's ``legacyLoadImage`` makes for a legacy layer, once the DiffIDs
     of the layers up to it are known (they are learnt while the layers are loaded, so
     each is read once)."""
-    from .legacy import v1  # the legacy format only: not imported for other loads
+    from ..spec.legacy import v1  # the legacy format only: not imported for other loads
 
     rootfs = {"type": "layers", "diff_ids": [str(d) for d in diff_ids]}
     try:
@@ -323,7 +323,7 @@ def _legacy_layer(archive: ArchiveReader, v1_id: str) -> _LegacyLayer:
     if not isinstance(parent, str):
         raise InvalidInput(f"{what}: field parent must be a string, got {parent!r}")
     if parent:
-        from .legacy import v1  # the legacy format only: not imported for other loads
+        from ..spec.legacy import v1  # the legacy format only: not imported for other loads
 
         try:
             v1.validate_id(parent)
@@ -373,7 +373,7 @@ def _read_legacy(archive: ArchiveReader) -> list[ImageSource]:
         for layer in reversed(chain):
             what = f"{archive.name}: {layer.layer_path}"
             json_what = f"{archive.name}: {layer.v1_id}/json"
-            from .legacy import v1
+            from ..spec.legacy import v1
 
             try:
                 entry = v1.history_from_config(layer.json, False)
@@ -517,7 +517,7 @@ def _manifest_json(manifest: list[dict[str, Any]]) -> bytes:
     """``manifest.json`` as moby's ``tarexport.manifestItem`` list is written by Go's
     ``json.NewEncoder(w).Encode(v)`` in ``docker save`` (20.10 to 24): compact JSON, Go's
     field order and escaping, and a newline."""
-    from .legacy import gojson
+    from ..spec.legacy import gojson
 
     item = gojson.Struct(
         "tarexport.manifestItem",
@@ -533,7 +533,7 @@ def _manifest_json(manifest: list[dict[str, Any]]) -> bytes:
 
 def _repositories_json(repositories: dict[str, dict[str, str]]) -> bytes:
     """``repositories`` as Go's ``json.NewEncoder(w).Encode(v)`` writes it."""
-    from .legacy import gojson
+    from ..spec.legacy import gojson
 
     return gojson.marshal(repositories, gojson.Map(gojson.Map(gojson.STRING))) + b"\n"
 
@@ -547,7 +547,7 @@ def write_docker_archive(
     tags), image IDs or ID prefixes (no tags), as for ``docker save``. Every layer is
     streamed from the store and verified against its DiffID on the way.
     """
-    from .legacy.v1 import legacy_layers  # imported here: loads need it only for old archives
+    from ..spec.legacy.v1 import legacy_layers  # imported here: loads need it only for old archives
 
     progress = progress or SILENT
     selected = _select(store, names)

@@ -95,12 +95,9 @@ _OWN_NAMES = (
 def now_rfc3339_nano() -> str:
     """Now, in UTC, as Go's ``time.Now().UTC().Format(time.RFC3339Nano)`` writes it
     (nanoseconds, trailing zeros cut)."""
-    ns = time.time_ns()
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if fraction:
-        text += "." + f"{fraction:09d}".rstrip("0")
-    return text + "Z"
+    from ..spec.legacy.gojson import GoTime
+
+    return GoTime.unix(*divmod(time.time_ns(), 1_000_000_000)).format_rfc3339nano()
 
 
 def _unix_seconds(created: object) -> int:
@@ -418,10 +415,9 @@ class Store:
         Docker writes for a file or standard input); ``source`` names the tarball in
         errors. The config is the one Docker writes, byte for byte, but for its creation
         time and ``docker_version`` (left out: no Docker engine made it)."""
-        # Docker's structs and Go's encoding/json live in formats.legacy: the one place
-        # the store reaches above itself (docs/design.md).
-        from ..formats.legacy.changes import build_from_config, import_config
-        from ..formats.legacy.gojson import GoTime
+        # (imported here: most commands never need Docker's builder and Go's encoding)
+        from ..spec.legacy.changes import build_from_config, import_config
+        from ..spec.legacy.gojson import GoTime
 
         tags = [parse_tagged(reference)] if reference else []
         container_config = build_from_config(changes)

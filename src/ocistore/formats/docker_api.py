@@ -10,8 +10,9 @@ nanoseconds (``0001-01-01T00:00:00Z`` when the config has none); strings keep no
 as UTF-8 and escape ``<``, ``>``, ``&``.
 
 :func:`image_inspect` does the same from what the store knows
-(:class:`~ocistore.store.store.ImageDetails`), with :mod:`.gojson` and Docker's types from
-:mod:`.v1`; :func:`print_form` gives the indented array docker prints.
+(:class:`~ocistore.store.store.ImageDetails`), with :mod:`ocistore.spec.legacy.gojson`
+and Docker's types from :mod:`ocistore.spec.legacy.v1`; :func:`print_form` gives the
+indented array docker prints.
 
 Where ocistore has nothing to say Docker's way it leaves the field out: there is no graph
 driver (``GraphDriver``), layers are kept as the blobs they came in.
@@ -24,12 +25,12 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-from . import gojson
-from .gojson import INT64, STRING, TIME, Field, GoTime, Ptr, Slice, Struct
-from .v1 import CONTAINER_CONFIG, IMAGE_LEGACY
+from ..spec.legacy import gojson
+from ..spec.legacy.gojson import INT64, STRING, TIME, Field, GoTime, Ptr, Slice, Struct
+from ..spec.legacy.v1 import CONTAINER_CONFIG, IMAGE_LEGACY
 
 if TYPE_CHECKING:
-    from ...store.store import ImageDetails
+    from ..store.store import ImageDetails
 
 __all__ = ["IMAGE_INSPECT", "image_inspect", "print_form"]
 

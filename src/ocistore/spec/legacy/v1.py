@@ -6,7 +6,7 @@ Content-addressable Docker still speaks that format in two places: ``docker save
 pulled as schema1 manifests (or loaded from pre-1.10 archives) are converted from v1 JSON
 into an image config. The v1 IDs are hashes of JSON that Go's ``encoding/json`` writes
 from Docker's structs, so this module describes those structs (:data:`V1_IMAGE`,
-:data:`CONTAINER_CONFIG`, ...) for :mod:`ocistore.formats.legacy.gojson` and follows moby's
+:data:`CONTAINER_CONFIG`, ...) for :mod:`ocistore.spec.legacy.gojson` and follows moby's
 ``image/v1/imagev1.go`` and ``image/tarexport/save.go`` step by step.
 
 Two versions of Docker's ``V1Image`` matter:
@@ -28,8 +28,8 @@ import re
 from typing import Any, Final, NamedTuple
 
 from ...errors import InvalidInput
-from ...spec.digest import chain_ids, digest_bytes
-from ...spec.reference import is_identifier
+from ..digest import chain_ids, digest_bytes
+from ..reference import is_identifier
 from . import gojson
 from .gojson import (
     BOOL,
