@@ -5,12 +5,14 @@ The subset of Go's ``text/template`` that ``--format`` is used with: literal tex
 number arguments, ``{{if}}``/``{{else if}}``/``{{else}}``/``{{end}}``, ``{{range}}``,
 ``{{with}}``, trim markers (``{{-`` and ``-}}``) and comments; the functions docker's CLI
 adds (``json``, ``join``, ``split``, ``lower``, ``upper``, ``title``, ``pad``,
-``truncate``) and Go's own (``index``, ``len``, ``print``, ``printf`` with ``%s %d %v
-%q``, ``println``, ``eq``, ``ne``, ``lt``, ``le``, ``gt``, ``ge``, ``and``, ``or``,
-``not``). As docker's CLI (``cli/command/formatter``): a format starting with ``table``
-is a table (its header row is the template applied to the column titles, cells are
-separated by tabs and aligned by Go's tab writer: at least 10 wide, padded by 3), the
-format ``json`` alone is ``{{json .}}``, the literal two characters ``\\t`` and ``\\n``
+``truncate``) and Go's own (``index``, ``len``, ``print``, ``printf`` as Go's ``fmt``
+formats (verbs, flags, widths, precisions and its ``%!d(string=x)`` for what does not
+fit), ``println``, ``eq``, ``ne``, ``lt``, ``le``, ``gt``, ``ge`` (comparing a string
+and a number is an error, as Go's), ``and``, ``or``, ``not``). As docker's CLI
+(``cli/command/formatter``): a format starting with ``table`` is a table (its header
+row is the template applied to the column titles, cells are separated by tabs and
+aligned by Go's tab writer: at least 10 wide, padded by 3), the format ``json`` alone
+is ``{{json .}}``, the literal two characters ``\\t`` and ``\\n``
 are a tab and a newline, and the format is trimmed of spaces.
 
 What a template prints of a value is made :func:`~ocistore.cli.views.printable` (a tab
@@ -28,9 +30,12 @@ included) to a stream.
 from __future__ import annotations
 
 import json
+import math
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import IO, Any, Final
 
 from ..errors import InvalidInput
@@ -78,22 +83,9 @@ PADDING: Final = 3
 
 
 def _go_float(f: float) -> str:
-    """``%v`` of a float64: the shortest form, exponent from 1e21 (and below 1e-4)."""
-    if f != f or f in (float("inf"), float("-inf")):
-        return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(f)]
-    if f == int(f) and abs(f) < 1e21:
-        return str(int(f)) if f or str(f)[0] != "-" else "-0"
-    r = repr(f)
-    if abs(f) >= 1e21 or abs(f) < 1e-4:
-        mantissa, _, exp = f"{f:e}".partition("e")
-        digits = repr(float(mantissa)).rstrip("0").rstrip(".")
-        # the shortest mantissa: Python's repr of the number has it
-        short = r.partition("e")[0] if "e" in r else digits
-        if "." in short:
-            short = short.rstrip("0").rstrip(".")
-        sign, num = exp[0], exp[1:].lstrip("0") or "0"
-        return f"{short}e{sign}{num.zfill(2)}"
-    return r
+    """``%v`` of a float64, as Go's ``fmt``: ``%g`` of the shortest digits (``1.5``,
+    ``1e+06``, ``1e-05``, ``+Inf``)."""
+    return _fmt_float(f, "v", _Spec())
 
 
 def go_string(value: Any) -> str:
@@ -133,6 +125,8 @@ def _go_type(value: Any) -> str:
         return "float64"
     if isinstance(value, (list, tuple)):
         return "[]interface {}"
+    if isinstance(value, Mapping):
+        return "map[string]interface {}"
     return "interface {}"
 
 
@@ -177,12 +171,34 @@ def go_json(value: Any) -> str:
 # -- functions ---------------------------------------------------------------------------
 
 
+#: Go's ``unicode.White_Space``.
+_GO_SPACES: Final = frozenset(
+    "\t\n\v\f\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+)
+
+
+def _is_separator(c: str) -> bool:
+    """Go's ``strings.isSeparator``: ASCII alphanumerics and ``_`` are not, other ASCII
+    is; beyond ASCII, letters and digits are not, spaces are, and nothing else is."""
+    if c < "\x80":
+        return not (c.isalnum() or c == "_")
+    if c.isalpha() or c.isdecimal():
+        return False
+    return c in _GO_SPACES
+
+
 def _title(s: str) -> str:
-    """Go's ``strings.Title``: a letter after a non-letter is upper-cased."""
+    """Go's ``strings.Title`` (docker's ``title``): a rune after a separator is
+    title-cased (``don't`` is ``Don'T``, ``é.x`` is ``É.X``)."""
     out: list[str] = []
     prev = " "
     for c in s:
-        out.append(c.upper() if not (prev.isalnum() or prev == "_" or prev == "'") else c)
+        if _is_separator(prev):
+            t = c.title()
+            out.append(t if len(t) == 1 else c)  # Go maps one rune to one rune
+        else:
+            out.append(c)
         prev = c
     return "".join(out)
 
@@ -247,51 +263,525 @@ def _sprint(*args: Any) -> str:
     return "".join(out)
 
 
-_VERB: Final = re.compile(r"%([-+# 0]*\d*(?:\.\d+)?)([vsdqxXtf%])")
+# -- Go's fmt, as printf formats ---------------------------------------------------------
 
 
-def _printf(fmt: Any, *args: Any) -> str:
-    values = list(args)
+@dataclass(slots=True)
+class _Spec:
+    """A verb's flags, width and precision (``None``: not given), as Go's ``fmt`` has
+    them; ``zero`` is only kept without ``minus`` (Go pads with zeros only to the left)."""
 
-    def verb(m: re.Match[str]) -> str:
-        flags, v = m.group(1), m.group(2)
-        if v == "%":
-            return "%"
-        if not values:
-            return f"%!{v}(MISSING)"
-        a = values.pop(0)
-        if v == "q":
-            return json.dumps(go_string(a), ensure_ascii=False)
-        if v in "dxX" and isinstance(a, int):
-            return format(a, flags + v.replace("d", "d"))
-        if v == "f" and isinstance(a, (int, float)):
-            return format(float(a), flags + "f")
-        text = go_string(a)
-        return format(text, flags.replace("0", "")) if flags else text
-
-    return _VERB.sub(verb, go_string(fmt))
+    minus: bool = False
+    plus: bool = False
+    sharp: bool = False
+    space: bool = False
+    zero: bool = False
+    wid: int | None = None
+    prec: int | None = None
 
 
-def _compare(op: str) -> Callable[..., bool]:
-    def cmp(a: Any, *bs: Any) -> bool:
-        if op == "eq":
-            return any(a == b for b in bs)
-        b = bs[0]
-        if type(a) is not type(b) and not (
-            isinstance(a, (int, float)) and isinstance(b, (int, float))
-        ):
-            raise _ExecError("incompatible types for comparison")
-        if op == "ne":
-            return bool(a != b)
-        if op == "lt":
-            return bool(a < b)
-        if op == "le":
-            return bool(a <= b)
-        if op == "gt":
-            return bool(a > b)
-        return bool(a >= b)
+def _fill(spec: _Spec, s: str, zero: bool | None = None) -> str:
+    """Go's ``fmt.pad``: ``s`` padded to the width in runes, to the right with ``-``,
+    else to the left with zeros for ``0`` (``zero`` overrides it), else spaces."""
+    if spec.wid is None or len(s) >= spec.wid:
+        return s
+    n = spec.wid - len(s)
+    if spec.minus:
+        return s + " " * n
+    return ("0" if (spec.zero if zero is None else zero) else " ") * n + s
 
-    return cmp
+
+_GO_ESCAPES: Final = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
+
+
+def _go_quote(s: str, quote: str = '"', ascii_only: bool = False) -> str:
+    """Go's ``strconv.Quote`` (``QuoteToASCII``, ``QuoteRune`` with ``'``): what is not
+    printable escaped, an undecodable byte (a surrogate escape) as ``\\xff``."""
+    out = [quote]
+    for c in s:
+        o = ord(c)
+        if c == quote or c == "\\":
+            out.append("\\" + c)
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif (o < 0x80 or not ascii_only) and c.isprintable():
+            out.append(c)
+        elif c in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[c])
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\x{o:02x}")
+        elif o < 0x10000:
+            out.append(f"\\u{o if not 0xD800 <= o <= 0xDFFF else 0xFFFD:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    out.append(quote)
+    return "".join(out)
+
+
+def _can_backquote(s: str) -> bool:
+    return not any(
+        (c < " " and c != "\t") or c in "`\x7f\ufeff" or "\ud800" <= c <= "\udfff" for c in s
+    )
+
+
+def _rune(v: int) -> str:
+    """An integer as a rune: U+FFFD when it is none (negative, a surrogate, too big)."""
+    return chr(v) if 0 <= v <= 0x10FFFF and not 0xD800 <= v <= 0xDFFF else "\ufffd"
+
+
+def _bad_verb(a: Any, verb: str, spec: _Spec) -> str:
+    """Go's ``%!d(string=x)``: the value printed with ``%v`` and the verb's flags."""
+    if a is None or a is MISSING:
+        return f"%!{verb}(<nil>)"
+    return f"%!{verb}({_go_type(a)}={_fmt_arg(a, 'v', spec)})"
+
+
+def _fmt_integer(v: int, verb: str, spec: _Spec) -> str:
+    """Go's ``fmt.fmtInteger``: precision or ``0`` and width as leading zeros, then the
+    base prefix (``#``), then the sign."""
+    if verb == "c":
+        return _fill(spec, _rune(v))
+    if verb == "q":
+        return _fill(spec, _go_quote(_rune(v), "'", spec.plus))
+    if verb == "U":
+        u = v & 0xFFFFFFFFFFFFFFFF
+        text = "U+" + f"{u:X}".rjust(max(4, spec.prec or 0), "0")
+        if spec.sharp and u <= 0x10FFFF and chr(u).isprintable():
+            text += f" '{chr(u)}'"
+        return _fill(spec, text, zero=False)
+    base = {"v": 10, "d": 10, "b": 2, "o": 8, "O": 8, "x": 16, "X": 16}.get(verb)
+    if base is None:
+        return _bad_verb(v, verb, spec)
+    negative = v < 0
+    u = -v if negative else v
+    prec = 0
+    if spec.prec is not None:
+        prec = spec.prec
+        if prec == 0 and u == 0:
+            return _fill(spec, "", zero=False)
+    elif spec.zero and spec.wid is not None:
+        prec = spec.wid - (1 if negative or spec.plus or spec.space else 0)
+    digits = format(u, {10: "d", 2: "b", 8: "o", 16: verb}[base]).rjust(prec, "0")
+    prefix = ""
+    if spec.sharp and verb != "v":
+        if base == 2:
+            prefix = "0b"
+        elif base == 8 and digits[0] != "0":
+            prefix = "0"
+        elif base == 16:
+            prefix = "0" + verb
+    if verb == "O":
+        prefix = "0o" + prefix
+    sign = "-" if negative else "+" if spec.plus else " " if spec.space else ""
+    return _fill(spec, sign + prefix + digits, zero=False)
+
+
+def _shortest(f: float) -> tuple[str, int]:
+    """The shortest digits that read back as ``abs(f)`` and the decimal point's place
+    (``0.012``: ``"12"``, -1), as Go's ``strconv`` has them."""
+    if f == 0:
+        return "0", 1
+    _sign, digits, exp = Decimal(repr(abs(f))).normalize().as_tuple()
+    assert isinstance(exp, int)
+    return "".join(map(str, digits)), len(digits) + exp
+
+
+def _exponent(e: int, letter: str) -> str:
+    return f"{letter}{'-' if e < 0 else '+'}{abs(e):02d}"
+
+
+def _hex_float(f: float, verb: str, prec: int) -> str:
+    """Go's ``%x`` of a float64: ``-0x1.8p+00``, the mantissa rounded to ``prec`` hex
+    digits (all of it with -1)."""
+    bits = struct.unpack(">Q", struct.pack(">d", f))[0]
+    neg, exp, mant = bits >> 63, (bits >> 52) & 0x7FF, bits & ((1 << 52) - 1)
+    if exp == 0:
+        exp += 1
+    else:
+        mant |= 1 << 52
+    exp -= 1023
+    if mant == 0:
+        exp = 0
+    mant <<= 8
+    while mant and not mant & (1 << 60):
+        mant <<= 1
+        exp -= 1
+    if 0 <= prec < 15:
+        shift = prec * 4
+        extra = (mant << shift) & ((1 << 60) - 1)
+        mant >>= 60 - shift
+        if extra | (mant & 1) > 1 << 59:
+            mant += 1
+        mant <<= 60 - shift
+        if mant & (1 << 61):
+            mant >>= 1
+            exp += 1
+    hexdigits = "0123456789abcdef" if verb == "x" else "0123456789ABCDEF"
+    out = ["-" if neg else "", "0", verb, str((mant >> 60) & 1)]
+    mant = (mant << 4) & 0xFFFFFFFFFFFFFFFF
+    if (prec < 0 and mant) or prec > 0:
+        out.append(".")
+        count = prec if prec >= 0 else 16
+        for _ in range(count):
+            if prec < 0 and not mant:
+                break
+            out.append(hexdigits[(mant >> 60) & 15])
+            mant = (mant << 4) & 0xFFFFFFFFFFFFFFFF
+    out.append(_exponent(exp, "p" if verb == "x" else "P"))
+    return "".join(out)
+
+
+def _float_body(f: float, verb: str, prec: int, sharp: bool) -> str:
+    """``abs(f)`` as Go's ``strconv.FormatFloat`` writes it (``prec`` -1: shortest)."""
+    if verb in "xX":
+        return _hex_float(abs(f), verb, prec)
+    if verb == "b":  # mantissa p exponent: 4503599627370496p-52
+        bits = struct.unpack(">Q", struct.pack(">d", abs(f)))[0]
+        biased, mant = bits >> 52, bits & ((1 << 52) - 1)
+        exp = (biased or 1) - 1075
+        if biased:
+            mant |= 1 << 52
+        return f"{mant}p{'+' if exp >= 0 else ''}{exp}"
+    if prec >= 0 or sharp:
+        return format(abs(f), ("#" if sharp else "") + (f".{prec}" if prec >= 0 else "") + verb)
+    digits, point = _shortest(f)
+    if verb in "eE" or (verb in "gG" and not -4 <= point - 1 < 6):
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return mantissa + _exponent(point - 1, "e" if verb in "eg" else "E")
+    if point <= 0:
+        return "0." + "0" * -point + digits
+    if point >= len(digits):
+        return digits + "0" * (point - len(digits))
+    return digits[:point] + "." + digits[point:]
+
+
+def _fmt_float(f: float, verb: str, spec: _Spec) -> str:
+    """Go's ``fmt.fmtFloat``: the sign before leading zeros, ``+Inf`` and ``NaN`` never
+    zero padded."""
+    if verb not in "vbgGxXfeEF":
+        return _bad_verb(f, verb, spec)
+    prec = 6 if verb in "feEF" else -1
+    if spec.prec is not None:
+        prec = spec.prec
+    go_verb = "g" if verb == "v" else "f" if verb == "F" else verb
+    negative = math.copysign(1.0, f) < 0 and f == f
+    if f != f or f in (math.inf, -math.inf):
+        num = ("-" if negative else "+") + ("NaN" if f != f else "Inf")
+    else:
+        sharp = spec.sharp and verb != "v"  # %#v is Go syntax, not %#g
+        num = ("-" if negative else "+") + _float_body(f, go_verb, prec, sharp)
+    if spec.space and num[0] == "+" and not spec.plus:
+        num = " " + num[1:]
+    if num[1] in "IN":
+        if num[1] == "N" and not spec.space and not spec.plus:
+            num = num[1:]
+        return _fill(spec, num, zero=False)
+    if spec.plus or num[0] != "+":
+        if spec.zero and spec.wid is not None and spec.wid > len(num):
+            return num[0] + "0" * (spec.wid - len(num)) + num[1:]
+        return _fill(spec, num)
+    return _fill(spec, num[1:])
+
+
+def _fmt_string(s: str, verb: str, spec: _Spec) -> str:
+    """Go's ``fmt.fmtString``, what a terminal would act on made :func:`printable`."""
+    if verb == "x" or verb == "X":
+        data = s.encode("utf-8", "surrogateescape")
+        if spec.prec is not None:
+            data = data[: spec.prec]
+        if not data:
+            return _fill(spec, "")
+        pieces = [format(b, "02" + verb) for b in data]
+        prefix = "0" + verb if spec.sharp else ""
+        if spec.space:
+            return _fill(spec, " ".join(prefix + p for p in pieces))
+        return _fill(spec, prefix + "".join(pieces))
+    if verb not in "vsq":
+        return _bad_verb(s, verb, spec)
+    if spec.prec is not None:
+        s = s[: spec.prec]
+    if verb == "q" or (verb == "v" and spec.sharp):
+        if spec.sharp and verb == "q" and _can_backquote(s):
+            s = "`" + s + "`"
+        else:
+            s = _go_quote(s, ascii_only=spec.plus)
+    return _fill(spec, printable(s))
+
+
+def _fmt_arg(a: Any, verb: str, spec: _Spec, depth: int = 0) -> str:
+    """Go's ``pp.printArg``: one argument of ``printf`` with its verb; a slice, a map or
+    a struct has each element printed with the verb (``[%!d(string=a)]``)."""
+    if a is None or a is MISSING:
+        if depth:
+            return "<nil>"
+        return _fill(spec, "<nil>") if verb in "vT" else _bad_verb(a, verb, spec)
+    if verb == "T":
+        return _fill(spec, _go_type(a))
+    if isinstance(a, bool):
+        if verb in "tv":
+            return _fill(spec, "true" if a else "false")
+        return _bad_verb(a, verb, spec)
+    if isinstance(a, int):
+        return _fmt_integer(a, verb, spec)
+    if isinstance(a, float):
+        return _fmt_float(a, verb, spec)
+    if isinstance(a, str):
+        return _fmt_string(a, verb, spec)
+    if isinstance(a, Struct):
+        return "{" + " ".join(_fmt_arg(v, verb, spec, depth + 1) for v in a.fields.values()) + "}"
+    if isinstance(a, Mapping):
+        items = sorted(a.items(), key=lambda kv: str(kv[0]))
+        return (
+            "map["
+            + " ".join(
+                f"{_fmt_arg(k, verb, spec, depth + 1)}:{_fmt_arg(v, verb, spec, depth + 1)}"
+                for k, v in items
+            )
+            + "]"
+        )
+    if isinstance(a, (list, tuple)):
+        return "[" + " ".join(_fmt_arg(v, verb, spec, depth + 1) for v in a) + "]"
+    return _fill(spec, printable(str(a)))
+
+
+#: Go's limit on a width or precision (``fmt.tooLarge``).
+_TOO_LARGE: Final = 1_000_000
+
+
+class _Printf:
+    """Go's ``fmt.Sprintf`` (``pp.doPrintf``) of one format and its arguments."""
+
+    def __init__(self, format: str, args: tuple[Any, ...]) -> None:
+        self.fmt = format
+        self.args = args
+        self.arg_num = 0
+        self.good_arg = True
+        self.reordered = False
+
+    def number(self, k: int) -> tuple[int | None, int]:
+        """Go's ``parsenum``: the decimal number at ``k`` (none: ``None``) and its end;
+        one too large (``tooLarge``) is none and ends the format."""
+        fmt, start, n = self.fmt, k, 0
+        while k < len(fmt) and "0" <= fmt[k] <= "9":
+            if n > _TOO_LARGE:
+                return None, len(fmt)
+            n = n * 10 + ord(fmt[k]) - ord("0")
+            k += 1
+        return (n if k > start else None), k
+
+    def index(self, k: int) -> tuple[int, bool]:
+        """Go's ``argNumber``: an argument index ``[n]`` at ``k``: where it ends and
+        whether there is one (a bad one spoils the verb's argument)."""
+        fmt = self.fmt
+        if k >= len(fmt) or fmt[k] != "[":
+            return k, False
+        self.reordered = True
+        close = fmt.find("]", k + 1)
+        if len(fmt) - k < 3 or close < 0:
+            self.good_arg = False
+            return k + 1, False
+        n, after = self.number(k + 1)
+        if n is None or after != close:
+            self.good_arg = False
+            return close + 1, False
+        if 0 < n <= len(self.args):
+            self.arg_num = n - 1
+        else:
+            self.good_arg = False
+        return close + 1, True
+
+    def int_arg(self) -> int | None:
+        """Go's ``intFromArg``: the argument a ``*`` takes, if an int not too large."""
+        if self.arg_num >= len(self.args):
+            return None
+        a = self.args[self.arg_num]
+        self.arg_num += 1
+        if not isinstance(a, int) or isinstance(a, bool) or abs(a) > _TOO_LARGE:
+            return None
+        return a
+
+    def run(self) -> str:
+        fmt, args, out = self.fmt, self.args, []
+        end, i = len(fmt), 0
+        while i < end:
+            self.good_arg = True
+            j = fmt.find("%", i)
+            if j < 0:
+                out.append(fmt[i:])
+                break
+            out.append(fmt[i:j])
+            i = j + 1
+            spec = _Spec()
+            while i < end and fmt[i] in "#0+- ":
+                c = fmt[i]
+                if c == "#":
+                    spec.sharp = True
+                elif c == "0":
+                    spec.zero = not spec.minus
+                elif c == "+":
+                    spec.plus = True
+                elif c == "-":
+                    spec.minus, spec.zero = True, False
+                else:
+                    spec.space = True
+                i += 1
+            i, after_index = self.index(i)
+            if i < end and fmt[i] == "*":
+                i += 1
+                spec.wid = self.int_arg()
+                if spec.wid is None:
+                    out.append("%!(BADWIDTH)")
+                elif spec.wid < 0:
+                    spec.wid, spec.minus, spec.zero = -spec.wid, True, False
+                after_index = False
+            else:
+                spec.wid, i = self.number(i)
+                if after_index and spec.wid is not None:  # %[3]2d
+                    self.good_arg = False
+            if i + 1 < end and fmt[i] == ".":
+                i += 1
+                if after_index:  # %[3].2d
+                    self.good_arg = False
+                i, after_index = self.index(i)
+                if i < end and fmt[i] == "*":
+                    i += 1
+                    spec.prec = self.int_arg()
+                    if spec.prec is not None and spec.prec < 0:
+                        spec.prec = None
+                    if spec.prec is None:
+                        out.append("%!(BADPREC)")
+                    after_index = False
+                else:
+                    spec.prec, i = self.number(i)
+                    if spec.prec is None:
+                        spec.prec = 0
+            if not after_index:
+                i, after_index = self.index(i)
+            if i >= end:
+                out.append("%!(NOVERB)")
+                break
+            verb = fmt[i]
+            i += 1
+            if verb == "%":  # takes no argument, ignores the width
+                out.append("%")
+            elif not self.good_arg:
+                out.append(f"%!{verb}(BADINDEX)")
+            elif self.arg_num >= len(args):
+                out.append(f"%!{verb}(MISSING)")
+            else:
+                if verb == "v":  # %+v is Go's struct-field syntax, not a sign
+                    spec.plus = False
+                out.append(_fmt_arg(args[self.arg_num], verb, spec))
+                self.arg_num += 1
+        if not self.reordered and self.arg_num < len(args):
+            extra = (
+                "<nil>" if _is_nil(a) else f"{_go_type(a)}={_fmt_arg(a, 'v', _Spec())}"
+                for a in args[self.arg_num :]
+            )
+            out.append("%!(EXTRA " + ", ".join(extra) + ")")
+        return "".join(out)
+
+
+def _printf(format: Any, *args: Any) -> str:
+    """Go's ``fmt.Sprintf``: flags ``-+# 0``, a width and a precision (digits or ``*``),
+    argument indexes (``%[2]s``); ``%!d(string=x)`` for a verb that does not fit its
+    argument, ``%!s(MISSING)``, ``%!(EXTRA string=x)``, ``%!(NOVERB)``, ``%!(BADWIDTH)``,
+    ``%!(BADPREC)``, ``%!d(BADINDEX)`` as Go writes them. A string argument is made
+    :func:`printable` (a quoted one is escaped by Go's rules)."""
+    return _Printf(go_string(format), args).run()
+
+
+def _basic_kind(value: Any) -> str | None:
+    """What ``eq`` and ``lt`` compare: ``None`` for nil and for what is no basic kind (a
+    map, a slice, a struct)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    return None
+
+
+def _ref_kind(value: Any) -> str:
+    """The kind of what is no basic kind: a pointer (a struct), a map, a slice."""
+    if isinstance(value, Struct):
+        return "ptr"
+    if isinstance(value, Mapping):
+        return "map"
+    return "slice" if isinstance(value, (list, tuple)) else "other"
+
+
+def _is_nil(value: Any) -> bool:
+    return value is None or value is MISSING
+
+
+def _eq(a: Any, *bs: Any) -> bool:
+    """Go's ``eq``: true if ``a`` equals any of ``bs``; values of different kinds (a
+    string and a number, an int and a float) are an error unless one is nil."""
+    if not bs:
+        raise _ExecError("missing argument for comparison")
+    k1 = _basic_kind(a)
+    for b in bs:
+        k2 = _basic_kind(b)
+        if k1 != k2:
+            if not _is_nil(a) and not _is_nil(b):
+                raise _ExecError("incompatible types for comparison")
+            truth = False
+        elif k1 is not None:
+            truth = a == b
+        elif _is_nil(a) or _is_nil(b):
+            truth = _is_nil(a) and _is_nil(b)
+        elif _ref_kind(a) != _ref_kind(b):
+            raise _ExecError(
+                f"non-comparable types {_fmt_arg(a, 's', _Spec())}: {_go_type(a)}, "
+                f"{_fmt_arg(b, 's', _Spec())}: {_go_type(b)}"
+            )
+        elif isinstance(a, Struct):
+            truth = a is b  # pointers
+        else:
+            raise _ExecError(f"non-comparable type {_fmt_arg(b, 's', _Spec())}: {_go_type(b)}")
+        if truth:
+            return True
+    return False
+
+
+def _lt(a: Any, b: Any) -> bool:
+    """Go's ``lt``: numbers or strings of one kind; anything else is an error."""
+    k1, k2 = _basic_kind(a), _basic_kind(b)
+    if k1 is None or k2 is None:
+        raise _ExecError("invalid type for comparison")
+    if k1 != k2:
+        raise _ExecError("incompatible types for comparison")
+    if k1 == "bool":
+        raise _ExecError("invalid type for comparison")
+    return bool(a < b)
+
+
+def _ne(a: Any, b: Any) -> bool:
+    return not _eq(a, b)
+
+
+def _le(a: Any, b: Any) -> bool:
+    return _lt(a, b) or _eq(a, b)
+
+
+def _gt(a: Any, b: Any) -> bool:
+    return not _le(a, b)
+
+
+def _ge(a: Any, b: Any) -> bool:
+    return not _lt(a, b)
 
 
 def _and(*args: Any) -> Any:
@@ -324,12 +814,12 @@ _FUNCTIONS: Final[dict[str, Callable[..., Any]]] = {
     "print": _sprint,
     "printf": _printf,
     "println": lambda *a: " ".join(go_string(x) for x in a) + "\n",
-    "eq": _compare("eq"),
-    "ne": _compare("ne"),
-    "lt": _compare("lt"),
-    "le": _compare("le"),
-    "gt": _compare("gt"),
-    "ge": _compare("ge"),
+    "eq": _eq,
+    "ne": _ne,
+    "lt": _lt,
+    "le": _le,
+    "gt": _gt,
+    "ge": _ge,
     "and": _and,
     "or": _or,
     "not": lambda a: not _truth(a),
@@ -621,6 +1111,8 @@ class _Parser:
 
     def command(self, tokens: list[tuple[str, int, str]], k: int) -> tuple[_Arg, int]:
         kind, at, value = tokens[k]
+        if kind == "ident" and value == "nil":
+            raise self.error(at, "nil is not a command")
         if kind == "ident" and value not in ("true", "false", "nil"):
             if value not in self.functions:
                 raise self.error(at, f'function "{value}" not defined')
@@ -653,10 +1145,8 @@ class _Parser:
         if kind == "num":
             number: Any = float(value) if any(c in value for c in ".eE") else int(value)
             return _Const(pos, value, number), k + 1
-        if kind == "ident" and value in ("true", "false", "nil"):
-            if value == "nil":
-                raise self.error(at, "nil is not a command")
-            return _Const(pos, value, value == "true"), k + 1
+        if kind == "ident" and value in ("true", "false", "nil"):  # nil: an argument
+            return _Const(pos, value, None if value == "nil" else value == "true"), k + 1
         if kind == "ident":
             return _Call(pos, value, value, []), k + 1
         if kind == "open":
@@ -691,6 +1181,12 @@ def _field(node: _Field, value: Any) -> Any:
     return value
 
 
+#: What a format nested too deeply (parentheses, ``if`` in ``if``) is told, in Go's words
+#: for its own limits (``parse.maxStackDepth``, ``exec.maxExecDepth``).
+_PARSE_DEPTH: Final = "template parsing error: template: :1: max expression depth exceeded"
+_EXEC_DEPTH: Final = "template parsing error: template: :1: exceeded maximum template depth"
+
+
 class Template:
     """A parsed ``--format``: :meth:`render` a row, :attr:`table` whether it is a table
     (:meth:`header` then gives its header row)."""
@@ -711,6 +1207,8 @@ class Template:
             self._run(row, out)
         except _Raise as e:
             raise self._exec_error(e) from None
+        except RecursionError:
+            raise TemplateError(_EXEC_DEPTH) from None
         return "".join(out)
 
     def header(self, headers: Mapping[str, str]) -> str:
@@ -721,6 +1219,8 @@ class Template:
             self._run_header(dict(headers), out)
         except _Raise as e:
             raise self._exec_error(e) from None
+        except RecursionError:
+            raise TemplateError(_EXEC_DEPTH) from None
         return "".join(out)
 
     def _exec_error(self, e: _Raise) -> TemplateError:
@@ -760,7 +1260,10 @@ def _eval(
     if piped:
         args.append(last)
     if node.name in _PRINTS:  # the data printable, the format's own newlines kept
-        args = [printable(a) if isinstance(a, str) else a for a in args]
+        if node.name == "printf":  # (printf makes what it prints of its arguments so)
+            args[:1] = [printable(a) if isinstance(a, str) else a for a in args[:1]]
+        else:
+            args = [printable(a) if isinstance(a, str) else a for a in args]
     fn = functions[node.name]
     try:
         return fn(*args)
@@ -793,16 +1296,19 @@ def parse(format: str, listing: bool = True) -> Template:
     the format are dropped. Not ``listing`` (``inspect``'s ``--format``), only ``json`` is
     special: the template is taken as it is. Raises :class:`TemplateError` with Go's
     message."""
-    if not listing:
-        body = _JSON_FORMAT if format == "json" else format
+    try:
+        if not listing:
+            body = _JSON_FORMAT if format == "json" else format
+            items = _Parser(body, _FUNCTIONS).parse()
+            return Template(format, body, False, items, items)
+        table = format.startswith(_TABLE)
+        body = format[len(_TABLE) :] if table else _JSON_FORMAT if format == "json" else format
+        body = body.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
         items = _Parser(body, _FUNCTIONS).parse()
-        return Template(format, body, False, items, items)
-    table = format.startswith(_TABLE)
-    body = format[len(_TABLE) :] if table else _JSON_FORMAT if format == "json" else format
-    body = body.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
-    items = _Parser(body, _FUNCTIONS).parse()
-    header_items = _Parser(body, _HEADER_FUNCTIONS).parse() if table else items
-    return Template(format, body, table, items, header_items)
+        header_items = _Parser(body, _HEADER_FUNCTIONS).parse() if table else items
+        return Template(format, body, table, items, header_items)
+    except RecursionError:  # nested deeper than Python's stack (Go's limit is 10000)
+        raise TemplateError(_PARSE_DEPTH) from None
 
 
 def is_default_table(format: str | None) -> bool:
