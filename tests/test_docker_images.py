@@ -31,6 +31,7 @@ from ocistore.cli import main as cli
 from ocistore.cli import templates, views
 from ocistore.errors import InvalidInput
 from ocistore.spec.digest import Digest, ImageID
+from ocistore.spec.gotime import ZERO_UNIX
 from ocistore.store.images import ImageRecord
 
 OCISTORE = Path(sys.executable).parent / "ocistore"
@@ -365,7 +366,7 @@ def test_go_local_time_is_go_s_time_string(monkeypatch: pytest.MonkeyPatch) -> N
     time.tzset()
     try:
         assert views.go_local_time(1796156568) == "2026-12-01 20:22:48 +0000 UTC"
-        assert views.go_local_time(views.GO_ZERO_TIME) == "0001-01-01 00:00:00 +0000 UTC"
+        assert views.go_local_time(ZERO_UNIX) == "0001-01-01 00:00:00 +0000 UTC"
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -374,7 +375,7 @@ def test_go_local_time_is_go_s_time_string(monkeypatch: pytest.MonkeyPatch) -> N
 def test_created_seconds_and_nanoseconds() -> None:
     assert views.created_seconds("2022-03-01T00:00:00.9Z") == 1646092800
     assert views.created_seconds("2022-03-01T01:00:00.9+01:00") == 1646092800
-    assert views.created_seconds("") == views.GO_ZERO_TIME
+    assert views.created_seconds("") == ZERO_UNIX
     assert cli.created_ns("2022-03-01T00:00:00.123456789Z") == 1646092800_123456789
     assert cli.created_ns("2022-03-01T00:00:00.1Z") == 1646092800_100000000
     assert cli.created_ns("2022-03-01T00:00:00Z") == 1646092800_000000000

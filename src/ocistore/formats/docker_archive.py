@@ -56,6 +56,7 @@ from ..errors import (
 from ..progress import SAVING, SILENT, Progress, task_label
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import EMPTY_TAR_DIGEST, ChainID, DiffID, Digest, ImageID, check_bytes
+from ..spec.gotime import unix_nanos
 from ..spec.limits import (
     MAX_ARCHIVE_JSON,
     MAX_CONFIG,
@@ -479,9 +480,7 @@ def _created_mtime(cfg: ImageConfig) -> int:
     """The mtime ``docker save`` gives the files of an image: its ``created`` time in
     whole seconds, as ``system.Chtimes`` sets it (the epoch when it is missing or out of
     its range) and ``archive/tar`` writes it (truncated to the second)."""
-    from ..store.usage import created_ns  # imported here: loads need none of its 8 ms
-
-    ns = created_ns(cfg.created)  # None: missing (Go's zero time), or not a time Docker reads
+    ns = unix_nanos(cfg.created)  # None: missing (Go's zero time), or not a time Go reads
     return ns // 1_000_000_000 if ns is not None and 0 <= ns <= _MAX_CHTIMES_NS else 0
 
 

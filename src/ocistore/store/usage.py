@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ..errors import Conflict, CorruptStore, InvalidInput, NotFound, OcistoreError, PartiallyDone
 from ..spec.digest import ChainID, Digest, ImageID
+from ..spec.gotime import unix_nanos
 from ..spec.limits import MAX_MANIFEST, load_json
 from ..spec.reference import Reference
 from . import gc
@@ -510,26 +511,6 @@ def _zone(zone: str) -> timezone:
     return timezone(sign * timedelta(hours=hours, minutes=minutes))
 
 
-_CREATED: Final = re.compile(
-    r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})", re.IGNORECASE
-)
-
-
-def created_ns(created: str) -> int | None:
-    """An image's RFC 3339 ``created`` time in nanoseconds, or ``None`` when it has none
-    (or one that does not parse)."""
-    m = _CREATED.fullmatch(created)
-    if m is None:
-        return None
-    base, frac, zone = m.groups()
-    try:
-        t = datetime.fromisoformat(base).replace(tzinfo=_zone(zone.upper()))
-    except ValueError:
-        return None
-    nanos = int((frac + "0" * 9)[:9]) if frac else 0
-    return int(t.timestamp()) * 1_000_000_000 + nanos
-
-
 def match_kv(wanted: Sequence[str], labels: Mapping[str, Any]) -> bool:
     """moby's ``MatchKVList``: every ``key`` or ``key=value`` is among ``labels``."""
     if not wanted:
@@ -595,7 +576,7 @@ def prune_images(
             if not refs.get(rec.id) and rec.id in parents:
                 continue  # an untagged parent: it goes when its children do
             if f.until_ns is not None:
-                created = created_ns(rec.created)
+                created = unix_nanos(rec.created)
                 if created is None or created > f.until_ns:
                     continue
             if not _labels_match(store, rec, f):

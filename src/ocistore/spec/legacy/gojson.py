@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from ...errors import InvalidInput
+from ..gotime import GoTime, GoTimeError
 
 __all__ = [
     "ANY",
@@ -247,119 +248,6 @@ class RawMessage(bytes):
     """Go ``json.RawMessage``: JSON bytes kept as they were read."""
 
     __slots__ = ()
-
-
-# ---------------------------------------------------------------------------------------
-# time.Time
-
-_DAYS_IN_MONTH: Final = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def _is_leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
-def _days_in(month: int, year: int) -> int:
-    if month == 2 and _is_leap(year):
-        return 29
-    return _DAYS_IN_MONTH[month - 1]
-
-
-def _civil_from_days(days: int) -> tuple[int, int, int]:
-    # Howard Hinnant's algorithm: days since 1970-01-01 to proleptic Gregorian y-m-d.
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    y = yoe + era * 400
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    return (y + 1 if m <= 2 else y), m, d
-
-
-# Go's fast RFC 3339 path, or its lenient time.Parse fallback (1- or 2-digit hour, ','
-# before the fraction); both keep at most 9 fraction digits.
-_RFC3339_LENIENT: Final = re.compile(
-    rb"(\d{4})-(\d{2})-(\d{2})T(\d{1,2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|[+-]\d{2}:\d{2})"
-)
-
-
-class GoTime(NamedTuple):
-    """A Go ``time.Time`` as its wall clock in its zone, and the zone's UTC offset.
-
-    Marshalling only needs what Go prints: the local date and time, the nanoseconds and
-    the offset (``Z`` when it is zero). ``offset`` is in seconds east of UTC.
-    """
-
-    year: int = 1
-    month: int = 1
-    day: int = 1
-    hour: int = 0
-    minute: int = 0
-    second: int = 0
-    nanosecond: int = 0
-    offset: int = 0
-
-    @classmethod
-    def unix(cls, sec: int, nsec: int = 0, offset: int = 0) -> GoTime:
-        """Go's ``time.Unix(sec, nsec)`` seen in a zone ``offset`` seconds east of UTC."""
-        sec += nsec // 1_000_000_000
-        nsec %= 1_000_000_000
-        local = sec + offset
-        days, rem = divmod(local, 86400)
-        y, m, d = _civil_from_days(days)
-        return cls(y, m, d, rem // 3600, rem % 3600 // 60, rem % 60, nsec, offset)
-
-    @classmethod
-    def parse_rfc3339(cls, text: bytes | str) -> GoTime:
-        """Parse as Go's ``Time.UnmarshalJSON`` parses the text between the quotes."""
-        raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-        m = _RFC3339_LENIENT.fullmatch(raw)
-        if m is None:
-            raise GoJSONError(f"invalid RFC 3339 time {raw.decode('utf-8', 'replace')!r}")
-        year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-        frac, zone = m.group(7), m.group(8)
-        shown = raw.decode("ascii", "replace")
-        if not 1 <= month <= 12:
-            raise GoJSONError(f"invalid time {shown!r}: month out of range")
-        if not 1 <= day <= _days_in(month, year):
-            raise GoJSONError(f"invalid time {shown!r}: day out of range")
-        if hour > 23 or minute > 59 or second > 59:
-            raise GoJSONError(f"invalid time {shown!r}: time of day out of range")
-        nsec = int((frac[:9] + b"000000000")[:9]) if frac else 0
-        offset = 0
-        if zone != b"Z":
-            zh, zm = int(zone[1:3]), int(zone[4:6])
-            # Go's lenient fallback parser accepts offsets up to 24 hours or 60 minutes.
-            if zh > 24 or zm > 60:
-                raise GoJSONError(f"invalid time {shown!r}: zone offset out of range")
-            offset = (zh * 60 + zm) * 60 * (-1 if zone[:1] == b"-" else 1)
-        return cls(year, month, day, hour, minute, second, nsec, offset)
-
-    def format_rfc3339nano(self) -> str:
-        """Go's ``t.Format(time.RFC3339Nano)``: trailing zeros of the fraction removed."""
-        out = (
-            f"{self.year:04d}-{self.month:02d}-{self.day:02d}"
-            f"T{self.hour:02d}:{self.minute:02d}:{self.second:02d}"
-        )
-        if self.nanosecond:
-            out += "." + f"{self.nanosecond:09d}".rstrip("0")
-        if self.offset == 0:
-            return out + "Z"
-        zone = self.offset // 60 if self.offset > 0 else -((-self.offset) // 60)
-        sign = "-" if zone < 0 else "+"
-        zone = abs(zone)
-        return out + f"{sign}{zone // 60:02d}:{zone % 60:02d}"
-
-    def marshal_json(self) -> bytes:
-        """Go's ``Time.MarshalJSON`` (which refuses years outside 0..9999)."""
-        if not 0 <= self.year <= 9999:
-            raise GoJSONError(f"Time.MarshalJSON: year {self.year} outside of range [0,9999]")
-        if self.offset % 60:
-            raise GoJSONError("Time.MarshalJSON: timezone offset has fractional minute")
-        return b'"' + self.format_rfc3339nano().encode("ascii") + b'"'
 
 
 # ---------------------------------------------------------------------------------------
@@ -709,7 +597,10 @@ class _Decoder:
                     + (f" (field {where})" if where else "")
                 )
             # Go parses the bytes between the quotes as they are, without unescaping.
-            return GoTime.parse_rfc3339(self.data[node.start + 1 : node.end - 1])
+            try:
+                return GoTime.parse_rfc3339(self.data[node.start + 1 : node.end - 1])
+            except GoTimeError as e:
+                raise GoJSONError(str(e)) from None
         if k == "strslice":
             if kind == "null":
                 return None
@@ -915,6 +806,13 @@ def _is_empty(t: GoType, v: Any) -> bool:
     return not v
 
 
+def _time_json(t: GoTime) -> bytes:
+    try:
+        return t.marshal_json()
+    except GoTimeError as e:
+        raise GoJSONError(str(e)) from None
+
+
 def marshal(value: Any, t: GoType) -> bytes:
     """Go's ``json.Marshal`` of a value of Go type ``t``."""
     out = bytearray()
@@ -974,7 +872,7 @@ def _encode(out: bytearray, v: Any, t: GoType) -> None:
     elif k == "time":
         if not isinstance(v, GoTime):
             raise TypeError(f"time.Time needs a GoTime, got {type(v).__name__}")
-        out += v.marshal_json()
+        out += _time_json(v)
     elif k == "strslice":
         _encode(out, v, Slice(STRING))
     elif k == "string":
@@ -1017,7 +915,7 @@ def _encode_any(out: bytearray, v: Any) -> None:
     elif isinstance(v, RawMessage):
         out += compact(bytes(v))
     elif isinstance(v, GoTime):
-        out += v.marshal_json()
+        out += _time_json(v)
     elif isinstance(v, str):
         out += encode_string(v)
     elif isinstance(v, int):
