@@ -148,11 +148,15 @@ def test_last_tag_time_is_the_time_of_the_last_tag(
         value: str = json.loads(text)[0]["Metadata"]["LastTagTime"]
         return value
 
-    docker_engine.run("tag", "t-inspect/app:1", "t-inspect/again:1")
+    # (An image of its own: tagging the module's images would change what Docker shows
+    # of them to the other tests.)
+    tree = subprocess.run(["tar", "-c", "-T", "/dev/null"], capture_output=True).stdout
+    docker_engine.run("import", "-", "t-inspect/tagme:1", input=tree)
+    docker_engine.run("tag", "t-inspect/tagme:1", "t-inspect/again:1")
     try:
         theirs = docker_engine.run("image", "inspect", "t-inspect/again:1").stdout
     finally:
-        docker_engine.run("rmi", "t-inspect/again:1")
+        docker_engine.run("rmi", "t-inspect/again:1", "t-inspect/tagme:1")
     store = tmp_path / "store"
     ocistore_cli("--root", store, "load", "-q", "-i", images.archive)
     before = last_tag_time(ocistore_cli("--root", store, "inspect", "t-inspect/app:1").stdout)
@@ -162,7 +166,6 @@ def test_last_tag_time_is_the_time_of_the_last_tag(
     assert before == "0001-01-01T00:00:00Z"
     assert pattern.fullmatch(after) and pattern.fullmatch(last_tag_time(theirs))
     # An import tags as docker import does (the time shown); one without a name does not.
-    tree = subprocess.run(["tar", "-c", "-T", "/dev/null"], capture_output=True).stdout
     for reference, tagged in (["t-inspect/imported:1"], True), ([], False):
         proc = subprocess.run(
             [str(OCISTORE), "--root", str(store), "import", "-q", "-", *reference],
@@ -335,3 +338,36 @@ def test_a_bad_template_is_one_line_and_exit_1(images: Images, docker_engine: Do
         assert ours.returncode == theirs.returncode == 1
         assert len(ours.stderr.splitlines()) == 1 and ours.stdout == ""
         assert ours.stderr.startswith("ocistore: template")
+
+
+def test_inspect_format_json_is_dockers_compact_array(
+    images: Images, docker_engine: DockerEngine
+) -> None:
+    names = ["t-inspect/app:1", "t-inspect/child:1"]
+    theirs = docker_engine.run("image", "inspect", "--format", "json", *names).stdout
+    ours = ocistore_cli("--root", images.store, "inspect", "--format", "json", *names).stdout
+    graph_driver = '"GraphDriver":{"Data":null,"Name":"vfs"},'
+    assert theirs.count(graph_driver) == 2
+    assert ours == theirs.replace(graph_driver, "")
+
+
+def test_inspect_template_of_only_missing_images_prints_a_newline(
+    images: Images, docker_engine: DockerEngine
+) -> None:
+    args = ["--format", "{{.Id}}", "t-inspect/nosuch:1"]
+    theirs = docker_engine.run("image", "inspect", *args, check=False)
+    ours = ocistore_cli("--root", images.store, "inspect", *args, check=False)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (1, "\n")
+    assert ours.stderr == "ocistore: No such image: t-inspect/nosuch:1\n"
+
+
+def test_history_times_of_go_s_zero_time() -> None:
+    """A history entry without a time is Go's zero time, four-digit year and all."""
+    from ocistore.cli import views
+    from ocistore.spec.gotime import ZERO_UNIX
+    from ocistore.store.store import HistoryEntry
+
+    row = HistoryEntry(None, ZERO_UNIX, "x", 0, "", [])
+    fields = views.history_fields(row, human=False)
+    assert fields["CreatedAt"] == fields["CreatedSince"] == "0001-01-01T00:00:00Z"
+    assert views.history_fields(row)["CreatedSince"] == "292 years ago"  # Go's longest

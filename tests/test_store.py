@@ -15,7 +15,7 @@ import zstandard
 from util import make_tar, snapshot
 
 import ocistore
-from ocistore.errors import Conflict, InvalidInput, NotFound
+from ocistore.errors import Conflict, CorruptStore, InvalidInput, NotFound
 from ocistore.spec.digest import Digest, ImageID, digest_bytes
 from ocistore.spec.platform import host_platform
 from ocistore.spec.reference import parse
@@ -444,3 +444,17 @@ def test_fsck_reports_dangling_reference(store: Store) -> None:
     ghost = ImageID(digest_bytes(b"ghost"))
     store.references.add_tag(parse("ghost"), ghost)
     assert store.fsck() == [f"reference ghost:latest points at missing image {ghost}"]
+
+
+def test_a_damaged_time_of_the_last_tag_is_named_reported_and_repaired(store: Store) -> None:
+    image_id = imp(store, TAR_A, "app:v1")
+    path = store.root / "imagedb" / "metadata" / "sha256" / image_id.hex / "lastUpdated"
+    for damage in (b"\xff\xfe", b"yesterday"):
+        path.write_bytes(damage)
+        with pytest.raises(CorruptStore, match=r"damaged metadata 'lastUpdated'"):
+            store.inspect("app:v1")
+        assert any("lastUpdated" in p for p in store.fsck())
+        repaired, problems = store.repair()
+        assert repaired == [f"image {image_id}: dropped its damaged metadata 'lastUpdated'"]
+        assert problems == []
+        assert store.inspect("app:v1").last_tag_time == ""  # as never tagged since loaded

@@ -44,9 +44,10 @@ from ..errors import Conflict, DigestMismatch, InvalidInput, OcistoreError
 from ..progress import LOADING, SILENT, Progress, task_label
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import ChainID, DiffID, Digest, ImageID, chain_ids, digest_bytes
+from ..spec.gotime import now_rfc3339nano
 from ..spec.reference import Reference, check_digest_reference, check_tag
 from . import gc
-from .backend import MANIFEST
+from .backend import LAST_TAGGED, MANIFEST
 from .layers import Layer
 from .refs import lookup_key
 from .staging import StagedLayer, stage_layer
@@ -101,7 +102,7 @@ ConfigMaker = Callable[[Sequence[DiffID]], bytes]
 class ImageSource:
     """One image to add: what a format, a registry or a commit found."""
 
-    __slots__ = ("config", "layers", "manifest", "parent", "tags", "what")
+    __slots__ = ("config", "layers", "manifest", "parent", "tagged_now", "tags", "what")
 
     def __init__(
         self,
@@ -111,6 +112,7 @@ class ImageSource:
         tags: list[Reference] | None = None,
         manifest: bytes | None = None,
         parent: int | None = None,
+        tagged_now: bool = False,
     ) -> None:
         #: The config's exact bytes, or the function that makes them.
         self.config = config
@@ -123,6 +125,10 @@ class ImageSource:
         self.manifest = manifest
         #: Index into the list given to :func:`add_images` of this image's parent.
         self.parent = parent
+        #: Whether its tags are given by the user now (an import with a name, as
+        #: ``docker import`` tags): the time is recorded as when it was last tagged
+        #: (``LastTagTime``), in the same publish. A load's tags are not (as Docker's).
+        self.tagged_now = tagged_now
 
     def __repr__(self) -> str:
         return f"ImageSource({self.what!r})"
@@ -412,6 +418,9 @@ def _publish_images(
             store.images.set_blobs(image_id, list(dict.fromkeys(blobs)))
         if image_id in named:
             store.backend.set_metadata(image_id, MANIFEST, named[image_id].encode())
+    for image_id, src in zip(ids, sources, strict=True):
+        if src.tagged_now and src.tags:
+            store.backend.set_metadata(image_id, LAST_TAGGED, now_rfc3339nano().encode())
     for i, src in enumerate(sources):
         if src.parent is not None and ids[src.parent] != ids[i]:
             store.images.set_parent(ids[i], ids[src.parent])

@@ -28,7 +28,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -47,6 +46,7 @@ from ..errors import (
 )
 from ..progress import SILENT, VERIFYING, Progress, task_label
 from ..spec.digest import ChainID, DiffID, Digest, ImageID
+from ..spec.gotime import GoTime, now_rfc3339nano, unix_seconds
 from ..spec.platform import host_platform
 from ..spec.reference import Reference, parse, parse_tagged
 from . import fsutil, gc, ingest
@@ -90,30 +90,6 @@ _OWN_NAMES = (
     "imagedb/index.dirty",
     "repositories.json",
 )
-
-
-def now_rfc3339_nano() -> str:
-    """Now, in UTC, as Go's ``time.Now().UTC().Format(time.RFC3339Nano)`` writes it
-    (nanoseconds, trailing zeros cut)."""
-    from ..spec.legacy.gojson import GoTime
-
-    return GoTime.unix(*divmod(time.time_ns(), 1_000_000_000)).format_rfc3339nano()
-
-
-def _unix_seconds(created: object) -> int:
-    """A config's RFC 3339 time as whole seconds since the epoch, as Docker's API gives
-    history times (``Time.Unix()``: rounded down); 0001-01-01 when there is none."""
-    if isinstance(created, str) and created:
-        with contextlib.suppress(ValueError):
-            t = datetime.fromisoformat(created)
-            if t.tzinfo is None:
-                t = t.replace(tzinfo=UTC)
-            return int(t.timestamp() // 1)
-    return _GO_ZERO_TIME_UNIX
-
-
-#: Go's zero time.Time (0001-01-01T00:00:00Z) in seconds since the Unix epoch.
-_GO_ZERO_TIME_UNIX = -62135596800
 
 
 class ImageDetails(NamedTuple):
@@ -389,6 +365,22 @@ class Store:
         except (UnicodeDecodeError, InvalidInput):
             raise CorruptStore(f"image {image_id}: damaged metadata {MANIFEST!r}") from None
 
+    def last_tagged(self, image_id: ImageID) -> str:
+        """When the image was last tagged (RFC 3339 with nanoseconds, as Go writes it),
+        "" if it was not since it came in."""
+        try:
+            raw = self.backend.get_metadata(image_id, LAST_TAGGED)
+        except NotFound:
+            return ""
+        try:
+            text = raw.decode("ascii")
+            GoTime.parse_rfc3339(text)
+        except (UnicodeDecodeError, InvalidInput):
+            raise CorruptStore(
+                f"image {image_id}: damaged metadata {LAST_TAGGED!r} (not an RFC 3339 time)"
+            ) from None
+        return text
+
     @property
     def skipped(self) -> list[tuple[str, str]]:
         """Configs the store skipped when it last read them because they failed
@@ -417,7 +409,6 @@ class Store:
         time and ``docker_version`` (left out: no Docker engine made it)."""
         # (imported here: most commands never need Docker's builder and Go's encoding)
         from ..spec.legacy.changes import build_from_config, import_config
-        from ..spec.legacy.gojson import GoTime
 
         tags = [parse_tagged(reference)] if reference else []
         container_config = build_from_config(changes)
@@ -439,15 +430,14 @@ class Store:
         layer = LayerSource(
             open=lambda: contextlib.nullcontext(stream), what=what, read_size=_size_of(stream)
         )
-        (loaded,) = self.add_images([ImageSource(make_config, what, [layer], tags)], progress)
-        if tags:  # tagged as docker import tags: the time shows as LastTagTime
-            with self.transaction(), contextlib.suppress(NotFound):  # (unless just removed)
-                self._tagged_now(loaded.id)
+        # Tagged as docker import tags (the time shows as LastTagTime), in its publish.
+        image = ImageSource(make_config, what, [layer], tags, tagged_now=bool(tags))
+        (loaded,) = self.add_images([image], progress)
         return loaded.id
 
     def _tagged_now(self, image_id: ImageID) -> None:
         """Record now as when ``image_id`` was last tagged (Docker's ``lastUpdated``)."""
-        self.backend.set_metadata(image_id, LAST_TAGGED, now_rfc3339_nano().encode())
+        self.backend.set_metadata(image_id, LAST_TAGGED, now_rfc3339nano().encode())
 
     def tag(self, source: str, target: str) -> Reference:
         """Point ``target`` at the image ``source`` names, moving it if it exists."""
@@ -455,8 +445,20 @@ class Store:
         ref = parse_tagged(target)
         with self.transaction():
             self.images.record(image_id)
-            self.references.add_tag(ref, image_id, force=True)
+            # The time first, then the tag: a tag that could not be written puts the
+            # time back, so a failed tag changes nothing.
+            before: bytes | None = None
+            with contextlib.suppress(NotFound):
+                before = self.backend.get_metadata(image_id, LAST_TAGGED)
             self._tagged_now(image_id)
+            try:
+                self.references.add_tag(ref, image_id, force=True)
+            except BaseException:
+                if before is None:
+                    self.backend.delete_metadata(image_id, LAST_TAGGED)
+                else:
+                    self.backend.set_metadata(image_id, LAST_TAGGED, before)
+                raise
         return ref
 
     def remove(self, name: str, force: bool = False, prune: bool = True) -> list[RemoveEvent]:
@@ -603,9 +605,7 @@ class Store:
         (:func:`ocistore.inspect` gives that answer, as Docker's engine encodes it)."""
         image = self.image(name)
         refs = sorted(self.references.references(image.id), key=str)  # as Docker's
-        last_tagged = ""
-        with contextlib.suppress(NotFound):
-            last_tagged = self.backend.get_metadata(image.id, LAST_TAGGED).decode("ascii")
+        last_tagged = self.last_tagged(image.id)
         return ImageDetails(
             image=image,
             repo_tags=[r.familiar() for r in refs if r.digest is None],
@@ -636,7 +636,7 @@ class Store:
             rows.append(
                 HistoryEntry(
                     id=None,
-                    created=_unix_seconds(entry.get("created")),
+                    created=unix_seconds(entry.get("created")),
                     created_by=str(entry.get("created_by") or ""),
                     size=size,
                     comment=str(entry.get("comment") or ""),
@@ -845,6 +845,11 @@ class Store:
                 manifest = self.kept_manifest(rec.id)
                 if manifest is not None and manifest not in keep:
                     self.backend.delete_metadata(rec.id, MANIFEST)
+            try:
+                self.last_tagged(rec.id)
+            except CorruptStore:  # shown as never tagged since it came in, as after a load
+                self.backend.delete_metadata(rec.id, LAST_TAGGED)
+                done.append(f"image {rec.id}: dropped its damaged metadata {LAST_TAGGED!r}")
         return done
 
     def _check(
@@ -868,6 +873,7 @@ class Store:
                 manifest = self.kept_manifest(rec.id)
                 if manifest is not None and manifest not in rec.blobs:
                     problems.append(f"image {rec.id}: its kept manifest {manifest} is not kept")
+                self.last_tagged(rec.id)
                 for chain in rec.chains:
                     if not self.layers.exists(chain):
                         problems.append(f"image {rec.id}: its layer {chain} is missing")
