@@ -561,7 +561,7 @@ def test_print_table_pads_columns_as_go_s_tabwriter() -> None:
     """Go's tab writer: the last cell is not padded, the ones before it are, so an empty
     last cell leaves the padding of the one before it, as docker's tables show it."""
     out = io.StringIO()
-    views.print_table([["A", "BB", "C"], ["aaaa", "b", ""], ["x", "yyy", "z"]], out)
+    views.print_columns([["A", "aaaa", "x"], ["BB", "b", "yyy"], ["C", "", "z"]], out)
     assert out.getvalue() == "A      BB    C\naaaa   b     \nx      yyy   z\n"
     out = io.StringIO()
     views.print_columns([["A", "a"], ["B", "b"]], out, min_width=10)

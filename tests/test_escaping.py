@@ -121,7 +121,7 @@ def test_shorten_never_cuts_an_escape_in_two() -> None:
 
 def test_tables_escape_every_cell() -> None:
     out = io.StringIO()
-    views.print_table([["A", "B"], ["x\x1b[2J", "y\rz"], ["ok", "fine"]], out)
+    views.print_columns([["A", "x\x1b[2J", "ok"], ["B", "y\rz", "fine"]], out)
     assert out.getvalue() == "A          B\nx\\x1b[2J   y\\rz\nok         fine\n"
 
 
@@ -391,3 +391,16 @@ def test_a_skipped_config_is_warned_about_escaped(
     assert code == 0
     assert_clean(out + err)
     assert "warning: skipped image" in err
+
+
+def test_a_truncated_history_command_is_cut_as_text_and_escaped_once() -> None:
+    from ocistore.cli import templates, views
+    from ocistore.store.store import HistoryEntry
+
+    long = EVIL * 3
+    fields = views.history_fields(HistoryEntry(None, 0, long, 0, "", []))
+    assert fields["CreatedBy"] == long.replace("\t", " ")[:44] + "…"
+    line = templates.go_json(fields["CreatedBy"])
+    assert "\\u001b" in line and "\\\\x1b" not in line  # JSON's escape, not printable's
+    shown = templates.parse("{{.CreatedBy}}").render(fields)
+    assert "\x1b" not in shown and "\\x1b" in shown  # on a terminal: escaped

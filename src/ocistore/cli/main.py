@@ -23,6 +23,7 @@ from typing import IO, Any, NoReturn
 from .. import __version__
 from ..errors import InvalidInput, OcistoreError, PartiallyDone, StorageError
 from ..parallel import InterruptiblePipe
+from ..spec.gotime import ZERO_UNIX, unix_nanos
 from ..spec.platform import parse_platform
 from ..spec.reference import split_familiar
 from ..store.images import ImageRecord
@@ -167,6 +168,8 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
     """``-`` is stdin (read so that Ctrl-C always stops a wait on it); an unreadable path
     is main's OSError: one line naming it."""
     if path == "-":
+        if sys.stdin is None:
+            raise OcistoreError("no standard input to read (it is closed): give a FILE")
         with InterruptiblePipe(sys.stdin.buffer) as pipe:
             yield pipe  # type: ignore[misc]
         return
@@ -182,6 +185,8 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
 def image_filter(text: str) -> tuple[str, str]:
     """A ``--filter`` as docker's CLI reads it: ``name=value``, the name lower-cased,
     both trimmed."""
+    if text == "":
+        return "", ""  # ignored, as docker's ParseFlag ignores it
     name, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError("bad format of filter (expected name=value)")
@@ -242,6 +247,8 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     filters: dict[str, list[str]] = {}
     for name, value in args.filter:
+        if not name and not value:
+            continue
         values = filters.setdefault(name, [])
         if value not in values:
             values.append(value)
@@ -387,16 +394,10 @@ def _class_char(pattern: str, i: int, bad: InvalidInput) -> tuple[str, int]:
 
 
 def created_ns(value: str) -> int:
-    """An RFC 3339 time (up to nanoseconds) in nanoseconds since the epoch, to compare
-    creation times as the engine does for before= and since=; Go's zero time for a
-    missing one."""
-    whole, dot, rest = value.partition(".")
-    fraction = 0
-    if dot:
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        fraction = int((rest[:digits] + "000000000")[:9] or "0")
-        value = whole + rest[digits:]
-    return views.created_seconds(value) * 1_000_000_000 + fraction
+    """An RFC 3339 time in nanoseconds since the epoch, to compare creation times as the
+    engine does for before= and since=; Go's zero time for a missing one."""
+    ns = unix_nanos(value)
+    return ZERO_UNIX * 1_000_000_000 if ns is None else ns
 
 
 def _inspect_args(p: argparse.ArgumentParser) -> None:
@@ -422,6 +423,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ..formats import docker_api as api
     from . import templates
 
+    as_json = args.format == "json"
     template = templates.parse(args.format, listing=False) if args.format else None
     store = open_store(args)
     docs: list[bytes] = []
@@ -431,11 +433,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             docs.append(api.image_inspect(store.inspect(name)))
         except OcistoreError as e:
             errors.append(str(e))
-    if template is None:
-        sys.stdout.write(api.print_form(docs))
+    if template is None or as_json:  # json: docker's compact array, as the engine sent it
+        views.print_inspect(docs, sys.stdout, indented=not as_json)
     else:
-        values = [views.inspect_value(api.as_data(doc)) for doc in docs]
-        templates.write(template, values, sys.stdout)
+        # As docker's template inspector: each image that renders, a line each (an
+        # image the template fails on is told after them); a lone newline for none.
+        out: list[str] = []
+        for doc in docs:
+            try:
+                out.append(template.render(views.inspect_value(api.as_data(doc))) + "\n")
+            except templates.TemplateError as e:
+                errors.append(str(e))
+        sys.stdout.write("".join(out) or "\n")
     for message in errors:
         say_error(message)
     return EXIT_ERROR if errors else EXIT_OK
@@ -458,11 +467,10 @@ def _history_args(p: argparse.ArgumentParser) -> None:
         "-H",
         "--human",
         type=go_bool,
-        nargs="?",
-        const=True,
+        nargs="?",  # -H alone is -H=true (_go_bool_values)
         default=True,
         metavar="BOOL",
-        help="sizes and dates in human-readable form (default true; -H=false for bytes "
+        help="sizes and dates in human-readable form (the default; -H=false for bytes "
         "and RFC 3339 times)",
     )
     p.add_argument(
@@ -578,8 +586,9 @@ def cmd_load(args: argparse.Namespace) -> int:
       ocistore load -i ./layout --platform linux/arm64
     """
     platform = parse_platform(args.platform) if args.platform else None
-    if args.input == "-" and sys.stdin.isatty():
-        raise OcistoreError("requested load from stdin, but stdin is a terminal: give -i PATH")
+    if args.input == "-" and (sys.stdin is None or sys.stdin.isatty()):
+        shown = "closed" if sys.stdin is None else "a terminal"
+        raise OcistoreError(f"requested load from stdin, but stdin is {shown}: give -i PATH")
     store = open_store(args)
     progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
@@ -992,12 +1001,30 @@ def _command_named(argv: list[str]) -> str | None:
     return None
 
 
+#: Boolean flags that also take a value, as Go's flag package has them: ``-H`` alone is
+#: true, ``-H=false`` sets it, and ``-H false`` is the flag and then an argument.
+_GO_BOOL_FLAGS = frozenset({"-H", "--human"})
+
+
+def _go_bool_values(argv: list[str]) -> list[str]:
+    """``argv`` with each Go boolean flag given alone written ``FLAG=true``, so that it
+    never takes the next argument as its value (``history -H busybox``)."""
+    out: list[str] = []
+    for arg in argv:
+        if arg == "--":
+            out += argv[len(out) :]
+            break
+        out.append(f"{arg}=true" if arg in _GO_BOOL_FLAGS else arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     # A command is a short-lived process that makes many small objects (a record per
     # image, a reference per tag) and few cycles: collect garbage rarely. With the
     # default thresholds, listing many images spent much of its time in the GC.
     gc.set_threshold(100_000, 50, 100)
-    parser = build_parser(_command_named(sys.argv[1:] if argv is None else argv))
+    argv = _go_bool_values(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_named(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)

@@ -39,7 +39,7 @@ from decimal import Decimal
 from typing import IO, Any, Final
 
 from ..errors import InvalidInput
-from .views import printable
+from .views import json_for_terminal, printable
 
 __all__ = ["Struct", "Template", "TemplateError", "parse", "tabwrite", "write"]
 
@@ -139,11 +139,6 @@ def _truth(value: Any) -> bool:
     return bool(value)
 
 
-_UNSAFE_IN_JSON: Final = re.compile(
-    "[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, Struct):
         fields = {k: _plain(v) for k, v in value.fields.items()}
@@ -161,11 +156,7 @@ def go_json(value: Any) -> str:
     contexts, HTML escaped), non-ASCII as UTF-8, and what a terminal would act on
     written as a ``\\u`` escape."""
     text = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"))
-    if isinstance(value, Struct) and value.sorted_json:
-        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    if _UNSAFE_IN_JSON.search(text):
-        text = _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    return text
+    return json_for_terminal(text, html=isinstance(value, Struct) and value.sorted_json)
 
 
 # -- functions ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from ..spec.gotime import ZERO_UNIX, GoTime, unix_nanos, unix_seconds
 from ..spec.reference import split_familiar
 from ..store.images import ImageRecord
 
@@ -81,6 +82,13 @@ def shorten(text: str, width: int) -> str:
     return "".join(out) + "…"
 
 
+def ellipsis(text: str, width: int) -> str:
+    """docker's ``Ellipsis``: ``text`` cut to ``width - 1`` characters and ``…`` when
+    longer than ``width``, the characters as they are (escaped only when printed, so a
+    JSON line holds the text itself)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def human_size(n: float, precision: int = 3) -> str:
     """Sizes as Docker prints them: decimal units, three significant digits (``5.58MB``,
     as ``docker images``), or four (``units.HumanSize``: ``5.583MB``, as ``docker
@@ -120,41 +128,27 @@ def human_duration(seconds: float) -> str:
     return "1 second" if s == 1 else f"{s} seconds"
 
 
-def parse_time(value: str) -> datetime | None:
-    """An RFC 3339 time as Go writes it (``Z`` or an offset, up to nanoseconds)."""
-    try:
-        t = datetime.fromisoformat(value)
-    except (ValueError, TypeError):
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
 def since(value: str, now: float | None = None) -> str:
-    """How long ago an RFC 3339 time was (``now`` in seconds since the epoch)."""
-    t = parse_time(value)
-    if t is None:
-        return "N/A"
-    return human_duration((time.time() if now is None else now) - t.timestamp()) + " ago"
-
-
-def print_table(rows: Sequence[Sequence[str]], out: IO[str]) -> None:
-    """Rows (the header first) as :func:`print_columns` prints them."""
-    print_columns([list(column) for column in zip(*rows, strict=True)], out)
+    """How long ago an RFC 3339 time was (``now`` in seconds since the epoch), in whole
+    seconds as docker counts; ``N/A`` for none."""
+    ns = unix_nanos(value)
+    return "N/A" if ns is None else since_seconds(ns // 1_000_000_000, now)
 
 
 def print_columns(columns: Sequence[Sequence[str]], out: IO[str], min_width: int = 0) -> None:
-    """Columns (each headed by its title) padded to their widest cell, three spaces apart,
-    each at least ``min_width`` wide with its padding (docker's tab writer makes that 10),
-    as Go's tabwriter does: the last cell of a line is not padded, so a line whose last
-    cell is empty ends in the padding of the one before it, as docker's do. Every cell is
-    made :func:`printable` (one scan per column finds the rare column that needs it)."""
+    """Columns (each headed by its title) as Go's tab writer aligns them (through
+    :func:`~ocistore.cli.templates.tabwrite`, the one tab writer): padded to the widest
+    cell and 3 more, at least ``min_width`` (docker's tables: 10), the last cell of a line
+    not padded. Every cell is made :func:`printable` (one scan per column finds the rare
+    column that needs it), so no cell holds a tab or a newline."""
+    from .templates import tabwrite
+
     columns = [
         [printable(cell) for cell in column] if _unprintable_in("".join(column)) else column
         for column in columns
     ]
-    widths = [max(max(map(len, column)), min_width - 3) for column in columns[:-1]]
-    line = "   ".join(f"{{:<{w}}}" for w in widths) + "   {}"
-    out.write("\n".join(map(line.format, *columns)) + "\n")
+    rows = ("\t".join(row) for row in zip(*columns, strict=True))
+    out.write(tabwrite("\n".join(rows) + "\n", min_width=min_width))
 
 
 #: ``docker images``'s default tables and the titles of its fields (docker/cli's
@@ -183,8 +177,6 @@ IMAGE_HEADERS: Final = {
 }
 #: The type docker's errors name for a row of ``docker images``.
 IMAGE_ROW_TYPE: Final = "*formatter.imageContext"
-#: Go's zero time (what an image without a creation time was created at), in seconds.
-GO_ZERO_TIME: Final = -62135596800
 
 
 def images_format(format: str | None, quiet: bool, digests: bool) -> str:
@@ -203,8 +195,7 @@ def images_format(format: str | None, quiet: bool, digests: bool) -> str:
 def created_seconds(value: str) -> int:
     """An RFC 3339 time cut to whole seconds since the epoch, as the engine's image list
     gives ``Created``: Go's zero time for a missing or unreadable one."""
-    t = parse_time(value)
-    return GO_ZERO_TIME if t is None else int(t.timestamp() // 1)
+    return unix_seconds(value)
 
 
 def go_local_time(unix: int) -> str:
@@ -279,7 +270,7 @@ class ImageRow(Mapping[str, str]):
         if key == "Size":
             return self._shared.size(self._rec.size, 3)
         if key == "CreatedSince":
-            if self._unix == GO_ZERO_TIME:
+            if self._unix == ZERO_UNIX:
                 return ""
             ages = self._shared.ages
             age = ages.get(self._unix)
@@ -389,7 +380,7 @@ def print_images(
 
 
 #: Go's longest time.Duration, in seconds: how long ago docker says a time is at most
-#: (an image "created" at Go's zero time is "292 years ago").
+#: (a history entry without a time was "292 years ago"; images show such a time N/A).
 _MAX_GO_DURATION: Final = (2**63 - 1) / 1e9
 
 
@@ -403,16 +394,11 @@ def rfc3339_local(unix: int) -> str:
     """Go's ``time.Unix(s, 0).Format(time.RFC3339)`` in the local time zone (``Z`` when
     it is UTC), as docker prints history times when not made human."""
     try:
-        t = datetime.fromtimestamp(unix, UTC).astimezone()
+        offset = datetime.fromtimestamp(unix, UTC).astimezone().utcoffset()
     except (OverflowError, OSError, ValueError):  # before year 1 of Python's calendar
-        t = datetime(1, 1, 1, tzinfo=UTC)
-    offset = t.utcoffset()
-    text = t.strftime("%Y-%m-%dT%H:%M:%S")
-    if not offset:
-        return text + "Z"
-    minutes = int(offset.total_seconds()) // 60
-    sign = "-" if minutes < 0 else "+"
-    return text + f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+        offset = None
+    seconds = int(offset.total_seconds()) if offset else 0
+    return GoTime.unix(unix, 0, seconds).format_rfc3339nano()
 
 
 def history_fields(
@@ -430,7 +416,7 @@ def history_fields(
         "ID": image,
         "CreatedSince": since_seconds(row.created, now) if human else rfc3339_local(row.created),
         "CreatedAt": rfc3339_local(row.created),
-        "CreatedBy": shorten(created_by, 45) if trunc else created_by,
+        "CreatedBy": ellipsis(created_by, 45) if trunc else created_by,
         "Size": human_size(row.size) if human else str(row.size),
         "Comment": row.comment,
     }
@@ -439,6 +425,14 @@ def history_fields(
 #: The objects of ``docker image inspect``'s answer that are Go maps (the others are
 #: structs: a template naming a field they lack is an error).
 _INSPECT_MAPS: Final = frozenset({"Labels", "ExposedPorts", "Volumes", "Data"})
+#: The Go types of its structs, as template errors name them.
+_INSPECT_TYPES: Final = {
+    "Config": "*container.Config",
+    "ContainerConfig": "*container.Config",
+    "Healthcheck": "*container.HealthConfig",
+    "RootFS": "types.RootFS",
+    "Metadata": "types.ImageMetadata",
+}
 
 
 def inspect_value(data: Mapping[str, Any], name: str = "types.ImageInspect") -> Any:
@@ -448,7 +442,7 @@ def inspect_value(data: Mapping[str, Any], name: str = "types.ImageInspect") -> 
         key: (
             value
             if not isinstance(value, Mapping) or key in _INSPECT_MAPS
-            else inspect_value(value, key)
+            else inspect_value(value, _INSPECT_TYPES.get(key, key))
         )
         for key, value in data.items()
     }
@@ -513,13 +507,12 @@ def print_history(
 _DOCKER_MIN_WIDTH = 10
 
 
-#: What a JSON line writes as a ``\\u`` escape: Go's HTML escapes (``<``, ``>``, ``&``)
-#: and line separators, and (beyond Go, which writes them raw) what a terminal would act
-#: on: DEL, C1 controls and the bidirectional controls; lone surrogates become U+FFFD, as Go
-#: writes invalid UTF-8. Other non-ASCII text stays as it is, as Go writes it.
-_JSON_ESCAPED: Final = re.compile(
-    "[<>&\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+#: What JSON may hold raw that a terminal would act on (Go writes them as they are):
+#: DEL, C1 controls, the line separators, the bidirectional controls; and lone
+#: surrogates, which become U+FFFD as Go writes invalid UTF-8.
+_RAW_IN_JSON: Final = "\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE_JSON: Final = re.compile(f"[{_RAW_IN_JSON}]")
+_UNSAFE_JSON_HTML: Final = re.compile(f"[<>&{_RAW_IN_JSON}]")
 
 
 def _json_escape(match: re.Match[str]) -> str:
@@ -527,13 +520,45 @@ def _json_escape(match: re.Match[str]) -> str:
     return "\\ufffd" if 0xD800 <= code <= 0xDFFF else f"\\u{code:04x}"
 
 
+def json_for_terminal(text: str, html: bool = False) -> str:
+    """JSON text, non-ASCII as UTF-8, safe to print: what a terminal would act on is a
+    ``\\u`` escape (the same JSON value), and with ``html`` also ``<``, ``>`` and ``&``
+    as Go's ``json.Marshal`` escapes them. Those characters occur only inside strings, so
+    escaping them in the text is exact. The one such escape of ocistore's JSON output."""
+    pattern = _UNSAFE_JSON_HTML if html else _UNSAFE_JSON
+    return pattern.sub(_json_escape, text)
+
+
 def _json_line(doc: dict[str, Any]) -> str:
     """One JSON object as docker's ``--format json`` writes a row (Go's ``json.Marshal``
     of a map): keys sorted, compact, ``<``, ``>`` and ``&`` escaped
-    (``\\u003cnone\\u003e``), non-ASCII text as UTF-8 (see ``_JSON_ESCAPED``). Those
-    characters occur only inside strings, so escaping them in the text is exact."""
+    (``\\u003cnone\\u003e``), non-ASCII text as UTF-8 (:func:`json_for_terminal`)."""
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return _JSON_ESCAPED.sub(_json_escape, text) + "\n"
+    return json_for_terminal(text, html=True) + "\n"
+
+
+#: The HTML escapes Go's encoder writes, which the docker command undoes when it prints
+#: ``inspect`` (``\\u2028`` and control characters stay escaped), preceded by an even
+#: number of backslashes: a real escape, not an escaped backslash before ``u003c``.
+_HTML_ESCAPE: Final = re.compile(rb"(?<!\\)((?:\\\\)*)\\u00(3c|3e|26)")
+_HTML_CHARS: Final = {b"3c": b"<", b"3e": b">", b"26": b"&"}
+
+
+def print_inspect(documents: Sequence[bytes], out: IO[str], indented: bool = True) -> None:
+    """The engine's JSON documents as ``docker inspect`` prints them: one array, indented
+    with four spaces by ``json.Indent`` (not ``indented``: compact, as ``--format
+    json``), ``<``, ``>`` and ``&`` unescaped; ``[]`` when there are none. Unlike docker,
+    what a terminal would act on is escaped (:func:`json_for_terminal`)."""
+    if not documents:
+        out.write("[]\n")
+        return
+    from ..spec.legacy import gojson
+
+    text = b"[" + b",".join(documents) + b"]"
+    if indented:
+        text = gojson.indent(text)
+    text = _HTML_ESCAPE.sub(lambda m: m.group(1) + _HTML_CHARS[m.group(2)], text)
+    out.write(json_for_terminal(text.decode()) + "\n")
 
 
 def _reclaimable(size: int, reclaimable: int) -> str:

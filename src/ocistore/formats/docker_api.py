@@ -11,8 +11,8 @@ as UTF-8 and escape ``<``, ``>``, ``&``.
 
 :func:`image_inspect` does the same from what the store knows
 (:class:`~ocistore.store.store.ImageDetails`), with :mod:`ocistore.spec.legacy.gojson`
-and Docker's types from :mod:`ocistore.spec.legacy.v1`; :func:`print_form` gives the
-indented array docker prints.
+and Docker's types from :mod:`ocistore.spec.legacy.v1`; the command prints it as docker
+does (``cli.views.print_inspect``).
 
 Where ocistore has nothing to say Docker's way it leaves the field out: there is no graph
 driver (``GraphDriver``), layers are kept as the blobs they came in.
@@ -21,8 +21,6 @@ driver (``GraphDriver``), layers are kept as the blobs they came in.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from ..spec.legacy import gojson
@@ -32,7 +30,7 @@ from ..spec.legacy.v1 import CONTAINER_CONFIG, IMAGE_LEGACY
 if TYPE_CHECKING:
     from ..store.store import ImageDetails
 
-__all__ = ["IMAGE_INSPECT", "image_inspect", "print_form"]
+__all__ = ["IMAGE_INSPECT", "as_data", "image_inspect"]
 
 _ROOTFS: Final = Struct(
     "types.RootFS",
@@ -104,32 +102,6 @@ def image_inspect(details: ImageDetails) -> bytes:
         "Metadata": {"LastTagTime": last_tag},
     }
     return gojson.marshal(value, IMAGE_INSPECT)
-
-
-#: The HTML escapes Go's encoder writes, which the docker command undoes when it prints
-#: (``\u2028``, ``\u2029`` and control characters stay escaped), preceded by an even
-#: number of backslashes: a real escape, not an escaped backslash before ``u003c``.
-_HTML_ESCAPE: Final = re.compile(rb"(?<!\\)((?:\\\\)*)\\u00(3c|3e|26)")
-_HTML_CHARS: Final = {b"3c": b"<", b"3e": b">", b"26": b"&"}
-
-
-def print_form(documents: Iterable[bytes]) -> str:
-    """Compact JSON documents as ``docker inspect`` prints them: one array, indented with
-    four spaces by ``json.Indent``, ``<``, ``>`` and ``&`` unescaped; ``[]`` when there
-    are none. Unlike docker, DEL, C1 and bidirectional controls are written escaped."""
-    docs = list(documents)
-    if not docs:
-        return "[]\n"
-    text = gojson.indent(b"[" + b",".join(docs) + b"]")
-    text = _HTML_ESCAPE.sub(lambda m: m.group(1) + _HTML_CHARS[m.group(2)], text)
-    # What Go leaves raw and a terminal would act on, only ever inside strings: escaped.
-    shown = _TERMINAL_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", text.decode())
-    return shown + "\n"
-
-
-#: DEL, the C1 controls and the bidirectional controls, which Go's encoder writes as
-#: they are (it escapes the C0 controls and the line separators itself).
-_TERMINAL_CONTROLS: Final = re.compile("[\u007f-\u009f\u202a-\u202e\u2066-\u2069]")
 
 
 def as_data(document: bytes) -> dict[str, Any]:

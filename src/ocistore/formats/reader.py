@@ -401,6 +401,8 @@ def open_archive(source: str | Path, spool: Spool) -> ArchiveReader:
         return DirArchive(Path(source))
     on_disk = display != "-"
     if not on_disk:
+        if sys.stdin is None:
+            raise InvalidInput("-: no standard input to read (it is closed)")
         # Read so that Ctrl-C always stops a wait on the pipe.
         opened: IO[bytes] | InterruptiblePipe = InterruptiblePipe(sys.stdin.buffer)
         stream = PeekableReader(cast("IO[bytes]", opened))
