@@ -4,6 +4,7 @@ through."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -192,9 +193,11 @@ def images_format(format: str | None, quiet: bool, digests: bool) -> str:
     return format
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def created_seconds(value: str) -> int:
     """An RFC 3339 time cut to whole seconds since the epoch, as the engine's image list
-    gives ``Created``: Go's zero time for a missing or unreadable one."""
+    gives ``Created``: Go's zero time for a missing or unreadable one. (Remembered: a
+    listing sorts by it and then shows it.)"""
     return unix_seconds(value)
 
 
