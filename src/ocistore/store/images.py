@@ -34,11 +34,8 @@ from ..errors import (
     Conflict,
     CorruptStore,
     InvalidInput,
-    LockTimeout,
     NotFound,
     OcistoreError,
-    ReadOnlyStore,
-    StorageError,
 )
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import ChainID, Digest, ImageID
@@ -314,8 +311,10 @@ class ImageStore:
             self.layers.forget()
             stale = self._load()
         if stale and not self.lock.held:  # (a caller's shared lock cannot be upgraded)
-            # Only a cache: a reader that may not write, or that would wait, goes on.
-            quiet = contextlib.suppress(OSError, ReadOnlyStore, StorageError, LockTimeout)
+            # Only a cache: a reader that may not write, or that would wait, or whose
+            # write a dead writer's unfinished change stops, goes on (the next writer
+            # finishes that change, and says so if it cannot).
+            quiet = contextlib.suppress(OSError, OcistoreError)
             with quiet, self.writing():
                 pass
 

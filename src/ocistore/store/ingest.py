@@ -325,7 +325,8 @@ def _publish(
                 )
         # What this load makes, recorded first: if it dies before its references are
         # written (the last step), the next writer removes those images again.
-        new = [cfg.id for cfg in configs if not store.images.exists(cfg.id)]
+        # (each once: an index may name one image many times)
+        new = list(dict.fromkeys(cfg.id for cfg in configs if not store.images.exists(cfg.id)))
         intent = intent_to_create(new, tags)
         if new:
             store.images.intend(intent)

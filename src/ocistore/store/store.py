@@ -549,7 +549,7 @@ class Store:
     def _delete_unnamed(self, images: Sequence[ImageID]) -> None:
         """Delete those of ``images`` that nothing names, children before parents (a
         parent with a child left is refused: it waits for the next round)."""
-        left = [i for i in images if self.images.exists(i)]
+        left = list(dict.fromkeys(i for i in images if self.images.exists(i)))
         while left:
             before = len(left)
             for image_id in list(left):
