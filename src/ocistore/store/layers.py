@@ -239,15 +239,16 @@ class LayerStore:
         """Drop cached records (another process may have deleted layers)."""
         self._cache.clear()
 
-    def open_tar(self, chain_id: ChainID | Layer) -> LayerReader:
+    def open_tar(self, chain_id: ChainID | Layer, count: bool = False) -> LayerReader:
         """The layer's exact uncompressed tar, verified as it is read (see
-        :class:`LayerReader`)."""
+        :class:`LayerReader`); with ``count``, Docker's size of a layer whose record has
+        none is counted as it is read."""
         layer = chain_id if isinstance(chain_id, Layer) else self.get(chain_id)
         try:
             blob = self.content.open_file(layer.blob.digest)
         except FileNotFoundError:
             raise NotFound(f"blob {layer.blob.digest} not found") from None
-        return LayerReader(layer, blob)
+        return LayerReader(layer, blob, count)
 
 
 class LayerReader:
@@ -265,13 +266,14 @@ class LayerReader:
     :meth:`chunks` gives the tar in pieces (the fastest way to copy it); ``read`` and
     ``readinto`` make it a stream.
 
-    A layer whose record has no ``content_size`` (written before it was recorded) has
-    its headers followed as it streams: once the reader has ended, :attr:`content_size`
-    is Docker's size of it, counted from the verified tar (``None`` if its headers are
-    not a tar as Docker reads a layer; the reading goes on as before).
+    With ``count``, a layer whose record has no ``content_size`` (written before it was
+    recorded) has its headers followed as it streams: once the reader has ended,
+    :attr:`content_size` is Docker's size of it, counted from the verified tar (``None``
+    if its headers are not a tar as Docker reads a layer; the reading goes on as
+    before). Only ``fsck --repair`` asks: every other read would throw the count away.
     """
 
-    def __init__(self, layer: Layer, blob: IO[bytes]) -> None:
+    def __init__(self, layer: Layer, blob: IO[bytes], count: bool = False) -> None:
         self.layer = layer
         self._blob = blob
         self._what = f"layer {layer.diff_id}"
@@ -285,7 +287,8 @@ class LayerReader:
         self._pieces: Iterator[bytes | memoryview] | None = None
         self._current: memoryview = memoryview(b"")
         self._pos = 0
-        self._scanner = TarScanner(self._what, layer=True) if layer.content_size is None else None
+        counting = count and layer.content_size is None
+        self._scanner = TarScanner(self._what, layer=True) if counting else None
         #: Docker's size of the layer: the record's, or counted (see above) once read.
         self.content_size: int | None = layer.content_size
 

@@ -760,7 +760,7 @@ class Store:
                 done.append(f"removed layer record {chain}: {e}")
         for chain, layer in records.items():
             try:
-                counted = self._verify_layer(layer, progress)
+                counted = self._verify_layer(layer, progress, count=True)
             except OcistoreError as e:
                 bad.add(chain)
                 done.append(f"removed layer {chain}: {e}")
@@ -793,11 +793,11 @@ class Store:
             while f.read(1 << 20):
                 pass
 
-    def _verify_layer(self, layer: Layer, progress: Progress) -> int | None:
+    def _verify_layer(self, layer: Layer, progress: Progress, count: bool = False) -> int | None:
         """Read a layer's tar to its end, every check of :class:`LayerReader` made;
-        returns Docker's size of it (counted if its record has none)."""
+        returns Docker's size of it (with ``count``, counted if its record has none)."""
         task = progress.task(task_label(layer.diff_id.short(), VERIFYING), layer.size)
-        with self.layers.open_tar(layer) as tar:
+        with self.layers.open_tar(layer, count) as tar:
             for _ in tar.chunks():
                 task.update(tar.done)
         task.finish()
