@@ -85,6 +85,11 @@ class GoTime(NamedTuple):
     offset: int = 0
 
     @classmethod
+    def now(cls) -> GoTime:
+        """Now, in UTC (``time.Now().UTC()``)."""
+        return cls.unix(*divmod(time.time_ns(), 1_000_000_000))
+
+    @classmethod
     def unix(cls, sec: int, nsec: int = 0, offset: int = 0) -> GoTime:
         """Go's ``time.Unix(sec, nsec)`` seen in a zone ``offset`` seconds east of UTC."""
         sec += nsec // 1_000_000_000
@@ -157,7 +162,7 @@ ZERO_UNIX: Final = -62135596800
 def now_rfc3339nano() -> str:
     """Now, in UTC, as Go's ``time.Now().UTC().Format(time.RFC3339Nano)`` writes it
     (nanoseconds, trailing zeros cut)."""
-    return GoTime.unix(*divmod(time.time_ns(), 1_000_000_000)).format_rfc3339nano()
+    return GoTime.now().format_rfc3339nano()
 
 
 #: The form nearly every config's time has (``2026-12-02T03:17:36.091396166Z``): read

@@ -44,10 +44,9 @@ from ..errors import Conflict, DigestMismatch, InvalidInput, OcistoreError
 from ..progress import LOADING, SILENT, Progress, task_label
 from ..spec.config import ImageConfig, parse_config
 from ..spec.digest import ChainID, DiffID, Digest, ImageID, chain_ids, digest_bytes
-from ..spec.gotime import now_rfc3339nano
 from ..spec.reference import Reference, check_digest_reference, check_tag
 from . import gc
-from .backend import LAST_TAGGED, MANIFEST
+from .backend import MANIFEST
 from .layers import Layer
 from .refs import lookup_key
 from .staging import StagedLayer, stage_layer
@@ -420,8 +419,8 @@ def _publish_images(
         if image_id in named:
             store.backend.set_metadata(image_id, MANIFEST, named[image_id].encode())
     for image_id, src in zip(ids, sources, strict=True):
-        if src.tagged_now and src.tags:
-            store.backend.set_metadata(image_id, LAST_TAGGED, now_rfc3339nano().encode())
+        if src.tagged_now:
+            store.record_tagged(image_id)
     for i, src in enumerate(sources):
         if src.parent is not None and ids[src.parent] != ids[i]:
             store.images.set_parent(ids[i], ids[src.parent])

@@ -416,13 +416,12 @@ class Store:
 
         def make_config(diff_ids: Sequence[DiffID]) -> bytes:
             # Taken once the layer is in, as docker import takes it.
-            seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
             (diff_id,) = diff_ids
             return import_config(
                 container_config,
                 diff_id,
                 comment=comment,
-                created=GoTime.unix(seconds, nanoseconds),
+                created=GoTime.now(),
                 architecture=host_platform().architecture,
             )
 
@@ -435,8 +434,9 @@ class Store:
         (loaded,) = self.add_images([image], progress)
         return loaded.id
 
-    def _tagged_now(self, image_id: ImageID) -> None:
-        """Record now as when ``image_id`` was last tagged (Docker's ``lastUpdated``)."""
+    def record_tagged(self, image_id: ImageID) -> None:
+        """Record now as when ``image_id`` was last tagged (Docker's ``lastUpdated``);
+        under the lock, as part of a change."""
         self.backend.set_metadata(image_id, LAST_TAGGED, now_rfc3339nano().encode())
 
     def tag(self, source: str, target: str) -> Reference:
@@ -450,7 +450,7 @@ class Store:
             before: bytes | None = None
             with contextlib.suppress(NotFound):
                 before = self.backend.get_metadata(image_id, LAST_TAGGED)
-            self._tagged_now(image_id)
+            self.record_tagged(image_id)
             try:
                 self.references.add_tag(ref, image_id, force=True)
             except BaseException:
