@@ -251,7 +251,7 @@ def writer_alive(name: str) -> bool | None:
     boot, pidns, pid, start = parts
     if boot != _boot_id():
         return False
-    if pidns != _pid_namespace():
+    if pidns != _pid_namespace() or start == "0":  # ("0": its start was not known)
         return None
     return _start_time(int(pid)) == start
 
