@@ -21,7 +21,7 @@ from util import make_tar as util_make_tar
 from util import snapshot
 
 from ocistore import formats
-from ocistore.errors import Conflict, InvalidInput, NotFound, OcistoreError
+from ocistore.errors import Conflict, InvalidInput, NotFound, OcistoreError, SizeMismatch
 from ocistore.formats import oci_layout as oci
 from ocistore.formats.reader import open_archive
 from ocistore.formats.tarwriter import output_file
@@ -1456,3 +1456,21 @@ def test_round_trip_through_skopeo(
     loaded = load(store2, back)
     assert [str(x.id) for x in loaded] == [images[2].id]
     assert stored_layer_blobs(store2, images[2].id) == images[2].layer_blobs
+
+
+def test_a_second_descriptor_of_a_blob_is_checked_too(tmp_path: Path) -> None:
+    """A blob is read once, however many descriptors name it; each descriptor's size is
+    still checked (a repeated descriptor one byte off is refused, as the first would be)."""
+    store = Store(tmp_path / "store")
+    store.import_tarball(io.BytesIO(util.make_tar({"a": b"1"})), "img:1")
+    layout = tmp_path / "layout"
+    formats.save(store, ["img:1"], layout, formats.SaveFormat.OCI)
+    index = json.loads((layout / "index.json").read_text())
+    twin = dict(index["manifests"][0], size=index["manifests"][0]["size"] + 5)
+    twin["annotations"] = {"org.opencontainers.image.ref.name": "other:2"}
+    index["manifests"].append(twin)
+    (layout / "index.json").write_text(json.dumps(index))
+    other = Store(tmp_path / "other")
+    with pytest.raises(SizeMismatch, match=r"manifests\[1\]"):
+        formats.load(other, layout)
+    assert other.images.list() == []

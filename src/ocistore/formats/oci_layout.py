@@ -227,6 +227,8 @@ class _LayoutReader:
         #: many descriptors name it (an index naming the next one ten times, seven deep,
         #: is eight reads, not ten million), and what is kept is one entry a descriptor.
         self._visited: dict[Digest, tuple[Digest, ...]] = {}
+        #: What each blob followed turned out to be ("index", "manifest", or None).
+        self._kinds: dict[Digest, str | None] = {}
         #: The names of ``index.json`` are given down from its descriptors, each name
         #: through each blob once; every step (a name at a descriptor) counts against
         #: :data:`MAX_IMAGE_NAMES`, so K names over an index of N manifests cannot make
@@ -363,10 +365,28 @@ class _LayoutReader:
         return matches[0]
 
     def _visit(self, desc: Descriptor, depth: int) -> None:
-        """Follow a descriptor, unless its blob was followed already."""
-        if desc.digest not in self._visited:
-            self._visited[desc.digest] = ()  # a blob cannot name itself; be sure anyway
-            self._visited[desc.digest] = self._follow(desc, depth)
+        """Follow a descriptor, unless its blob was followed already: then only what the
+        descriptor says of it is checked again (its size, and whether it is an index or
+        a manifest), without reading it twice."""
+        if desc.digest in self._visited:
+            self._check_blob(desc)
+            said = (
+                "index"
+                if desc.media_type in mt.INDEX_TYPES
+                else "manifest"
+                if desc.media_type in mt.MANIFEST_TYPES
+                else None
+            )
+            found = self._kinds.get(desc.digest)
+            if said is not None and found is not None and said != found:
+                article = "an" if found == "index" else "a"
+                raise InvalidInput(
+                    f"{self.name}: {blob_path(desc.digest)} ({desc.where}): the descriptor "
+                    f"says {desc.media_type} but the document is {article} {found}"
+                )
+            return
+        self._visited[desc.digest] = ()  # a blob cannot name itself; be sure anyway
+        self._visited[desc.digest] = self._follow(desc, depth)
 
     def _give(self, names: list[Reference], desc: Descriptor) -> None:
         """Give ``names`` to every manifest found through ``desc`` (visited already)."""
@@ -417,6 +437,7 @@ class _LayoutReader:
             if not isinstance(doc, dict):
                 return ()
         kind = self._kind(desc, doc)
+        self._kinds[desc.digest] = kind
         if kind == "index":
             return self._index(desc, doc, depth)
         if kind == "manifest":
