@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..errors import InvalidInput
 from ..progress import Progress
-from ..spec.legacy.v1 import check_config
 from ..spec.platform import Platform
 from ..store.ingest import LoadedImage
 from ..store.store import Store
@@ -43,11 +42,7 @@ def load(
     """
     archive = open_archive(source, store.spool)
     try:
-        sources = read_images(archive, platform)
-        for src in sources:
-            if isinstance(src.config, bytes):  # as Docker decodes it, or refused
-                check_config(src.config, f"{src.what}: config")
-        return store.add_images(sources, progress)
+        return store.add_images(read_images(archive, platform), progress)
     finally:
         archive.close()
 

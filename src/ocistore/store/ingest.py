@@ -148,6 +148,17 @@ def _check_references(src: ImageSource) -> None:
             check_tag(ref)
 
 
+def _given(src: ImageSource, raw: bytes) -> ImageConfig:
+    """A config given as bytes (by an archive, a registry, a caller): parsed, and decoded
+    as Docker decodes it, or refused as ``docker load`` refuses it (a field of the wrong
+    type), so that what is stored can be saved again."""
+    from ..spec.legacy.v1 import check_config  # (imported here: listings never need it)
+
+    cfg = _parsed(src, raw)
+    check_config(raw, f"{src.what}: config")
+    return cfg
+
+
 def _parsed(src: ImageSource, raw: bytes) -> ImageConfig:
     cfg = parse_config(raw, f"{src.what}: config")
     if len(src.layers) != len(cfg.diff_ids):
@@ -191,7 +202,7 @@ def add_images(
     given: list[ImageConfig | None] = []
     for src in sources:
         _check_references(src)
-        given.append(_parsed(src, src.config) if isinstance(src.config, bytes) else None)
+        given.append(_given(src, src.config) if isinstance(src.config, bytes) else None)
 
     # Which layer bytes must be read: a layer is skipped when its chain is stored and the
     # blob the image refers to (if any) is there too. Equal sources are read once.

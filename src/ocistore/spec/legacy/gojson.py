@@ -509,9 +509,18 @@ def unmarshal(data: bytes, t: GoType, into: Any = None) -> Any:
     ``into`` is the value ``v`` holds before (its zero value when omitted); Go decodes
     into it, so fields absent from the JSON keep what they had.
     """
+    (value,) = unmarshal_each(data, (t,), into)
+    return value
+
+
+def unmarshal_each(data: bytes, types: Sequence[GoType], into: Any = None) -> list[Any]:
+    """:func:`unmarshal` of the same bytes into each of ``types``, parsed once."""
     node = parse(data)
-    start = zero(t) if into is None and isinstance(t, Struct) else into
-    return _Decoder(bytes(data)).decode(node, t, start)
+    decoder = _Decoder(bytes(data))
+    return [
+        decoder.decode(node, t, zero(t) if into is None and isinstance(t, Struct) else into)
+        for t in types
+    ]
 
 
 def _type_name(t: GoType) -> str:

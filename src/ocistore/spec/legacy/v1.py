@@ -417,8 +417,10 @@ def check_config(config: bytes, what: str) -> None:
     ``docker load`` refuses it, and that could therefore not be saved again; checked
     against the types of current Docker and of Docker 20.10 to 24, whose archives
     ``save`` writes."""
-    _decode(what, config, IMAGE)
-    _decode(what, config, IMAGE_LEGACY)
+    try:
+        gojson.unmarshal_each(bytes(config), (IMAGE, IMAGE_LEGACY))  # parsed once
+    except gojson.GoJSONError as exc:
+        raise InvalidInput(f"{what}: {exc}") from None
 
 
 def legacy_layers(config: bytes, *, utc_offset: int = 0) -> list[LegacyLayer]:
