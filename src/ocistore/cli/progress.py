@@ -175,8 +175,10 @@ class TerminalProgress:
 
     def _on_resize(self, signum: int, frame: FrameType | None) -> None:
         self._resizes += 1
-        # A signal handler runs on the main thread, between two of its steps: if that
-        # thread (or another) is drawing, that draw sees the count change and redraws.
+        # Marked for the ticker first, so that a resize is never lost: if this cannot
+        # draw now (another draw holds the lock, and may have passed its look at the
+        # count), the ticker's next round does.
+        self._dirty = True
         if not self._lock.acquire(blocking=False):
             return
         try:
