@@ -158,13 +158,6 @@ def test_tabwrite_is_go_s_elastic_tabstops() -> None:
     assert tabwrite("only\n", 10, 3) == "only\n"
 
 
-def test_is_default_table() -> None:
-    assert templates.is_default_table(None)
-    assert templates.is_default_table("table")
-    assert not templates.is_default_table("table {{.ID}}")
-    assert not templates.is_default_table("json")
-
-
 # What the cases below expect is what docker 28's CLI (Go's text/template and fmt)
 # printed for them: `docker context ls --format '...'` needs no engine.
 

@@ -35,7 +35,6 @@ import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import IO, Any, Final
 
 from ..errors import InvalidInput
@@ -250,7 +249,7 @@ def _sprint(*args: Any) -> str:
     for i, a in enumerate(args):
         if i and not isinstance(a, str) and not isinstance(args[i - 1], str):
             out.append(" ")
-        out.append(go_string(a))
+        out.append(printable(go_string(a)))  # (a map's or a list's text too)
     return "".join(out)
 
 
@@ -339,7 +338,7 @@ def _fmt_integer(v: int, verb: str, spec: _Spec) -> str:
     """Go's ``fmt.fmtInteger``: precision or ``0`` and width as leading zeros, then the
     base prefix (``#``), then the sign."""
     if verb == "c":
-        return _fill(spec, _rune(v))
+        return _fill(spec, printable(_rune(v)))
     if verb == "q":
         return _fill(spec, _go_quote(_rune(v), "'", spec.plus))
     if verb == "U":
@@ -380,9 +379,9 @@ def _shortest(f: float) -> tuple[str, int]:
     (``0.012``: ``"12"``, -1), as Go's ``strconv`` has them."""
     if f == 0:
         return "0", 1
-    _sign, digits, exp = Decimal(repr(abs(f))).normalize().as_tuple()
-    assert isinstance(exp, int)
-    return "".join(map(str, digits)), len(digits) + exp
+    from ..spec.legacy.gojson import _shortest_digits  # Go's, as encoding/json writes floats
+
+    return _shortest_digits(f)
 
 
 def _exponent(e: int, letter: str) -> str:
@@ -804,7 +803,7 @@ _FUNCTIONS: Final[dict[str, Callable[..., Any]]] = {
     "len": _len,
     "print": _sprint,
     "printf": _printf,
-    "println": lambda *a: " ".join(go_string(x) for x in a) + "\n",
+    "println": lambda *a: " ".join(printable(go_string(x)) for x in a) + "\n",
     "eq": _eq,
     "ne": _ne,
     "lt": _lt,
@@ -1185,7 +1184,6 @@ class Template:
     def __init__(
         self, format: str, source: str, table: bool, items: list[_Item], header_items: list[_Item]
     ) -> None:
-        self.format = format
         self.table = table
         self._source = source
         self._run = _compile(items, _FUNCTIONS)
@@ -1262,7 +1260,7 @@ def _eval(
         raise _Raise(node, f"error calling {node.name}: {e}") from None
     except TypeError:
         raise _Raise(node, f"wrong number of args for {node.name}: got {len(args)}") from None
-    except (ValueError, IndexError, KeyError) as e:
+    except (ValueError, IndexError, KeyError, OverflowError) as e:
         raise _Raise(node, f"error calling {node.name}: {e}") from None
 
 
@@ -1300,11 +1298,6 @@ def parse(format: str, listing: bool = True) -> Template:
         return Template(format, body, table, items, header_items)
     except RecursionError:  # nested deeper than Python's stack (Go's limit is 10000)
         raise TemplateError(_PARSE_DEPTH) from None
-
-
-def is_default_table(format: str | None) -> bool:
-    """Whether ``format`` asks for the command's default table (none, or ``table``)."""
-    return format is None or format.strip(" ") == _TABLE
 
 
 # -- output ------------------------------------------------------------------------------

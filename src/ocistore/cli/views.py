@@ -30,14 +30,11 @@ _UNPRINTABLE: Final = re.compile(
     "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 _ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-#: The printable ASCII characters, as bytes: what deleting them leaves of ASCII text is
-#: its control characters (found about five times faster than by the pattern).
-_PRINTABLE_ASCII: Final = bytes(range(0x20, 0x7F))
 
 
 def _unprintable_in(text: str) -> bool:
-    if text.isascii():  # (known without a scan)
-        return bool(text.encode("ascii").translate(None, _PRINTABLE_ASCII))
+    if text.isascii():  # (ASCII's printable characters are the C method's: no scan here)
+        return not text.isprintable()
     return _UNPRINTABLE.search(text) is not None
 
 
@@ -506,10 +503,6 @@ def print_history(
     templates.write(template, contexts, out, HISTORY_HEADERS)
 
 
-#: docker's tables (its tab writer: cells padded by 3, at least 10 wide).
-_DOCKER_MIN_WIDTH = 10
-
-
 #: What JSON may hold raw that a terminal would act on (Go writes them as they are):
 #: DEL, C1 controls, the line separators, the bidirectional controls; and lone
 #: surrogates, which become U+FFFD as Go writes invalid UTF-8.
@@ -578,6 +571,8 @@ def print_disk_usage(
     layers, blobs, layer copies), or with ``verbose`` a table of each image, layer and
     blob; ``as_json`` gives docker's ``--format json`` (a JSON line per row, or one
     object of lists)."""
+    from .templates import MIN_WIDTH  # docker's tables: cells at least 10 wide
+
     if not verbose:
         rows = [
             {
@@ -594,7 +589,7 @@ def print_disk_usage(
             return
         cells = [["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]]
         cells += [list(row.values()) for row in rows]
-        print_columns([list(c) for c in zip(*cells, strict=True)], out, _DOCKER_MIN_WIDTH)
+        print_columns([list(c) for c in zip(*cells, strict=True)], out, MIN_WIDTH)
         return
     now = time.time()
     images: list[dict[str, str]] = []
@@ -640,7 +635,7 @@ def print_disk_usage(
 
     def table(title: str, header: list[str], rows: list[list[str]], first: bool) -> None:
         out.write(("" if first else "\n") + f"{title} space usage:\n\n")
-        print_columns([list(c) for c in zip(header, *rows, strict=True)], out, _DOCKER_MIN_WIDTH)
+        print_columns([list(c) for c in zip(header, *rows, strict=True)], out, MIN_WIDTH)
 
     table(
         "Images",
