@@ -10,7 +10,7 @@ directory removed, at the end of the session.
 :class:`DockerEngine` runs the ``docker`` command line against it, with a private
 ``DOCKER_CONFIG`` (nothing is written to ``~/.docker``) and the legacy builder
 (``DOCKER_BUILDKIT=0``: it makes intermediate images with a ``Parent``, as the issue's
-comparisons need). :func:`build` builds an image from a Dockerfile and files.
+comparisons need). :meth:`DockerEngine.build` builds an image from a Dockerfile and files.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,14 +59,14 @@ class DockerEngine:
     ) -> subprocess.CompletedProcess[str]:
         """``docker ARGS`` against this engine; fails the test if it fails and ``check``."""
         cmd = [self.docker_path, *(str(a) for a in args)]
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            input=input.decode("latin-1") if input is not None else None,
-            text=True,
-            env=self.env,
-            cwd=cwd,
-            timeout=600,
+        raw = subprocess.run(
+            cmd, capture_output=True, input=input, env=self.env, cwd=cwd, timeout=600
+        )  # bytes in (a tar), text out
+        proc = subprocess.CompletedProcess(
+            raw.args,
+            raw.returncode,
+            raw.stdout.decode("utf-8", "replace"),
+            raw.stderr.decode("utf-8", "replace"),
         )
         if check and proc.returncode != 0:
             pytest.fail(
@@ -101,28 +102,21 @@ class DockerEngine:
     def image_id(self, name: str) -> str:
         return self.run("image", "inspect", "--format", "{{.Id}}", name).stdout.strip()
 
-    def remove_all_images(self) -> None:
-        """Remove every image of the engine (tests that need an empty engine)."""
-        ids = self.run("images", "-a", "-q", "--no-trunc").stdout.split()
-        if ids:
-            self.run("rmi", "-f", *sorted(set(ids)), check=False)
-
 
 def _wait_ready(notify: socket.socket, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Block until dockerd sends ``READY=1`` (or exits, or the timeout passes)."""
-    notify.settimeout(START_TIMEOUT)
-    while True:
+    """Block until dockerd sends ``READY=1``, or exits (told at once, not at the end of
+    the time allowed), or the time allowed passes."""
+    deadline = time.monotonic() + START_TIMEOUT
+    notify.settimeout(1.0)  # to look whether it exited meanwhile; not an order of events
+    while proc.poll() is None:
         try:
             message = notify.recv(4096)
         except TimeoutError:
-            proc.kill()
-            pytest.fail(f"dockerd did not start in {START_TIMEOUT:.0f} s:\n{_tail(log)}")
-        if message == b"" and proc.poll() is not None:
-            break
+            if time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not start in {START_TIMEOUT:.0f} s:\n{_tail(log)}")
+            continue
         if b"READY=1" in message.split(b"\n"):
             return
-        if proc.poll() is not None:
-            break
     pytest.fail(f"dockerd exited {proc.returncode}:\n{_tail(log)}")
 
 
@@ -169,6 +163,9 @@ def started_engine() -> Iterator[DockerEngine]:
         "--ip6tables=false",
         "--bridge=none",
         "--config-file", str(directory / "daemon.json"),
+        # Its own namespaces, should it use a containerd the machine runs.
+        "--containerd-namespace", "ocistore-test",
+        "--containerd-plugins-namespace", "ocistore-test-plugins",
     ]  # fmt: skip
     (directory / "daemon.json").write_text("{}\n")
     with open(log, "wb") as log_file:
@@ -191,9 +188,11 @@ def started_engine() -> Iterator[DockerEngine]:
             try:
                 proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
                 proc.wait()
+        # Whatever of its session is left (the containerd it started): gone too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(directory, ignore_errors=True)
 
 

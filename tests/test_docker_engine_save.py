@@ -38,8 +38,10 @@ from docker_engine import DockerEngine, static_busybox
 from util import make_tar
 
 OCISTORE = Path(sys.executable).parent / "ocistore"
-#: How many times Docker is asked for a save in the order ocistore writes (each order of
-#: two images comes up about every other time: 60 tries miss it once in 10**18).
+#: How many times Docker is asked for a save in the order ocistore writes. Docker's
+#: order follows its arguments most of the time (measured: 38 in 40 for two images, and
+#: 32 in 40 the other way round), so the tries alternate the arguments' order: each
+#: pair of tries misses at most about one time in 25, and 60 tries about once in 10**40.
 ORDER_TRIES = 60
 
 
@@ -213,8 +215,8 @@ def docker_save_in_order(engine: DockerEngine, wanted: list[str], *names: str) -
     """A ``docker save`` of ``names`` whose manifest lists the images of ``wanted`` in
     that order (others may come between)."""
     seen: list[list[str]] = []
-    for _ in range(ORDER_TRIES):
-        data = engine.run_bytes("save", *names)
+    for i in range(ORDER_TRIES):
+        data = engine.run_bytes("save", *(names if i % 2 == 0 else reversed(names)))
         got = order(data)
         if [c for c in got if c in wanted] == wanted:
             return data

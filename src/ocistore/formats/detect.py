@@ -17,8 +17,7 @@ from .reader import ArchiveReader
 def read_images(archive: ArchiveReader, platform: Platform | None = None) -> list[ImageSource]:
     """The images of an archive of any format ocistore reads (``platform`` chooses in
     multi-platform OCI indexes); at least one, or :class:`~ocistore.errors.InvalidInput`."""
-    # Each format's code is imported only when needed (the docker-archive one brings the
-    # Go-JSON machinery of the v1 format).
+    # Each format's code is imported only when needed.
     from . import oci_layout
 
     if not archive.exists("manifest.json") and oci_layout.is_oci_layout(archive):
