@@ -38,6 +38,7 @@ releases it). A missing file means no references; a damaged one raises
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import weakref
@@ -46,7 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar, cast
 
-from ..errors import Conflict, CorruptStore, InvalidInput, NotFound
+from ..errors import Conflict, CorruptStore, InvalidInput, NotFound, StorageError
 from ..spec.digest import Digest, ImageID
 from ..spec.reference import (
     FAMILIAR_CHARS,
@@ -313,21 +314,21 @@ class ReferenceStore:
         except FileNotFoundError:
             self.close()
             return _EMPTY
-        except OSError as e:
-            raise CorruptStore(
-                f"{self._path}: cannot read the reference store: {e.strerror}"
-            ) from None
+        except OSError as e:  # (not damage: a repair must not set the file aside for it)
+            raise StorageError("reading the reference store", self._path, e) from None
         try:
             key = stat_key(os.fstat(fd))
             chunks: list[bytes] = []
             while chunk := os.read(fd, 1 << 20):
                 chunks.append(chunk)
             snapshot = _Snapshot(key, raw=b"".join(chunks), path=self._path)
-        except OSError as e:  # a directory in its place (EISDIR)
+        except OSError as e:
             os.close(fd)
-            raise CorruptStore(
-                f"{self._path}: cannot read the reference store: {e.strerror}"
-            ) from None
+            if e.errno == errno.EISDIR:  # a directory in its place: damage
+                raise CorruptStore(
+                    f"{self._path}: cannot read the reference store: {e.strerror}"
+                ) from None
+            raise StorageError("reading the reference store", self._path, e) from None
         except BaseException:
             os.close(fd)
             raise
@@ -371,8 +372,12 @@ class ReferenceStore:
         with self._lock.exclusive():
             try:
                 self._load().refs  # noqa: B018 (parsed here, to see whether it is damaged)
-            except CorruptStore as e:
+            except CorruptStore as e:  # (a file that cannot be read is left as it is)
                 aside = self._path.with_name(self._path.name + ".damaged")
+                n = 1
+                while aside.exists() or aside.is_symlink():  # an earlier one is kept
+                    n += 1
+                    aside = self._path.with_name(f"{self._path.name}.damaged.{n}")
                 os.replace(self._path, aside)
                 self.close()
                 done.append(f"set aside {e}: now {aside}")
