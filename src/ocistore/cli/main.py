@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from .. import __version__
-from ..errors import InvalidInput, OcistoreError, PartiallyDone, StorageError
+from ..errors import InvalidInput, NotFound, OcistoreError, PartiallyDone, StorageError
 from ..parallel import InterruptiblePipe
 from ..spec.gotime import ZERO_UNIX, unix_nanos
 from ..spec.platform import parse_platform
@@ -146,11 +146,19 @@ def cmd_import(args: argparse.Namespace) -> int:
       ocistore import rootfs.tar.gz myapp:latest
       ocistore import -c 'ENV PATH=/bin' -c 'CMD ["sh"]' -m 'base' rootfs.tar myapp:v2
     """
-    store = open_store(args)
-    progress = TerminalProgress.for_terminal(args.quiet)
-    tune_allocator()
+    from ..spec.legacy.changes import build_from_config
+    from ..spec.reference import parse_tagged
+
+    # What was typed is checked, and the input opened, before the store is: a mistake
+    # leaves a store that did not exist yet not made.
+    if args.reference:
+        parse_tagged(args.reference)
+    build_from_config(args.change)
     source = args.file
     with _open_input(source) as f:
+        store = open_store(args)
+        progress = TerminalProgress.for_terminal(args.quiet)
+        tune_allocator()
         image_id = store.import_tarball(
             f,
             args.reference,
@@ -324,10 +332,11 @@ def _has_labels(store: Store, rec: ImageRecord, wanted: Sequence[str]) -> bool:
     (docker's ``MatchKVList``); its config is read only for this."""
     from ..store.usage import match_kv  # (as image prune's label filter)
 
-    config = store.image(str(rec.id)).config.data.get("config")
-    if not isinstance(config, dict):
+    try:
+        config = store.images.get(rec.id).config.container_config
+    except NotFound:  # removed since the listing was read: not listed
         return False
-    labels = config.get("Labels") or {}
+    labels = (config or {}).get("Labels") or {}
     return isinstance(labels, dict) and match_kv(wanted, labels)
 
 
@@ -375,7 +384,7 @@ def go_path_pattern(pattern: str) -> re.Pattern[str]:
                     if hi < lo:
                         raise bad
                 ranges.append(re.escape(lo) + ("-" + re.escape(hi) if hi != lo else ""))
-            out.append(("[^/" if negate else "[") + "".join(ranges) + "]")
+            out.append(("[^" if negate else "[") + "".join(ranges) + "]")
         else:
             out.append(re.escape(c))
         i += 1
@@ -633,9 +642,9 @@ def cmd_save(args: argparse.Namespace) -> int:
       ocistore save --format oci-archive -o app.oci.tar myapp:v1 myapp:v2
       ocistore save --format oci -o ./layout myapp:v1
     """
-    store = open_store(args)
-    if args.output == "-" and sys.stdout.isatty():
+    if args.output == "-" and sys.stdout.isatty():  # (before the store is made)
         raise OcistoreError("refusing to write an archive to a terminal: give -o PATH")
+    store = open_store(args)
     progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator(keep_freed=args.format == "docker")
     from .. import formats
@@ -1008,7 +1017,10 @@ _GO_BOOL_FLAGS = frozenset({"-H", "--human"})
 
 def _go_bool_values(argv: list[str]) -> list[str]:
     """``argv`` with each Go boolean flag given alone written ``FLAG=true``, so that it
-    never takes the next argument as its value (``history -H busybox``)."""
+    never takes the next argument as its value (``history -H busybox``); only for the
+    command that has such flags."""
+    if "history" not in argv:
+        return argv
     out: list[str] = []
     for arg in argv:
         if arg == "--":
