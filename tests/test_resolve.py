@@ -13,7 +13,7 @@ from ocistore.errors import Ambiguous, InvalidInput, NotFound
 from ocistore.spec.digest import Digest, ImageID, digest_bytes
 from ocistore.spec.reference import parse
 from ocistore.store import Store
-from ocistore.store.resolve import Selected, matches
+from ocistore.store.resolve import Selected
 
 
 @pytest.fixture
@@ -133,22 +133,3 @@ def test_select_refuses_what_names_nothing(store: Store, images: dict[str, Image
         store.select(["Bad Name"])
     with pytest.raises(NotFound):
         store.select([Digest(f"sha256:{'0' * 64}")])
-
-
-@pytest.mark.parametrize(
-    ("familiar", "wanted", "expected"),
-    [
-        ("busybox:1", "busybox", True),
-        ("busybox:1", "busybox:1", True),
-        ("busybox:1", "busybox:2", False),
-        ("busybox:1", "docker.io/library/busybox", True),
-        ("busybox@sha256:" + "a" * 64, "busybox", True),
-        ("busybox@sha256:" + "a" * 64, "busybox@sha256:" + "a" * 64, True),
-        ("busybox@sha256:" + "a" * 64, "busybox:1", False),
-        ("busybox:1", "busybox@sha256:" + "a" * 64, False),
-        ("team/busybox:1", "busybox", False),
-        ("localhost:5000/app:1", "localhost:5000/app", True),
-    ],
-)
-def test_the_listing_filter(familiar: str, wanted: str, expected: bool) -> None:
-    assert matches(familiar, parse(wanted)) is expected

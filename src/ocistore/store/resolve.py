@@ -14,7 +14,6 @@ Docker's rules (``daemon/images/image.go`` ``GetImage``, and ``image/tarexport``
   every image of that repository, each with its tag (an image the repository names only
   by digest comes without one), or, when the repository has none, what the name is as
   an ID prefix.
-* :func:`matches` is the filter of a listing (``images busybox``, ``images app:1``).
 """
 
 from __future__ import annotations
@@ -24,11 +23,11 @@ from typing import NamedTuple
 
 from ..errors import Ambiguous, InvalidInput, NotFound
 from ..spec.digest import Digest, ImageID
-from ..spec.reference import Reference, looks_like_id, parse_any, parse_tagged, split_familiar
+from ..spec.reference import Reference, looks_like_id, parse_any, parse_tagged
 from .images import ImageStore
 from .refs import ReferenceStore
 
-__all__ = ["Resolver", "Selected", "matches", "no_such_image"]
+__all__ = ["Resolver", "Selected", "no_such_image"]
 
 
 class Selected(NamedTuple):
@@ -95,7 +94,7 @@ class Resolver:
 
         for name in names:
             if not name:
-                raise InvalidInput("empty image name")
+                raise InvalidInput("invalid reference format: empty image name")
             parsed: Reference | Digest | None = None
             with contextlib.suppress(InvalidInput):
                 parsed = parse_any(name)
@@ -136,15 +135,3 @@ def no_such_image(name: str) -> NotFound:
         parsed = parse_any(name)
         shown = str(parsed) if isinstance(parsed, Digest) else parsed.tagged_or_default().familiar()
     return NotFound(f"No such image: {shown}")
-
-
-def matches(familiar: str, wanted: Reference) -> bool:
-    """Whether a familiar reference as the store lists it (``busybox:1``,
-    ``app@sha256:…``) is of ``wanted``'s repository, and has its tag (or is its digest
-    reference) when ``wanted`` gives one."""
-    name, tag, digest = split_familiar(familiar)
-    if name != wanted.familiar_name:
-        return False
-    if wanted.digest is not None:
-        return digest == wanted.digest
-    return wanted.tag is None or (digest is None and tag == wanted.tag)
