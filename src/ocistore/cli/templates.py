@@ -281,41 +281,6 @@ def _fill(spec: _Spec, s: str, zero: bool | None = None) -> str:
     return ("0" if (spec.zero if zero is None else zero) else " ") * n + s
 
 
-_GO_ESCAPES: Final = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-}
-
-
-def _go_quote(s: str, quote: str = '"', ascii_only: bool = False) -> str:
-    """Go's ``strconv.Quote`` (``QuoteToASCII``, ``QuoteRune`` with ``'``): what is not
-    printable escaped, an undecodable byte (a surrogate escape) as ``\\xff``."""
-    out = [quote]
-    for c in s:
-        o = ord(c)
-        if c == quote or c == "\\":
-            out.append("\\" + c)
-        elif 0xDC80 <= o <= 0xDCFF:
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif (o < 0x80 or not ascii_only) and c.isprintable():
-            out.append(c)
-        elif c in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[c])
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        elif o < 0x10000:
-            out.append(f"\\u{o if not 0xD800 <= o <= 0xDFFF else 0xFFFD:04x}")
-        else:
-            out.append(f"\\U{o:08x}")
-    out.append(quote)
-    return "".join(out)
-
-
 def _can_backquote(s: str) -> bool:
     return not any(
         (c < " " and c != "\t") or c in "`\x7f\ufeff" or "\ud800" <= c <= "\udfff" for c in s
@@ -340,7 +305,9 @@ def _fmt_integer(v: int, verb: str, spec: _Spec) -> str:
     if verb == "c":
         return _fill(spec, printable(_rune(v)))
     if verb == "q":
-        return _fill(spec, _go_quote(_rune(v), "'", spec.plus))
+        from ..spec.legacy.gojson import go_quote  # (only %q needs Go's strconv.Quote)
+
+        return _fill(spec, go_quote(_rune(v), "'", spec.plus))
     if verb == "U":
         u = v & 0xFFFFFFFFFFFFFFFF
         text = "U+" + f"{u:X}".rjust(max(4, spec.prec or 0), "0")
@@ -502,7 +469,9 @@ def _fmt_string(s: str, verb: str, spec: _Spec) -> str:
         if spec.sharp and verb == "q" and _can_backquote(s):
             s = "`" + s + "`"
         else:
-            s = _go_quote(s, ascii_only=spec.plus)
+            from ..spec.legacy.gojson import go_quote
+
+            s = go_quote(s, ascii_only=spec.plus)
     return _fill(spec, printable(s))
 
 

@@ -23,8 +23,8 @@ from typing import Any, Final, NamedTuple
 
 from ...errors import InvalidInput
 from . import gojson
-from .gojson import GoTime
-from .v1 import CONTAINER_CONFIG, IMAGE
+from .gojson import GoTime, go_quote
+from .v1 import _RAW_MAP, CONTAINER_CONFIG, IMAGE
 
 __all__ = [
     "VALID_CHANGE_COMMANDS",
@@ -410,7 +410,7 @@ def _name_val(rest: str, key: str, escape: str) -> _ParsedArgs:
     for word in words:
         if "=" not in word:
             raise _Fail(
-                f"Syntax error - can't find = in {_go_quote(word)}. Must be of the form: name=value"
+                f"Syntax error - can't find = in {go_quote(word)}. Must be of the form: name=value"
             )
         name, value = word.split("=", 1)
         args += [name, value, "="]
@@ -467,29 +467,6 @@ _LINE_PARSERS: Final[dict[str, Callable[[str, str], _ParsedArgs]]] = {
 }
 
 
-def _go_quote(s: str) -> str:
-    """Go's ``%q`` of a string (the common cases: printable text, quotes, backslashes,
-    control characters)."""
-    out = ['"']
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch < " " or ch == "\x7f":
-            out.append(f"\\x{ord(ch):02x}")
-        elif not ch.isprintable():
-            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
 # -- the shell lexer (buildkit's frontend/dockerfile/shell, Docker 20.10) ----------------
 
 
@@ -514,7 +491,7 @@ class _Lexer:
         try:
             return self._stop_on("")
         except _Fail as e:
-            raise _Fail(f"failed to process {_go_quote(text)}: {e}") from None
+            raise _Fail(f"failed to process {go_quote(text)}: {e}") from None
 
     def _peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -702,7 +679,7 @@ class _Flags:
         used: set[str] = set()
         for arg in args:
             if not arg.startswith("--"):
-                raise _Fail(f"Arg {_go_quote(arg)} must start with '--'")
+                raise _Fail(f"Arg {go_quote(arg)} must start with '--'")
             if arg == "--":
                 return
             name, has_value, value = arg[2:].partition("=")
@@ -875,7 +852,7 @@ class _Builder:
         else:
             flags = _Flags(node.flags, ("interval", "timeout", "start-period", "retries"))
             if kind != "CMD":
-                raise _Fail(f"Unknown type {_go_quote(kind)} in HEALTHCHECK (try CMD)")
+                raise _Fail(f"Unknown type {go_quote(kind)} in HEALTHCHECK (try CMD)")
             command = list(rest) if node.json else ([" ".join(rest)] if rest else [])
             if not command:
                 raise _Fail("Missing command after HEALTHCHECK CMD")
@@ -917,10 +894,10 @@ def _clean(path: str) -> str:
 def _parse_int32(s: str) -> int:
     """Go's ``strconv.ParseInt(s, 10, 32)``, with its error text."""
     if re.fullmatch(r"[+-]?[0-9]+", s) is None:
-        raise _Fail(f"strconv.ParseInt: parsing {_go_quote(s)}: invalid syntax")
+        raise _Fail(f"strconv.ParseInt: parsing {go_quote(s)}: invalid syntax")
     value = int(s)
     if not -(2**31) <= value < 2**31:
-        raise _Fail(f"strconv.ParseInt: parsing {_go_quote(s)}: value out of range")
+        raise _Fail(f"strconv.ParseInt: parsing {go_quote(s)}: value out of range")
     return value
 
 
@@ -1083,7 +1060,7 @@ def build_from_config(changes: Sequence[str]) -> dict[str, Any]:
 
 
 def _shown(node: _Node) -> str:
-    return _go_quote(_trim_space(node.original))
+    return go_quote(_trim_space(node.original))
 
 
 def import_config(
@@ -1112,6 +1089,3 @@ def import_config(
     # raw messages), "so that a push/pull cycle with a legacy registry keeps the order".
     fields = gojson.unmarshal(gojson.marshal(image, IMAGE), _RAW_MAP)
     return gojson.marshal(fields, _RAW_MAP)
-
-
-_RAW_MAP: Final = gojson.Map(gojson.RAW)

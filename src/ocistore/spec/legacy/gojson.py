@@ -64,6 +64,7 @@ __all__ = [
     "compact",
     "encode_string",
     "format_float",
+    "go_quote",
     "indent",
     "marshal",
     "marshal_value",
@@ -696,6 +697,41 @@ def _escape_table() -> dict[int, str]:
 
 _ESCAPES: Final = _escape_table()
 _NEEDS_ESCAPE: Final = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029\ud800-\udfff]')
+
+
+_GO_ESCAPES: Final = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
+
+
+def go_quote(s: str, quote: str = '"', ascii_only: bool = False) -> str:
+    """Go's ``strconv.Quote`` (``QuoteToASCII``, ``QuoteRune`` with ``'``): what is not
+    printable escaped, an undecodable byte (a surrogate escape) as ``\\xff``."""
+    out = [quote]
+    for c in s:
+        o = ord(c)
+        if c == quote or c == "\\":
+            out.append("\\" + c)
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif (o < 0x80 or not ascii_only) and c.isprintable():
+            out.append(c)
+        elif c in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[c])
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\x{o:02x}")
+        elif o < 0x10000:
+            out.append(f"\\u{o if not 0xD800 <= o <= 0xDFFF else 0xFFFD:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    out.append(quote)
+    return "".join(out)
 
 
 def encode_string(s: str) -> bytes:
