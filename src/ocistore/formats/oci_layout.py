@@ -132,6 +132,7 @@ from ..spec.limits import (
     MAX_IMAGE_NAMES,
     MAX_INDEX_NESTING,
     MAX_LAYER_DEPTH,
+    MAX_MANIFEST,
     Budget,
     load_json,
 )
@@ -157,9 +158,6 @@ LAYOUT_FILE: Final = "oci-layout"
 INDEX_FILE: Final = "index.json"
 LAYOUT_VERSION: Final = "1.0.0"
 LAYOUT_BYTES: Final = b'{"imageLayoutVersion":"1.0.0"}'
-
-#: How deep indexes may nest (:mod:`ocistore.spec.limits`).
-MAX_NESTING: Final = MAX_INDEX_NESTING
 
 
 #: A layout's files, as any output: the umask's modes, never writable by others.
@@ -268,20 +266,20 @@ class _LayoutReader:
             raise SizeMismatch(f"{self.name}: {path} ({desc.where})", desc.size, size)
         return path
 
-    def _read_blob(self, desc: Descriptor, what: str, limit: int = mt.MAX_MANIFEST) -> bytes:
+    def _read_blob(self, desc: Descriptor, what: str, limit: int = MAX_MANIFEST) -> bytes:
         path = self._check_blob(desc, what)
         if desc.size > limit:
             raise InvalidInput(
                 f"{self.name}: {path} ({desc.where}): {what} of {desc.size} bytes is too large"
             )
-        data = read_bytes(self.archive, path)
+        data = read_bytes(self.archive, path, limit, what)
         if len(data) != desc.size:
             raise SizeMismatch(f"{self.name}: {path} ({desc.where})", desc.size, len(data))
         return check_bytes(data, desc.digest, f"{self.name}: {path} ({desc.where})")
 
     def _document(self, data: bytes, desc: Descriptor, what: str) -> dict[str, Any]:
         path = blob_path(desc.digest)
-        doc = load_json(data, f"{self.name}: {path} ({desc.where}): {what}", mt.MAX_MANIFEST)
+        doc = load_json(data, f"{self.name}: {path} ({desc.where}): {what}", MAX_MANIFEST)
         if not isinstance(doc, dict):
             raise InvalidInput(
                 f"{self.name}: {path} ({desc.where}): {what} is not a JSON object "
@@ -423,7 +421,7 @@ class _LayoutReader:
         if not known:
             # Some other type: look at the document itself if it can be one of ours.
             path = blob_path(desc.digest)
-            if desc.size > mt.MAX_MANIFEST or not self.archive.exists(path):
+            if desc.size > MAX_MANIFEST or not self.archive.exists(path):
                 return ()
         what = "index" if desc.media_type in mt.INDEX_TYPES else "manifest" if known else "blob"
         data = self._read_blob(desc, what)
@@ -431,7 +429,7 @@ class _LayoutReader:
             doc = self._document(data, desc, "document")
         else:
             try:
-                doc = load_json(data, "blob", mt.MAX_MANIFEST)
+                doc = load_json(data, "blob", MAX_MANIFEST)
             except InvalidInput:  # not JSON, or not one of ours within the limits
                 return ()
             if not isinstance(doc, dict):
@@ -482,10 +480,10 @@ class _LayoutReader:
 
     def _index(self, desc: Descriptor, doc: dict[str, Any], depth: int) -> tuple[Digest, ...]:
         label = f"index {desc.digest} ({desc.where})"
-        if depth >= MAX_NESTING:
+        if depth >= MAX_INDEX_NESTING:
             raise InvalidInput(
-                f"{self.name}: {label}: indexes nested more than {MAX_NESTING} deep, "
-                f"over the limit of {MAX_NESTING}"
+                f"{self.name}: {label}: indexes nested more than {MAX_INDEX_NESTING} deep, "
+                f"over the limit of {MAX_INDEX_NESTING}"
             )
         descs = self._index_entries(doc, desc.where, label)
         with_platform = [d for d in descs if d.platform is not None]
@@ -614,7 +612,7 @@ def _kept_manifest(
     except NotFound:
         raise CorruptStore(f"{what} is not in the store") from None
     try:
-        doc = load_json(raw, what, mt.MAX_MANIFEST)
+        doc = load_json(raw, what, MAX_MANIFEST)
         cdesc = doc["config"]
         cdigest = Digest(cdesc["digest"])
         layers = [(Digest(ld["digest"]), int(ld["size"])) for ld in doc.get("layers") or []]

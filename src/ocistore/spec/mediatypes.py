@@ -1,12 +1,11 @@
-"""Media types of the OCI image spec and Docker's distribution formats, and the limits
-on the documents they name."""
+"""Media types of the OCI image spec and Docker's distribution formats (the limits on
+the documents they name are in :mod:`ocistore.spec.limits`)."""
 
 from __future__ import annotations
 
 from typing import Final
 
 from .compression import Compression
-from .limits import MAX_MANIFEST
 
 __all__ = [
     "CONFIG_TYPES",
@@ -18,7 +17,6 @@ __all__ = [
     "INDEX_TYPES",
     "LAYER_TYPES",
     "MANIFEST_TYPES",
-    "MAX_MANIFEST",
     "OCI_CONFIG",
     "OCI_INDEX",
     "OCI_LAYER",
