@@ -407,17 +407,15 @@ def lock_is_free(root: Path) -> bool:
 
 
 def while_held(gate: Gate, root: Path, action: Callable[[], Any]) -> Any:
-    """Run ``action`` while the gated operation waits at ``gate``, then let it go on. If
-    the gated operation holds the store's lock there (so that ``action`` could only wait
-    for it), it is let go first and ``action`` runs after."""
+    """Run ``action`` while the gated operation waits at ``gate``, then let it go on. The
+    gate must be outside the store's lock: else ``action`` could only wait for it, and
+    the race the test is about would not be run."""
     gate.hold()
-    if lock_is_free(root):
-        try:
-            return action()
-        finally:
-            gate.open()
-    gate.open()
-    return action()
+    try:
+        assert lock_is_free(root), "the gated operation holds the lock: no race to run"
+        return action()
+    finally:
+        gate.open()
 
 
 def check_sound(root: Path) -> None:

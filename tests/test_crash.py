@@ -67,7 +67,8 @@ import ocistore
 
 #: Every count of the campaign is multiplied by this (``make soak`` sets 20).
 SCALE = max(1, int(os.environ.get("OCISTORE_CAMPAIGN_SCALE", "1") or "1"))
-#: Crash points run two at a time (each on its own store): a CI machine has two cores.
+#: Crash points run four at a time, each on its own store (most of their time is spent
+#: stopped in strace, so four keep a CI machine's two cores busy).
 WORKERS = 4
 #: The system calls a crash point may be put at, grouped as the kill loops take them.
 PUBLISH_CALLS = ("rename", "renameat", "renameat2", "link", "linkat")
