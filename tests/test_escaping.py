@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from test_terminal import run_on_terminal
 from util import make_tar
+from util import run_main as run
 
 from ocistore import ImageSource, LayerSource
-from ocistore.cli import main as cli
 from ocistore.cli import views
 from ocistore.spec.reference import parse_tagged
 from ocistore.store import Store
@@ -44,16 +44,6 @@ def assert_clean(text: str) -> None:
     """No raw control character anywhere (newlines only end lines)."""
     found = RAW.search(text)
     assert found is None, f"raw {found.group()!r} in {text!r}"
-
-
-def run(root: Path, capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(["--root", str(root), *(str(a) for a in args)])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def add_image(store: Store, config: dict[str, object], tags: list[str]) -> str:

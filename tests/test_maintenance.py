@@ -24,9 +24,9 @@ import invariants
 import pytest
 from conftest import Runner
 from util import CORPUS, make_tar, needs_corpus
+from util import run_main as run
 
 from ocistore import ImageSource, LayerSource
-from ocistore.cli import main as cli
 from ocistore.cli import views
 from ocistore.errors import InvalidInput
 from ocistore.spec.reference import parse, parse_tagged
@@ -150,16 +150,6 @@ def blob_size(root: Path, digest: str) -> int:
 def blob_files(root: Path) -> dict[str, int]:
     d = root / "blobs" / "sha256"
     return {f"sha256:{p.name}": p.stat().st_size for p in d.iterdir()} if d.is_dir() else {}
-
-
-def run(root: Path, capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = cli.main(["--root", str(root), *(str(a) for a in args)])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_sound(root: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -94,3 +94,19 @@ def ocistore_cli(*args: str | Path, check: bool = True) -> subprocess.CompletedP
     if check and proc.returncode != 0:
         pytest.fail(f"ocistore {args} exited {proc.returncode}: {proc.stderr}")
     return proc
+
+
+def run_main(
+    root: Path, capsys: pytest.CaptureFixture[str], *args: str | Path
+) -> tuple[int, str, str]:
+    """The command's ``main`` in this process on the store ``root``: exit code, stdout,
+    stderr."""
+    from ocistore.cli import main as cli
+
+    capsys.readouterr()
+    try:
+        code = cli.main(["--root", str(root), *(str(a) for a in args)])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
