@@ -28,7 +28,9 @@ from typing import Protocol
 
 __all__ = [
     "COPYING",
+    "DOWNLOADING",
     "LOADING",
+    "PUSHING",
     "SAVING",
     "SILENT",
     "VERIFYING",
@@ -42,6 +44,8 @@ LOADING = "Loading layer"
 SAVING = "Saving layer"
 COPYING = "Copying blob"
 VERIFYING = "Verifying layer"
+DOWNLOADING = "Downloading"
+PUSHING = "Pushing"
 
 
 def task_label(item: str, status: str) -> str:

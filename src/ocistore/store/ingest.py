@@ -82,6 +82,9 @@ class LayerSource(NamedTuple):
     #: The layer's DiffID when it is known before reading and the image's config is made
     #: after (see :data:`ConfigMaker`): a layer the store has then need not be read.
     diff_id: DiffID | None = None
+    #: What its progress line says while it is read (:data:`~ocistore.progress.LOADING`
+    #: when empty; ``Downloading`` for a pull).
+    status: str = ""
 
     @property
     def stage_key(self) -> str:
@@ -272,7 +275,7 @@ def _stage_all(
             shown = layer.blob_digest or diff_id
             # (the hex of a digest given as a plain string, by a caller, shortened too)
             short = str(shown).partition(":")[2][:12] if shown else ""
-            task = progress.task(task_label(short, LOADING), layer.expected_read)
+            task = progress.task(task_label(short, layer.status or LOADING), layer.expected_read)
 
             def update(done: int) -> None:
                 # Only an interrupt stops a layer in flight: it runs to its end after

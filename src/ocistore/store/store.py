@@ -48,10 +48,11 @@ from ..progress import SILENT, VERIFYING, Progress, task_label
 from ..spec.digest import ChainID, DiffID, Digest, ImageID
 from ..spec.gotime import GoTime, now_rfc3339nano, unix_seconds
 from ..spec.platform import host_platform
-from ..spec.reference import Reference, parse, parse_tagged
+from ..spec.reference import Reference, check_digest_reference, parse, parse_tagged
 from . import fsutil, gc, ingest
 from .backend import LAST_TAGGED, MANIFEST, FSBackend
 from .content import ContentStore
+from .distribution import DistributionHints
 from .images import Image, ImageRecord, ImageStore, newest_first
 from .ingest import ImageSource, LayerSource, LoadedImage
 from .layers import Layer, LayerReader, LayerStore
@@ -217,6 +218,7 @@ class Store:
         self.layers = LayerStore(self.root / "layerdb", self.content, self.tmpdir)
         self.images = ImageStore(self.backend, self.layers, self.lock, self.tmpdir)
         self.references = ReferenceStore(self.root / "repositories.json", self.tmpdir, self.lock)
+        self.distribution = DistributionHints(self.root, self.tmpdir)
         self._resolver = Resolver(self.images, self.references)
         self.images.recover = self.recover
 
@@ -299,12 +301,34 @@ class Store:
         self._require_writable()
         return ingest.register_layer(self, stream, parent)
 
+    def scratch(self, suffix: str = "") -> fsutil.TempFile:
+        """A new empty temporary file of the store (a layer compressed to be pushed);
+        the caller removes it with ``discard()``; after a crash :meth:`gc` does."""
+        self._require_writable()
+        return fsutil.TempFile(self.tmpdir, suffix)
+
+    @contextlib.contextmanager
+    def scratch_store(self) -> Iterator[Store]:
+        """A store of its own in ``tmp/``, removed at the end (after a crash, by
+        :meth:`gc`): where ``copy`` between two archives or layouts verifies an image
+        on its way, leaving nothing in this store."""
+        self._require_writable()
+        path = fsutil.temp_path(self.tmpdir, ".store")
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as e:
+            raise StorageError("creating", path, e) from None
+        try:
+            with Store(path) as scratch:
+                yield scratch
+        finally:
+            fsutil.remove(path)
+
     def spool(self, stream: IO[bytes], suffix: str = "") -> fsutil.TempFile:
         """Copy ``stream`` to its end into a temporary file of the store, for a reader
         that needs to seek (an archive on standard input). The caller removes it with
         ``discard()``; after a crash :meth:`gc` does."""
-        self._require_writable()
-        tmp = fsutil.TempFile(self.tmpdir, suffix)
+        tmp = self.scratch(suffix)
         try:
             while data := stream.read(1 << 20):
                 tmp.write(data)
@@ -460,6 +484,14 @@ class Store:
                     self.backend.set_metadata(image_id, LAST_TAGGED, before)
                 raise
         return ref
+
+    def add_repo_digest(self, image_id: ImageID, ref: Reference) -> None:
+        """Give ``image_id`` the digest reference ``ref`` (``NAME@DIGEST``: what a push
+        put into a registry, as Docker records it in ``RepoDigests``)."""
+        check_digest_reference(ref)
+        with self.transaction():
+            self.images.record(image_id)
+            self.references.add_all([(ref, image_id)])
 
     def remove(self, name: str, force: bool = False, prune: bool = True) -> list[RemoveEvent]:
         """Remove an image or a reference, with Docker's ``rmi`` rules and messages.
