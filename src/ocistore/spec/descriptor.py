@@ -4,6 +4,7 @@ annotations ocistore reads and writes."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
 from ..errors import InvalidInput
@@ -14,6 +15,7 @@ __all__ = [
     "ANNOTATION_CONTAINERD_NAME",
     "ANNOTATION_REF_NAME",
     "Descriptor",
+    "choose_platform",
     "parse_descriptor",
 ]
 
@@ -74,3 +76,13 @@ def parse_descriptor(obj: Any, where: str, source: str, need_type: bool = True) 
     if platform is not None and not isinstance(platform, dict):
         raise InvalidInput(f"{at}: field platform is not an object")
     return Descriptor(media_type, digest, size, annotations, platform, where)
+
+
+def choose_platform(descs: Sequence[Descriptor], want: Platform) -> Descriptor | None:
+    """The descriptor of an index for platform ``want``: one whose variant is exactly
+    ``want``'s if there is one, else the first that matches (:meth:`Platform.matches`)."""
+    matches = [d for d in descs if want.matches(d.platform)]
+    for d in matches:
+        if str((d.platform or {}).get("variant") or "") == want.variant:
+            return d
+    return matches[0] if matches else None

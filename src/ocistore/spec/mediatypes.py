@@ -13,6 +13,8 @@ __all__ = [
     "DOCKER_LIST",
     "DOCKER_MANIFEST",
     "DOCKER_SCHEMA1",
+    "DOCKER_SCHEMA1_SIGNED",
+    "DOCKER_SCHEMA1_UNSIGNED",
     "FOREIGN_LAYER_TYPES",
     "INDEX_TYPES",
     "LAYER_TYPES",
@@ -32,13 +34,11 @@ OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
 DOCKER_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
-#: Docker's image manifest schema 1, signed or not: not supported.
-DOCKER_SCHEMA1: Final = frozenset(
-    {
-        "application/vnd.docker.distribution.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    }
-)
+#: Docker's image manifest schema 1, unsigned and signed (a JWS): pulled from registries
+#: (:mod:`ocistore.spec.legacy.schema1`), refused in archives.
+DOCKER_SCHEMA1_UNSIGNED: Final = "application/vnd.docker.distribution.manifest.v1+json"
+DOCKER_SCHEMA1_SIGNED: Final = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+DOCKER_SCHEMA1: Final = frozenset({DOCKER_SCHEMA1_UNSIGNED, DOCKER_SCHEMA1_SIGNED})
 
 INDEX_TYPES: Final = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFEST_TYPES: Final = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
