@@ -1,0 +1,328 @@
+"""Push: a stored image into a registry.
+
+The manifest pushed is the one the store kept for the image (a pull's or an OCI load's,
+byte for byte, so its digest is the one it came with), else one made as ``docker push``
+makes it: a Docker v2 schema 2 manifest (an OCI manifest when a layer is zstd), indented
+as Docker's distribution code writes it. A layer stored as a plain tar is pushed
+gzip-compressed (isal), through a file in the store's ``tmp/`` so that a failed chunk can
+be sent again and memory stays flat; the compressed digest is remembered
+(:mod:`ocistore.store.distribution`), so the next push of the layer, to a registry that
+has it, neither compresses nor uploads it again.
+
+Every blob is asked for first (``HEAD``) and skipped when the registry has it; a blob
+seen in another repository of the same registry is mounted from there
+(``?mount=…&from=…``); the rest are uploaded, several at once: in one request when
+small, else in chunks (at least the registry's ``OCI-Chunk-Min-Length``). The manifest
+is put last, under the tag, and only when every blob is there: a failed push leaves no
+tag pointing at a partial image. The store then records ``NAME@DIGEST`` for the image,
+as Docker does after a push.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import threading
+from collections.abc import Callable
+from typing import IO, Any, NamedTuple
+
+from isal import isal_zlib
+
+from .. import parallel
+from ..errors import CorruptStore, InvalidInput, NotFound
+from ..progress import PUSHING, SILENT, Progress, task_label
+from ..spec import mediatypes as mt
+from ..spec.compression import Compression
+from ..spec.digest import CHUNK, DiffID, Digest, ImageID, digest_bytes, new_hasher
+from ..spec.limits import MAX_MANIFEST, load_json
+from ..spec.reference import DEFAULT_TAG, Reference
+from ..store.distribution import SeenBlob
+from ..store.layers import Layer
+from ..store.store import Store
+from .client import Repository
+from .session import Session
+
+__all__ = ["PushResult", "push"]
+
+#: Blobs uploaded at once.
+PUSH_JOBS = 4
+#: isal's level for layers compressed to be pushed: its fastest but one, about zlib's 6
+#: in size.
+GZIP_LEVEL = 2
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+class PushResult(NamedTuple):
+    reference: Reference
+    digest: Digest
+    size: int
+    #: What happened to each blob, for the lines ``docker push`` prints
+    #: (``ID: Pushed``, ``ID: Layer already exists``, ``ID: Mounted from REPO``).
+    events: list[str]
+
+
+class _Blob(NamedTuple):
+    digest: Digest
+    size: int
+    #: Opens the blob's bytes (seekable), when they come from the store as they are.
+    open: Callable[[], IO[bytes]] | None
+    #: The layer (a plain tar) to compress, when the blob is made for the push.
+    layer: Layer | None
+    #: The ID shown for it (the DiffID's short hex, as docker push shows layers).
+    shown: str
+    diff_id: DiffID | None = None
+
+
+def _config_blob(config: bytes) -> _Blob:
+    def open_config() -> IO[bytes]:
+        return io.BytesIO(config)
+
+    digest = digest_bytes(config)
+    return _Blob(digest, len(config), open_config, None, digest.hex[:12])
+
+
+def _stored(store: Store, digest: Digest, shown: str, diff_id: DiffID | None) -> _Blob:
+    try:
+        size = store.blob_size(digest)
+    except NotFound:
+        raise CorruptStore(f"blob {digest} is not in the store") from None
+    return _Blob(digest, size, lambda: store.open_blob(digest, verify=False), None, shown, diff_id)
+
+
+def _kept_plan(
+    store: Store, image_id: ImageID, kept: Digest, config: bytes, layers: list[Layer]
+) -> tuple[bytes, str, list[_Blob]]:
+    what = f"image {image_id}: kept manifest {kept}"
+    raw = store.read_blob(kept)
+    try:
+        doc = load_json(raw, what, MAX_MANIFEST)
+        media_type = doc.get("mediaType") or (
+            mt.DOCKER_MANIFEST
+            if doc["config"].get("mediaType") == mt.DOCKER_CONFIG
+            else mt.OCI_MANIFEST
+        )
+        digests = [Digest(ld["digest"]) for ld in doc.get("layers") or []]
+    except (ValueError, KeyError, TypeError, AttributeError, InvalidInput) as e:
+        raise CorruptStore(f"{what} is damaged: {e}") from None
+    if len(digests) != len(layers):
+        raise CorruptStore(f"{what} lists {len(digests)} layers, the image has {len(layers)}")
+    blobs = [_config_blob(config)]  # (pushed first, untold)
+    for d, layer in zip(digests, layers, strict=True):
+        blobs.append(_stored(store, d, layer.diff_id.hex[:12], layer.diff_id))
+    return raw, str(media_type), blobs
+
+
+def _manifest_bytes(doc: dict[str, Any]) -> bytes:
+    """As Docker's distribution code writes a manifest: Go's MarshalIndent, 3 spaces."""
+    return json.dumps(doc, indent=3, ensure_ascii=False).encode()
+
+
+class _Pusher:
+    def __init__(
+        self, store: Store, repo: Repository, progress: Progress, events: list[str]
+    ) -> None:
+        self.store = store
+        self.repo = repo
+        self.progress = progress
+        self.events = events
+        self.lock = threading.Lock()
+        #: Layer blobs made (compressed) for this push: digest and size, by DiffID.
+        self.made: dict[DiffID, tuple[Digest, int]] = {}
+
+    def event(self, line: str) -> None:
+        with self.lock:
+            self.events.append(line)
+
+    def remember(self, diff_id: DiffID | None, digest: Digest) -> None:
+        if diff_id is not None:
+            self.store.distribution.add(diff_id, SeenBlob(digest, self.repo.name))
+
+    def mount_source(self, diff_id: DiffID | None, digest: Digest) -> str | None:
+        if diff_id is None:
+            return None
+        prefix = self.repo.registry.domain + "/"
+        for seen in reversed(self.store.distribution.get(diff_id)):
+            if (
+                seen.digest == digest
+                and seen.repository.startswith(prefix)
+                and seen.repository != self.repo.name
+            ):
+                return seen.repository[len(prefix) :]
+        return None
+
+    def push_blob(self, blob: _Blob, config: bool = False) -> None:
+        """Push one blob unless the registry has it; a layer's fate is told as
+        ``docker push`` tells it (the config's is not)."""
+        repo = self.repo
+        event = (lambda line: None) if config else self.event
+        if repo.blob_size(blob.digest) is not None:
+            event(f"{blob.shown}: Layer already exists")
+            self.remember(blob.diff_id, blob.digest)
+            return
+        location = None
+        minimum = 0
+        source = self.mount_source(blob.diff_id, blob.digest)
+        if source is not None:
+            location = repo.mount_blob(blob.digest, source)
+            if location is None:
+                event(f"{blob.shown}: Mounted from {source}")
+                self.remember(blob.diff_id, blob.digest)
+                return
+        assert blob.open is not None
+        task = self.progress.task(task_label(blob.shown, PUSHING), blob.size)
+        repo.upload(blob.digest, blob.size, blob.open, task.update, location, minimum)
+        task.finish()
+        event(f"{blob.shown}: Pushed")
+        self.remember(blob.diff_id, blob.digest)
+
+    def push_plain_layer(self, layer: Layer) -> tuple[Digest, int]:
+        """A layer stored as a plain tar, pushed gzip-compressed: the remembered blob if
+        the registry has it, else compressed now, uploaded, and remembered."""
+        shown = layer.diff_id.hex[:12]
+        for seen in reversed(self.store.distribution.get(layer.diff_id)):
+            size = self.repo.blob_size(seen.digest)
+            if size is not None:
+                self.event(f"{shown}: Layer already exists")
+                self.remember(layer.diff_id, seen.digest)
+                return seen.digest, size
+        scratch = self.store.scratch(suffix=".push.gz")
+        try:
+            digest, size = _compress(self.store, layer, scratch.file)
+            scratch.file.close()
+            path = scratch.path
+
+            def reopen() -> IO[bytes]:
+                return open(path, "rb")
+
+            self.push_blob(_Blob(digest, size, reopen, None, shown, layer.diff_id))
+        finally:
+            scratch.discard()
+        return digest, size
+
+
+def _compress(store: Store, layer: Layer, out: IO[bytes]) -> tuple[Digest, int]:
+    """Gzip the layer's tar (read verified) into ``out``: the blob's digest and size."""
+    hasher = new_hasher()
+    size = 0
+    compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+    with store.open_layer(layer) as src:
+        while True:
+            data = src.read(CHUNK)
+            if not data:
+                break
+            piece = compressor.compress(data)
+            if piece:
+                out.write(piece)
+                hasher.update(piece)
+                size += len(piece)
+        piece = compressor.flush()
+        out.write(piece)
+        hasher.update(piece)
+        size += len(piece)
+    return Digest("sha256:" + hasher.hexdigest()), size
+
+
+def push(
+    store: Store,
+    session: Session,
+    name: str,
+    dest: Reference | None = None,
+    progress: Progress | None = None,
+) -> PushResult:
+    """Push the image ``name`` names to ``dest`` (default: ``name`` as a reference,
+    ``latest`` when it has no tag)."""
+    progress = progress or SILENT
+    image_id = store.resolve(name)
+    if dest is None:
+        from ..spec.reference import parse
+
+        dest = parse(name)
+    if dest.digest is not None:
+        raise InvalidInput(f"{dest.familiar()}: push to a tag, not a digest reference")
+    if dest.tag is None:
+        dest = dest.with_tag(DEFAULT_TAG)
+    image = store.image(image_id)
+    config = image.config.raw
+    layers = store.layers_of(image)
+    repo = session.repository(dest)
+    events: list[str] = []
+    pusher = _Pusher(store, repo, progress, events)
+    kept = store.kept_manifest(image_id)
+    if kept is not None:
+        raw, media_type, blobs = _kept_plan(store, image_id, kept, config, layers)
+        jobs = [lambda: pusher.push_blob(blobs[0], config=True)]
+        jobs += [_bind(pusher.push_blob, b) for b in blobs[1:]]
+        _run(jobs)
+    else:
+        raw, media_type = _generated(store, pusher, config, layers)
+    digest = repo.put_manifest(dest.tag or DEFAULT_TAG, raw, media_type)
+    with contextlib.suppress(InvalidInput):
+        store.add_repo_digest(image_id, dest.name_only().with_digest(digest))
+    return PushResult(dest, digest, len(raw), events)
+
+
+def _bind(fn: Callable[[_Blob], None], blob: _Blob) -> Callable[[], None]:
+    return lambda: fn(blob)
+
+
+def _run(jobs: list[Callable[[], None]]) -> None:
+    def job(fn: Callable[[], None]) -> parallel.Job:
+        def run(stop: parallel.Stop) -> None:
+            stop.check()
+            fn()
+
+        return run
+
+    parallel.run_all([job(fn) for fn in jobs], PUSH_JOBS)
+
+
+def _generated(
+    store: Store, pusher: _Pusher, config: bytes, layers: list[Layer]
+) -> tuple[bytes, str]:
+    """Push the config and layers and make the manifest ``docker push`` would."""
+    results: dict[int, tuple[Digest, int, Compression]] = {}
+    config_blob = _config_blob(config)
+    jobs: list[Callable[[], None]] = [lambda: pusher.push_blob(config_blob, config=True)]
+
+    def layer_job(i: int, layer: Layer) -> Callable[[], None]:
+        def run() -> None:
+            ref = layer.blob
+            if ref.compression is Compression.NONE:
+                d, size = pusher.push_plain_layer(layer)
+                results[i] = (d, size, Compression.GZIP)
+            else:
+                pusher.push_blob(_stored(store, ref.digest, layer.diff_id.hex[:12], layer.diff_id))
+                results[i] = (ref.digest, ref.size, ref.compression)
+
+        return run
+
+    jobs += [layer_job(i, layer) for i, layer in enumerate(layers)]
+    _run(jobs)
+    entries = [results[i] for i in range(len(layers))]
+    zstd = any(c is Compression.ZSTD for _, _, c in entries)
+    if zstd:
+        doc: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {
+                "mediaType": mt.OCI_CONFIG,
+                "digest": digest_bytes(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": mt.layer_media_type(c), "digest": d, "size": s} for d, s, c in entries
+            ],
+        }
+        return _manifest_bytes(doc), mt.OCI_MANIFEST
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": mt.DOCKER_MANIFEST,
+        "config": {
+            "mediaType": mt.DOCKER_CONFIG,
+            "size": len(config),
+            "digest": digest_bytes(config),
+        },
+        "layers": [{"mediaType": DOCKER_LAYER_GZIP, "size": s, "digest": d} for d, s, _ in entries],
+    }
+    return _manifest_bytes(doc), mt.DOCKER_MANIFEST
