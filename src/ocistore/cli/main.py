@@ -417,6 +417,21 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a Go template applied to each image ('{{.Id}}', '{{json .Config}}'), or json",
     )
+    p.add_argument(
+        "--remote",
+        action="store_true",
+        help="inspect images in a registry instead (IMAGE is [docker://]NAME[:TAG|@DIGEST]): "
+        "what skopeo inspect prints",
+    )
+    p.add_argument(
+        "--platform",
+        default=None,
+        metavar="OS/ARCH[/VARIANT]",
+        help="with --remote: which image of a multi-platform index (default: this machine's)",
+    )
+    from .remote import registry_options
+
+    registry_options(p)
 
 
 @command("inspect", _inspect_args)
@@ -432,6 +447,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ..formats import docker_api as api
     from . import templates
 
+    if args.remote:
+        from .remote import inspect_remote
+
+        return inspect_remote(args)
     as_json = args.format == "json"
     template = templates.parse(args.format, listing=False) if args.format else None
     store = open_store(args)
@@ -1142,3 +1161,7 @@ def _stdout_to_devnull() -> None:
 
 if __name__ == "__main__":
     sys.exit(run())
+
+
+# The registry commands register themselves with the others (after them, in the help).
+from . import remote as _remote  # noqa: E402,F401
