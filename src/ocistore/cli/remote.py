@@ -9,7 +9,6 @@ for ``inspect --remote``, ``manifest`` and ``tags``); progress goes to a termina
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -123,6 +122,8 @@ def _ask_password(user: str) -> str:
             f"a password for {user!r} is needed and standard input is not a terminal: "
             "give USER:PASSWORD or --password-stdin"
         )
+    import getpass
+
     return getpass.getpass("Password: ")
 
 
@@ -248,9 +249,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         return EXIT_OK
     for line in result.events:
         print(views.printable(line))
-    print(
-        f"{views.printable(result.reference.tag or '')}: digest: {result.digest} size: {result.size}"
-    )
+    tag = views.printable(result.reference.tag or "")
+    print(f"{tag}: digest: {result.digest} size: {result.size}")
     return EXIT_OK
 
 
