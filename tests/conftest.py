@@ -113,3 +113,44 @@ def docker_images(docker_engine: DockerEngine) -> DockerImages:
         "FROM lab/built:1\nRUN echo child > /child &&\trm /etc/app/greeting\nUSER 1000:1000\n",
     )
     return DockerImages("lab/imported:1", "lab/built:1", "lab/child:1")
+
+
+# --- registries (issue 12): Distribution's docker-registry, see tests/registry_peer.py ---
+# Imported in the fixtures, so that a missing test dependency (cryptography) fails only the
+# tests that start a registry.
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """One open registry (no authentication, plain HTTP) for the whole session, on
+    127.0.0.1. Tests share it: each pushes to repositories of its own."""
+    from registry_peer import registry_binary, started_registry
+
+    registry_binary()  # skips (fails under CI=true) when it is missing
+    with started_registry(tmp_path_factory.mktemp("registry")) as server:
+        yield server
+
+
+@pytest.fixture
+def registry_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., RegistryServer]]:
+    """``make(**kwargs)`` starts a registry (the arguments of ``started_registry``: auth,
+    tls, schema1, users, token_lifetime); all of them are stopped when the test ends."""
+    from registry_peer import registry_binary, started_registry
+
+    registry_binary()
+    workdir = tmp_path_factory.mktemp("registries")
+    with contextlib.ExitStack() as stack:
+
+        def make(**kwargs: Any) -> RegistryServer:
+            return stack.enter_context(started_registry(workdir, **kwargs))
+
+        yield make
+
+
+# Names for the annotations above (not evaluated at run time: annotations are strings).
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+if TYPE_CHECKING:
+    from registry_peer import RegistryServer
