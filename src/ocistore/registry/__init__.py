@@ -1,0 +1,1 @@
+"""The registry client: pull, push, and what they need (credentials, auth, transport)."""
