@@ -53,6 +53,10 @@ blob and where the descriptor is (``index.json manifests[2] → manifests[0] →
   once, with the names of both paths.
 * Every loaded image keeps its manifest bytes (:attr:`ImageSource.manifest`), so a later
   save re-emits the same manifest with the same digest.
+* The walk is the one way from manifests to images: skopeo's dir layout
+  (:mod:`ocistore.formats.dir_layout`) is read by it too, from its ``manifest.json``
+  (:meth:`_LayoutReader.read_root`), with where each blob is and how messages name it
+  its own (``_path``, ``_file``, ``_member``, ``_here``, ``_index_at``).
 
 Writing (:func:`write_oci_layout`, :func:`write_oci_archive`)
 -------------------------------------------------------------
@@ -68,6 +72,8 @@ otherwise an OCI image manifest is generated
 with the fields in the image-spec's Go struct order. Blobs shared by several images are
 written once. The output is deterministic: ``oci-layout``, ``index.json``, then the blobs
 sorted by path; fixed owners, modes and times (see :class:`~ocistore.formats.tarwriter.TarWriter`).
+The choice of manifest (:func:`image_manifest`) and the verified copy of a blob into a
+directory (:func:`write_blob`) serve the dir layout's save too.
 
 ``index.json`` gets one descriptor per image named on the command line; a name that is a
 tag gives the annotations ``org.opencontainers.image.ref.name`` = the tag alone (``1``) and
@@ -245,13 +251,35 @@ class _LayoutReader:
     def name(self) -> str:
         return self.archive.name
 
+    # -- where blobs are, and how messages name them (a dir layout names them otherwise) --
+
+    def _path(self, desc: Descriptor) -> str:
+        """The member holding the blob ``desc`` names: ``blobs/<alg>/<hex>``."""
+        return blob_path(desc.digest)
+
+    def _file(self, path: str) -> str:
+        """A member of the archive, as messages name it: ``ARCHIVE: blobs/sha256/…``."""
+        return f"{self.name}: {path}"
+
+    def _member(self, path: str) -> str:
+        """A member, named after the archive has been named already."""
+        return path
+
+    def _here(self, desc: Descriptor) -> str:
+        """The blob ``desc`` names and where the descriptor is, for messages."""
+        return f"{self._file(self._path(desc))} ({desc.where})"
+
+    def _index_at(self, desc: Descriptor) -> str:
+        """An index below ``index.json``, for messages: ``ARCHIVE: index sha256:… (where)``."""
+        return f"{self.name}: index {desc.digest} ({desc.where})"
+
     # -- blobs --------------------------------------------------------------------------
 
     def _check_blob(self, desc: Descriptor, what: str = "blob") -> str:
         """The path of the blob ``desc`` names, checked to exist with the right size."""
-        path = blob_path(desc.digest)
+        path = self._path(desc)
         if not self.archive.exists(path):
-            reason = f"is missing ({path})"
+            reason = f"is missing ({self._member(path)})"
             try:
                 self.archive.size(path)
             except InvalidInput as e:  # a symlink out of the layout, say: say so
@@ -263,27 +291,23 @@ class _LayoutReader:
         except InvalidInput as e:
             raise InvalidInput(f"{self.name}: {desc.where}: {what} {desc.digest}: {e}") from None
         if size != desc.size:
-            raise SizeMismatch(f"{self.name}: {path} ({desc.where})", desc.size, size)
+            raise SizeMismatch(self._here(desc), desc.size, size)
         return path
 
     def _read_blob(self, desc: Descriptor, what: str, limit: int = MAX_MANIFEST) -> bytes:
         path = self._check_blob(desc, what)
         if desc.size > limit:
-            raise InvalidInput(
-                f"{self.name}: {path} ({desc.where}): {what} of {desc.size} bytes is too large"
-            )
+            raise InvalidInput(f"{self._here(desc)}: {what} of {desc.size} bytes is too large")
         data = read_bytes(self.archive, path, limit, what)
         if len(data) != desc.size:
-            raise SizeMismatch(f"{self.name}: {path} ({desc.where})", desc.size, len(data))
-        return check_bytes(data, desc.digest, f"{self.name}: {path} ({desc.where})")
+            raise SizeMismatch(self._here(desc), desc.size, len(data))
+        return check_bytes(data, desc.digest, self._here(desc))
 
     def _document(self, data: bytes, desc: Descriptor, what: str) -> dict[str, Any]:
-        path = blob_path(desc.digest)
-        doc = load_json(data, f"{self.name}: {path} ({desc.where}): {what}", MAX_MANIFEST)
+        doc = load_json(data, f"{self._here(desc)}: {what}", MAX_MANIFEST)
         if not isinstance(doc, dict):
             raise InvalidInput(
-                f"{self.name}: {path} ({desc.where}): {what} is not a JSON object "
-                f"({json.dumps(doc)[:40]})"
+                f"{self._here(desc)}: {what} is not a JSON object ({json.dumps(doc)[:40]})"
             )
         return doc
 
@@ -305,7 +329,7 @@ class _LayoutReader:
                 f"{self.name}: {INDEX_FILE} is not an image index (a JSON object), "
                 f"it is {json.dumps(index)[:40]}"
             )
-        descs = self._index_entries(index, INDEX_FILE, INDEX_FILE)
+        descs = self._index_entries(index, INDEX_FILE, self._file(INDEX_FILE))
         # index.json: each descriptor is an image, except several platform-specific ones
         # sharing a ref name, which together are one multi-platform image.
         groups: dict[str, list[Descriptor]] = {}
@@ -318,24 +342,31 @@ class _LayoutReader:
                 if len(group) > 1:
                     if group[0] is not d:
                         continue
-                    d = self._choose(group, INDEX_FILE)
+                    d = self._choose(group, self._file(INDEX_FILE))
             self._visit(d, 0)
             self._give(_names(d.annotations), d)
         return list(self.found.values())
 
-    def _index_entries(self, doc: dict[str, Any], where: str, label: str) -> list[Descriptor]:
+    def read_root(self, desc: Descriptor) -> list[ImageSource]:
+        """The images below one descriptor that stands where ``index.json`` would be (a
+        dir layout's ``manifest.json``): a manifest is an image whatever its platform, an
+        index gives the one for the platform; no names."""
+        self._visit(desc, 0)
+        return list(self.found.values())
+
+    def _index_entries(self, doc: dict[str, Any], where: str, at: str) -> list[Descriptor]:
         version = doc.get("schemaVersion")
         if version != 2:
-            raise InvalidInput(f"{self.name}: {label}: schemaVersion is {version!r}, not 2")
+            raise InvalidInput(f"{at}: schemaVersion is {version!r}, not 2")
         manifests = doc.get("manifests")
         if manifests is None:
             return []
         if not isinstance(manifests, list):
-            raise InvalidInput(f"{self.name}: {label}: field manifests is not a list")
+            raise InvalidInput(f"{at}: field manifests is not a list")
         self.descriptors += len(manifests)
         if self.descriptors > MAX_DESCRIPTORS:
             raise InvalidInput(
-                f"{self.name}: {label}: more than {MAX_DESCRIPTORS} descriptors in the "
+                f"{at}: more than {MAX_DESCRIPTORS} descriptors in the "
                 f"layout's indexes, over the limit of {MAX_DESCRIPTORS}"
             )
         prefix = f"{where} " if where == INDEX_FILE else f"{where} → "
@@ -344,7 +375,7 @@ class _LayoutReader:
             for i, m in enumerate(manifests)
         ]
 
-    def _choose(self, group: list[Descriptor], label: str) -> Descriptor:
+    def _choose(self, group: list[Descriptor], at: str) -> Descriptor:
         want = self.platform or host_platform()
         matches = [d for d in group if want.matches(d.platform)]
         if not matches:
@@ -354,8 +385,7 @@ class _LayoutReader:
                 if p not in available and p != "unknown/unknown":
                     available.append(p)
             raise InvalidInput(
-                f"{self.name}: {label}: no image for platform {want}; "
-                f"available: {', '.join(available) or 'none'}"
+                f"{at}: no image for platform {want}; available: {', '.join(available) or 'none'}"
             )
         for d in matches:
             if str((d.platform or {}).get("variant") or "") == want.variant:
@@ -379,7 +409,7 @@ class _LayoutReader:
             if said is not None and found is not None and said != found:
                 article = "an" if found == "index" else "a"
                 raise InvalidInput(
-                    f"{self.name}: {blob_path(desc.digest)} ({desc.where}): the descriptor "
+                    f"{self._here(desc)}: the descriptor "
                     f"says {desc.media_type} but the document is {article} {found}"
                 )
             return
@@ -420,7 +450,7 @@ class _LayoutReader:
         known = desc.media_type in mt.INDEX_TYPES or desc.media_type in mt.MANIFEST_TYPES
         if not known:
             # Some other type: look at the document itself if it can be one of ours.
-            path = blob_path(desc.digest)
+            path = self._path(desc)
             if desc.size > MAX_MANIFEST or not self.archive.exists(path):
                 return ()
         what = "index" if desc.media_type in mt.INDEX_TYPES else "manifest" if known else "blob"
@@ -444,18 +474,15 @@ class _LayoutReader:
 
     def _kind(self, desc: Descriptor, doc: dict[str, Any]) -> str | None:
         inner = doc.get("mediaType")
-        path = blob_path(desc.digest)
+        here = self._here(desc)
         if inner is not None and not isinstance(inner, str):
-            raise InvalidInput(f"{self.name}: {path} ({desc.where}): mediaType is not a string")
+            raise InvalidInput(f"{here}: mediaType is not a string")
         if inner in mt.DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
-            raise InvalidInput(
-                f"{self.name}: {path} ({desc.where}): Docker image manifest schema 1 "
-                "is not supported"
-            )
+            raise InvalidInput(f"{here}: Docker image manifest schema 1 is not supported")
         if desc.media_type in mt.INDEX_TYPES:
             if inner is not None and inner not in mt.INDEX_TYPES:
                 raise InvalidInput(
-                    f"{self.name}: {path} ({desc.where}): the descriptor says "
+                    f"{here}: the descriptor says "
                     f"{desc.media_type} but the document's mediaType is {inner!r}"
                 )
             return "index"
@@ -463,7 +490,7 @@ class _LayoutReader:
             # Its own type is what a save writes again: it must be a manifest's.
             if inner is not None and inner not in mt.MANIFEST_TYPES:
                 raise InvalidInput(
-                    f"{self.name}: {path} ({desc.where}): the descriptor says "
+                    f"{here}: the descriptor says "
                     f"{desc.media_type} but the document's mediaType is {inner!r}"
                 )
             return "manifest"
@@ -479,15 +506,15 @@ class _LayoutReader:
         return None
 
     def _index(self, desc: Descriptor, doc: dict[str, Any], depth: int) -> tuple[Digest, ...]:
-        label = f"index {desc.digest} ({desc.where})"
+        at = self._index_at(desc)
         if depth >= MAX_INDEX_NESTING:
             raise InvalidInput(
-                f"{self.name}: {label}: indexes nested more than {MAX_INDEX_NESTING} deep, "
+                f"{at}: indexes nested more than {MAX_INDEX_NESTING} deep, "
                 f"over the limit of {MAX_INDEX_NESTING}"
             )
-        descs = self._index_entries(doc, desc.where, label)
+        descs = self._index_entries(doc, desc.where, at)
         with_platform = [d for d in descs if d.platform is not None]
-        chosen = self._choose(with_platform, label) if with_platform else None
+        chosen = self._choose(with_platform, at) if with_platform else None
         below: dict[Digest, None] = {}
         for d in descs:
             if (d.platform is None or d is chosen) and d.digest not in below:
@@ -496,8 +523,7 @@ class _LayoutReader:
         return tuple(below)
 
     def _manifest(self, desc: Descriptor, raw: bytes, doc: dict[str, Any]) -> None:
-        path = blob_path(desc.digest)
-        here = f"{self.name}: {path} ({desc.where})"
+        here = self._here(desc)
         version = doc.get("schemaVersion")
         if version != 2:
             raise InvalidInput(f"{here}: manifest schemaVersion is {version!r}, not 2")
@@ -517,9 +543,7 @@ class _LayoutReader:
         if config is None:
             config = self._configs[cdesc.digest] = self._read_blob(cdesc, "config", MAX_CONFIG)
         elif len(config) != cdesc.size:
-            raise SizeMismatch(
-                f"{self.name}: {blob_path(cdesc.digest)} ({cdesc.where})", cdesc.size, len(config)
-            )
+            raise SizeMismatch(self._here(cdesc), cdesc.size, len(config))
         self._configs_read.spend(len(config))
         layers = [
             self._layer(parse_descriptor(ld, f"{desc.where} → layers[{i}]", self.name))
@@ -543,17 +567,17 @@ class _LayoutReader:
                 f"{self.name}: {desc.where}: layer {desc.digest} has media type "
                 f"{media_type!r}, not an image layer type"
             )
-        path = blob_path(desc.digest)
+        path = self._path(desc)
         if media_type in mt.FOREIGN_LAYER_TYPES and not self.archive.exists(path):
             raise InvalidInput(
                 f"{self.name}: {desc.where}: non-distributable (foreign) layer {desc.digest} "
-                f"({media_type}) is not in the archive ({path}); ocistore does not fetch "
-                "layers from their URLs"
+                f"({media_type}) is not in the archive ({self._member(path)}); ocistore does "
+                "not fetch layers from their URLs"
             )
         self._check_blob(desc, "layer blob")
         return LayerSource(
             open=functools.partial(self.archive.open, path),
-            what=f"{self.name}: {path}",
+            what=self._file(path),
             blob_digest=desc.digest,
             blob_size=desc.size,
             key=str(desc.digest),
@@ -573,7 +597,7 @@ def read_oci_layout(archive: ArchiveReader, platform: Platform | None = None) ->
 # -- writing -----------------------------------------------------------------------------
 
 
-class _Blob(NamedTuple):
+class Blob(NamedTuple):
     digest: Digest
     size: int
     #: The blob's bytes, when small (configs, manifests); else it is copied from the
@@ -583,7 +607,7 @@ class _Blob(NamedTuple):
 
 class _Plan(NamedTuple):
     entries: list[dict[str, Any]]
-    blobs: dict[Digest, _Blob]
+    blobs: dict[Digest, Blob]
 
 
 def _annotations(ref: Reference | None) -> dict[str, str]:
@@ -595,17 +619,19 @@ def _annotations(ref: Reference | None) -> dict[str, str]:
     return {ANNOTATION_CONTAINERD_NAME: str(ref), ANNOTATION_REF_NAME: ref.tag}
 
 
-def _stored_blob(store: Store, digest: Digest, what: str) -> _Blob:
+def _stored_blob(store: Store, digest: Digest, what: str) -> Blob:
     try:
         size = store.blob_size(digest)
     except NotFound:
         raise CorruptStore(f"{what}: blob {digest} is not in the store") from None
-    return _Blob(digest, size)
+    return Blob(digest, size)
 
 
 def _kept_manifest(
-    store: Store, image_id: ImageID, config: bytes, digest: Digest
-) -> tuple[bytes, str, list[_Blob]]:
+    store: Store, image_id: ImageID, config: bytes, digest: Digest, as_oci: bool = True
+) -> tuple[bytes, str, list[Blob]]:
+    """The kept manifest ``digest``, its media type and the blobs it names (all checked
+    against the store); a Docker v2 one in its OCI form unless not ``as_oci``."""
     what = f"image {image_id}: kept manifest {digest}"
     try:
         raw = store.read_blob(digest)
@@ -624,7 +650,7 @@ def _kept_manifest(
     if not isinstance(media_type, str) or not media_type:
         ctype = cdesc.get("mediaType") if isinstance(cdesc, dict) else None
         media_type = mt.DOCKER_MANIFEST if ctype == mt.DOCKER_CONFIG else mt.OCI_MANIFEST
-    blobs = [_Blob(cdigest, len(config), data=config)]
+    blobs = [Blob(cdigest, len(config), data=config)]
     for layer_digest, size in layers:
         blob = _stored_blob(store, layer_digest, what)
         if blob.size != size:
@@ -632,7 +658,7 @@ def _kept_manifest(
                 f"{what}: blob {layer_digest} is {blob.size} bytes, the manifest says {size}"
             )
         blobs.append(blob)
-    if media_type == mt.DOCKER_MANIFEST:
+    if as_oci and media_type == mt.DOCKER_MANIFEST:
         raw, media_type = _oci_from_docker(store, doc, len(config)), mt.OCI_MANIFEST
     return raw, media_type, blobs
 
@@ -669,10 +695,10 @@ def _oci_from_docker(store: Store, doc: dict[str, Any], config_size: int) -> byt
     return _json_bytes(out)
 
 
-def _generated_manifest(store: Store, image: Image) -> tuple[bytes, list[_Blob]]:
+def _generated_manifest(store: Store, image: Image) -> tuple[bytes, list[Blob]]:
     image_id = image.id
     config = image.config.raw
-    blobs = [_Blob(Digest(image_id), len(config), data=config)]
+    blobs = [Blob(Digest(image_id), len(config), data=config)]
     layers: list[dict[str, Any]] = []
     for layer in store.layers_of(image):
         ref = layer.blob
@@ -693,24 +719,38 @@ def _generated_manifest(store: Store, image: Image) -> tuple[bytes, list[_Blob]]
     return _json_bytes(doc), blobs
 
 
+class ImageManifest(NamedTuple):
+    """The manifest a save writes for an image, and the blobs it names (config first)."""
+
+    raw: bytes
+    media_type: str
+    blobs: list[Blob]
+
+
+def image_manifest(store: Store, image_id: ImageID, as_oci: bool = True) -> ImageManifest:
+    """The manifest to write for an image: the kept one byte for byte (a Docker v2 one in
+    its OCI form, unless not ``as_oci``), else one generated from the stored blobs; its
+    config and layer blobs are checked to be in the store."""
+    image = store.image(image_id)  # the config, verified
+    config = image.config.raw
+    kept = store.kept_manifest(image_id)
+    if kept is not None:
+        return ImageManifest(*_kept_manifest(store, image_id, config, kept, as_oci))
+    raw, blobs = _generated_manifest(store, image)
+    return ImageManifest(raw, mt.OCI_MANIFEST, blobs)
+
+
 def _plan(store: Store, names: list[str]) -> _Plan:
     selected = store.select(names)
     manifests: dict[ImageID, dict[str, Any]] = {}
-    blobs: dict[Digest, _Blob] = {}
+    blobs: dict[Digest, Blob] = {}
     entries: list[dict[str, Any]] = []
     for image_id, ref in selected:
         desc = manifests.get(image_id)
         if desc is None:
-            image = store.image(image_id)  # the config, verified
-            config = image.config.raw
-            kept = store.kept_manifest(image_id)
-            if kept is not None:
-                raw, media_type, image_blobs = _kept_manifest(store, image_id, config, kept)
-            else:
-                raw, image_blobs = _generated_manifest(store, image)
-                media_type = mt.OCI_MANIFEST
+            raw, media_type, image_blobs = image_manifest(store, image_id)
             manifest_digest = digest_bytes(raw)
-            image_blobs.append(_Blob(manifest_digest, len(raw), data=raw))
+            image_blobs.append(Blob(manifest_digest, len(raw), data=raw))
             for b in image_blobs:
                 blobs.setdefault(b.digest, b)
             desc = {"mediaType": media_type, "digest": manifest_digest, "size": len(raw)}
@@ -734,7 +774,7 @@ def _index_bytes(manifests: list[Any], base: dict[str, Any] | None = None) -> by
     return _json_bytes(doc)
 
 
-def _blob_fill(store: Store, blob: _Blob, progress: Progress) -> Fill:
+def _blob_fill(store: Store, blob: Blob, progress: Progress) -> Fill:
     """Copies a stored blob into the archive, checked against its digest on the way."""
     digest, size = blob.digest, blob.size
 
@@ -769,7 +809,7 @@ def write_oci_archive(
                 tar.add_file(blob_path(digest), blob.size, _blob_fill(store, blob, progress))
 
 
-def _existing_blob_ok(path: Path, blob: _Blob) -> bool:
+def _existing_blob_ok(path: Path, blob: Blob) -> bool:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -780,9 +820,9 @@ def _existing_blob_ok(path: Path, blob: _Blob) -> bool:
         return digest_stream(f, blob.digest.algorithm)[0] == blob.digest
 
 
-def _write_blob(store: Store, root: Path, blob: _Blob, progress: Progress) -> None:
-    """A blob into the layout (kept if it is there and whole), verified, fsynced."""
-    path = root / blob_path(blob.digest)
+def write_blob(store: Store, path: Path, blob: Blob, progress: Progress) -> None:
+    """A blob into the file ``path`` of an output directory (kept if it is there and
+    whole), verified while copied, fsynced, with the umask's mode."""
     if _existing_blob_ok(path, blob):
         return
     fsutil.make_output_dirs(path.parent)
@@ -790,7 +830,7 @@ def _write_blob(store: Store, root: Path, blob: _Blob, progress: Progress) -> No
         if blob.data is not None:
             f.write(blob.data)
             return
-        sink = MemberSink(blob_path(blob.digest), blob.size, lambda data, _pos: f.write(data))
+        sink = MemberSink(str(path), blob.size, lambda data, _pos: f.write(data))
         _blob_fill(store, blob, progress)(sink)
         if sink.done != sink.size:
             raise SizeMismatch(f"blob {blob.digest}", blob.size, sink.done)
@@ -887,7 +927,7 @@ def _fill_layout(
 ) -> None:
     """Blobs first, then ``oci-layout``, then ``index.json``: each file whole and durable."""
     for digest in sorted(plan.blobs, key=blob_path):
-        _write_blob(store, root, plan.blobs[digest], progress)
+        write_blob(store, root / blob_path(digest), plan.blobs[digest], progress)
     if not (root / LAYOUT_FILE).exists():
         fsutil.atomic_write(root / LAYOUT_FILE, LAYOUT_BYTES, None, OUTPUT_MODE)
     if index is None:
