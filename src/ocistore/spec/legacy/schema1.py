@@ -171,8 +171,9 @@ _EMPTY_PAIR: Final = re.compile(rb"\[\]|\{\}")
 
 
 def _too_deep(data: bytes) -> bool:
-    """Whether valid JSON nests deeper than :data:`MAX_JSON_DEPTH`: its brackets alone,
-    innermost empty pairs removed once per level (each pass at C speed)."""
+    """Whether JSON nests deeper than :data:`MAX_JSON_DEPTH`: its brackets alone, outside
+    its strings, innermost empty pairs removed once per level (each pass at C speed).
+    Exact for valid JSON; invalid JSON that it passes fails to parse."""
     if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
         return False
     brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data))
@@ -185,22 +186,18 @@ def _too_deep(data: bytes) -> bool:
 
 def _decode(data: bytes, t: gojson.GoType, what: str) -> Any:
     """Go's ``json.Unmarshal`` of ``data`` into a value of type ``t``, within the limits
-    on values and depth."""
+    on values and depth (checked on the bytes first: nothing deeper is ever parsed)."""
     values = data.count(b"[") + data.count(b"{") + data.count(b",")
     if values > MAX_JSON_VALUES:
         raise InvalidInput(
             f"{what}: up to {values} JSON values, over the limit of {MAX_JSON_VALUES}"
         )
+    if _too_deep(data):
+        raise InvalidInput(f"{what}: JSON nests deeper than the limit of {MAX_JSON_DEPTH} levels")
     try:
-        value = gojson.unmarshal(data, t)
-        too_deep = _too_deep(data)
+        return gojson.unmarshal(data, t)
     except gojson.GoJSONError as exc:
         raise InvalidInput(f"{what}: {exc}") from None
-    except RecursionError:
-        too_deep = True
-    if too_deep:
-        raise InvalidInput(f"{what}: JSON nests deeper than the limit of {MAX_JSON_DEPTH} levels")
-    return value
 
 
 # --- libtrust ---------------------------------------------------------------------------
