@@ -3,8 +3,9 @@
 :func:`load` opens a tar (plain, gzip or zstd; ``-`` for stdin) or a directory, finds
 which format it is (:mod:`ocistore.formats.detect`), reads its images as sources and
 adds them through the store's one way in. :func:`save` writes ``docker`` (Docker
-1.10–24's format), ``oci`` (a directory) or ``oci-archive``. Formats read archives and
-write the user's output; they never write under a store's root.
+1.10–24's format), ``oci`` (a directory), ``oci-archive`` or ``dir`` (skopeo's ``dir:``
+layout of one image, a directory). Formats read archives and write the user's output;
+they never write under a store's root.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class SaveFormat(enum.Enum):
     DOCKER = "docker"
     OCI = "oci"
     OCI_ARCHIVE = "oci-archive"
+    #: skopeo's ``dir:`` layout: one image, a directory.
+    DIR = "dir"
 
 
 def load(
@@ -55,8 +58,8 @@ def save(
     progress: Progress | None = None,
 ) -> None:
     """Save the images ``names`` select (as ``docker save`` selects them) to ``output``
-    (``-`` is stdout; a directory for :attr:`SaveFormat.OCI`). Every name is found before
-    any output is made."""
+    (``-`` is stdout; a directory for :attr:`SaveFormat.OCI` and :attr:`SaveFormat.DIR`,
+    which holds exactly one image). Every name is found before any output is made."""
     try:
         format = SaveFormat(format)
     except ValueError:
@@ -74,6 +77,13 @@ def save(
         from .oci_layout import write_oci_layout
 
         write_oci_layout(store, names, Path(output), progress)
+        return
+    if format is SaveFormat.DIR:
+        if output == "-":
+            raise InvalidInput("the dir format writes a directory: give -o DIR")
+        from .dir_layout import write_dir_layout
+
+        write_dir_layout(store, names, Path(output), progress)
         return
     if format is SaveFormat.DOCKER:
         from .docker_archive import write_docker_archive as write
