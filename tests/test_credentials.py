@@ -831,7 +831,8 @@ def test_a_helper_that_leaves_a_child_holding_its_pipes_is_not_waited_for(
 def test_a_helper_that_fails_to_store_is_one_line_without_the_secret(
     config: Path, bindir: Path
 ) -> None:
-    script(bindir, "ro", "data = sys.stdin.read(); print('store refused'); sys.exit(1)")
+    # It even repeats what it was given: the secret is not told.
+    script(bindir, "ro", "print('store refused: ' + sys.stdin.read()); sys.exit(1)")
     write_json(config, {"credHelpers": {"quay.io": "ro"}, "auths": {"quay.io": {}}})
     before = config.read_bytes()
     with pytest.raises(CredentialError) as e:

@@ -563,9 +563,14 @@ class _Answer(NamedTuple):
     err: bytes
 
 
-def _first_line(data: bytes) -> str:
+def _first_line(data: bytes, hide: Sequence[str] = ()) -> str:
+    """The first line of what a helper said, escaped, cut, and without ``hide`` (the
+    secret it was given, should it repeat it)."""
     for line in data.decode("utf-8", "replace").splitlines():
         if line.strip():
+            for secret in hide:
+                if secret:
+                    line = line.replace(secret, "<hidden>")
             line = line.strip()
             return _esc(line[:200] + ("..." if len(line) > 200 else ""))
     return ""
@@ -641,6 +646,8 @@ class _Helper:
                     if stream is proc.stdin:
                         try:
                             n = os.write(proc.stdin.fileno(), pending)
+                        except BlockingIOError:
+                            n = 0
                         except BrokenPipeError:  # it did not read it all: its answer says
                             n = len(pending)
                         pending = pending[n:]
@@ -675,13 +682,15 @@ class _Helper:
             raise CredentialError(f"{about}: {problem}")
         return _Answer(proc.returncode, bytes(out), bytes(err))
 
-    def _failed(self, action: str, answer: _Answer, target: _Target) -> CredentialError:
+    def _failed(
+        self, action: str, answer: _Answer, target: _Target, hide: Sequence[str] = ()
+    ) -> CredentialError:
         status = (
             f"killed by signal {-answer.status}"
             if answer.status < 0
             else f"exit status {answer.status}"
         )
-        said = _first_line(answer.out) or _first_line(answer.err)
+        said = _first_line(answer.out, hide) or _first_line(answer.err, hide)
         return CredentialError(
             f"credential helper {_esc(self.program)} failed to {action} the credentials "
             f"for {_esc(target.given)}: {status}" + (f": {said}" if said else "")
@@ -727,7 +736,7 @@ class _Helper:
         )
         answer = self._run("store", _utf8(message) + b"\n", target)
         if answer.status != 0:
-            raise self._failed("store", answer, target)
+            raise self._failed("store", answer, target, hide=(secret, message))
 
     def erase(self, server: str, target: _Target) -> bool:
         answer = self._run("erase", _utf8(server), target)
