@@ -5,9 +5,16 @@ Distribution registry)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
-from typing import Any
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 from schema1_sign import (
@@ -20,6 +27,7 @@ from schema1_sign import (
     sign,
     signature_block,
 )
+from util import make_tar
 
 from ocistore.errors import InvalidInput
 from ocistore.spec.digest import DiffID, Digest, digest_bytes
@@ -31,6 +39,10 @@ from ocistore.spec.legacy.schema1 import (
     schema1_digest,
 )
 from ocistore.spec.limits import MAX_JSON_DEPTH, MAX_LAYER_DEPTH, MAX_MANIFEST
+
+if TYPE_CHECKING:
+    from docker_engine import DockerEngine
+    from registry_peer import RegistryServer
 
 WHAT = "manifest of 127.0.0.1:5000/old:1"
 
@@ -540,3 +552,339 @@ def test_schema1_config_needs_a_diff_id_per_layer_downloaded() -> None:
     m = parse_schema1(manifest_payload("a", "b", stack(3, frozenset({1}))), WHAT)
     with pytest.raises(InvalidInput, match="3 DiffIDs given for 2 layers"):
         schema1_config(m, [DiffID(Digest("sha256:" + "1" * 64))] * 3)
+
+
+# --- the config Docker makes ------------------------------------------------------------
+
+
+class Case(NamedTuple):
+    """A schema 1 image: its layers top first as ``(v1 JSON, files or None)`` (None: a
+    throwaway layer, whose blob is the empty gzipped tar), and what Docker 20.10 made of
+    it when it pulled it: the DiffIDs of its layers and the image ID (recorded from
+    :func:`test_docker_pulls_schema1_to_the_config_we_make`)."""
+
+    layers: list[tuple[str, dict[str, bytes] | None]]
+    diff_ids: list[str]
+    image_id: str
+
+
+# Docker 1.10 and later push a full v1 JSON for the top layer and a short one (id,
+# parent, created, container_config.Cmd, throwaway) for the others. Written by hand, not
+# by an encoder: spaces, key orders, escapes and numbers as a registry may hold them.
+MODERN_TOP = (
+    '{"architecture":"amd64","config":{"Hostname":"4fd0a5c1b5e8","Domainname":"",'
+    '"User":"","AttachStdin":false,"AttachStdout":false,"AttachStderr":false,'
+    '"ExposedPorts":{"80/tcp":{}},"Tty":false,"OpenStdin":false,"StdinOnce":false,'
+    '"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",'
+    '"NAME=\\u00e9t\\u00e9 <&>"],'
+    '"Cmd":["sh","-c","echo \\"hi\\" \\u0026\\u0026 sleep 1"],"Image":"sha256:'
+    + "ab"
+    * 32
+    + '","Volumes":{"/data":{}},"WorkingDir":"/srv","Entrypoint":null,"OnBuild":[],'
+    '"Labels":{"z":"last","a":"first \\u2028"}},"container":"4fd0a5c1b5e8e6",'
+    '"container_config":{"Hostname":"4fd0a5c1b5e8","Cmd":["/bin/sh","-c","#(nop) ",'
+    '"CMD [\\"sh\\" \\"-c\\"]"],"Labels":{}},'
+    '"created":"2016-03-18T19:22:48.810791943+01:00", "docker_version":"1.10.3",'
+    ' "id":"' + v1id("m5") + '","os":"linux","parent":"' + v1id("m4") + '",'
+    '"throwaway":true, "Size": 1234, "parent_id":"sha256:00", "layer_id":"sha256:11",'
+    ' "x-extra" : { "z" : 1.50, "a" : [ 2e3, -0, true ] }}'
+)
+
+MODERN = [
+    (MODERN_TOP, None),
+    # The same layer once more (Docker 1.x pushed some so): one layer, the one listed
+    # last kept (the entry above, and its blob, dropped).
+    (
+        '{"id":"' + v1id("m4") + '","parent":"' + v1id("m3") + '","created":'
+        '"2016-03-18T18:22:40.1Z","comment":"dropped","container_config":{"Cmd":["no"]}}',
+        {"dropped": b"never downloaded\n"},
+    ),
+    (
+        '{"id":"' + v1id("m4") + '","parent":"' + v1id("m3") + '","created":'
+        '"2016-03-18T18:22:40.1Z","author":"Ann <ann@example.com>","comment":"a \\t tab",'
+        '"container_config":{"Cmd":"/bin/sh -c echo hello \\u003e /greeting"}}',
+        {"greeting": b"hello\n"},
+    ),
+    (
+        '{"id":"' + v1id("m3") + '","parent":"' + v1id("m2") + '","created":'
+        '"2016-03-18T18:22:39Z","container_config":{"Cmd":["/bin/sh","-c","#(nop) ENV '
+        'A=1"]},"throwaway":true}',
+        None,
+    ),
+    (
+        '{"id":"' + v1id("m2") + '","parent":"' + v1id("m1") + '","created":'
+        '"2016-03-18T18:22:38.000000001-07:30","container_config":{"Cmd":null}}',
+        {"etc/app/config": b"x=1\n", "usr/bin/tool": b"\x7fELF" + b"\0" * 100},
+    ),
+    (
+        '{"id":"' + v1id("m1") + '","created":"2016-03-18T18:22:37.5Z","container_config":'
+        '{"Cmd":["/bin/sh","-c","#(nop) ADD file:0123 in / "]}}',
+        {"bin/sh": b"#!", "etc/hostname": b"old\n"},
+    ),
+]
+
+# Before Docker 1.8.3 every layer had a full v1 JSON, and the config is made from the
+# top one decoded into Docker's V1Image and written again: unknown fields dropped, Go's
+# zero values written, a missing created time Go's zero time.
+OLD = [
+    (
+        '{"id":"' + v1id("o2") + '","parent":"' + v1id("o1") + '","created":'
+        '"2015-06-01T10:00:00.123456789Z","container":"c0ffee","container_config":'
+        '{"Hostname":"c0ffee","CpuShares":0,"Memory":0,"PortSpecs":null,"Cmd":["/bin/sh",'
+        '"-c","#(nop) CMD [/bin/bash]"],"Image":"' + v1id("o1") + '","Labels":null},'
+        '"docker_version":"1.6.2","author":"Bob \\u003cbob@example.com\\u003e","config":'
+        '{"Hostname":"c0ffee","Env":["PATH=/bin"],"Cmd":["/bin/bash"],"Image":"'
+        + v1id("o1")
+        + '","Labels":{"k":"v"},"MacAddress":"","OnBuild":null},"architecture":"amd64",'
+        '"os":"linux","Size":0,"checksum":"tarsum.dev+sha256:00"}',
+        {"root/.bashrc": b"PS1='$ '\n"},
+    ),
+    (
+        '{"id":"' + v1id("o1") + '","comment":"Imported from -","container_config":'
+        '{"Cmd":null},"docker_version":"1.6.2","architecture":"amd64","os":"linux",'
+        '"Size":2048}',
+        {"bin/bash": b"\x7fELF", "etc/os-release": b"ID=old\n"},
+    ),
+]
+
+# No docker_version at all: older than 1.8.3 too, for versions.LessThan.
+UNVERSIONED = [
+    (
+        '{"id":"' + v1id("u1") + '","created":"2014-12-31T23:59:59Z","config":{"Cmd":"sh",'
+        '"Entrypoint":"/init"},"container_config":{"Cmd":"sh"},"architecture":"arm"}',
+        {"init": b"#!/bin/sh\n"},
+    ),
+]
+
+#: A gzipped empty tar: the blob Docker pushed for every throwaway layer.
+EMPTY_LAYER = gzip.compress(b"\0" * 1024, mtime=0)
+
+
+def build(
+    name: str, layers: list[tuple[str, dict[str, bytes] | None]]
+) -> tuple[bytes, dict[str, bytes], list[str]]:
+    """The manifest payload of ``layers`` (top first), its blobs by digest, and the
+    DiffIDs of the layers Docker downloads (bottom first, the repeated one once)."""
+    blobs: dict[str, bytes] = {}
+    entries = []
+    diff_ids: list[str] = []
+    previous_id = None
+    for v1, files in reversed(layers):
+        tar = make_tar(files, dirs=True) if files is not None else b"\0" * 1024
+        gz = EMPTY_LAYER if files is None else gzip.compress(tar, mtime=0)
+        digest = str(digest_bytes(gz))
+        blobs[digest] = gz
+        entries.append((digest, v1))
+        try:
+            this_id = json.loads(v1).get("id")
+        except ValueError:  # a manifest Docker refuses
+            this_id = None
+        if files is not None and this_id != previous_id:
+            diff_ids.append(str(digest_bytes(tar)))
+        previous_id = this_id
+    return manifest_payload(name, "v1", entries[::-1]), blobs, diff_ids
+
+
+#: Recorded from Docker 20.10.24 (Debian's docker.io), which pulled each from
+#: Distribution 2.8.2 (``docker image inspect``'s Id and RootFS.Layers).
+CASES = {
+    "modern": Case(
+        MODERN,
+        [
+            "sha256:bae0ce958b7a1132cbbaf72c90f70d3a8f29faced9e471bb86f61d8860c791e9",
+            "sha256:ee6c9ee975e12de5d0d0d18c727584adc28d5144d45d8b5771a85520d6451b7f",
+            "sha256:9f9eabd3e5fe7ff4ba615d9d3fd870a941d2b814e3436819ad586b8f54f7f737",
+        ],
+        "sha256:0068dee2cd0d4ac0326debd84b734174557b3e213d434058419723fe1f51d15e",
+    ),
+    "old": Case(
+        OLD,
+        [
+            "sha256:c3d79e5c09bea3315cbda8b472ea8f836484dae992b46599aae0d68cfc0e8191",
+            "sha256:56525ef86c203acd6448806de0f0e625f36d18e900b76b83c2d43ed99f88b23b",
+        ],
+        "sha256:ccef4e7945ecc0fce3d09e5ba5cd46ace63afc6b9f3201e2a1e871e1395b67ee",
+    ),
+    "unversioned": Case(
+        UNVERSIONED,
+        ["sha256:e6096d44ae13d1d2c9cb7dfc2aec8cd094f31afa9f7157284ccbcbd3d97db8cb"],
+        "sha256:588d95bb1468744098a3f273c068f7f98ee3c89163f04bdd72cb2d7297a33cc0",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_config_is_the_one_docker_made(name: str) -> None:
+    case = CASES[name]
+    payload, _, _ = build(f"schema1/{name}", case.layers)
+    config = schema1_config(
+        parse_schema1(payload, WHAT), [DiffID(Digest(d)) for d in case.diff_ids]
+    )
+    assert str(digest_bytes(config)) == case.image_id, config.decode()
+
+
+def _request(
+    registry: RegistryServer, method: str, url: str, body: bytes | None = None, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(
+        urllib.parse.urljoin(registry.url + "/", url), data=body, method=method, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        pytest.fail(f"{method} {url}: {exc.code} {exc.read()[:2000]!r}")
+
+
+def push_schema1(registry: RegistryServer, name: str, blobs: dict[str, bytes], raw: bytes) -> str:
+    """Upload the blobs (monolithic: POST, then PUT with the digest) and the manifest as
+    tag ``v1``; the digest the registry gives it."""
+    for digest, data in blobs.items():
+        status, headers, _ = _request(registry, "POST", f"/v2/{name}/blobs/uploads/")
+        assert status == 202
+        location = headers["Location"]
+        location += ("&" if "?" in location else "?") + "digest=" + digest
+        status, _, _ = _request(
+            registry, "PUT", location, data, **{"Content-Type": "application/octet-stream"}
+        )
+        assert status == 201
+    status, headers, _ = _request(
+        registry,
+        "PUT",
+        f"/v2/{name}/manifests/v1",
+        raw,
+        **{"Content-Type": "application/vnd.docker.distribution.manifest.v1+prettyjws"},
+    )
+    assert status == 201
+    return headers["Docker-Content-Digest"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_docker_pulls_schema1_to_the_config_we_make(
+    name: str, docker_engine: DockerEngine, registry_factory: Callable[..., RegistryServer]
+) -> None:
+    case = CASES[name]
+    registry = registry_factory(schema1=True)
+    repo = f"schema1/{name}"
+    payload, blobs, diff_ids = build(repo, case.layers)
+    raw = sign(payload)
+    digest = push_schema1(registry, repo, blobs, raw)
+    assert digest == schema1_digest(raw) == digest_bytes(payload)
+
+    # The registry keeps the payload and serves it signed again, with its own key.
+    _, headers, served = _request(
+        registry,
+        "GET",
+        f"/v2/{repo}/manifests/v1",
+        Accept="application/vnd.docker.distribution.manifest.v1+prettyjws",
+    )
+    assert headers["Docker-Content-Digest"] == digest
+    assert served != raw and schema1_digest(served) == digest
+    manifest = parse_schema1(served, f"{registry.host}/{repo}:v1")
+    assert manifest == parse_schema1(raw, WHAT)
+    config = schema1_config(manifest, [DiffID(Digest(d)) for d in diff_ids])
+
+    ref = f"{registry.host}/{repo}:v1"
+    docker_engine.run("pull", ref)
+    image_id = docker_engine.image_id(ref)
+    assert image_id == str(digest_bytes(config))
+    if diff_ids == case.diff_ids:  # the layers made as when the vector was recorded
+        assert image_id == case.image_id
+
+    # The config Docker keeps, as docker save writes it: the same bytes.
+    with tarfile.open(fileobj=io.BytesIO(docker_engine.run_bytes("save", ref))) as tar:
+        member = tar.extractfile(image_id.removeprefix("sha256:") + ".json")
+        assert member is not None and member.read() == config
+
+    # What inspect and history say, from the config.
+    want = json.loads(config)
+    (inspect,) = json.loads(docker_engine.run("image", "inspect", ref).stdout)
+    assert inspect["RootFS"]["Layers"] == diff_ids
+    assert inspect["RepoDigests"] == [f"{registry.host}/{repo}@{digest}"]
+    assert inspect["Created"] == want.get("created", "0001-01-01T00:00:00Z")
+    assert inspect["Os"] == want.get("os", "linux")  # the engine's own when none is said
+    for key, field in (("Architecture", "architecture"), ("Author", "author"),
+                       ("DockerVersion", "docker_version")):  # fmt: skip
+        assert inspect[key] == want.get(field, ""), key
+    assert inspect["Config"]["Cmd"] == want["config"]["Cmd"]
+    history = [
+        json.loads(line)
+        for line in docker_engine.run(
+            "history", "--no-trunc", "--format", "{{json .}}", ref
+        ).stdout.splitlines()
+    ]
+    assert [h["CreatedBy"] for h in history] == [
+        e.get("created_by", "") for e in reversed(want["history"])
+    ]
+    assert [h["Comment"] for h in history] == [
+        e.get("comment", "") for e in reversed(want["history"])
+    ]
+    docker_engine.run("rmi", ref)
+
+
+def _files(n: int) -> dict[str, bytes]:
+    return {f"layer{n}": f"{n}\n".encode()}
+
+
+#: Manifests Distribution stores (it reads no v1 JSON) that Docker refuses to pull: the
+#: layers, top first, what Docker says and what ocistore says.
+DOCKER_REFUSES = {
+    "parent not the layer below": (
+        [(v1json(2, 0), _files(2)), (v1json(1, 0), _files(1)), (v1json(0, None), _files(0))],
+        "invalid parent ID. Expected",
+        "history[0].v1Compatibility: parent",
+    ),
+    "bottom layer with a parent": (
+        [(v1json(1, 0), _files(1))],
+        "invalid parent ID in the base layer of the image",
+        "the bottom layer has a parent",
+    ),
+    "an id twice, apart": (
+        [(v1json(0, 1), _files(3)), (v1json(1, 0), _files(1)), (v1json(0, None), _files(0))],
+        "appears multiple times in manifest",
+        "history[2].v1Compatibility: id",
+    ),
+    "an id not a v1 id": (
+        [('{"id":"' + v1id(0)[:-1] + '"}', _files(0))],
+        "is invalid",
+        "history[0].v1Compatibility: id",
+    ),
+    "throwaway a string": (
+        [(v1json(0, None, throwaway="yes"), _files(0))],
+        "cannot unmarshal string into Go struct field .throwaway of type bool",
+        "history[0].v1Compatibility: json: cannot unmarshal string",
+    ),
+    "v1Compatibility not JSON": (
+        [('{"id":', _files(0))],
+        "unexpected end of JSON input",
+        "history[0].v1Compatibility: invalid JSON",
+    ),
+    "created not a time": (
+        [(v1json(0, None, created="2016-01-01"), _files(0))],
+        "parsing time",
+        "history[0].v1Compatibility: ",
+    ),
+    "more layers than Docker's layer store takes": (
+        [(v1json(n, n - 1 if n else None), _files(n)) for n in range(MAX_LAYER_DEPTH, -1, -1)],
+        "max depth exceeded",
+        f"{MAX_LAYER_DEPTH + 1} layers, more than the maximum depth {MAX_LAYER_DEPTH}",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", DOCKER_REFUSES)
+def test_docker_refuses_what_we_refuse(
+    name: str, docker_engine: DockerEngine, registry_factory: Callable[..., RegistryServer]
+) -> None:
+    layers, docker_says, we_say = DOCKER_REFUSES[name]
+    registry = registry_factory(schema1=True)
+    repo = "schema1/refused"
+    payload, blobs, _ = build(repo, layers)
+    push_schema1(registry, repo, blobs, sign(payload))
+    ref = f"{registry.host}/{repo}:v1"
+    pulled = docker_engine.run("pull", ref, check=False)
+    assert pulled.returncode != 0 and docker_says in pulled.stderr, pulled.stderr
+    _, _, served = _request(registry, "GET", f"/v2/{repo}/manifests/v1")
+    with pytest.raises(InvalidInput) as info:
+        parse_schema1(served, ref)
+    assert str(info.value).startswith(ref + ": ") and we_say in str(info.value)
