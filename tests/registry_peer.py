@@ -528,11 +528,24 @@ class RegistryServer:
     #: Its configuration file (JSON, which is YAML).
     config_file: Path | None = None
     _log: list[str] = field(default_factory=list, repr=False)
-    _log_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _log_lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def log_text(self) -> str:
-        """The registry's log so far (standard output and error), for failure messages."""
+        """The registry's log so far (standard output and error), for failure messages.
+        A thread reads it as the registry writes it: a line about a request may come after
+        the answer (see :meth:`wait_for_log`)."""
         with self._log_lock:
+            return "".join(self._log)
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = START_TIMEOUT) -> str:
+        """Block until ``text`` is in the log ``count`` times (woken at each line it
+        writes; its access log has a line per request, ``"GET /v2/ HTTP/1.1" 200``);
+        fails the test if not in ``timeout`` seconds. Returns the log."""
+        with self._log_lock:
+            if not self._log_lock.wait_for(lambda: "".join(self._log).count(text) >= count,
+                                           timeout):  # fmt: skip
+                pytest.fail(f"docker-registry did not log {text!r} {count} times:\n"
+                            + "".join(self._log))  # fmt: skip
             return "".join(self._log)
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -605,6 +618,7 @@ class _RegistryProcess:
                 line = raw.decode("utf-8", "replace")
                 with self.lock:
                     self.log.append(line)
+                    self.lock.notify_all()
                 if "listening on " in line:
                     self.listening = True
                     self.settled.set()
