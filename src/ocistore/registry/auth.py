@@ -35,7 +35,7 @@ from ..errors import OcistoreError
 from .credentials import Credential
 from .transport import Transport
 
-__all__ = ["AuthFailed", "Authenticator", "Challenge", "parse_challenges"]
+__all__ = ["AuthFailed", "Authenticator", "Challenge", "merge_scopes", "parse_challenges"]
 
 #: Seconds a token is taken to live when the token server does not say (Docker's spec).
 DEFAULT_TOKEN_LIFETIME: Final = 60
@@ -92,8 +92,31 @@ def parse_challenges(header: str) -> list[Challenge]:
     return out
 
 
+def merge_scopes(scopes: Iterable[str]) -> frozenset[str]:
+    """Scopes with the actions of one resource together (``repository:a:pull`` and
+    ``repository:a:pull,push`` are ``repository:a:pull,push``), as one token asks them."""
+    actions: dict[str, set[str]] = {}
+    for scope in scopes:
+        resource, sep, acts = scope.rpartition(":")
+        if not sep or not resource:
+            actions.setdefault(scope, set())
+            continue
+        actions.setdefault(resource, set()).update(a for a in acts.split(",") if a)
+    return frozenset(
+        f"{resource}:{','.join(sorted(acts))}" if acts else resource
+        for resource, acts in actions.items()
+    )
+
+
+def _chosen(challenges: list[Challenge]) -> Challenge | None:
+    """Bearer when offered, else Basic; None for a scheme ocistore does not speak."""
+    return next((c for c in challenges if c.scheme == "bearer"), None) or next(
+        (c for c in challenges if c.scheme == "basic"), None
+    )
+
+
 def _basic(credential: Credential) -> str:
-    raw = f"{credential.username}:{credential.password}".encode()
+    raw = f"{credential.username}:{credential.password}".encode("utf-8", "surrogateescape")
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
@@ -114,6 +137,11 @@ class Authenticator:
         self._tokens: dict[frozenset[str], _Token] = {}
         #: A refresh token the token server gave (an OAuth2 password grant).
         self.refresh_token = ""
+        self._fetch_locks: dict[frozenset[str], threading.Lock] = {}
+
+    def _fetching(self, key: frozenset[str]) -> threading.Lock:
+        with self._lock:
+            return self._fetch_locks.setdefault(key, threading.Lock())
 
     def header(self, scopes: Iterable[str]) -> dict[str, str]:
         """The headers to send for an operation needing ``scopes``: none before the
@@ -126,7 +154,7 @@ class Authenticator:
             if self.credential.username:
                 return {"Authorization": _basic(self.credential)}
             return {}
-        key = frozenset(scopes)
+        key = merge_scopes(scopes)
         with self._lock:
             token = self._tokens.get(key)
             if token is None:
@@ -136,16 +164,27 @@ class Authenticator:
                         token = t
                         break
         if token is None or token.expires <= time.monotonic():
-            token = self._fetch(challenge, key)
+            with self._fetching(key):
+                # Another thread may have fetched it meanwhile.
+                with self._lock:
+                    token = self._tokens.get(key)
+                if token is None or token.expires <= time.monotonic():
+                    token = self._fetch(challenge, key)
         return {"Authorization": f"Bearer {token.value}"} if token.value else {}
+
+    def learn(self, header: str) -> None:
+        """The challenge of ``GET /v2/``: the scheme (and token realm) every request will
+        need, known before any is sent."""
+        chosen = _chosen(parse_challenges(header))
+        if chosen is not None:
+            with self._lock:
+                if self._challenge is None:
+                    self._challenge = chosen
 
     def challenged(self, header: str, scopes: Iterable[str], had_auth: bool) -> bool:
         """A 401 with ``WWW-Authenticate: header`` answered a request for ``scopes``:
         whether asking again may help (a new scheme, or a token with more scopes)."""
-        challenges = parse_challenges(header)
-        chosen = next((c for c in challenges if c.scheme == "bearer"), None) or next(
-            (c for c in challenges if c.scheme == "basic"), None
-        )
+        chosen = _chosen(parse_challenges(header))
         if chosen is None:
             return False
         with self._lock:
@@ -156,7 +195,7 @@ class Authenticator:
         wanted = set(scopes)
         if chosen.params.get("scope"):
             wanted.update(chosen.params["scope"].split(" "))
-        key = frozenset(wanted)
+        key = merge_scopes(wanted)
         if had_auth:
             with self._lock:
                 for k in [k for k in self._tokens if k <= key]:
@@ -200,7 +239,7 @@ class Authenticator:
         with response:
             data = response.read_limited(MAX_TOKEN_ANSWER)
         where = f"{self.host}: token server {urllib.parse.urlsplit(realm).netloc}"
-        if response.status in (401, 403):
+        if response.status in (401, 403) or (cred.identity_token and response.status == 400):
             who = f"as {cred.username!r}" if cred.username else "anonymously"
             raise AuthFailed(
                 f"{where}: refused {who} ({response.status}{_error_text(data)})"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -141,6 +142,8 @@ class Registry:
         self.transport = transport
         self.auth = Authenticator(self.host, credential or Credential(), transport)
         self._base: str | None = None
+        self._pinged = False
+        self._ping_lock = threading.Lock()
 
     @property
     def base(self) -> str:
@@ -163,6 +166,7 @@ class Registry:
         """One API request with its ``Authorization``, asked again once after a 401
         whose challenge a credential or a larger token can answer."""
         url = path_or_url if "://" in path_or_url else self.base + path_or_url
+        self._ping()
         for attempt in (0, 1, 2):
             auth = self.auth.header(scopes)
             response = self.transport.request(
@@ -182,6 +186,22 @@ class Registry:
                 return response
             response.read_limited(MAX_ERROR_BODY)
         return response  # pragma: no cover
+
+    def _ping(self) -> None:
+        """Ask ``/v2/`` once, as Docker does, to learn how the registry authenticates
+        before the first real request: the threads of a pull then share one token
+        instead of each meeting the challenge and asking one of their own."""
+        if self._pinged:
+            return
+        with self._ping_lock:
+            if self._pinged:
+                return
+            response = self.transport.request("GET", self.base + "/v2/", auth_host=self.host)
+            challenge = response.header("WWW-Authenticate")
+            response.read_limited(MAX_ERROR_BODY)
+            if response.status == 401 and challenge:
+                self.auth.learn(challenge)
+            self._pinged = True
 
     def check_login(self) -> None:
         """Ask the API's base (``GET /v2/``) with the credential: what ``login`` checks."""
