@@ -366,8 +366,8 @@ def _manifest_args(p: argparse.ArgumentParser) -> None:
 
 @command("manifest", _manifest_args)
 def cmd_manifest(args: argparse.Namespace) -> int:
-    """Print a registry's manifest (or index) for a reference, raw, as skopeo inspect
-    --raw (checked against its digest).
+    """Print a registry's manifest (or index) for a reference, byte for byte, as skopeo
+    inspect --raw (checked against its digest first).
 
     example:
       ocistore manifest 127.0.0.1:5000/lab/app:1 | jq .
@@ -384,11 +384,13 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def _write_raw(data: bytes) -> None:
-    """A registry's document, as it came, or escaped when it would reach a terminal with
-    control characters in it."""
-    text = data.decode("utf-8", "replace")
-    if sys.stdout.isatty():
-        text = views.json_for_terminal(text)
+    """A registry's document byte for byte (``| sha256sum`` gives its digest), as skopeo
+    inspect --raw writes it; on a terminal, escaped and ended with a newline."""
+    if not sys.stdout.isatty():
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        return
+    text = views.json_for_terminal(data.decode("utf-8", "replace"))
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
@@ -455,8 +457,7 @@ def _skopeo_inspect(
     cfg = config.get("config") if isinstance(config.get("config"), dict) else {}
     assert isinstance(cfg, dict)
     doc: dict[str, object] = {"Name": ref.name, "Digest": digest, "RepoTags": tags}
-    if config.get("created"):
-        doc["Created"] = config["created"]
+    doc["Created"] = config.get("created") or None
     doc["DockerVersion"] = config.get("docker_version", "")
     doc["Labels"] = cfg.get("Labels")
     doc["Architecture"] = config.get("architecture", "")

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Any, cast
 
 from ..errors import InvalidInput
 from ..progress import Progress
 from ..spec.platform import Platform
 from ..store.ingest import LoadedImage
+from ..spec.reference import Reference
+from ..store.resolve import Selected
 from ..store.store import Store
 from .detect import read_images
 from .reader import open_archive
@@ -50,16 +53,43 @@ def load(
         archive.close()
 
 
+class _Renamed:
+    """A store whose ``select`` gives its one image under another name; the rest is the
+    store's (see ``save``'s ``as_name``)."""
+
+    def __init__(self, store: Store, name: Reference) -> None:
+        self._store = store
+        self._name = name
+
+    def select(self, names: list[str]) -> list[Selected]:
+        ids = list(dict.fromkeys(image_id for image_id, _ in self._store.select(names)))
+        if len(ids) != 1:
+            raise InvalidInput(
+                f"{len(ids)} images selected to be saved as {self._name.familiar()}: name one"
+            )
+        return [Selected(ids[0], self._name)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 def save(
     store: Store,
     names: list[str],
     output: str | Path,
     format: SaveFormat | str = SaveFormat.DOCKER,
     progress: Progress | None = None,
+    as_name: Reference | None = None,
 ) -> None:
     """Save the images ``names`` select (as ``docker save`` selects them) to ``output``
     (``-`` is stdout; a directory for :attr:`SaveFormat.OCI` and :attr:`SaveFormat.DIR`,
-    which holds exactly one image). Every name is found before any output is made."""
+    which holds exactly one image). Every name is found before any output is made.
+
+    ``as_name`` names the one image selected in the output instead of the name it was
+    selected by (``copy IMAGE oci:DIR:TAG``, ``docker-archive:PATH:REF``), without
+    tagging it in the store."""
+    if as_name is not None:
+        store = cast(Store, _Renamed(store, as_name))
     try:
         format = SaveFormat(format)
     except ValueError:

@@ -166,8 +166,8 @@ def _save_from(
     source_ref: Reference | None,
     dest: Location,
     progress: Progress,
-    own_store: bool,
 ) -> list[str]:
+    """Write the image ``image`` of ``store`` to the destination."""
     from .. import formats
 
     if dest.registry:
@@ -181,33 +181,12 @@ def _save_from(
     name = _dest_name(dest, source_ref)
     if dest.transport == "ocistore":
         if name is None:
-            return [f"{image}"]
+            return [image]
         store.tag(image, str(name))
-        return [f"{name.familiar()}"]
-    selected = image
-    if name is not None and (own_store or _points_at(store, name, image)):
-        if own_store:
-            store.tag(image, str(name))
-        selected = str(name)
-    fmt = {
-        "docker-archive": formats.SaveFormat.DOCKER,
-        "oci": formats.SaveFormat.OCI,
-        "oci-archive": formats.SaveFormat.OCI_ARCHIVE,
-        "dir": getattr(formats.SaveFormat, "DIR", None),
-    }[dest.transport]
-    if fmt is None:
-        raise InvalidInput(f"{dest}: the dir transport is not supported")
-    formats.save(store, [selected], dest.path, fmt, progress)
+        return [name.familiar()]
+    fmt = formats.SaveFormat("docker" if dest.transport == "docker-archive" else dest.transport)
+    formats.save(store, [image], dest.path, fmt, progress, as_name=name)
     return []
-
-
-def _points_at(store: Store, name: Reference, image: str) -> bool:
-    try:
-        return str(store.resolve(str(name))) == image
-    except InvalidInput:
-        return False
-    except Exception:
-        return False
 
 
 def copy(
@@ -228,10 +207,10 @@ def copy(
         raise InvalidInput(f"copy {source} {dest} needs a store")
     if source.transport == "ocistore" or dest.transport == "ocistore":
         image, ref = _load_into(store, session, source, platform, progress)
-        return _save_from(store, session, image, ref, dest, progress, own_store=False)
+        return _save_from(store, session, image, ref, dest, progress)
     with store.scratch_store() as scratch:
         image, ref = _load_into(scratch, session, source, platform, progress)
-        return _save_from(scratch, session, image, ref, dest, progress, own_store=True)
+        return _save_from(scratch, session, image, ref, dest, progress)
 
 
 def copy_between_registries(

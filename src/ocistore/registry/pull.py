@@ -281,7 +281,8 @@ def pull(
             if ref.tag is not None and ref.digest is None:
                 refs.append(ref)
             refs.append(name.with_digest(top.digest))
-        if image.manifest.digest != top.digest:
+        elif image.manifest.digest != top.digest:
+            # (the first is named by what the reference named, as Docker names it)
             refs.append(name.with_digest(image.manifest.digest))
         names.append(refs)
     new = True
