@@ -86,10 +86,21 @@ needs_corpus = pytest.mark.skipif(
 OCISTORE = Path(sys.executable).parent / "ocistore"
 
 
-def ocistore_cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the ocistore command; fails the test if it fails and ``check``."""
+def ocistore_cli(
+    *args: str | Path,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the ocistore command (with ``env`` as its whole environment, when given);
+    fails the test if it fails and ``check``."""
     proc = subprocess.run(
-        [str(OCISTORE), *(str(a) for a in args)], capture_output=True, text=True, timeout=300
+        [str(OCISTORE), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        input=input,
     )
     if check and proc.returncode != 0:
         pytest.fail(f"ocistore {args} exited {proc.returncode}: {proc.stderr}")
