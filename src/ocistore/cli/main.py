@@ -645,9 +645,10 @@ def _save_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--format",
-        choices=["docker", "oci", "oci-archive"],
+        choices=["docker", "oci", "oci-archive", "dir"],
         default="docker",
-        help="docker (default: docker save's format), oci (a layout directory) or oci-archive",
+        help="docker (default: docker save's format), oci (a layout directory), oci-archive, "
+        "or dir (skopeo's dir: layout, one image)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 

@@ -17,8 +17,8 @@ from typing import Any, cast
 from ..errors import InvalidInput
 from ..progress import Progress
 from ..spec.platform import Platform
-from ..store.ingest import LoadedImage
 from ..spec.reference import Reference
+from ..store.ingest import LoadedImage
 from ..store.resolve import Selected
 from ..store.store import Store
 from .detect import read_images

@@ -127,6 +127,7 @@ from ..spec.descriptor import (
     ANNOTATION_CONTAINERD_NAME,
     ANNOTATION_REF_NAME,
     Descriptor,
+    choose_platform,
     parse_descriptor,
 )
 from ..spec.digest import Digest, ImageID, check_bytes, digest_bytes, digest_stream
@@ -376,21 +377,7 @@ class _LayoutReader:
         ]
 
     def _choose(self, group: list[Descriptor], at: str) -> Descriptor:
-        want = self.platform or host_platform()
-        matches = [d for d in group if want.matches(d.platform)]
-        if not matches:
-            available = []
-            for d in group:
-                p = str(d.platform_value())
-                if p not in available and p != "unknown/unknown":
-                    available.append(p)
-            raise InvalidInput(
-                f"{at}: no image for platform {want}; available: {', '.join(available) or 'none'}"
-            )
-        for d in matches:
-            if str((d.platform or {}).get("variant") or "") == want.variant:
-                return d
-        return matches[0]
+        return choose_platform(group, self.platform or host_platform(), at)
 
     def _visit(self, desc: Descriptor, depth: int) -> None:
         """Follow a descriptor, unless its blob was followed already: then only what the

@@ -139,18 +139,12 @@ def remote_images(
     if all_platforms:
         chosen = [d for d in with_platform if d.platform_value().os != "unknown"] or descs
     else:
-        want = platform or host_platform()
-        one = choose_platform(with_platform, want) if with_platform else None
-        if one is None and with_platform:
-            available = list(dict.fromkeys(_platform_text(d) for d in with_platform))
-            raise NotFound(
-                f"{where}: no image for platform {want}; available: "
-                f"{', '.join(a for a in available if a) or 'none'}"
-            )
-        if one is None:
-            if not descs:
-                raise InvalidInput(f"{where}: the index lists no manifests")
+        if with_platform:
+            one = choose_platform(with_platform, platform or host_platform(), where)
+        elif descs:
             one = descs[0]
+        else:
+            raise InvalidInput(f"{where}: the index lists no manifests")
         chosen = [one]
     images = []
     for desc in chosen:

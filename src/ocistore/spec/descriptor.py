@@ -78,11 +78,16 @@ def parse_descriptor(obj: Any, where: str, source: str, need_type: bool = True) 
     return Descriptor(media_type, digest, size, annotations, platform, where)
 
 
-def choose_platform(descs: Sequence[Descriptor], want: Platform) -> Descriptor | None:
+def choose_platform(descs: Sequence[Descriptor], want: Platform, at: str) -> Descriptor:
     """The descriptor of an index for platform ``want``: one whose variant is exactly
-    ``want``'s if there is one, else the first that matches (:meth:`Platform.matches`)."""
+    ``want``'s if there is one, else the first that matches (:meth:`Platform.matches`).
+    None matching is an error at ``at`` (the index) listing the platforms it has."""
     matches = [d for d in descs if want.matches(d.platform)]
     for d in matches:
         if str((d.platform or {}).get("variant") or "") == want.variant:
             return d
-    return matches[0] if matches else None
+    if matches:
+        return matches[0]
+    available = list(dict.fromkeys(str(d.platform_value()) for d in descs))
+    shown = ", ".join(p for p in available if p != "unknown/unknown") or "none"
+    raise InvalidInput(f"{at}: no image for platform {want}; available: {shown}")
