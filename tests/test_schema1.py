@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
@@ -27,7 +28,7 @@ from schema1_sign import (
     sign,
     signature_block,
 )
-from util import make_tar
+from util import make_tar, ocistore_cli
 
 from ocistore.errors import InvalidInput
 from ocistore.spec.digest import DiffID, Digest, digest_bytes
@@ -761,7 +762,10 @@ def push_schema1(registry: RegistryServer, name: str, blobs: dict[str, bytes], r
 
 @pytest.mark.parametrize("name", CASES)
 def test_docker_pulls_schema1_to_the_config_we_make(
-    name: str, docker_engine: DockerEngine, registry_factory: Callable[..., RegistryServer]
+    name: str,
+    docker_engine: DockerEngine,
+    registry_factory: Callable[..., RegistryServer],
+    tmp_path: Path,
 ) -> None:
     case = CASES[name]
     registry = registry_factory(schema1=True)
@@ -819,6 +823,15 @@ def test_docker_pulls_schema1_to_the_config_we_make(
     assert [h["Comment"] for h in history] == [
         e.get("comment", "") for e in reversed(want["history"])
     ]
+
+    # ocistore pull gets the image Docker got: its ID, RepoDigests, and what inspect says.
+    root = tmp_path / "store"
+    ocistore_cli("--root", root, "pull", "-q", ref)
+    ours = json.loads(ocistore_cli("--root", root, "inspect", ref).stdout)[0]
+    assert ours["Id"] == image_id
+    for key in ("RepoTags", "RepoDigests", "Created", "Config", "RootFS", "Architecture",
+                "Os", "Author", "DockerVersion", "Comment", "Size"):  # fmt: skip
+        assert ours[key] == inspect[key], key
     docker_engine.run("rmi", ref)
 
 
