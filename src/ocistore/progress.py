@@ -1,4 +1,4 @@
-"""The one progress interface of every long verb (load, save, import; pull, push later).
+"""The one progress interface of every long verb (load, save, import, pull, push, copy).
 
 A verb that reads or writes many bytes takes a ``progress`` argument: anything with a
 ``task(label, total)`` method that returns an object with ``update(done)`` and

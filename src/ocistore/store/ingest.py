@@ -1,6 +1,6 @@
 """The one way in: every image enters the store through :func:`add_images`.
 
-Whoever has images to add (``load`` and ``import`` now; pull, commit and migration
+Whoever has images to add (``load``, ``import`` and ``pull`` now; commit and migration
 later) describes them as :class:`ImageSource` objects: the config (its exact bytes, or a
 function that makes it once the layers' DiffIDs are known, as ``import`` needs), the
 layers as :class:`LayerSource` streams with what each must hash to, the references, the
