@@ -681,3 +681,34 @@ def _no_leftovers(tmp_path: Path) -> Iterator[None]:
         tmp = root / "tmp"
         if (root / "format").exists() and tmp.is_dir():
             assert list(tmp.iterdir()) == [], f"{tmp} not empty"
+
+
+def test_docker_login_and_ocistore_login_read_each_other(
+    registry_factory: Make, oc: Ocistore, tmp_path: Path, docker_engine: Any
+) -> None:
+    """What `docker login` writes, ocistore uses; what ocistore login writes, docker
+    push uses."""
+    server = registry_factory(auth="htpasswd")
+    docker_config = tmp_path / "docker-config"
+    docker_config.mkdir()
+    docker = docker_engine.env["DOCKER_CONFIG"]
+    try:
+        docker_engine.env["DOCKER_CONFIG"] = str(docker_config)
+        docker_engine.run("login", "-u", "bob", "--password-stdin", server.host, input=b"builder\n")
+        ref = f"{server.host}/lab/docker-login:1"
+        loaded(oc, tmp_path, ref)
+        by_docker = Ocistore(oc.root, {**oc.env, "DOCKER_CONFIG": str(docker_config)})
+        by_docker("push", "-q", ref)
+        # ocistore login into a config of its own; docker pushes with it.
+        ours = tmp_path / "ours"
+        oc_ours = Ocistore(oc.root, {**oc.env, "DOCKER_CONFIG": str(ours)})
+        oc_ours("login", "-u", "alice", "--password-stdin", server.host, input="wonderland\n")
+        docker_engine.env["DOCKER_CONFIG"] = str(ours)
+        docker_engine.run("pull", "-q", ref)
+        other = f"{server.host}/lab/docker-push:1"
+        docker_engine.run("tag", ref, other)
+        docker_engine.run("push", other)
+        docker_engine.run("rmi", ref, other)
+        assert oc_ours("tags", f"{server.host}/lab/docker-push").stdout.split() == ["1"]
+    finally:
+        docker_engine.env["DOCKER_CONFIG"] = docker
