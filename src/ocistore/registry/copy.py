@@ -17,21 +17,26 @@ the store itself is left as it was.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from .. import parallel
 from ..errors import InvalidInput
 from ..progress import COPYING, SILENT, Progress, task_label
-from ..spec.digest import VerifyingReader
+from ..spec.digest import Digest, VerifyingReader, digest_bytes
 from ..spec.platform import Platform
-from ..spec.reference import Reference, is_tag, parse, parse_tagged
+from ..spec.reference import DEFAULT_TAG, Reference, is_tag, looks_like_id, parse, parse_tagged
 from ..store.store import Store
 from .client import Repository
 from .session import Session
 
 __all__ = ["Location", "copy", "parse_transport"]
 
-TRANSPORTS: Final = ("docker", "docker-archive", "oci", "oci-archive", "dir", "ocistore")
+#: Blobs copied at once between registries.
+COPY_JOBS: Final = 4
+#: The transports written NAME:REST (a registry is docker://REF).
+TRANSPORTS: Final = ("docker-archive", "oci", "oci-archive", "dir", "ocistore")
 
 
 class Location(NamedTuple):
@@ -69,33 +74,19 @@ def parse_transport(text: str) -> Location:
             raise InvalidInput(f"{text}: {name}: needs a path")
         if name == "dir":
             return Location("dir", rest, "")
-        path, colon, ref = rest.partition(":")
-        if name in ("oci", "oci-archive") and colon and not ref:
-            ref = ""
-        return Location(name, path, ref if colon else "")
-    if (
-        sep
-        and "/" not in name
-        and "." not in name
-        and not name.isdigit()
-        and name not in ("localhost",)
-        and not rest[:1].isdigit()
-        and not _looks_like_reference(text)
-    ):
-        raise InvalidInput(
-            f"{text}: unknown transport {name!r} (one of docker://, "
-            + ", ".join(f"{t}:" for t in TRANSPORTS[1:])
-            + ", or a reference in the store)"
-        )
+        path, _, ref = rest.partition(":")
+        return Location(name, path, ref)
+    if sep and not looks_like_id(text):
+        try:
+            parse(text)
+        except InvalidInput:
+            # Neither a reference nor a transport: a transport's name mistyped, most likely.
+            known = ", ".join(f"{t}:" for t in TRANSPORTS)
+            raise InvalidInput(
+                f"{text}: unknown transport {name!r} (docker://, {known} or a reference in "
+                "the store)"
+            ) from None
     return Location("ocistore", "", text)
-
-
-def _looks_like_reference(text: str) -> bool:
-    try:
-        parse(text)
-    except InvalidInput:
-        return False
-    return True
 
 
 def _dest_name(dest: Location, source_ref: Reference | None) -> Reference | None:
@@ -222,52 +213,42 @@ def copy_between_registries(
 ) -> list[str]:
     """Stream an image from one registry to another: the same manifest, so the same
     digest (the chosen platform's manifest when the source names an index)."""
-    from .. import parallel
     from .pull import remote_images
 
     src_repo = session.repository(source)
     dst_repo = session.repository(dest)
-    top = src_repo.get_manifest(str(source.digest or source.tag or "latest"))
-    images = remote_images(src_repo, top, platform)
-    image = images[0]
-    if image.is_schema1:
+    top = src_repo.get_manifest(str(source.digest or source.tag or DEFAULT_TAG))
+    image = remote_images(src_repo, top, platform)[0]
+    if not isinstance(image.config, bytes):
         raise InvalidInput(
             f"{src_repo.where(top.digest)}: a schema 1 manifest is not copied between "
             "registries; pull it, then push it"
         )
-    assert isinstance(image.config, bytes)
-    from ..spec.digest import digest_bytes
+    config = (digest_bytes(image.config), len(image.config))
+    layers = [(d, size) for d, size, _ in image.layers if size is not None]
+    # What happened to each layer, in the manifest's order (the config's is not told).
+    events: list[str] = [""] * len(layers)
 
-    config_digest = digest_bytes(image.config)
-    blobs = [(config_digest, len(image.config))] + [
-        (d, size if size is not None else -1) for d, size, _ in image.layers
-    ]
-    events: list[str] = []
-
-    def job(digest_size: tuple[object, int]) -> parallel.Job:
-        from ..spec.digest import Digest
-
-        digest = Digest(str(digest_size[0]))
-        size = digest_size[1]
-
+    def job(i: int, digest: Digest, size: int) -> parallel.Job:
         def run(stop: parallel.Stop) -> None:
             stop.check()
-            events.append(_copy_blob(src_repo, dst_repo, digest, size, progress))
+            told = _copy_blob(src_repo, dst_repo, digest, size, progress)
+            if i >= 0:
+                events[i] = told
 
         return run
 
-    parallel.run_all([job(b) for b in blobs], 4)
+    jobs = [job(-1, *config)] + [job(i, d, size) for i, (d, size) in enumerate(layers)]
+    parallel.run_all(jobs, COPY_JOBS)
+    manifest = image.manifest
     digest = dst_repo.put_manifest(
-        str(dest.tag or "latest"),
-        image.manifest.data,
-        image.manifest.media_type or _type_of(image.manifest.data),
+        dest.tag or DEFAULT_TAG, manifest.data, manifest.media_type or _own_type(manifest.data)
     )
-    return [*events, f"{dest.tag}: digest: {digest} size: {len(image.manifest.data)}"]
+    return [*events, f"{dest.tag or DEFAULT_TAG}: digest: {digest} size: {len(manifest.data)}"]
 
 
-def _type_of(data: bytes) -> str:
-    import json
-
+def _own_type(data: bytes) -> str:
+    """The ``mediaType`` a manifest gives itself (when the registry sent no type)."""
     try:
         doc = json.loads(data)
     except ValueError:
@@ -277,25 +258,22 @@ def _type_of(data: bytes) -> str:
 
 
 def _copy_blob(
-    src: Repository, dst: Repository, digest: object, size: int, progress: Progress
+    src: Repository, dst: Repository, digest: Digest, size: int, progress: Progress
 ) -> str:
-    from ..spec.digest import Digest
-
-    d = Digest(str(digest))
-    shown = d.hex[:12]
-    if dst.blob_size(d) is not None:
+    """One blob from ``src`` to ``dst`` unless ``dst`` has it (mounted within one
+    registry); what happened, as docker push tells it."""
+    shown = digest.hex[:12]
+    if dst.blob_size(digest) is not None:
         return f"{shown}: Layer already exists"
     location = None
     if src.registry is dst.registry and src.path != dst.path:
-        location = dst.mount_blob(d, src.path)
+        location = dst.mount_blob(digest, src.path)
         if location is None:
             return f"{shown}: Mounted from {src.path}"
-    task = progress.task(task_label(shown, COPYING), size if size >= 0 else None)
-    if size < 0:
-        raise InvalidInput(f"{src.where(d)}: blob without a size")
-    with src.open_blob(d, size) as download:
+    task = progress.task(task_label(shown, COPYING), size)
+    with src.open_blob(digest, size) as download:
         # Checked as it streams: a blob that is not what its digest says fails here.
-        stream = VerifyingReader(download, d, src.where(d), size)  # type: ignore[arg-type]
-        dst.upload_stream(d, size, stream, task.update, location)  # type: ignore[arg-type]
+        stream = VerifyingReader(download, digest, src.where(digest), size)  # type: ignore[arg-type]
+        dst.upload_stream(digest, size, stream, task.update, location)  # type: ignore[arg-type]
     task.finish()
     return f"{shown}: Pushed"
