@@ -712,3 +712,21 @@ def test_docker_login_and_ocistore_login_read_each_other(
         assert oc_ours("tags", f"{server.host}/lab/docker-push").stdout.split() == ["1"]
     finally:
         docker_engine.env["DOCKER_CONFIG"] = docker
+
+
+def test_plain_http_from_a_registry_not_on_loopback_is_refused_saying_so(
+    registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry of the tests listens on 127.0.0.1 only: it is made to count as a
+    remote host, as one answering plain HTTP on the network would."""
+    from ocistore.registry import transport
+    from ocistore.registry.transport import ConnectionFailed, TLSSettings, Transport
+
+    monkeypatch.setattr(transport, "is_loopback", lambda host: False)
+    with pytest.raises(ConnectionFailed) as e:
+        Transport().base_url(registry.host)
+    assert str(e.value) == (
+        f"{registry.host}: the registry answered plain HTTP to an HTTPS request; to allow "
+        "plain HTTP to it, give --tls-verify=false (or --insecure)"
+    )
+    assert Transport(TLSSettings(insecure=True)).base_url(registry.host) == registry.url
