@@ -193,7 +193,12 @@ def podman_run(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Co
 
 
 def test_a_plain_layer_is_pushed_compressed_once(
-    registry: RegistryServer, oc: Ocistore, tmp_path: Path, docker_engine: Any
+    registry: RegistryServer,
+    oc: Ocistore,
+    tmp_path: Path,
+    docker_engine: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     rootfs = tmp_path / "rootfs.tar"
     rootfs.write_bytes(make_tar({"etc/plain": b"plain layer\n" * 1000}))
@@ -209,7 +214,18 @@ def test_a_plain_layer_is_pushed_compressed_once(
     # or uploaded again, and the manifest is the same bytes.
     second = f"{registry.host}/plain/two:1"
     oc("tag", first, second)
-    out2 = oc("push", second).stdout.splitlines()
+    from util import run_main
+
+    from ocistore.registry import push
+
+    def no_compression(*args: object) -> None:
+        raise AssertionError("the layer was compressed again")
+
+    monkeypatch.setattr(push, "_compress", no_compression)
+    monkeypatch.setenv("DOCKER_CONFIG", oc.env["DOCKER_CONFIG"])
+    code, stdout, err = run_main(oc.root, capsys, "push", second)
+    assert (code, err) == (0, "")
+    out2 = stdout.splitlines()
     assert out2[1] == f"{out[1].split(':')[0]}: Mounted from plain/one"
     assert out2[-1].split(": digest: ")[1] == out[-1].split(": digest: ")[1]
     assert list((oc.root / "tmp").iterdir()) == []

@@ -65,12 +65,11 @@ class PushResult(NamedTuple):
 class _Blob(NamedTuple):
     digest: Digest
     size: int
-    #: Opens the blob's bytes (seekable), when they come from the store as they are.
-    open: Callable[[], IO[bytes]] | None
-    #: The layer (a plain tar) to compress, when the blob is made for the push.
-    layer: Layer | None
+    #: Opens the blob's bytes (a file that can seek: a chunk may be sent again).
+    open: Callable[[], IO[bytes]]
     #: The ID shown for it (the DiffID's short hex, as docker push shows layers).
     shown: str
+    #: The layer it is a blob of (None for the config).
     diff_id: DiffID | None = None
 
 
@@ -79,7 +78,7 @@ def _config_blob(config: bytes) -> _Blob:
         return io.BytesIO(config)
 
     digest = digest_bytes(config)
-    return _Blob(digest, len(config), open_config, None, digest.hex[:12])
+    return _Blob(digest, len(config), open_config, digest.hex[:12])
 
 
 def _stored(store: Store, digest: Digest, shown: str, diff_id: DiffID | None) -> _Blob:
@@ -87,7 +86,7 @@ def _stored(store: Store, digest: Digest, shown: str, diff_id: DiffID | None) ->
         size = store.blob_size(digest)
     except NotFound:
         raise CorruptStore(f"blob {digest} is not in the store") from None
-    return _Blob(digest, size, lambda: store.open_blob(digest, verify=False), None, shown, diff_id)
+    return _Blob(digest, size, lambda: store.open_blob(digest, verify=False), shown, diff_id)
 
 
 def _kept_plan(
@@ -119,20 +118,18 @@ def _manifest_bytes(doc: dict[str, Any]) -> bytes:
 
 
 class _Pusher:
-    def __init__(
-        self, store: Store, repo: Repository, progress: Progress, events: list[str]
-    ) -> None:
+    def __init__(self, store: Store, repo: Repository, progress: Progress) -> None:
         self.store = store
         self.repo = repo
         self.progress = progress
-        self.events = events
+        #: What happened to each layer, by DiffID (told top first, as docker push does).
+        self.events: dict[DiffID, str] = {}
         self.lock = threading.Lock()
-        #: Layer blobs made (compressed) for this push: digest and size, by DiffID.
-        self.made: dict[DiffID, tuple[Digest, int]] = {}
 
-    def event(self, line: str) -> None:
-        with self.lock:
-            self.events.append(line)
+    def event(self, diff_id: DiffID | None, what: str) -> None:
+        if diff_id is not None:
+            with self.lock:
+                self.events[diff_id] = f"{diff_id.hex[:12]}: {what}"
 
     def remember(self, diff_id: DiffID | None, digest: Digest) -> None:
         if diff_id is not None:
@@ -151,41 +148,55 @@ class _Pusher:
                 return seen.repository[len(prefix) :]
         return None
 
-    def push_blob(self, blob: _Blob, config: bool = False) -> None:
-        """Push one blob unless the registry has it; a layer's fate is told as
-        ``docker push`` tells it (the config's is not)."""
+    def push_blob(self, blob: _Blob, location: str | None = None) -> None:
+        """Push one blob unless the registry has it (or can mount it); ``location``: an
+        upload the registry started already, to use."""
         repo = self.repo
-        event = (lambda line: None) if config else self.event
-        if repo.blob_size(blob.digest) is not None:
-            event(f"{blob.shown}: Layer already exists")
-            self.remember(blob.diff_id, blob.digest)
-            return
-        location = None
-        minimum = 0
-        source = self.mount_source(blob.diff_id, blob.digest)
-        if source is not None:
-            location = repo.mount_blob(blob.digest, source)
-            if location is None:
-                event(f"{blob.shown}: Mounted from {source}")
+        if location is None:
+            if repo.blob_size(blob.digest) is not None:
+                self.event(blob.diff_id, "Layer already exists")
                 self.remember(blob.diff_id, blob.digest)
                 return
-        assert blob.open is not None
+            location = self.mount(blob.diff_id, blob.digest)
+            if location == "":
+                return
         task = self.progress.task(task_label(blob.shown, PUSHING), blob.size)
-        repo.upload(blob.digest, blob.size, blob.open, task.update, location, minimum)
+        repo.upload(blob.digest, blob.size, blob.open, task.update, location)
         task.finish()
-        event(f"{blob.shown}: Pushed")
+        self.event(blob.diff_id, "Pushed")
         self.remember(blob.diff_id, blob.digest)
 
+    def mount(self, diff_id: DiffID | None, digest: Digest) -> str | None:
+        """Mount ``digest`` from the repository of this registry it was seen in: ``""``
+        when mounted, else the upload the registry started instead (None: none)."""
+        source = self.mount_source(diff_id, digest)
+        if source is None:
+            return None
+        location = self.repo.mount_blob(digest, source)
+        if location is None:
+            self.event(diff_id, f"Mounted from {source}")
+            self.remember(diff_id, digest)
+            return ""
+        return location
+
     def push_plain_layer(self, layer: Layer) -> tuple[Digest, int]:
-        """A layer stored as a plain tar, pushed gzip-compressed: the remembered blob if
-        the registry has it, else compressed now, uploaded, and remembered."""
-        shown = layer.diff_id.hex[:12]
+        """A layer stored as a plain tar, pushed gzip-compressed: a remembered blob the
+        registry has (or mounts), else compressed now, uploaded, and remembered."""
         for seen in reversed(self.store.distribution.get(layer.diff_id)):
             size = self.repo.blob_size(seen.digest)
             if size is not None:
-                self.event(f"{shown}: Layer already exists")
+                self.event(layer.diff_id, "Layer already exists")
                 self.remember(layer.diff_id, seen.digest)
                 return seen.digest, size
+        upload: str | None = None  # one the registry started instead of a mount
+        for seen in reversed(self.store.distribution.get(layer.diff_id)):
+            location = self.mount(layer.diff_id, seen.digest)
+            if location == "":
+                size = self.repo.blob_size(seen.digest)
+                if size is not None:
+                    return seen.digest, size
+            elif location is not None and upload is None:
+                upload = location
         scratch = self.store.scratch(suffix=".push.gz")
         try:
             digest, size = _compress(self.store, layer, scratch.file)
@@ -195,7 +206,8 @@ class _Pusher:
             def reopen() -> IO[bytes]:
                 return open(path, "rb")
 
-            self.push_blob(_Blob(digest, size, reopen, None, shown, layer.diff_id))
+            blob = _Blob(digest, size, reopen, layer.diff_id.hex[:12], layer.diff_id)
+            self.push_blob(blob, upload)
         finally:
             scratch.discard()
         return digest, size
@@ -246,16 +258,15 @@ def push(
     config = image.config.raw
     layers = store.layers_of(image)
     repo = session.repository(dest)
-    events: list[str] = []
-    pusher = _Pusher(store, repo, progress, events)
+    pusher = _Pusher(store, repo, progress)
     kept = store.kept_manifest(image_id)
     if kept is not None:
         raw, media_type, blobs = _kept_plan(store, image_id, kept, config, layers)
-        jobs = [lambda: pusher.push_blob(blobs[0], config=True)]
-        jobs += [_bind(pusher.push_blob, b) for b in blobs[1:]]
-        _run(jobs)
+        _run([_bind(pusher.push_blob, b) for b in blobs])
     else:
         raw, media_type = _generated(store, pusher, config, layers)
+    events = [pusher.events.get(layer.diff_id, "") for layer in reversed(layers)]
+    events = [e for e in events if e]
     digest = repo.put_manifest(dest.tag or DEFAULT_TAG, raw, media_type)
     with contextlib.suppress(InvalidInput):
         store.add_repo_digest(image_id, dest.name_only().with_digest(digest))
@@ -282,8 +293,7 @@ def _generated(
 ) -> tuple[bytes, str]:
     """Push the config and layers and make the manifest ``docker push`` would."""
     results: dict[int, tuple[Digest, int, Compression]] = {}
-    config_blob = _config_blob(config)
-    jobs: list[Callable[[], None]] = [lambda: pusher.push_blob(config_blob, config=True)]
+    jobs: list[Callable[[], None]] = [_bind(pusher.push_blob, _config_blob(config))]
 
     def layer_job(i: int, layer: Layer) -> Callable[[], None]:
         def run() -> None:
