@@ -746,3 +746,24 @@ def test_plain_http_from_a_registry_not_on_loopback_is_refused_saying_so(
         "plain HTTP to it, give --tls-verify=false (or --insecure)"
     )
     assert Transport(TLSSettings(insecure=True)).base_url(registry.host) == registry.url
+
+
+def test_the_library_pulls_and_pushes(registry: RegistryServer, tmp_path: Path) -> None:
+    import ocistore
+
+    layout, built = sample_layout(tmp_path, "library")
+    with ocistore.open(tmp_path / "a") as store:
+        ocistore.load(store, layout)
+        ref = f"{registry.host}/library/app:1"
+        store.tag(built.id, ref)
+        digest = ocistore.push(store, ref)
+    with ocistore.open(tmp_path / "b") as store, ocistore.Session() as session:
+        (image,) = ocistore.pull(store, ref, session=session)
+        assert image.id == built.id
+        assert set(image.tags) == {
+            ocistore.parse_reference(ref),
+            ocistore.parse_reference(f"{registry.host}/library/app@{digest}"),
+        }
+        with pytest.raises(ocistore.RegistryError) as e:
+            ocistore.pull(store, f"{registry.host}/library/app:2", session=session)
+        assert e.value.code == "MANIFEST_UNKNOWN" and e.value.status == 404

@@ -28,6 +28,7 @@ what it is about.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,9 @@ from .store.layers import Layer
 
 if TYPE_CHECKING:
     from .formats import SaveFormat
+    from .registry.client import RegistryError
+    from .registry.credentials import Credential, CredentialStore
+    from .registry.session import Session
 
 __version__ = "0.1.0"
 
@@ -67,6 +71,8 @@ __all__ = [
     "ChainID",
     "Conflict",
     "CorruptStore",
+    "Credential",
+    "CredentialStore",
     "DiffID",
     "Digest",
     "DigestMismatch",
@@ -87,6 +93,8 @@ __all__ = [
     "ProgressTask",
     "ReadOnlyStore",
     "Reference",
+    "RegistryError",
+    "Session",
     "SizeMismatch",
     "StorageError",
     "Store",
@@ -97,8 +105,28 @@ __all__ = [
     "open",
     "parse_platform",
     "parse_reference",
+    "pull",
+    "push",
     "save",
 ]
+
+#: Names of :mod:`ocistore.registry` this module gives, imported on first use (their
+#: ``ssl`` and ``http.client`` would cost every command's start).
+_REGISTRY_NAMES = {
+    "Credential": "credentials",
+    "CredentialStore": "credentials",
+    "RegistryError": "client",
+    "Session": "session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _REGISTRY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ocistore' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"ocistore.registry.{module}"), name)
 
 
 def open(root: str | Path) -> Store:
@@ -147,3 +175,49 @@ def save(
     from . import formats
 
     formats.save(store, names, output, format, progress)
+
+
+def pull(
+    store: Store,
+    reference: str,
+    platform: Platform | None = None,
+    all_platforms: bool = False,
+    progress: Progress | None = None,
+    session: Session | None = None,
+) -> list[LoadedImage]:
+    """Pull ``reference`` (``busybox`` is ``docker.io/library/busybox:latest``) from its
+    registry into ``store``, as ``docker pull`` does: tagged as pulled, with the digest
+    reference ``NAME@DIGEST``. ``session`` holds the credentials, TLS settings and
+    retries (default: anonymous, TLS verified, plain HTTP to loopback registries only;
+    ``Session(CredentialStore.from_environment(os.environ))`` reads what ``docker
+    login`` and ``podman login`` left). Returns the images added."""
+    from .registry.pull import pull as pull_image
+    from .registry.session import Session as _Session
+    from .spec.reference import parse
+
+    with contextlib.ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(_Session())
+        return pull_image(
+            store, session, parse(reference), platform, all_platforms, progress
+        ).images
+
+
+def push(
+    store: Store,
+    name: str,
+    destination: str | None = None,
+    progress: Progress | None = None,
+    session: Session | None = None,
+) -> Digest:
+    """Push the image ``name`` names to ``destination`` (default: ``name``, a reference
+    with a registry), as ``docker push`` does; returns the manifest's digest."""
+    from .registry.push import push as push_image
+    from .registry.session import Session as _Session
+    from .spec.reference import parse_tagged
+
+    dest = parse_tagged(destination) if destination else None
+    with contextlib.ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(_Session())
+        return push_image(store, session, name, dest, progress).digest
