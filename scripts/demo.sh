@@ -2,12 +2,14 @@
 # The main job on the default store (--root, else $OCISTORE_ROOT, else
 # ${XDG_DATA_HOME:-~/.local/share}/ocistore): import a small image, tag it, list it,
 # inspect it and show its history; then save it as an oci-archive, remove it, and load it
-# back with the same ID.
+# back with the same ID; with Debian's docker-registry installed, push it to one started
+# here on 127.0.0.1 and pull it back.
 set -e
 cd "$(dirname "$0")/.."
 OCISTORE=".venv/bin/ocistore"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+registry_pid=""
+trap '[ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 # A small root file system made of real files from this machine.
 mkdir -p "$work/rootfs/etc" "$work/rootfs/bin"
@@ -32,3 +34,37 @@ $OCISTORE tag demo/minimal:v1 demo/minimal:latest
 $OCISTORE images demo/minimal
 $OCISTORE system df
 $OCISTORE fsck -q
+set +x
+
+# A registry of the demo's own, on 127.0.0.1 (plain HTTP: a loopback registry).
+registry=/usr/bin/docker-registry
+[ -x "$registry" ] || registry=$(command -v docker-registry || true)
+if [ -z "$registry" ]; then
+    echo "(docker-registry is not installed: make test installs it as root; no push and pull shown)"
+    exit 0
+fi
+port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$work/registry.yml" <<EOF
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $work/registry}}
+http: {addr: 127.0.0.1:$port}
+EOF
+"$registry" serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+tries=0
+until .venv/bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/v2/')" 2>/dev/null; do
+    tries=$((tries + 1))
+    [ $tries -lt 100 ] || { cat "$work/registry.log"; exit 1; }
+    sleep 0.1
+done
+set -x
+$OCISTORE tag demo/minimal:v1 127.0.0.1:$port/demo/minimal:v1
+$OCISTORE push 127.0.0.1:$port/demo/minimal:v1
+$OCISTORE rmi 127.0.0.1:$port/demo/minimal:v1
+$OCISTORE pull 127.0.0.1:$port/demo/minimal:v1
+$OCISTORE images --digests
+$OCISTORE tags 127.0.0.1:$port/demo/minimal
+$OCISTORE inspect --remote 127.0.0.1:$port/demo/minimal:v1
+$OCISTORE rmi 127.0.0.1:$port/demo/minimal:v1
+set +x
