@@ -16,21 +16,35 @@ One run:
    once, sha256 it, decompress compressed blobs and sha256 the result, one thread), and
    the same again also writing the blobs to files with fsync ("baseline + write": what
    keeping the input durably costs at least);
-4. measures ``images`` and an ID-prefix ``inspect`` on stores of 100 and 10,000 images
+4. pulls and pushes (issue 12) through a local registry (Debian's ``docker-registry``,
+   Distribution 2.8, started by the bench on 127.0.0.1 with its own storage, stopped at
+   the end whatever happens; the image put into it once, gzip as ``bench/gzip:1``, zstd
+   as ``bench/zstd:1``): ``ocistore pull`` into an empty store against ``skopeo copy
+   docker://… oci:…`` and ``docker pull`` (a Docker engine started as the tests start
+   one, when it can be; the image removed after each run), next to a loopback baseline
+   (a plain ``http.client`` GET of the same blobs into /dev/null through sha256, one blob
+   at a time and 4 at once); ``ocistore push`` from a store that loaded the OCI layout
+   against ``skopeo copy oci:… docker://…`` and ``docker push``, each run to a new
+   registry and repository so that nothing is skipped or mounted (checked);
+5. measures ``images`` and an ID-prefix ``inspect`` on stores of 100 and 10,000 images
    (built through the library by ``bench_store.py``, cached), the two sizes alternating,
    and counts with strace how many image configs each opens;
-5. prints a Markdown table with medians, ratios, throughput and peak memory, each target
+6. prints Markdown tables with medians, ratios, throughput and peak memory, each target
    of the issue marked PASS or FAIL, the machine and the command; writes it to
    ``bench-out/results.md`` and every single run to ``bench-out/results.json``.
 
-Peak memory is each child's own ``ru_maxrss`` from ``wait4``: exact per process, like
-``/usr/bin/time -v``'s "Maximum resident set size". Throughput is the image's
+Peak memory is each child's ``ru_maxrss`` from ``wait4``, like ``/usr/bin/time -v``'s
+"Maximum resident set size", exact above a floor: the children are spawned through vfork,
+whose child's peak counts the parent's (the bench's own, about 25 MiB; the report says
+it), so the bench keeps itself small (pytest, which the Docker engine's helper needs,
+is imported only in a child). Throughput is the image's
 uncompressed size (the sum of its layer tars) divided by the median wall time, in
 MB/s (10^6 bytes per second).
 
     make bench                                   # the full run, about 6 minutes
     make bench BENCH_ARGS=--quick                # 30 MB image, 2 repeats
     .venv/bin/python scripts/bench.py --only load-docker,images --repeat 3
+    .venv/bin/python scripts/bench.py --only pull-gzip,pull-zstd,push-gzip,push-zstd
 
 Exit status: 0 when every operation ran (whatever the targets say; ``--strict`` makes a
 failed target exit 1 too), 1 when something could not run.
@@ -40,17 +54,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import http.client
 import json
 import os
 import platform
 import random
+import secrets
 import shlex
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -78,6 +98,11 @@ PEER_TARGETS = {
     "load-oci-zstd": 0.35,
     "save-docker": 0.30,
     "save-oci-archive": 0.30,
+    # Issue 12: against skopeo copy between the registry and an OCI layout.
+    "pull-gzip": 0.30,
+    "pull-zstd": 0.30,
+    "push-gzip": 0.30,
+    "push-zstd": 0.30,
 }
 BASELINE_TARGET = 1.5
 RSS_TARGET_MIB = 64
@@ -151,10 +176,10 @@ def check(run: Run) -> Run:
     return run
 
 
-def run_quiet(argv: Sequence[str | Path]) -> str:
+def run_quiet(argv: Sequence[str | Path], env: dict[str, str] | None = None) -> str:
     """Run a setup command (untimed); its stdout, or BenchError with its stderr."""
     args = [str(a) for a in argv]
-    p = subprocess.run(args, capture_output=True, text=True, check=False)
+    p = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
     if p.returncode != 0:
         raise BenchError(
             f"command failed (exit {p.returncode}): {shlex.join(args)}\n"
@@ -664,10 +689,11 @@ class Bench:
     # The saves: from a store preloaded with the image (from the gzip OCI layout, so it
     # holds the very blobs the peer reads), to a fresh output file.
 
-    def preload(self) -> Path:
-        root = self.scratch / "preloaded"
+    def preload(self, layout: Path | None = None, name: str = "preloaded") -> Path:
+        root = self.scratch / name
         rm(root)
-        check(measure(self.ocistore(root, "load", "-q", "-i", str(self.inputs.layout_gzip))))
+        layout = layout or self.inputs.layout_gzip
+        check(measure(self.ocistore(root, "load", "-q", "-i", str(layout))))
         image_id = run_quiet(self.ocistore(root, "images", "-q", "--no-trunc")).split()
         if len(image_id) != 1:
             raise BenchError(f"preloaded store {root} holds {image_id}, not one image")
@@ -702,6 +728,627 @@ class Bench:
             None,
             verify,
         )
+
+
+# -- registries: pull and push (issue 12) ---------------------------------------------------
+
+REGISTRY_TIMEOUT = 60.0  # seconds a registry is given to answer GET /v2/ (a bound, not a wait)
+PORT_ATTEMPTS = 10  # another process may take the free port before the registry binds it
+PULL_REFS = {"gzip": "bench/gzip:1", "zstd": "bench/zstd:1"}  # the pull registry's names
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+HTTP_CHUNK = 1 << 20
+DOCKER_STOP_TIMEOUT = 300.0  # seconds the engine's helper is given to stop it
+HTTP_JOBS = (1, 4)  # the loopback baselines: one blob at a time, and 4 at once (PULL_JOBS)
+DOCKER_NO_ZSTD_PUSH = (
+    "skipped: Docker 20.10 cannot push zstd layers (it gzips every layer it pushes)"
+)
+DOCKER_NO_ZSTD_PULL = (
+    "skipped: Docker before 23.0 cannot unpack zstd layers (20.10: `failed to register "
+    "layer: ApplyLayer exit status 1 … archive/tar: invalid tar header`)"
+)
+
+
+def registry_binary() -> str:
+    path = shutil.which("docker-registry") or (
+        "/usr/bin/docker-registry" if os.access("/usr/bin/docker-registry", os.X_OK) else None
+    )
+    if path is None:
+        raise BenchError(
+            "missing tool: docker-registry (apt-get install docker-registry; make peers does it "
+            "as root)"
+        )
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Registry:
+    """One ``docker-registry serve`` (Distribution 2.8) on 127.0.0.1, on a free port, with
+    its storage (``storage.filesystem.rootdirectory``) in a new directory of its own under
+    ``parent``; :meth:`stop` kills it (its process group) and removes the directory."""
+
+    def __init__(self, binary: str, parent: Path) -> None:
+        parent.mkdir(parents=True, exist_ok=True)
+        self.directory = Path(tempfile.mkdtemp(prefix="registry-", dir=parent))
+        self.data = self.directory / "data"
+        self.log_path = self.directory / "registry.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.host = ""
+        try:
+            self._start(binary)
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self, binary: str) -> None:
+        config_file = self.directory / "config.yml"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "OTEL_"))}
+        for _ in range(PORT_ATTEMPTS):
+            port = _free_port()
+            config = {
+                "version": "0.1",
+                "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
+                "storage": {
+                    "filesystem": {"rootdirectory": str(self.data)},
+                    "maintenance": {"uploadpurging": {"enabled": False}},
+                },
+                "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
+            }
+            config_file.write_text(json.dumps(config, indent=1) + "\n")  # JSON is YAML
+            start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with open(self.log_path, "ab") as log_file:
+                self.proc = subprocess.Popen(
+                    [binary, "serve", str(config_file)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            self.host = f"127.0.0.1:{port}"
+            if self._answers():
+                return
+            self._kill()
+            said = self.log_path.read_bytes()[start:].decode(errors="replace")
+            if "address already in use" not in said:
+                raise BenchError(f"docker-registry exited at start:\n{said.rstrip()[-2000:]}")
+        raise BenchError(f"docker-registry found no free port in {PORT_ATTEMPTS} attempts")
+
+    def _answers(self) -> bool:
+        """Wait until ``GET /v2/`` answers 200 (True), or the registry exits (False)."""
+        assert self.proc is not None
+        hostname, port = self.host.rsplit(":", 1)
+        deadline = time.monotonic() + REGISTRY_TIMEOUT
+        while self.proc.poll() is None:
+            conn = http.client.HTTPConnection(hostname, int(port), timeout=REGISTRY_TIMEOUT)
+            try:
+                conn.request("GET", "/v2/")
+                response = conn.getresponse()
+                response.read()
+            except OSError:  # not listening yet
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"docker-registry did not answer in {REGISTRY_TIMEOUT:.0f} s"
+                    ) from None
+                time.sleep(0.02)
+                continue
+            finally:
+                conn.close()
+            if response.status != 200:
+                raise BenchError(f"GET http://{self.host}/v2/ answered {response.status}")
+            return True
+        return False
+
+    def blobs(self) -> dict[str, int]:
+        """The blobs in its storage (manifests too): digest → size of its ``data`` file."""
+        root = self.data / "docker/registry/v2/blobs"
+        if not root.exists():
+            return {}
+        return {
+            f"{p.parent.parent.parent.name}:{p.parent.name}": p.stat().st_size
+            for p in root.glob("*/*/*/data")
+        }
+
+    def _kill(self) -> None:
+        # The process group first, then reap: once reaped, its ID may be another's.
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        self._kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class Docker:
+    """The private Docker engine tests/docker_engine.py starts, and its ``docker`` client."""
+
+    docker: str
+    env: dict[str, str]
+    version: str
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.docker, *args]
+
+    def major(self) -> int:
+        head = self.version.split(".", 1)[0]
+        return int(head) if head.isdigit() else 0
+
+    def run(self, *args: str) -> str:
+        return run_quiet([self.docker, *args], self.env)
+
+    def images(self) -> list[str]:
+        return self.run("images", "-aq", "--no-trunc").split()
+
+    def untag(self, ref: str) -> None:
+        with contextlib.suppress(BenchError):  # a failed pull left nothing to remove
+            self.run("rmi", ref)
+
+
+def docker_engine_main() -> int:
+    """``bench.py --docker-engine``, a child of the bench: start the tests' Docker engine
+    (``started_engine()`` of tests/docker_engine.py), print one JSON line (``docker`` and
+    ``env``, or ``error``), and keep it until standard input ends; then stop it. A child,
+    so that the bench (whose children's peak RSS counts its own, through vfork) never
+    imports pytest."""
+    tests = str(REPO / "tests")
+    sys.path.insert(0, tests)
+    try:
+        import docker_engine  # type: ignore[import-not-found]  # tests/docker_engine.py
+        from _pytest.outcomes import OutcomeException
+    except ImportError as e:
+        print(json.dumps({"error": f"tests/docker_engine.py cannot be imported ({e})"}))
+        return 0
+    try:  # it says why it cannot start through pytest.skip or pytest.fail
+        with docker_engine.started_engine() as engine:
+            print(json.dumps({"docker": engine.docker_path, "env": engine.env}), flush=True)
+            sys.stdin.buffer.read()
+    except OutcomeException as e:
+        print(json.dumps({"error": (str(e.msg or e).splitlines() or ["?"])[0][:100]}))
+    return 0
+
+
+def start_docker(stack: contextlib.ExitStack) -> tuple[Docker | None, str]:
+    """Start a Docker engine with the tests' ``started_engine()`` (vfs storage driver, a
+    private socket under /tmp, ``--iptables=false --ip6tables=false --bridge=none``) in a
+    child (:func:`docker_engine_main`), stopped when ``stack`` closes: the engine, or None
+    and why there is none."""
+    log("starting a Docker engine (tests/docker_engine.py: vfs, private socket) ...")
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--docker-engine"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # stopped through its stdin, not by the terminal's ^C
+    )
+    assert child.stdin is not None and child.stdout is not None
+
+    def stop() -> None:
+        assert child.stdin is not None
+        child.stdin.close()
+        try:
+            child.wait(DOCKER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+    stack.callback(stop)
+    line = child.stdout.readline()
+    try:
+        said = json.loads(line)
+    except ValueError:
+        return None, f"no Docker engine: its helper said {line[:100]!r}"
+    if "error" in said:
+        return None, f"no Docker engine: {said['error']}"
+    docker = Docker(said["docker"], said["env"], "")
+    try:
+        docker.version = docker.run("version", "--format", "{{.Server.Version}}").strip()
+    except BenchError as e:
+        return None, f"no Docker engine: {str(e).splitlines()[0][:100]}"
+    return docker, ""
+
+
+def http_baseline(host: str, ref: str, jobs: int) -> int:
+    """The loopback baseline of a pull (``bench.py --http-get HOST NAME:TAG --jobs N``, a
+    child of the bench): GET the manifest, then every blob it names (config and layers),
+    ``jobs`` at a time, each on a keep-alive ``http.client`` connection of its own, 1 MiB
+    reads into /dev/null through sha256, each blob checked against its digest and size.
+    Returns the blob bytes read."""
+    name, tag = ref.rsplit(":", 1)
+    hostname, port = host.rsplit(":", 1)
+
+    def connect() -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(hostname, int(port), timeout=120)
+
+    conn = connect()
+    conn.request(
+        "GET",
+        f"/v2/{name}/manifests/{tag}",
+        headers={"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"},
+    )
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200:
+        raise BenchError(f"GET the manifest of {host}/{ref}: {response.status}")
+    doc = json.loads(body)
+    todo = iter([(d["digest"], int(d["size"])) for d in [doc["config"], *doc["layers"]]])
+    lock = threading.Lock()
+    total = 0
+    failures: list[BaseException] = []
+
+    def fetch(conn: http.client.HTTPConnection) -> None:
+        nonlocal total
+        buf = bytearray(HTTP_CHUNK)
+        view = memoryview(buf)
+        try:
+            with open(os.devnull, "wb", buffering=0) as null:
+                while True:
+                    with lock:
+                        item = next(todo, None)
+                    if item is None:
+                        return
+                    digest, size = item
+                    conn.request("GET", f"/v2/{name}/blobs/{digest}")
+                    r = conn.getresponse()
+                    if r.status != 200:
+                        raise BenchError(f"GET blob {digest}: {r.status}")
+                    h = hashlib.sha256()
+                    n = 0
+                    while k := r.readinto(buf):
+                        h.update(view[:k])
+                        null.write(view[:k])
+                        n += k
+                    if n != size or f"sha256:{h.hexdigest()}" != digest:
+                        raise BenchError(f"blob {digest}: {n} bytes, sha256:{h.hexdigest()}")
+                    with lock:
+                        total += n
+        except BaseException as e:
+            failures.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=fetch, args=(connect(),)) for _ in range(jobs - 1)]
+    for t in threads:
+        t.start()
+    fetch(conn)
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    return total
+
+
+def layout_blobs(layout: Path) -> dict[str, int]:
+    """The blobs a layout's image names, config first, then the layers: digest → size."""
+    index = json.loads((layout / "index.json").read_text())
+    mdigest = index["manifests"][0]["digest"].split(":", 1)[1]
+    manifest = json.loads((layout / "blobs/sha256" / mdigest).read_text())
+    return {d["digest"]: int(d["size"]) for d in [manifest["config"], *manifest["layers"]]}
+
+
+@dataclass
+class RemoteResult:
+    key: str
+    title: str
+    bytes: int  # the blobs moved (config and layers, compressed as in the registry)
+    layers: int
+    #: Each side's runs: "ocistore", "skopeo", "docker", and for a pull the loopback
+    #: baselines "baseline-1" and "baseline-4".
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # side → why it did not run
+    error: str | None = None
+
+    def get(self, who: str) -> list[Run]:
+        return self.runs.get(who, [])
+
+
+Make = Callable[[int, Path, contextlib.ExitStack], tuple[list[str], "dict[str, str] | None"]]
+
+
+@dataclass
+class Side:
+    """One contender of a registry operation. ``make(round, dest, stack)`` sets up a run
+    (untimed; ``dest`` a fresh path; what ``stack`` holds is undone after the run) and
+    gives its command and environment; ``check`` reads the run's standard output."""
+
+    who: str
+    make: Make
+    check: Callable[[str], None] | None = None
+    skopeo: bool = False  # clear skopeo's blob cache before it
+
+
+def _check_pushed(text: str, layers: int, what: str) -> None:
+    """A push that uploaded every layer: ``ID: Pushed`` for each, nothing skipped."""
+    pushed = text.count(": Pushed")
+    for skipped in ("Layer already exists", "Mounted from"):
+        if skipped in text:
+            raise BenchError(f"{what} skipped a layer ({skipped!r}):\n{text.rstrip()}")
+    if pushed != layers:
+        raise BenchError(f"{what} said Pushed {pushed} times, not {layers}:\n{text.rstrip()}")
+
+
+class RemoteBench:
+    """The pull and push operations: ocistore, skopeo and docker alternating (the order
+    rotates each round), each run on a fresh destination."""
+
+    def __init__(self, bench: Bench, binary: str) -> None:
+        self.bench = bench
+        self.tools = bench.tools
+        self.binary = binary
+        self.parent = bench.scratch / "registries"
+
+    def registry(self) -> Registry:
+        return Registry(self.binary, self.parent)
+
+    def _one(self, res: RemoteResult, side: Side, i: int) -> Run:
+        scratch = self.bench.scratch
+        dest = scratch / f"{res.key}-{side.who}"
+        out = scratch / f"{res.key}-{side.who}.out"
+        rm(dest)
+        with contextlib.ExitStack() as stack:
+            argv, env = side.make(i, dest, stack)
+            if side.skopeo:
+                clear_skopeo_cache()
+            os.sync()
+            run = measure(argv, out, env)
+            text = out.read_text(errors="replace")
+            if not run.ok:
+                raise BenchError(
+                    f"{res.key}: {side.who} failed (exit {run.rc}): {shlex.join(run.argv)}\n"
+                    f"{run.stderr.rstrip()}\n{text.rstrip()}"
+                )
+            if side.check is not None:
+                side.check(text)
+        res.runs.setdefault(side.who, []).append(run)
+        return run
+
+    def compare(
+        self,
+        res: RemoteResult,
+        sides: list[Side],
+        baselines: list[Side],
+        verify: Callable[[Path], None] | None = None,
+    ) -> RemoteResult:
+        repeat = self.bench.repeat
+        log(
+            f"{res.title}: {repeat} × " + ", ".join(s.who for s in sides)
+            + (", baselines" if baselines else "")
+            + "".join(f" ({who} {note})" for who, note in res.notes.items())
+        )  # fmt: skip
+        try:
+            for i in range(repeat):
+                for side in baselines:
+                    self._one(res, side, i)
+                k = i % len(sides)
+                for side in sides[k:] + sides[:k]:
+                    self._one(res, side, i)
+                log(
+                    f"  round {i + 1}: "
+                    + ", ".join(
+                        f"{s.who} {res.get(s.who)[-1].seconds:.2f} s" for s in baselines + sides
+                    )
+                )
+            if verify is not None:
+                verify(self.bench.scratch / f"{res.key}-ocistore")
+        except BenchError as e:
+            res.error = str(e)
+            log(f"  ERROR: {e}")
+        finally:
+            for side in baselines + sides:
+                rm(self.bench.scratch / f"{res.key}-{side.who}")
+                rm(self.bench.scratch / f"{res.key}-{side.who}.out")
+        return res
+
+    def pull(
+        self, key: str, registry: Registry, layout: Path, docker: Docker | None, no_docker: str
+    ) -> RemoteResult:
+        """Into an empty store (ocistore), a fresh OCI layout (skopeo), an engine that
+        holds no image (docker; the image removed after each run)."""
+        kind = key.split("-", 1)[1]
+        ref = PULL_REFS[kind]
+        src = f"{registry.host}/{ref}"
+        blobs = layout_blobs(layout)
+        layers = len(blobs) - 1
+        res = RemoteResult(key, f"pull {kind}", sum(blobs.values()), layers)
+
+        def ours(i: int, dest: Path, stack: contextlib.ExitStack) -> tuple[list[str], None]:
+            return self.bench.ocistore(dest, "pull", "-q", src), None
+
+        def skopeo(i: int, dest: Path, stack: contextlib.ExitStack) -> tuple[list[str], None]:
+            argv = self.tools.skopeo_copy(
+                "--src-tls-verify=false", f"docker://{src}", f"oci:{dest}:{TAG}"
+            )
+            return argv, None
+
+        sides = [Side("ocistore", ours), Side("skopeo", skopeo, skopeo=True)]
+        if docker is not None and kind == "zstd" and docker.major() < 23:
+            res.notes["docker"] = DOCKER_NO_ZSTD_PULL
+        elif docker is not None:
+
+            def docker_pull(
+                i: int, dest: Path, stack: contextlib.ExitStack
+            ) -> tuple[list[str], dict[str, str]]:
+                left = docker.images()
+                if left:
+                    raise BenchError(f"the Docker engine still holds {left} before a pull")
+                stack.callback(docker.untag, src)
+                return docker.argv("pull", src), docker.env
+
+            def docker_pulled(text: str) -> None:
+                done = text.count(": Pull complete")
+                if "Already exists" in text or done != layers:
+                    raise BenchError(
+                        f"docker pull did not download every layer ({done} of {layers}):\n"
+                        + text.rstrip()
+                    )
+
+            sides.append(Side("docker", docker_pull, docker_pulled))
+        else:
+            res.notes["docker"] = no_docker
+
+        def baseline(n: int) -> Side:
+            def make(i: int, dest: Path, stack: contextlib.ExitStack) -> tuple[list[str], None]:
+                script = str(Path(__file__).resolve())
+                return [
+                    self.tools.python,
+                    script,
+                    "--http-get",
+                    registry.host,
+                    ref,
+                    "--jobs",
+                    str(n),
+                ], None
+
+            def read_all(text: str) -> None:
+                if text.strip() != str(res.bytes):
+                    raise BenchError(f"the baseline read {text.strip()} bytes, not {res.bytes}")
+
+            return Side(f"baseline-{n}", make, read_all)
+
+        baselines = [baseline(n) for n in HTTP_JOBS]
+        return self.compare(res, sides, baselines, self.bench._verify_loaded)
+
+    def push(
+        self, key: str, layout: Path, root: Path, docker: Docker | None, no_docker: str
+    ) -> RemoteResult:
+        """Each run to a new registry (fresh storage, a port of its own, nothing for any
+        tool to skip or mount), repository ``bench/<tool>-push-N``: from a store that
+        loaded the layout (ocistore), the layout (skopeo), the engine's image (docker,
+        loaded from the docker-archive, tagged into the new repository)."""
+        kind = key.split("-", 1)[1]
+        blobs = layout_blobs(layout)
+        layers = len(blobs) - 1
+        res = RemoteResult(key, f"push {kind}", sum(blobs.values()), layers)
+        pushed: list[Registry] = []  # the current run's registry, for the checks
+
+        def fresh(stack: contextlib.ExitStack) -> Registry:
+            registry = stack.enter_context(self.registry())
+            pushed[:] = [registry]
+            return registry
+
+        def stored(what: str) -> Callable[[str], None]:
+            """Every layer uploaded: the push says ``Pushed`` for each (skopeo says nothing
+            of blobs it skips) and the fresh registry holds each blob; docker's layers are
+            its own gzip of them, so for docker their number is checked."""
+
+            def check(text: str) -> None:
+                if what != "skopeo":
+                    _check_pushed(text, layers, f"{what} push")
+                held = pushed[0].blobs()
+                if what == "docker":
+                    if len(held) != len(blobs) + 1:  # and the manifest
+                        raise BenchError(f"docker push left {len(held)} blobs in the registry")
+                    return
+                for digest, size in blobs.items():
+                    if held.get(digest) != size:
+                        raise BenchError(
+                            f"{what} push: the registry holds {digest} as "
+                            f"{held.get(digest)} bytes, not {size}"
+                        )
+
+            return check
+
+        def ours(i: int, dest: Path, stack: contextlib.ExitStack) -> tuple[list[str], None]:
+            host = fresh(stack).host
+            return self.bench.ocistore(root, "push", REF, f"{host}/bench/push-{i + 1}:1"), None
+
+        def skopeo(i: int, dest: Path, stack: contextlib.ExitStack) -> tuple[list[str], None]:
+            host = fresh(stack).host
+            return [
+                self.tools.skopeo, "--insecure-policy", "copy", "--dest-tls-verify=false",
+                f"oci:{layout}:{TAG}", f"docker://{host}/bench/skopeo-push-{i + 1}:1",
+            ], None  # fmt: skip
+
+        sides = [
+            Side("ocistore", ours, stored("ocistore")),
+            Side("skopeo", skopeo, stored("skopeo"), skopeo=True),
+        ]
+        if docker is not None and kind == "zstd":
+            res.notes["docker"] = DOCKER_NO_ZSTD_PUSH
+        elif docker is not None:
+
+            def docker_push(
+                i: int, dest: Path, stack: contextlib.ExitStack
+            ) -> tuple[list[str], dict[str, str]]:
+                target = f"{fresh(stack).host}/bench/docker-push-{i + 1}:1"
+                docker.run("tag", REF, target)
+                stack.callback(docker.untag, target)
+                return docker.argv("push", target), docker.env
+
+            sides.append(Side("docker", docker_push, stored("docker")))
+        else:
+            res.notes["docker"] = no_docker
+        return self.compare(res, sides, [])
+
+
+def bench_remote(bench: Bench, keys: list[str]) -> tuple[list[RemoteResult], list[str]]:
+    """Start the registry (and a Docker engine, if one can be), put the bench image into
+    it, run the pulls, then the pushes; everything started is stopped at the end, whatever
+    happens. Returns the results and the peers' versions for the machine line."""
+    inputs = bench.inputs
+    layouts = {"gzip": inputs.layout_gzip, "zstd": inputs.layout_zstd}
+    versions: list[str] = []
+    results: list[RemoteResult] = []
+    with contextlib.ExitStack() as stack:
+        try:
+            binary = registry_binary()
+            said = run_quiet([binary, "--version"]).split()
+            versions.append(f"docker-registry {said[-1] if said else '?'}")
+            remote = RemoteBench(bench, binary)
+            registry = stack.enter_context(remote.registry())
+            log(f"registry on {registry.host}: pushing the bench image into it (gzip, zstd)")
+            for kind, ref in PULL_REFS.items():
+                run_quiet(
+                    bench.tools.skopeo_copy(
+                        "--dest-tls-verify=false",
+                        f"oci:{layouts[kind]}:{TAG}",
+                        f"docker://{registry.host}/{ref}",
+                    )
+                )
+        except BenchError as e:
+            log(f"  ERROR: {e}")
+            return [
+                RemoteResult(k, k.replace("-", " "), 0, 0, error=str(e)) for k in keys
+            ], versions
+        docker, no_docker = start_docker(stack)
+        if docker is None:
+            log(f"  {no_docker}: docker is left out")
+        else:
+            versions.append(f"Docker Engine {docker.version} (vfs)")
+        for key in keys:
+            if key.startswith("pull-"):
+                results.append(remote.pull(key, registry, layouts[key[5:]], docker, no_docker))
+        pushes = [k for k in keys if k.startswith("push-")]
+        if pushes and docker is not None:
+            try:
+                docker.run("load", "-q", "-i", str(inputs.docker_archive))
+            except BenchError as e:
+                docker, no_docker = None, f"docker load failed: {str(e).splitlines()[0][:100]}"
+        for key in pushes:
+            kind = key[5:]
+            try:
+                root = bench.preload(layouts[kind], f"preloaded-{kind}")
+            except BenchError as e:
+                res = RemoteResult(key, f"push {kind}", 0, 0, error=f"preloading failed: {e}")
+                results.append(res)
+                continue
+            results.append(remote.push(key, layouts[kind], root, docker, no_docker))
+            rm(root)
+    return results, versions
 
 
 # -- the store operations ---------------------------------------------------------------
@@ -782,7 +1429,7 @@ def filesystem_of(path: Path) -> str:
     return f"{best[2]} on {best[0]}" if best[2] else ""
 
 
-def machine_line(tools: Tools, work: Path, start_load: float) -> str:
+def machine_line(tools: Tools, work: Path, start_load: float, extra: Sequence[str] = ()) -> str:
     model = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -799,6 +1446,7 @@ def machine_line(tools: Tools, work: Path, start_load: float) -> str:
     for tool, args in ((tools.skopeo, ["--version"]), (tools.umoci, ["--version"])):
         with contextlib.suppress(BenchError):
             versions.append(run_quiet([tool, *args]).strip().replace(" version ", " "))
+    versions += extra
     fs = filesystem_of(work)
     load = f"; load average {start_load:.2f} (1 min) before the run" if start_load >= 0 else ""
     return (
@@ -819,11 +1467,13 @@ def _verdict(ok: bool) -> str:
 
 def report(
     ops: list[OpResult],
+    remote: list[RemoteResult],
     stores: ListResult | None,
     inputs: Inputs,
     machine: str,
     command: str,
     repeat: int,
+    floor_mib: float,
 ) -> tuple[str, int, int]:
     lines: list[str] = []
     passed = total = 0
@@ -861,8 +1511,12 @@ def report(
             f"| {op.bytes / MB / o:.0f} | {op.bytes / MB / p:.0f} "
             f"| {rss_o:.0f} MiB {target(rss_o <= RSS_TARGET_MIB)} | {rss_p:.0f} MiB |"
         )
-    if stores is not None:
+    if remote:
         if ops:
+            lines.append("")
+        lines += remote_table(remote, target)
+    if stores is not None:
+        if ops or remote:
             lines.append("")
         small, big = min(stores.sizes), max(stores.sizes)
         lines.append(
@@ -920,8 +1574,13 @@ def report(
         "sha256 over it and, for gzip (isal) or zstd layers, over the decompressed stream; "
         "baseline + write = the same, also writing each blob as read to a file and fsyncing it "
         "(what keeping the input durably costs at least; no target). "
-        "Peak RSS = the process's ru_maxrss (as `/usr/bin/time -v`), the largest of the runs."
+        "Peak RSS = the process's ru_maxrss (as `/usr/bin/time -v`), the largest of the runs; "
+        "a child is spawned through vfork, and Linux counts the parent's peak in the child's, "
+        f"so no figure here is below the bench's own {floor_mib:.0f} MiB (`true` measured so)."
     )
+    if remote:
+        lines.append("")
+        lines.append(REMOTE_NOTE)
     lines.append("")
     lines.append(f"Input {inputs.describe()}.")
     lines.append("")
@@ -929,6 +1588,85 @@ def report(
     lines.append("")
     lines.append(f"Command: `{command}`")
     return "\n".join(lines) + "\n", passed, total
+
+
+REMOTE_NOTE = (
+    "Pull and push: a local Distribution registry (`docker-registry`) on 127.0.0.1, plain "
+    "HTTP. pull = `ocistore --root EMPTY pull -q HOST/bench/KIND:1` into an empty store, "
+    "`skopeo copy --src-tls-verify=false docker://HOST/bench/KIND:1 oci:EMPTY:bench`, "
+    "`docker pull` into an engine holding no image (the image removed after each run); "
+    "push = each run to a new registry (fresh storage, a port of its own) and a new "
+    "repository, every blob uploaded (checked: ocistore and docker say `Pushed` for each "
+    "layer, and the registry holds every blob's bytes after each push): `ocistore push` "
+    "from a store that loaded the OCI layout, `skopeo copy --dest-tls-verify=false "
+    "oci:LAYOUT:bench docker://…`, `docker push` of the image `docker load` took from the "
+    "docker-archive (it gzips each layer as it pushes). The Docker engine is the tests' "
+    "(`tests/docker_engine.py`: dockerd 20.10, vfs storage driver, which copies each "
+    "layer's parent when it unpacks one); docker s is the `docker` client's wall time, and "
+    "the engine's memory is not measured. MB/s = the compressed blobs moved (config and "
+    "layers, 10^6 bytes) / median wall time. Loopback baseline = a Python `http.client` "
+    "GET of the manifest and each blob from the same registry into /dev/null through "
+    "sha256, each checked, one blob at a time / 4 at once on a connection each (a child "
+    "process, as ocistore is); ocistore / baseline = ocistore's MB/s over the baseline's."
+)
+
+
+def remote_table(remote: list[RemoteResult], target: Callable[[bool], str]) -> list[str]:
+    lines = [
+        "| registry operation | ocistore s | skopeo s | ocistore / skopeo (target) "
+        "| docker s | ocistore / docker | ocistore MB/s | skopeo MB/s "
+        "| loopback baseline MB/s (1 / 4 at once) | ocistore / baseline (1 / 4) "
+        "| ocistore peak RSS (≤ 64 MiB) | skopeo peak RSS |",
+        "|---|--:|--:|---|--:|--:|--:|--:|--:|---|---|--:|",
+    ]
+    for res in remote:
+        o, p = median_s(res.get("ocistore")), median_s(res.get("skopeo"))
+        if res.error or o is None or p is None:
+            target(False)
+            reason = (res.error or "no runs").splitlines()[0][:120]
+            lines.append(f"| {res.title} | **FAIL**: {reason} | | | | | | | | | | |")
+            continue
+        mb = res.bytes / MB
+        ratio = o / p
+        tgt = PEER_TARGETS[res.key]
+        d = median_s(res.get("docker"))
+        if d is not None:
+            docker_cells = f"{_fmt_s(d)} | {o / d:.2f}"
+        else:
+            docker_cells = f"{res.notes.get('docker', 'not run')} | —"
+        b1, b4 = median_s(res.get("baseline-1")), median_s(res.get("baseline-4"))
+        if b1 is not None and b4 is not None:
+            base_cells = f"{mb / b1:.0f} / {mb / b4:.0f} | {b1 / o:.2f} / {b4 / o:.2f}"
+        else:
+            base_cells = "— | —"
+        rss_o = max_rss_mib(res.get("ocistore")) or 0.0
+        rss_p = max_rss_mib(res.get("skopeo")) or 0.0
+        lines.append(
+            f"| {res.title} | {_fmt_s(o)} | {_fmt_s(p)} | {ratio:.2f} (≤ {tgt:g}) "
+            f"{target(ratio <= tgt)} | {docker_cells} | {mb / o:.0f} | {mb / p:.0f} "
+            f"| {base_cells} | {rss_o:.0f} MiB {target(rss_o <= RSS_TARGET_MIB)} "
+            f"| {rss_p:.0f} MiB |"
+        )
+    return lines
+
+
+def remote_cpu_table(remote: list[RemoteResult]) -> str:
+    rows = [
+        "| registry operation | ocistore CPU s (wall) | skopeo CPU s (wall) "
+        "| baseline, 1 at a time, CPU s (wall) | baseline, 4 at once, CPU s (wall) |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for res in remote:
+        cells = []
+        for who in ("ocistore", "skopeo", "baseline-1", "baseline-4"):
+            runs = res.get(who)
+            if runs:
+                cpu = statistics.median(r.user + r.system for r in runs)
+                cells.append(f"{cpu:.2f} ({_fmt_s(median_s(runs))})")
+            else:
+                cells.append("—")
+        rows.append(f"| {res.title} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def cpu_table(ops: list[OpResult]) -> str:
@@ -952,7 +1690,16 @@ def cpu_table(ops: list[OpResult]) -> str:
 # -- main ---------------------------------------------------------------------------------
 
 
-OPS = ["load-docker", "load-oci-gzip", "load-oci-zstd", "save-docker", "save-oci-archive", "images"]
+REMOTE_OPS = ["pull-gzip", "pull-zstd", "push-gzip", "push-zstd"]
+OPS = [
+    "load-docker",
+    "load-oci-gzip",
+    "load-oci-zstd",
+    "save-docker",
+    "save-oci-archive",
+    *REMOTE_OPS,
+    "images",
+]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -999,8 +1746,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def http_get_main(argv: list[str]) -> int:
+    """``bench.py --http-get HOST NAME:TAG [--jobs N]``: the loopback baseline of a pull."""
+    p = argparse.ArgumentParser(prog="bench.py --http-get")
+    p.add_argument("host")
+    p.add_argument("ref")
+    p.add_argument("--jobs", type=int, default=1)
+    args = p.parse_args(argv)
+    print(http_baseline(args.host, args.ref, args.jobs))
+    return 0
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so that the registries and the engine are stopped
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--http-get"]:
+        return http_get_main(argv[1:])
+    if argv[:1] == ["--docker-engine"]:
+        return docker_engine_main()
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     start_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
     command = f"make bench BENCH_ARGS={shlex.quote(shlex.join(argv))}" if argv else "make bench"
     work: Path = args.work.resolve()
@@ -1051,14 +1818,22 @@ def main(argv: list[str]) -> int:
                     error,
                 )
             )
+    remote: list[RemoteResult] = []
+    remote_versions: list[str] = []
+    remote_keys = [k for k in REMOTE_OPS if k in args.only]
+    if remote_keys:
+        remote, remote_versions = bench_remote(bench, remote_keys)
     stores = None
     if "images" in args.only:
         sizes = sorted({args.small_images, args.images})
         stores = bench_stores(tools, work, sizes, args.repeat, args.rebuild)
     rm(bench.scratch)
-    machine = machine_line(tools, work, start_load)
-    table, passed, total = report(ops, stores, inputs, machine, command, args.repeat)
+    machine = machine_line(tools, work, start_load, remote_versions)
+    floor = (check(measure(["true"])).maxrss_kib) / 1024
+    table, passed, total = report(ops, remote, stores, inputs, machine, command, args.repeat, floor)
     cpu = cpu_table(ops) if ops else ""
+    if remote:
+        cpu += ("\n" if cpu else "") + remote_cpu_table(remote)
     print()
     print(table)
     if cpu:
@@ -1069,11 +1844,13 @@ def main(argv: list[str]) -> int:
         "command": command,
         "inputs": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(inputs).items()},
         "operations": [asdict(op) for op in ops],
+        "registry_operations": [asdict(r) for r in remote],
         "stores": asdict(stores) if stores else None,
     }
     (work / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     log(f"written {work / 'results.md'} and {work / 'results.json'}")
-    errors = [op.key for op in ops if op.error] + (["images"] if stores and stores.error else [])
+    errors = [op.key for op in ops if op.error] + [r.key for r in remote if r.error]
+    errors += ["images"] if stores and stores.error else []
     if errors:
         log(f"bench: these operations failed to run: {', '.join(errors)}")
         return 1
