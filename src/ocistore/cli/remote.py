@@ -38,6 +38,29 @@ def tls_flag(text: str) -> bool:
         raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}") from None
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
+
+
+def retry_count(text: str) -> int:
+    if not text.isdigit() or int(text) > 100:
+        raise argparse.ArgumentTypeError(f"not a number of retries from 0 to 100: {text!r}")
+    return int(text)
+
+
+def cert_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
+    return path
+
+
 def registry_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that talks to a registry (skopeo's names)."""
     g = p.add_argument_group("registry")
@@ -58,7 +81,7 @@ def registry_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--cert-dir",
-        type=Path,
+        type=cert_dir,
         default=None,
         metavar="DIR",
         help="CA certificates (*.crt) and client certificates (*.cert, *.key) to use "
@@ -79,7 +102,7 @@ def registry_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=TIMEOUT,
         metavar="SECONDS",
         help="how long a connection may go without a byte before it counts as failed "
@@ -87,7 +110,7 @@ def registry_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--retry-times",
-        type=int,
+        type=retry_count,
         default=RETRIES,
         metavar="N",
         help=f"retries of a request that failed (default {RETRIES})",
@@ -238,6 +261,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     if dest is None:
         dest = parse_tagged(args.image)
     store = open_store(args)
+    store.resolve(args.image)  # (an image that is not there is told before anything else)
     progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
     with open_session(args) as session:

@@ -148,14 +148,26 @@ class Response:
             return None
         return int(value)
 
+    def _failed(self, e: BaseException) -> ConnectionFailed:
+        """A read of the body that failed: the connection is dropped, and the failure
+        told as one (a caller may resume)."""
+        self.close(reuse=False)
+        return ConnectionFailed(f"{self._key[1]}: {_describe(e)}")
+
     def readinto(self, buf: bytearray | memoryview) -> int:
-        n = self._raw.readinto(buf)
+        try:
+            n = self._raw.readinto(buf)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise self._failed(e) from None
         if n == 0 and len(buf):
             self.close()
         return n
 
     def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(None if n < 0 else n)
+        try:
+            data = self._raw.read(None if n < 0 else n)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise self._failed(e) from None
         if n < 0 or (not data and n):
             self.close()
         return data
@@ -163,7 +175,10 @@ class Response:
     def read_limited(self, limit: int) -> bytes:
         """The body, or its first ``limit`` bytes and one more (so a caller sees it is
         longer); the connection is closed when the body was longer."""
-        data = self._raw.read(limit + 1)
+        try:
+            data = self._raw.read(limit + 1)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise self._failed(e) from None
         self.close(reuse=len(data) <= limit)
         return data
 
@@ -171,7 +186,9 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if reuse and self._raw.isclosed() and not self._raw.will_close:
+        # Reused only after a whole body: one that ended before its Content-Length (the
+        # length left is not 0) came on a connection the server closed.
+        if reuse and self._raw.isclosed() and not self._raw.will_close and not self._raw.length:
             self._transport._release(self._key, conn)
         else:
             self._raw.close()
@@ -317,6 +334,9 @@ class Transport:
                 if reused and attempt == 0 and not callable(body) and _is_stream_safe(body):
                     continue
                 raise ConnectionFailed(f"{netloc}: {_describe(e)}") from None
+            except ValueError as e:  # a header http.client will not send (a token, a URL)
+                conn.close()
+                raise OcistoreError(f"{netloc}: cannot send the request: {e}") from None
             return Response(self, (scheme, netloc), conn, raw, url)
         raise AssertionError("unreachable")  # pragma: no cover
 
