@@ -101,6 +101,16 @@ def report_skipped(args: argparse.Namespace) -> None:
         say_error(f"warning: skipped image {digest}: {reason}")
 
 
+def platform_option(p: argparse.ArgumentParser, when: str = "") -> None:
+    """``--platform OS/ARCH[/VARIANT]``: which image of a multi-platform index."""
+    p.add_argument(
+        "--platform",
+        default=None,
+        metavar="OS/ARCH[/VARIANT]",
+        help=f"{when}which image of a multi-platform index (default: this machine's)",
+    )
+
+
 def format_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--format",
@@ -423,12 +433,7 @@ def _inspect_args(p: argparse.ArgumentParser) -> None:
         help="inspect images in a registry instead (IMAGE is [docker://]NAME[:TAG|@DIGEST]): "
         "what skopeo inspect prints",
     )
-    p.add_argument(
-        "--platform",
-        default=None,
-        metavar="OS/ARCH[/VARIANT]",
-        help="with --remote: which image of a multi-platform index (default: this machine's)",
-    )
+    platform_option(p, "with --remote: ")
     from .remote import registry_options
 
     registry_options(p)
@@ -591,12 +596,7 @@ def _load_args(p: argparse.ArgumentParser) -> None:
         help="docker-archive or oci-archive tar (plain, gzip or zstd), OCI layout directory, "
         "or - for stdin (the default, as docker load)",
     )
-    p.add_argument(
-        "--platform",
-        default=None,
-        metavar="OS/ARCH[/VARIANT]",
-        help="which image of a multi-platform index (default: this machine's)",
-    )
+    platform_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 

@@ -19,7 +19,15 @@ from ..errors import InvalidInput, OcistoreError
 from ..spec.platform import parse_platform
 from ..spec.reference import Reference, parse, parse_tagged
 from . import views
-from .main import EXIT_OK, command, go_bool, open_store, say_error, tune_allocator
+from .main import (
+    EXIT_OK,
+    command,
+    go_bool,
+    open_store,
+    platform_option,
+    say_error,
+    tune_allocator,
+)
 from .progress import TerminalProgress
 
 if TYPE_CHECKING:  # (imported when a command runs: ssl and http cost every start)
@@ -150,12 +158,16 @@ def _ask_password(user: str) -> str:
     return getpass.getpass("Password: ")
 
 
-def open_session(args: argparse.Namespace) -> Session:
+def open_session(args: argparse.Namespace, credential: Credential | None = None) -> Session:
+    """The session of a registry command: its TLS and retry options, and the credential
+    given (``login``'s, else ``--creds``), else the stored ones."""
     from ..registry.session import Session
     from ..registry.transport import RetryPolicy, TLSSettings
 
     tls = TLSSettings(verify=args.tls_verify, cert_dir=args.cert_dir, insecure=args.insecure)
-    retry = RetryPolicy(attempts=max(1, args.retry_times + 1), timeout=args.timeout)
+    retry = RetryPolicy(attempts=args.retry_times + 1, timeout=args.timeout)
+    if credential is not None:
+        return Session(None, tls, retry, credential)
     return Session(credential_store(args), tls, retry, _given_credential(args.creds))
 
 
@@ -170,12 +182,7 @@ def _reference(text: str) -> Reference:
 
 def _pull_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("reference", metavar="NAME[:TAG|@DIGEST]")
-    p.add_argument(
-        "--platform",
-        default=None,
-        metavar="OS/ARCH[/VARIANT]",
-        help="which image of a multi-platform index (default: this machine's)",
-    )
+    platform_option(p)
     p.add_argument(
         "-a",
         "--all-platforms",
@@ -339,14 +346,10 @@ def cmd_login(args: argparse.Namespace) -> int:
     if not username or not password:
         raise InvalidInput("the username and the password must not be empty")
     from ..registry.credentials import Credential
-    from ..registry.session import Session
-    from ..registry.transport import RetryPolicy, TLSSettings
 
     credential = Credential(username, password)
     store = credential_store(args)
-    tls = TLSSettings(verify=args.tls_verify, cert_dir=args.cert_dir, insecure=args.insecure)
-    retry = RetryPolicy(attempts=max(1, args.retry_times + 1), timeout=args.timeout)
-    with Session(None, tls, retry, credential) as session:
+    with open_session(args, credential) as session:
         registry = session.registry(domain)
         registry.check_login()
         refresh = registry.auth.login_token()
@@ -499,12 +502,7 @@ def _skopeo_inspect(
 def _copy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("destination", metavar="DESTINATION")
-    p.add_argument(
-        "--platform",
-        default=None,
-        metavar="OS/ARCH[/VARIANT]",
-        help="which image of a multi-platform index (default: this machine's)",
-    )
+    platform_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     registry_options(p)
 
