@@ -21,7 +21,6 @@ push or save gives the same manifest digest.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import IO, Any, NamedTuple
@@ -53,10 +52,9 @@ class RemoteImage(NamedTuple):
     manifest: Manifest
     #: The config's bytes, or (schema 1) the function that makes them from the DiffIDs.
     config: bytes | Callable[[Sequence[DiffID]], bytes]
-    #: The layer blobs, bottom first, with the size each must have (None: not told).
+    #: The layer blobs, bottom first: digest, the size it must have (None: not told) and
+    #: media type.
     layers: list[tuple[Digest, int | None, str]]
-    #: ``os/arch[/variant]`` as the index or config says, or "".
-    platform: str
 
     @property
     def is_schema1(self) -> bool:
@@ -115,11 +113,6 @@ def _index_descriptors(doc: dict[str, Any], where: str) -> list[Descriptor]:
     ]
 
 
-def _platform_text(desc: Descriptor) -> str:
-    p = desc.platform_value()
-    return str(p) if p.os or p.architecture else ""
-
-
 def remote_images(
     repo: Repository,
     top: Manifest,
@@ -133,7 +126,7 @@ def remote_images(
     if kind == "schema1":
         return [_schema1_image(repo, top, where)]
     if kind == "manifest":
-        return [_image(repo, top, doc, where, "")]
+        return [_image(repo, top, doc, where)]
     descs = [d for d in _index_descriptors(doc, where) if d.media_type not in mt.CONFIG_TYPES]
     with_platform = [d for d in descs if d.platform is not None]
     if all_platforms:
@@ -159,13 +152,11 @@ def remote_images(
         sub = _document(m.data, sub_where)
         if manifest_kind(m, sub, sub_where) != "manifest":
             raise InvalidInput(f"{sub_where}: {desc.where} of {where} is not an image manifest")
-        images.append(_image(repo, m, sub, sub_where, _platform_text(desc)))
+        images.append(_image(repo, m, sub, sub_where))
     return images
 
 
-def _image(
-    repo: Repository, manifest: Manifest, doc: dict[str, Any], where: str, platform: str
-) -> RemoteImage:
+def _image(repo: Repository, manifest: Manifest, doc: dict[str, Any], where: str) -> RemoteImage:
     if doc.get("schemaVersion") != 2:
         raise InvalidInput(f"{where}: schemaVersion is {doc.get('schemaVersion')!r}, not 2")
     cdesc = parse_descriptor(doc.get("config"), "config", where)
@@ -191,22 +182,7 @@ def _image(
             )
         layers.append((d.digest, d.size, d.media_type))
     config = repo.read_blob(cdesc.digest, cdesc.size, MAX_CONFIG, "config")
-    if not platform:
-        platform = _config_platform(config)
-    return RemoteImage(repo, manifest, config, layers, platform)
-
-
-def _config_platform(config: bytes) -> str:
-    try:
-        doc = json.loads(config)
-        p = Platform(
-            str(doc.get("os") or ""),
-            str(doc.get("architecture") or ""),
-            str(doc.get("variant") or ""),
-        )
-    except (ValueError, AttributeError):
-        return ""
-    return str(p) if p.os else ""
+    return RemoteImage(repo, manifest, config, layers)
 
 
 def _schema1_image(repo: Repository, top: Manifest, where: str) -> RemoteImage:
@@ -217,7 +193,7 @@ def _schema1_image(repo: Repository, top: Manifest, where: str) -> RemoteImage:
         (layer.blob_sum, None, "") for layer in parsed.layers if not layer.throwaway
     ]
     config = functools.partial(schema1_config, parsed)
-    return RemoteImage(repo, top, config, layers, f"linux/{parsed.architecture}")
+    return RemoteImage(repo, top, config, layers)
 
 
 def _layer_source(repo: Repository, digest: Digest, size: int | None) -> LayerSource:
