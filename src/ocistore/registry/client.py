@@ -627,6 +627,10 @@ class BlobDownload(io.RawIOBase):
 
     def _open(self) -> Response:
         response = self.repository._blob_response(self.digest, self.offset)
+        # What is left to skip belongs to the answer it was counted for: an answer that
+        # ignored Range, cut within the bytes being skipped, may be followed by one that
+        # honours it.
+        self._skip = 0
         if self.offset and response.status == 200:
             self._skip = self.offset
         elif self.offset:
