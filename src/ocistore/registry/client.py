@@ -452,7 +452,7 @@ class Repository:
                     if failures > MAX_RESUMES:
                         raise
                     time.sleep(self.registry.transport.retry.delay(failures))
-                    offset, location = self._upload_status(location, where)
+                    offset, location = self._upload_status(location, where, offset)
                     continue
                 offset += length
                 if on_progress:
@@ -502,7 +502,7 @@ class Repository:
                     if failures > MAX_RESUMES:
                         raise
                     time.sleep(self.registry.transport.retry.delay(failures))
-                    at, location = self._upload_status(location, where)
+                    at, location = self._upload_status(location, where, start + sent)
                     if not start <= at <= start + len(piece):
                         raise
                     sent = at - start
@@ -551,15 +551,19 @@ class Repository:
         response.read_limited(MAX_ERROR_BODY)
         return self._absolute(new) if new else location
 
-    def _upload_status(self, location: str, where: str) -> tuple[int, str]:
-        """Where an upload stands (``Range: 0-N``): the offset to go on from."""
+    def _upload_status(self, location: str, where: str, known: int) -> tuple[int, str]:
+        """Where an upload stands (``Range: 0-N``): the offset to go on from. ``known`` is
+        the offset the registry last acknowledged: Distribution answers ``0-0`` for an
+        upload that has no byte yet as for one that has one, so ``0-0`` is 0 unless the
+        registry already had a byte."""
         response = self.registry.send("GET", location, self.push_scopes)
         if response.status not in (202, 204):
             raise _registry_error(response, where)
         got = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", response.header("Range"))
         new = response.header("Location")
         response.read_limited(MAX_ERROR_BODY)
-        offset = int(got.group(1)) + 1 if got else 0
+        end = int(got.group(1)) if got else -1
+        offset = end + 1 if end > 0 or (end == 0 and known > 0) else 0
         return offset, self._absolute(new) if new else location
 
     # -- tags -----------------------------------------------------------------------------
