@@ -657,10 +657,17 @@ class BlobDownload(io.RawIOBase):
             response = self._response or self._open()
             try:
                 n = response.readinto(view)
-                if n == 0 and self.size is not None and self.offset < self.size:
-                    raise ConnectionResetError(
-                        f"the answer ended at byte {self.offset} of {self.size}"
-                    )
+                if n == 0 and len(view):
+                    if self.size is not None and self.offset < self.size:
+                        raise ConnectionResetError(
+                            f"the answer ended at byte {self.offset} of {self.size}"
+                        )
+                    if response.ended_early:
+                        # (no size told, as in a schema 1 manifest: the answer's own
+                        # Content-Length tells the cut from the blob's end)
+                        raise ConnectionResetError(
+                            f"the answer ended at byte {self.offset}, before its length"
+                        )
             except (OSError, ValueError, ConnectionFailed) as e:
                 response.close(reuse=False)
                 self._response = None

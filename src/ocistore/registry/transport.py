@@ -154,6 +154,12 @@ class Response:
         self.close(reuse=False)
         return ConnectionFailed(f"{self._key[1]}: {_describe(e)}")
 
+    @property
+    def ended_early(self) -> bool:
+        """Whether the body ended before its Content-Length: the server closed the
+        connection in the middle (meaningful once a read found the end)."""
+        return self._raw.isclosed() and bool(self._raw.length)
+
     def readinto(self, buf: bytearray | memoryview) -> int:
         try:
             n = self._raw.readinto(buf)
@@ -188,7 +194,7 @@ class Response:
             return
         # Reused only after a whole body: one that ended before its Content-Length (the
         # length left is not 0) came on a connection the server closed.
-        if reuse and self._raw.isclosed() and not self._raw.will_close and not self._raw.length:
+        if reuse and self._raw.isclosed() and not self._raw.will_close and not self.ended_early:
             self._transport._release(self._key, conn)
         else:
             self._raw.close()
