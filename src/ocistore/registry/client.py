@@ -33,10 +33,12 @@ from .auth import Authenticator
 from .credentials import Credential
 from .transport import (
     MAX_ERROR_BODY,
+    RETRY_STATUSES,
     ConnectionFailed,
     Response,
     Transport,
     describe_error,
+    parse_retry_after,
 )
 
 __all__ = [
@@ -447,11 +449,11 @@ class Repository:
                 src.seek(offset)
                 try:
                     location = self._patch(location, src, offset, length, where)
-                except ConnectionFailed:
+                except ConnectionFailed as e:
                     failures += 1
                     if failures > MAX_RESUMES:
                         raise
-                    time.sleep(self.registry.transport.retry.delay(failures))
+                    time.sleep(self.registry.transport.retry.delay(failures, _told_wait(e)))
                     offset, location = self._upload_status(location, where, offset)
                     continue
                 offset += length
@@ -497,11 +499,11 @@ class Repository:
                         location, io.BytesIO(piece[sent:]), start + sent, len(piece) - sent, where
                     )
                     sent = len(piece)
-                except ConnectionFailed:
+                except ConnectionFailed as e:
                     failures += 1
                     if failures > MAX_RESUMES:
                         raise
-                    time.sleep(self.registry.transport.retry.delay(failures))
+                    time.sleep(self.registry.transport.retry.delay(failures, _told_wait(e)))
                     at, location = self._upload_status(location, where, start + sent)
                     if not start <= at <= start + len(piece):
                         raise
@@ -542,9 +544,10 @@ class Repository:
             pieces,
             retry=False,
         )
-        if response.status in (408, 429, 500, 502, 503, 504):
+        if response.status in RETRY_STATUSES:
+            wait = parse_retry_after(response.header("Retry-After"))
             response.read_limited(MAX_ERROR_BODY)
-            raise ConnectionFailed(f"{where}: chunk answered {response.status}")
+            raise _ChunkRefused(f"{where}: chunk answered {response.status}", wait)
         if response.status != 202:
             raise _registry_error(response, where)
         new = response.header("Location")
@@ -593,6 +596,20 @@ class Repository:
             yield from tags
             m = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", link)
             url = urllib.parse.urljoin(self.registry.base + "/", m.group(1)) if m else None
+
+
+class _ChunkRefused(ConnectionFailed):
+    """A chunk of an upload answered a status worth sending it again for (429, 503, …),
+    with the wait the registry asked for (``Retry-After``), if any."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _told_wait(e: ConnectionFailed) -> float | None:
+    """The ``Retry-After`` of a refused chunk: the backoff before it goes again."""
+    return e.retry_after if isinstance(e, _ChunkRefused) else None
 
 
 def _read_exactly(stream: IO[bytes], n: int) -> bytes:

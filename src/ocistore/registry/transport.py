@@ -49,6 +49,7 @@ __all__ = [
     "TLSSettings",
     "Transport",
     "is_loopback",
+    "parse_retry_after",
 ]
 
 #: Where Docker and podman look for a registry's CAs and client certificates.
@@ -375,7 +376,7 @@ class Transport:
                 attempt += 1
                 continue
             if response.status in RETRY_STATUSES and replayable:
-                retry_after = _retry_after(response.header("Retry-After"))
+                retry_after = parse_retry_after(response.header("Retry-After"))
                 if self._may_retry(attempt, started, retry_after):
                     response.read_limited(MAX_ERROR_BODY)
                     time.sleep(policy.delay(attempt, retry_after))
@@ -458,7 +459,9 @@ def _is_stream_safe(body: Body) -> bool:
     return body is None or isinstance(body, bytes)
 
 
-def _retry_after(value: str) -> float | None:
+def parse_retry_after(value: str) -> float | None:
+    """``Retry-After`` in seconds (delay-seconds or an HTTP date), None when absent or
+    unreadable."""
     value = value.strip()
     if not value:
         return None
