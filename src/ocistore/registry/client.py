@@ -454,7 +454,7 @@ class Repository:
                     if failures > MAX_RESUMES:
                         raise
                     time.sleep(self.registry.transport.retry.delay(failures, _told_wait(e)))
-                    offset, location = self._upload_status(location, where, offset)
+                    offset, location = self._resume_point(location, where, offset)
                     continue
                 offset += length
                 if on_progress:
@@ -553,6 +553,19 @@ class Repository:
         new = response.header("Location")
         response.read_limited(MAX_ERROR_BODY)
         return self._absolute(new) if new else location
+
+    def _resume_point(self, location: str, where: str, known: int) -> tuple[int, str]:
+        """Where an upload whose chunk failed goes on from: where the registry says it
+        stands, or the start of a new upload when the registry dropped this one (404:
+        Distribution refuses, and cancels, an upload asked with a ``_state`` behind what
+        it has, as after a chunk it took whose answer was lost)."""
+        try:
+            return self._upload_status(location, where, known)
+        except RegistryError as e:
+            if e.status != 404:
+                raise
+        location, _ = self.start_upload()
+        return 0, location
 
     def _upload_status(self, location: str, where: str, known: int) -> tuple[int, str]:
         """Where an upload stands (``Range: 0-N``): the offset to go on from. ``known`` is
