@@ -1032,6 +1032,67 @@ def http_baseline(host: str, ref: str, jobs: int) -> int:
     return total
 
 
+def http_upload_baseline(host: str, layout: Path, repo: str, jobs: int) -> int:
+    """The loopback baseline of a push (``bench.py --http-put HOST LAYOUT REPO --jobs N``,
+    a child of the bench): each blob of the layout's image (config and layers), ``jobs``
+    at a time on a keep-alive ``http.client`` connection each, as one ``POST`` and one
+    monolithic ``PUT ?digest=`` of the file (1 MiB sends). The registry checks each
+    digest; the client needs none (the layout named them). Returns the bytes sent."""
+    hostname, port = host.rsplit(":", 1)
+    todo = iter(layout_blobs(layout).items())
+    lock = threading.Lock()
+    total = 0
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        nonlocal total
+        conn = http.client.HTTPConnection(hostname, int(port), timeout=120, blocksize=HTTP_CHUNK)
+        try:
+            while True:
+                with lock:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                digest, size = item
+                conn.request("POST", f"/v2/{repo}/blobs/uploads/", headers={"Content-Length": "0"})
+                r = conn.getresponse()
+                r.read()
+                location = r.getheader("Location") or ""
+                if r.status != 202 or not location:
+                    raise BenchError(f"POST an upload of {digest}: {r.status}")
+                path = location.split(host, 1)[-1]
+                path += ("&" if "?" in path else "?") + f"digest={digest}"
+                with open(layout / "blobs/sha256" / digest.split(":", 1)[1], "rb") as f:
+                    conn.request(
+                        "PUT",
+                        path,
+                        body=f,
+                        headers={
+                            "Content-Length": str(size),
+                            "Content-Type": "application/octet-stream",
+                        },
+                    )
+                r = conn.getresponse()
+                r.read()
+                if r.status != 201:
+                    raise BenchError(f"PUT blob {digest}: {r.status}")
+                with lock:
+                    total += size
+        except BaseException as e:
+            failures.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=send) for _ in range(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
+    return total
+
+
 def layout_blobs(layout: Path) -> dict[str, int]:
     """The blobs a layout's image names, config first, then the layers: digest → size."""
     index = json.loads((layout / "index.json").read_text())
@@ -1246,7 +1307,10 @@ class RemoteBench:
             its own gzip of them, so for docker their number is checked."""
 
             def check(text: str) -> None:
-                if what != "skopeo":
+                if what.startswith("baseline"):
+                    if text.strip() != str(res.bytes):
+                        raise BenchError(f"{what} sent {text.strip()} bytes, not {res.bytes}")
+                elif what != "skopeo":
                     _check_pushed(text, layers, f"{what} push")
                 held = pushed[0].blobs()
                 if what == "docker":
@@ -1292,7 +1356,18 @@ class RemoteBench:
             sides.append(Side("docker", docker_push, stored("docker")))
         else:
             res.notes["docker"] = no_docker
-        return self.compare(res, sides, [])
+
+        def baseline(n: int) -> Side:
+            def make(i: int, dest: Path, stack: contextlib.ExitStack) -> tuple[list[str], None]:
+                host = fresh(stack).host
+                script = str(Path(__file__).resolve())
+                repo = f"bench/http-push-{i + 1}"
+                return [self.tools.python, script, "--http-put", host, str(layout), repo,
+                        "--jobs", str(n)], None  # fmt: skip
+
+            return Side(f"baseline-{n}", make, stored(f"baseline-{n}"))
+
+        return self.compare(res, sides, [baseline(n) for n in HTTP_JOBS])
 
 
 def bench_remote(bench: Bench, keys: list[str]) -> tuple[list[RemoteResult], list[str]]:
@@ -1604,10 +1679,12 @@ REMOTE_NOTE = (
     "(`tests/docker_engine.py`: dockerd 20.10, vfs storage driver, which copies each "
     "layer's parent when it unpacks one); docker s is the `docker` client's wall time, and "
     "the engine's memory is not measured. MB/s = the compressed blobs moved (config and "
-    "layers, 10^6 bytes) / median wall time. Loopback baseline = a Python `http.client` "
-    "GET of the manifest and each blob from the same registry into /dev/null through "
-    "sha256, each checked, one blob at a time / 4 at once on a connection each (a child "
-    "process, as ocistore is); ocistore / baseline = ocistore's MB/s over the baseline's."
+    "layers, 10^6 bytes) / median wall time. Loopback baseline (a child process, as "
+    "ocistore is; one blob at a time / 4 at once, on a keep-alive connection each): for a "
+    "pull, a Python `http.client` GET of the manifest and each blob from the same registry "
+    "into /dev/null through sha256, each checked; for a push, to a new registry as the "
+    "tools, a `POST` and one monolithic `PUT ?digest=` of each blob's file (the registry "
+    "checks the digest). ocistore / baseline = ocistore's MB/s over the baseline's."
 )
 
 
@@ -1746,6 +1823,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def http_put_main(argv: list[str]) -> int:
+    """``bench.py --http-put HOST LAYOUT REPO [--jobs N]``: the loopback baseline of a push."""
+    p = argparse.ArgumentParser(prog="bench.py --http-put")
+    p.add_argument("host")
+    p.add_argument("layout", type=Path)
+    p.add_argument("repo")
+    p.add_argument("--jobs", type=int, default=1)
+    args = p.parse_args(argv)
+    print(http_upload_baseline(args.host, args.layout, args.repo, args.jobs))
+    return 0
+
+
 def http_get_main(argv: list[str]) -> int:
     """``bench.py --http-get HOST NAME:TAG [--jobs N]``: the loopback baseline of a pull."""
     p = argparse.ArgumentParser(prog="bench.py --http-get")
@@ -1764,6 +1853,8 @@ def _terminated(signum: int, frame: object) -> None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--http-get"]:
         return http_get_main(argv[1:])
+    if argv[:1] == ["--http-put"]:
+        return http_put_main(argv[1:])
     if argv[:1] == ["--docker-engine"]:
         return docker_engine_main()
     args = parse_args(argv)
