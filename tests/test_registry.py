@@ -767,3 +767,38 @@ def test_the_library_pulls_and_pushes(registry: RegistryServer, tmp_path: Path) 
         with pytest.raises(ocistore.RegistryError) as e:
             ocistore.pull(store, f"{registry.host}/library/app:2", session=session)
         assert e.value.code == "MANIFEST_UNKNOWN" and e.value.status == 404
+
+
+def test_pull_and_push_show_progress_that_fits_the_terminal(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    from test_terminal import Terminal, check_fits, visible_lines
+
+    layout, built = sample_layout(tmp_path, "terminal")
+    root = tmp_path / "store"
+    ref = f"{registry.host}/terminal/app:1"
+    ocistore_cli("--root", root, "load", "-q", "-i", layout)
+    ocistore_cli("--root", root, "tag", built.id, ref)
+    for columns in (80, 40):
+        term = Terminal(["--root", str(root), "push", ref], columns)
+        assert term.finish() == 0, term.screen()
+        lines = visible_lines(term.screen())
+        check_fits([line for line in lines if _is_progress(line)], columns)
+        assert lines[-1].startswith("1: digest: sha256:")
+    assert ": Pushing [" in term.screen() or "Layer already exists" in term.screen()
+    fresh = tmp_path / "fresh"
+    term = Terminal(["--root", str(fresh), "pull", ref], 60)
+    assert term.finish() == 0, term.screen()
+    lines = visible_lines(term.screen())
+    check_fits([line for line in lines if _is_progress(line)], 60)
+    assert any(": Downloading" in line for line in lines)
+    assert lines[-1] == ref
+    # Not a terminal: no progress at all.
+    quiet = ocistore_cli("--root", tmp_path / "quiet", "pull", ref)
+    assert quiet.stderr == ""
+
+
+def _is_progress(line: str) -> bool:
+    """A line of the progress display (what it prints after is a result, which may wrap,
+    as docker's does)."""
+    return ": Pushing" in line or ": Downloading" in line or line.startswith("Total:")
