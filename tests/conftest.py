@@ -149,6 +149,25 @@ def registry_factory(
         yield make
 
 
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a registry test's commands: no credentials but those the test
+    writes (a HOME, DOCKER_CONFIG and XDG_RUNTIME_DIR of its own)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    out = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "OCISTORE_ROOT")
+    }
+    out.update(
+        HOME=str(home),
+        DOCKER_CONFIG=str(home / ".docker"),
+        XDG_RUNTIME_DIR=str(tmp_path / "run"),
+    )
+    return out
+
+
 # Names for the annotations above (not evaluated at run time: annotations are strings).
 from typing import TYPE_CHECKING, Any  # noqa: E402
 

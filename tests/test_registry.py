@@ -30,24 +30,6 @@ from ocistore.spec.platform import host_platform
 Make = Callable[..., RegistryServer]
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """A clean environment: no credentials but those a test writes."""
-    home = tmp_path / "home"
-    home.mkdir()
-    out = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "OCISTORE_ROOT")
-    }
-    out.update(
-        HOME=str(home),
-        DOCKER_CONFIG=str(home / ".docker"),
-        XDG_RUNTIME_DIR=str(tmp_path / "run"),
-    )
-    return out
-
-
 class Ocistore:
     """The command on a store of its own, in the test's environment."""
 

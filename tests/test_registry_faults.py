@@ -41,24 +41,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """A clean environment: no credentials but those a test gives."""
-    home = tmp_path / "home"
-    home.mkdir()
-    out = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "OCISTORE_ROOT")
-    }
-    out.update(
-        HOME=str(home),
-        DOCKER_CONFIG=str(home / ".docker"),
-        XDG_RUNTIME_DIR=str(tmp_path / "run"),
-    )
-    return out
-
-
-@pytest.fixture
 def oc(tmp_path: Path, env: dict[str, str]) -> Ocistore:
     """The store that loads the images and pushes them to the registry directly."""
     return Ocistore(tmp_path / "store", env)
