@@ -427,16 +427,7 @@ class Repository:
                 data = src.read(size + 1)
             if len(data) != size:
                 raise SizeMismatch(f"{where}: blob to upload", size, len(data))
-            response = self.registry.send(
-                "PUT",
-                _with_query(location, {"digest": digest}),
-                self.push_scopes,
-                {"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-                data,
-            )
-            if response.status not in (201, 204):
-                raise _registry_error(response, where)
-            response.read_limited(MAX_ERROR_BODY)
+            self._finish_upload(location, digest, data)
             if on_progress:
                 on_progress(size)
             return
@@ -459,16 +450,7 @@ class Repository:
                 offset += length
                 if on_progress:
                     on_progress(offset)
-        response = self.registry.send(
-            "PUT",
-            _with_query(location, {"digest": digest}),
-            self.push_scopes,
-            {"Content-Length": "0"},
-            b"",
-        )
-        if response.status not in (201, 204):
-            raise _registry_error(response, where)
-        response.read_limited(MAX_ERROR_BODY)
+        self._finish_upload(location, digest)
 
     def upload_stream(
         self,
@@ -511,15 +493,19 @@ class Repository:
             offset += len(piece)
             if on_progress:
                 on_progress(offset)
+        self._finish_upload(location, digest)
+
+    def _finish_upload(self, location: str, digest: Digest, data: bytes = b"") -> None:
+        """Close an upload with ``PUT ?digest=`` (and its last bytes, or the whole blob
+        in one request): the registry checks the digest of all it was sent."""
+        headers = {"Content-Length": str(len(data))}
+        if data:
+            headers["Content-Type"] = "application/octet-stream"
         response = self.registry.send(
-            "PUT",
-            _with_query(location, {"digest": digest}),
-            self.push_scopes,
-            {"Content-Length": "0"},
-            b"",
+            "PUT", _with_query(location, {"digest": digest}), self.push_scopes, headers, data
         )
         if response.status not in (201, 204):
-            raise _registry_error(response, where)
+            raise _registry_error(response, self.where(digest))
         response.read_limited(MAX_ERROR_BODY)
 
     def _patch(self, location: str, src: IO[bytes], offset: int, length: int, where: str) -> str:
