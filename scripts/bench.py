@@ -740,13 +740,9 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 HTTP_CHUNK = 1 << 20
 DOCKER_STOP_TIMEOUT = 300.0  # seconds the engine's helper is given to stop it
 HTTP_JOBS = (1, 4)  # the loopback baselines: one blob at a time, and 4 at once (PULL_JOBS)
-DOCKER_NO_ZSTD_PUSH = (
-    "skipped: Docker 20.10 cannot push zstd layers (it gzips every layer it pushes)"
-)
-DOCKER_NO_ZSTD_PULL = (
-    "skipped: Docker before 23.0 cannot unpack zstd layers (20.10: `failed to register "
-    "layer: ApplyLayer exit status 1 … archive/tar: invalid tar header`)"
-)
+# Why docker has no figure for zstd (the report's note has the whole of it).
+DOCKER_NO_ZSTD_PUSH = "skipped: Docker 20.10 cannot push zstd layers"
+DOCKER_NO_ZSTD_PULL = "skipped: Docker 20.10 cannot unpack zstd layers"
 
 
 def registry_binary() -> str:
@@ -1651,7 +1647,8 @@ def report(
         "(what keeping the input durably costs at least; no target). "
         "Peak RSS = the process's ru_maxrss (as `/usr/bin/time -v`), the largest of the runs; "
         "a child is spawned through vfork, and Linux counts the parent's peak in the child's, "
-        f"so no figure here is below the bench's own {floor_mib:.0f} MiB (`true` measured so)."
+        "so no figure here is below the bench's own "
+        f"(at most {floor_mib:.0f} MiB: `true` measured so at the end)."
     )
     if remote:
         lines.append("")
@@ -1675,7 +1672,10 @@ REMOTE_NOTE = (
     "layer, and the registry holds every blob's bytes after each push): `ocistore push` "
     "from a store that loaded the OCI layout, `skopeo copy --dest-tls-verify=false "
     "oci:LAYOUT:bench docker://…`, `docker push` of the image `docker load` took from the "
-    "docker-archive (it gzips each layer as it pushes). The Docker engine is the tests' "
+    "docker-archive (it gzips each layer as it pushes). Docker before 23.0 has no zstd: "
+    "20.10 downloads a zstd layer and fails to unpack it (`failed to register layer: "
+    "ApplyLayer exit status 1 … archive/tar: invalid tar header`), and gzips every layer it "
+    "pushes, so it has no zstd figures. The Docker engine is the tests' "
     "(`tests/docker_engine.py`: dockerd 20.10, vfs storage driver, which copies each "
     "layer's parent when it unpacks one); docker s is the `docker` client's wall time, and "
     "the engine's memory is not measured. MB/s = the compressed blobs moved (config and "
