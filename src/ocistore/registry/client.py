@@ -149,8 +149,9 @@ class Registry:
 
     @property
     def base(self) -> str:
+        """``https://HOST`` (or ``http://`` where plain HTTP was found and allowed)."""
         if self._base is None:
-            self._base = self.transport.base_url(self.host)
+            self._base = self.transport.base_url(self.host)  # (found once, for all threads)
         return self._base
 
     def repository(self, path: str) -> Repository:

@@ -21,6 +21,7 @@ push or save gives the same manifest digest.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import IO, Any, NamedTuple
@@ -40,8 +41,15 @@ from .session import Session
 
 __all__ = ["PullResult", "RemoteImage", "pull", "remote_images"]
 
-#: Layers downloaded at once: the network, not the CPU, is what they wait for.
+#: Layers downloaded at once, at most: one per CPU and at least two (each is also
+#: decompressed and hashed as it arrives, so on a fast network the CPUs are what they
+#: wait for; on two CPUs two at once were faster than four, and a zstd layer's decoder
+#: holds its window: docs/design.md).
 PULL_JOBS = 4
+
+
+def pull_jobs() -> int:
+    return max(2, min(PULL_JOBS, os.cpu_count() or 1))
 
 
 class RemoteImage(NamedTuple):
@@ -263,5 +271,5 @@ def pull(
             new = False
         except NotFound:
             pass
-    loaded = store.add_images(image_sources(images, names), progress, jobs=PULL_JOBS)
+    loaded = store.add_images(image_sources(images, names), progress, jobs=pull_jobs())
     return PullResult(ref, top.digest, loaded, new)

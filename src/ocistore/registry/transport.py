@@ -221,6 +221,7 @@ class Transport:
         self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._schemes: dict[str, str] = {}
+        self._host_locks: dict[str, threading.RLock] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -240,10 +241,24 @@ class Transport:
         with self._lock:
             scheme = self._schemes.get(host)
         if scheme is None:
-            scheme = self._probe(host)
-            with self._lock:
-                self._schemes[host] = scheme
+            # Once per host: the threads of a push would each probe it, and each load
+            # the system's CAs (most of a push's CPU, measured).
+            with self._per_host(host):
+                with self._lock:
+                    scheme = self._schemes.get(host)
+                if scheme is None:
+                    scheme = self._probe(host)
+                    with self._lock:
+                        self._schemes[host] = scheme
         return f"{scheme}://{host}"
+
+    def _per_host(self, host: str) -> threading.RLock:
+        """The lock that makes one thread find a host's scheme and TLS context."""
+        with self._lock:
+            lock = self._host_locks.get(host)
+            if lock is None:
+                lock = self._host_locks[host] = threading.RLock()
+            return lock
 
     def _probe(self, host: str) -> str:
         try:
@@ -263,6 +278,16 @@ class Transport:
             ctx = self._contexts.get(host)
         if ctx is not None:
             return ctx
+        with self._per_host(host):
+            with self._lock:
+                ctx = self._contexts.get(host)
+            if ctx is None:
+                ctx = self._new_context(host)
+                with self._lock:
+                    self._contexts[host] = ctx
+            return ctx
+
+    def _new_context(self, host: str) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
         if not self.tls.verify:
             ctx.check_hostname = False
@@ -283,8 +308,6 @@ class Transport:
                         ctx.load_cert_chain(str(path), str(key))
                 except (OSError, ssl.SSLError) as e:
                     raise OcistoreError(f"{path}: cannot be used for {host}: {e}") from None
-        with self._lock:
-            self._contexts[host] = ctx
         return ctx
 
     # -- connections --------------------------------------------------------------------
