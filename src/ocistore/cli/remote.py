@@ -31,6 +31,7 @@ from .main import (
 from .progress import TerminalProgress
 
 if TYPE_CHECKING:  # (imported when a command runs: ssl and http cost every start)
+    from ..registry.copy import Location
     from ..registry.credentials import Credential, CredentialStore
     from ..registry.session import Session
 
@@ -158,17 +159,42 @@ def _ask_password(user: str) -> str:
     return getpass.getpass("Password: ")
 
 
-def open_session(args: argparse.Namespace, credential: Credential | None = None) -> Session:
-    """The session of a registry command: its TLS and retry options, and the credential
-    given (``login``'s, else ``--creds``), else the stored ones."""
+def open_session(
+    args: argparse.Namespace, *domains: str, login: Credential | None = None
+) -> Session:
+    """The session of a registry command: its TLS and retry options, and the
+    credential given (``login``'s, else ``--creds``) for the registries ``domains``
+    only (never sent to another), else the stored ones."""
     from ..registry.session import Session
     from ..registry.transport import RetryPolicy, TLSSettings
 
     tls = TLSSettings(verify=args.tls_verify, cert_dir=args.cert_dir, insecure=args.insecure)
     retry = RetryPolicy(attempts=args.retry_times + 1, timeout=args.timeout)
-    if credential is not None:
-        return Session(None, tls, retry, credential)
-    return Session(credential_store(args), tls, retry, _given_credential(args.creds))
+    if login is not None:
+        return Session(None, tls, retry, dict.fromkeys(domains, login))
+    given = {}
+    for domain, text in _given_credentials(args, domains):
+        credential = _given_credential(text)
+        if credential is not None:
+            given[domain] = credential
+    return Session(credential_store(args), tls, retry, given)
+
+
+def _given_credentials(
+    args: argparse.Namespace, domains: tuple[str, ...]
+) -> list[tuple[str, str | None]]:
+    """Which registry each credential typed is for: ``--creds`` for the command's one
+    registry; for a copy, ``--src-creds`` and ``--dest-creds`` (skopeo's), ``--creds``
+    only when both sides are one registry."""
+    if hasattr(args, "src_creds"):  # a copy: (source, destination), "" for no registry
+        registries = {d for d in domains if d}
+        if args.creds is not None and len(registries) > 1:
+            raise InvalidInput("--creds with two registries: give --src-creds and --dest-creds")
+        return [
+            (domains[0], args.src_creds or args.creds),
+            (domains[1], args.dest_creds or args.creds),
+        ]
+    return [(domain, args.creds) for domain in domains]
 
 
 def _reference(text: str) -> Reference:
@@ -219,7 +245,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     store = open_store(args)
     progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
-    with open_session(args) as session:
+    with open_session(args, ref.domain) as session:
         if not args.quiet:
             what = ref.digest or ref.tag
             print(f"{what}: Pulling from {views.printable(ref.path)}", flush=True)
@@ -271,7 +297,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     store.resolve(args.image)  # (an image that is not there is told before anything else)
     progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
-    with open_session(args) as session:
+    with open_session(args, dest.domain) as session:
         if not args.quiet:
             print(f"The push refers to repository [{views.printable(dest.name)}]", flush=True)
         result = push(store, session, args.image, dest, progress)
@@ -349,7 +375,7 @@ def cmd_login(args: argparse.Namespace) -> int:
 
     credential = Credential(username, password)
     store = credential_store(args)
-    with open_session(args, credential) as session:
+    with open_session(args, domain, login=credential) as session:
         registry = session.registry(domain)
         registry.check_login()
         refresh = registry.auth.login_token()
@@ -404,7 +430,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         if "@" not in args.reference
         else _reference(args.reference)
     )
-    with open_session(args) as session:
+    with open_session(args, ref.domain) as session:
         manifest = session.repository(ref).get_manifest(str(ref.digest or ref.tag))
     _write_raw(manifest.data)
     return EXIT_OK
@@ -436,7 +462,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
     ref = _reference(args.repository)
     if ref.tag is not None or ref.digest is not None:
         raise InvalidInput(f"{args.repository}: give a repository, without a tag or digest")
-    with open_session(args) as session:
+    with open_session(args, ref.domain) as session:
         for tag in session.repository(ref).tags():
             print(views.printable(tag))
     return EXIT_OK
@@ -448,9 +474,10 @@ def inspect_remote(args: argparse.Namespace) -> int:
 
     platform = parse_platform(args.platform) if getattr(args, "platform", None) else None
     out = []
-    with open_session(args) as session:
-        for name in args.images:
-            ref = _reference(name)
+    refs = [_reference(name) for name in args.images]
+    domains = list(dict.fromkeys(ref.domain for ref in refs))
+    with open_session(args, *domains) as session:
+        for ref in refs:
             if ref.tag is None and ref.digest is None:
                 ref = ref.with_tag("latest")
             repo = session.repository(ref)
@@ -499,11 +526,25 @@ def _skopeo_inspect(
 # -- copy -----------------------------------------------------------------------------------
 
 
+def _copy_domains(source: Location, dest: Location) -> tuple[str, ...]:
+    """The registries of a copy's two sides (a side that is no registry has none)."""
+    return tuple(parse(side.ref).domain if side.registry else "" for side in (source, dest))
+
+
 def _copy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("destination", metavar="DESTINATION")
     platform_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--src-creds", default=None, metavar="USER[:PASSWORD]", help="for the source registry"
+    )
+    p.add_argument(
+        "--dest-creds",
+        default=None,
+        metavar="USER[:PASSWORD]",
+        help="for the destination registry",
+    )
     registry_options(p)
 
 
@@ -529,7 +570,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     platform = parse_platform(args.platform) if args.platform else None
     progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
-    with open_session(args) as session:
+    with open_session(args, *_copy_domains(source, dest)) as session:
         store = None if source.registry and dest.registry else open_store(args)
         result = copy(store, session, source, dest, platform, progress)
     if not args.quiet:

@@ -16,8 +16,9 @@ A :class:`Authenticator` belongs to one registry host. Every request asks it for
 Tokens are asked with ``GET realm?service=…&scope=…`` and the credential as Basic (or
 none: anonymous), or, when the credential is an identity token (an OAuth2 refresh token,
 Docker's ``identitytoken``), with ``POST realm`` and ``grant_type=refresh_token``. The
-answer's ``token`` or ``access_token`` is the token; a ``refresh_token`` in it is kept
-(:attr:`Authenticator.refresh_token`, what ``login`` may store).
+answer's ``token`` or ``access_token`` is the token. ``login`` asks an OAuth2 password
+grant (:meth:`Authenticator.login_token`) for a refresh token to store instead of the
+password.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ __all__ = ["AuthFailed", "Authenticator", "Challenge", "merge_scopes", "parse_ch
 
 #: Seconds a token is taken to live when the token server does not say (Docker's spec).
 DEFAULT_TOKEN_LIFETIME: Final = 60
+#: The longest a token is kept, whatever the token server says (a day).
+MAX_TOKEN_LIFETIME: Final = 86_400
 #: A token is asked again this long before it expires.
 EXPIRY_MARGIN: Final = 10
 CLIENT_ID: Final = "ocistore"
@@ -95,16 +98,29 @@ def parse_challenges(header: str) -> list[Challenge]:
 def merge_scopes(scopes: Iterable[str]) -> frozenset[str]:
     """Scopes with the actions of one resource together (``repository:a:pull`` and
     ``repository:a:pull,push`` are ``repository:a:pull,push``), as one token asks them."""
-    actions: dict[str, set[str]] = {}
+    return frozenset(
+        f"{resource}:{','.join(sorted(acts))}" if acts else resource
+        for resource, acts in _actions(scopes).items()
+    )
+
+
+def _actions(scopes: Iterable[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
     for scope in scopes:
         resource, sep, acts = scope.rpartition(":")
         if not sep or not resource:
-            actions.setdefault(scope, set())
-            continue
-        actions.setdefault(resource, set()).update(a for a in acts.split(",") if a)
-    return frozenset(
-        f"{resource}:{','.join(sorted(acts))}" if acts else resource
-        for resource, acts in actions.items()
+            out.setdefault(scope, set())
+        else:
+            out.setdefault(resource, set()).update(a for a in acts.split(",") if a)
+    return out
+
+
+def covers(have: Iterable[str], want: Iterable[str]) -> bool:
+    """Whether a token for the scopes ``have`` serves an operation needing ``want``:
+    every resource wanted, with at least the actions wanted."""
+    held = _actions(have)
+    return all(
+        resource in held and acts <= held[resource] for resource, acts in _actions(want).items()
     )
 
 
@@ -135,8 +151,6 @@ class Authenticator:
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
         self._tokens: dict[frozenset[str], _Token] = {}
-        #: A refresh token the token server gave (an OAuth2 password grant).
-        self.refresh_token = ""
         self._fetch_locks: dict[frozenset[str], threading.Lock] = {}
 
     def _fetching(self, key: frozenset[str]) -> threading.Lock:
@@ -158,9 +172,9 @@ class Authenticator:
         with self._lock:
             token = self._tokens.get(key)
             if token is None:
-                # A token for more scopes serves fewer.
+                # A token for more scopes (or more actions) serves fewer.
                 for have, t in self._tokens.items():
-                    if key <= have and t.expires > time.monotonic():
+                    if covers(have, key) and t.expires > time.monotonic():
                         token = t
                         break
         if token is None or token.expires <= time.monotonic():
@@ -197,8 +211,9 @@ class Authenticator:
             wanted.update(chosen.params["scope"].split(" "))
         key = merge_scopes(wanted)
         if had_auth:
+            # The tokens this one grows out of go: the next request finds the new one.
             with self._lock:
-                for k in [k for k in self._tokens if k <= key]:
+                for k in [k for k in self._tokens if covers(key, k)]:
                     del self._tokens[k]
         self._fetch(chosen, key)
         return True
@@ -261,9 +276,7 @@ class Authenticator:
         lifetime = answer.get("expires_in")
         if not isinstance(lifetime, int) or isinstance(lifetime, bool) or lifetime <= 0:
             lifetime = DEFAULT_TOKEN_LIFETIME
-        refresh = answer.get("refresh_token")
-        if isinstance(refresh, str) and refresh:
-            self.refresh_token = refresh
+        lifetime = min(lifetime, MAX_TOKEN_LIFETIME)
         token = _Token(value, time.monotonic() + max(lifetime - EXPIRY_MARGIN, lifetime / 2))
         with self._lock:
             self._tokens[scopes] = token

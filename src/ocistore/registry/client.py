@@ -25,7 +25,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import IO, Any, Final, NamedTuple
 
-from ..errors import DigestMismatch, InvalidInput, NotFound, OcistoreError, SizeMismatch
+from ..errors import DigestMismatch, InvalidInput, OcistoreError, SizeMismatch
 from ..spec import mediatypes as mt
 from ..spec.digest import CHUNK, Digest, digest_bytes
 from ..spec.limits import MAX_MANIFEST
@@ -38,6 +38,7 @@ from .transport import (
     Response,
     Transport,
     describe_error,
+    header_int,
     parse_retry_after,
 )
 
@@ -67,6 +68,9 @@ MONOLITHIC_MAX: Final = 4 << 20
 #: The size of each chunk of a chunked upload (raised to the registry's
 #: ``OCI-Chunk-Min-Length``).
 CHUNK_SIZE: Final = 32 << 20
+#: The largest chunk sent, whatever a registry's ``OCI-Chunk-Min-Length`` asks (a chunk
+#: of a blob streamed between registries is held in memory).
+MAX_CHUNK: Final = 64 << 20
 #: The pieces of a blob streamed from one registry to another, each held in memory.
 STREAM_CHUNK: Final = 8 << 20
 #: Where Docker Hub's API lives (``docker.io`` is its name in references).
@@ -91,6 +95,10 @@ class RegistryError(OcistoreError):
         self.message = message
         told = f"{code}: {message}" if code and message else code or message
         super().__init__(f"{where}: {told or 'HTTP ' + str(status)} (HTTP {status})")
+
+
+class _CutShort(ConnectionFailed):
+    """A manifest's answer that ended before its end: asked again."""
 
 
 class Manifest(NamedTuple):
@@ -183,11 +191,18 @@ class Registry:
             if response.status != 401 or attempt == 2:
                 return response
             challenge = response.header("WWW-Authenticate")
-            if not challenge or not self.auth.challenged(challenge, scopes, bool(auth)):
-                return response
-            if attempt == 1 and auth:
+            try:
+                again = bool(challenge) and self.auth.challenged(challenge, scopes, bool(auth))
+            except BaseException:
+                response.close(reuse=False)
+                raise
+            if not again or (attempt == 1 and auth):
                 return response
             response.read_limited(MAX_ERROR_BODY)
+            if callable(body):
+                # A streamed body was read as it was sent: its sender goes on from where
+                # the registry says it is, with the new token (an upload's resume).
+                raise ConnectionFailed(f"{self.host}: asked to authenticate again mid-upload")
         return response  # pragma: no cover
 
     def _ping(self) -> None:
@@ -244,7 +259,19 @@ class Repository:
 
     def get_manifest(self, ref: str, accept: tuple[str, ...] = MANIFEST_ACCEPT) -> Manifest:
         """The manifest (or index) ``ref`` (a tag or a digest) names, checked: against
-        the digest asked for, else against ``Docker-Content-Digest`` when sent."""
+        the digest asked for, else against ``Docker-Content-Digest`` when sent. An
+        answer cut short is asked again (as many times as a request is retried)."""
+        attempts = self.registry.transport.retry.attempts
+        for attempt in range(attempts):
+            try:
+                return self._get_manifest(ref, accept)
+            except _CutShort:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(self.registry.transport.retry.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _get_manifest(self, ref: str, accept: tuple[str, ...]) -> Manifest:
         where = self.where(ref)
         response = self.registry.send(
             "GET", self._url("manifests", ref), self.pull_scopes, {"Accept": ", ".join(accept)}
@@ -259,12 +286,12 @@ class Repository:
             )
         try:
             data = response.read_limited(MAX_MANIFEST)
-        except (OSError, ValueError) as e:
-            raise ConnectionFailed(f"{where}: {describe_error(e)}") from None
+        except ConnectionFailed as e:
+            raise _CutShort(f"{where}: {e}") from None
         if len(data) > MAX_MANIFEST:
             raise InvalidInput(f"{where}: manifest over the limit of {MAX_MANIFEST} bytes")
         if length is not None and len(data) != length:
-            raise ConnectionFailed(f"{where}: the manifest's answer ended early")
+            raise _CutShort(f"{where}: the manifest's answer ended early")
         media_type = response.header("Content-Type").split(";")[0].strip()
         served = response.header("Docker-Content-Digest").strip()
         digest = self._manifest_digest(data, media_type, ref, served, where)
@@ -294,17 +321,6 @@ class Repository:
             raise DigestMismatch(f"{where}: manifest ({said})", expected, got)
         return got
 
-    def manifest_exists(self, ref: str, accept: tuple[str, ...] = MANIFEST_ACCEPT) -> bool:
-        response = self.registry.send(
-            "HEAD", self._url("manifests", ref), self.pull_scopes, {"Accept": ", ".join(accept)}
-        )
-        response.close()
-        if response.status == 200:
-            return True
-        if response.status == 404:
-            return False
-        raise RegistryError(self.where(ref), response.status, "", response.reason)
-
     def put_manifest(self, ref: str, data: bytes, media_type: str) -> Digest:
         """Store a manifest under ``ref`` (a tag, or its digest); returns its digest."""
         where = self.where(ref)
@@ -329,7 +345,7 @@ class Repository:
     def blob_size(self, digest: Digest) -> int | None:
         """The size of a blob the repository has, or None when it has not."""
         response = self.registry.send("HEAD", self._url("blobs", digest), self.push_scopes)
-        response.close()
+        response.read_limited(0)  # (a HEAD's empty body: read, so the connection is kept)
         if response.status == 200:
             return response.length
         if response.status == 404:
@@ -349,7 +365,7 @@ class Repository:
                 f"{self.where(digest)}: {what} of {size} bytes, over the limit of {limit}"
             )
         with self.open_blob(digest, size) as stream:
-            data = stream.read(limit + 1)
+            data = _read_exactly(stream, size)  # (resumed if its answer is cut)
         if len(data) != size:
             raise SizeMismatch(f"{self.where(digest)}: {what}", size, len(data))
         if digest_bytes(data, digest.algorithm) != digest:
@@ -403,7 +419,7 @@ class Repository:
         response.read_limited(MAX_ERROR_BODY)
         if not location:
             raise RegistryError(self.where(), 202, "", "upload started without a Location")
-        return self._absolute(location), int(minimum) if minimum.isdigit() else 0
+        return self._absolute(location), min(header_int(minimum) or 0, MAX_CHUNK)
 
     def _absolute(self, location: str) -> str:
         return urllib.parse.urljoin(self.registry.base + "/", location)
@@ -562,7 +578,7 @@ class Repository:
         response = self.registry.send("GET", location, self.push_scopes)
         if response.status not in (202, 204):
             raise _registry_error(response, where)
-        got = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", response.header("Range"))
+        got = re.fullmatch(r"\s*(?:bytes=)?0-([0-9]{1,18})\s*", response.header("Range"))
         new = response.header("Location")
         response.read_limited(MAX_ERROR_BODY)
         end = int(got.group(1)) if got else -1
@@ -612,7 +628,7 @@ def _told_wait(e: ConnectionFailed) -> float | None:
     return e.retry_after if isinstance(e, _ChunkRefused) else None
 
 
-def _read_exactly(stream: IO[bytes], n: int) -> bytes:
+def _read_exactly(stream: IO[bytes] | io.RawIOBase, n: int) -> bytes:
     parts: list[bytes] = []
     left = n
     while left:
@@ -655,7 +671,7 @@ class BlobDownload(io.RawIOBase):
         if self.offset and response.status == 200:
             self._skip = self.offset
         elif self.offset:
-            got = re.match(r"\s*bytes\s+(\d+)-", response.header("Content-Range"))
+            got = re.match(r"\s*bytes\s+([0-9]{1,18})-", response.header("Content-Range"))
             start = int(got.group(1)) if got else -1
             if start != self.offset:
                 response.close(reuse=False)
@@ -716,7 +732,3 @@ class BlobDownload(io.RawIOBase):
             self._response.close(reuse=False)
             self._response = None
         super().close()
-
-
-def not_found(where: str) -> NotFound:
-    return NotFound(f"{where}: not found")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import IO, Any, NamedTuple
 
-from ..errors import InvalidInput, NotFound, SizeMismatch
+from ..errors import InvalidInput, NotFound, OcistoreError, SizeMismatch
 from ..progress import DOWNLOADING, Progress
 from ..spec import mediatypes as mt
 from ..spec.descriptor import Descriptor, choose_platform, parse_descriptor
@@ -34,6 +34,7 @@ from ..spec.digest import DiffID, Digest, digest_bytes
 from ..spec.limits import MAX_CONFIG, MAX_DESCRIPTORS, MAX_LAYER_DEPTH, MAX_MANIFEST, load_json
 from ..spec.platform import Platform, host_platform
 from ..spec.reference import DEFAULT_TAG, Reference
+from ..store.distribution import SeenBlob
 from ..store.ingest import ImageSource, LayerSource, LoadedImage
 from ..store.store import Store
 from .client import Manifest, Repository
@@ -138,7 +139,11 @@ def remote_images(
     descs = [d for d in _index_descriptors(doc, where) if d.media_type not in mt.CONFIG_TYPES]
     with_platform = [d for d in descs if d.platform is not None]
     if all_platforms:
-        chosen = [d for d in with_platform if d.platform_value().os != "unknown"] or descs
+        every = [d for d in with_platform if d.platform_value().os != "unknown"] or descs
+        # This machine's first: it is the one the reference names in the store.
+        first = choose_platform(every, platform or host_platform(), where) if every else None
+        chosen = [first] if first is not None else []
+        chosen += [d for d in every if d is not first]
     else:
         if with_platform:
             one = choose_platform(with_platform, platform or host_platform(), where)
@@ -272,4 +277,20 @@ def pull(
         except NotFound:
             pass
     loaded = store.add_images(image_sources(images, names), progress, jobs=pull_jobs())
+    _remember(store, images, loaded)
     return PullResult(ref, top.digest, loaded, new)
+
+
+def _remember(store: Store, images: Sequence[RemoteImage], loaded: Sequence[LoadedImage]) -> None:
+    """Record where each layer's blob was pulled from (the store's distribution hints),
+    so that a push to another repository of the registry mounts it from there."""
+    for image, added in zip(images, loaded, strict=True):
+        try:
+            diff_ids = store.image(str(added.id)).config.diff_ids
+        except OcistoreError:
+            continue
+        blobs = [d for d, _, _ in image.layers]
+        if len(diff_ids) != len(blobs):
+            continue  # (never for what a pull gives; a hint is only ever a hint)
+        for diff_id, blob in zip(diff_ids, blobs, strict=True):
+            store.distribution.add(diff_id, SeenBlob(blob, image.repository.name))

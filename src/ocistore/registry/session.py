@@ -4,6 +4,7 @@ connections, TLS settings and retries), the credentials, one :class:`Registry` p
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 from ..spec.reference import Reference
 from .client import Registry, Repository
@@ -21,12 +22,13 @@ class Session:
         credentials: CredentialStore | None = None,
         tls: TLSSettings | None = None,
         retry: RetryPolicy | None = None,
-        credential: Credential | None = None,
+        given: Mapping[str, Credential] | None = None,
     ) -> None:
-        #: Where credentials are read (None: anonymous everywhere).
+        #: Where credentials are read (None: anonymous, but for ``given``).
         self.credentials = credentials
-        #: A credential given on the command line (``--creds``), for every registry.
-        self.credential = credential
+        #: Credentials given for one command (``--creds``), by registry domain: never
+        #: sent to another registry.
+        self.given = dict(given or {})
         self.transport = Transport(tls, retry)
         self._lock = threading.Lock()
         self._registries: dict[str, Registry] = {}
@@ -36,7 +38,7 @@ class Session:
             registry = self._registries.get(domain)
         if registry is not None:
             return registry
-        credential = self.credential
+        credential = self.given.get(domain)
         if credential is None and self.credentials is not None:
             credential = self.credentials.get(domain)
         registry = Registry(domain, self.transport, credential)

@@ -29,6 +29,7 @@ import contextlib
 import http.client
 import ipaddress
 import random
+import re
 import socket
 import ssl
 import threading
@@ -144,10 +145,7 @@ class Response:
 
     @property
     def length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        if value is None or not value.strip().isdigit():
-            return None
-        return int(value)
+        return header_int(self.headers.get("Content-Length"))
 
     def _failed(self, e: BaseException) -> ConnectionFailed:
         """A read of the body that failed: the connection is dropped, and the failure
@@ -272,6 +270,20 @@ class Transport:
                 f"{host}: the registry answered plain HTTP to an HTTPS request; "
                 "to allow plain HTTP to it, give --tls-verify=false (or --insecure)"
             ) from None
+        except _TLSDropped as e:
+            # A plain-HTTP server may also just drop a TLS hello: where plain HTTP is
+            # allowed, it is asked so before the failure is told (Docker falls back so),
+            # and taken when it answers as a registry does.
+            if not self.plain_http_allowed(host):
+                raise
+            try:
+                with self._send_once("GET", f"http://{host}/v2/", {}, None) as r:
+                    r.read_limited(MAX_ERROR_BODY)
+            except ConnectionFailed:
+                raise e from None
+            if r.status not in (200, 401):
+                raise
+            return "http"
 
     def _context(self, host: str) -> ssl.SSLContext:
         with self._lock:
@@ -330,7 +342,7 @@ class Transport:
             self._idle.setdefault(key, []).append(conn)
 
     def _send_once(self, method: str, url: str, headers: Mapping[str, str], body: Body) -> Response:
-        parts = urllib.parse.urlsplit(url)
+        parts = _split(url)
         scheme, netloc = parts.scheme, parts.netloc
         if scheme not in ("http", "https") or not netloc:
             raise ConnectionFailed(f"{url}: not an HTTP URL")
@@ -339,7 +351,10 @@ class Transport:
             target += "?" + parts.query
         all_headers = {"User-Agent": USER_AGENT, **headers}
         for attempt in (0, 1):
-            conn = self._connection(scheme, netloc)
+            try:
+                conn = self._connection(scheme, netloc)
+            except (ValueError, http.client.HTTPException) as e:  # a port that is no number
+                raise ConnectionFailed(f"{url}: not a URL to connect to ({e})") from None
             reused = conn.sock is not None
             try:
                 if callable(body):
@@ -356,6 +371,8 @@ class Transport:
                 conn.close()
                 if _looks_plain_http(e):
                     raise _PlainHTTP(netloc) from None
+                if isinstance(e, ssl.SSLEOFError):
+                    raise _TLSDropped(f"{netloc}: TLS: {_ssl_reason(e)}") from None
                 raise ConnectionFailed(f"{netloc}: TLS: {_ssl_reason(e)}") from None
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
@@ -367,6 +384,9 @@ class Transport:
             except ValueError as e:  # a header http.client will not send (a token, a URL)
                 conn.close()
                 raise OcistoreError(f"{netloc}: cannot send the request: {e}") from None
+            except BaseException:  # (a body that failed to read, Ctrl-C): never pooled
+                conn.close()
+                raise
             return Response(self, (scheme, netloc), conn, raw, url)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -422,10 +442,16 @@ class Transport:
         body: Body,
         auth_host: str | None,
     ) -> Response:
+        first = _split(url)
         for _ in range(MAX_REDIRECTS + 1):
-            netloc = urllib.parse.urlsplit(url).netloc
+            parts = _split(url)
             sent = headers
-            if auth_host is not None and netloc != auth_host:
+            # The credential goes to the registry as it was first asked: the same host
+            # and port, and never from HTTPS down to plain HTTP.
+            elsewhere = parts.netloc != auth_host or (
+                first.scheme == "https" and parts.scheme != "https"
+            )
+            if auth_host is not None and elsewhere:
                 sent = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             response = self._send_once(method, url, sent, body)
             if response.status not in (301, 302, 303, 307, 308):
@@ -433,15 +459,50 @@ class Transport:
             location = response.header("Location")
             response.read_limited(MAX_ERROR_BODY)
             if not location:
-                raise ConnectionFailed(f"{netloc}: redirect ({response.status}) without Location")
-            url = urllib.parse.urljoin(url, location)
+                raise ConnectionFailed(
+                    f"{parts.netloc}: redirect ({response.status}) without Location"
+                )
+            try:
+                url = urllib.parse.urljoin(url, location)
+            except ValueError:
+                raise ConnectionFailed(
+                    f"{parts.netloc}: redirect to {location[:200]!r}: not a URL"
+                ) from None
+            new = _split(url)
+            if (
+                parts.scheme == "https"
+                and new.scheme == "http"
+                and not (self.plain_http_allowed(new.netloc))
+            ):
+                raise ConnectionFailed(
+                    f"{parts.netloc}: redirect from HTTPS to plain HTTP ({new.netloc}) refused; "
+                    "give --tls-verify=false (or --insecure) to allow it"
+                )
             if response.status == 303:
                 method, body = "GET", None
         raise ConnectionFailed(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
-class _PlainHTTP(Exception):
-    pass
+def _split(url: str) -> urllib.parse.SplitResult:
+    """A URL's parts; a URL that cannot be read (a registry's Location, a realm) is a
+    failure naming it."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (checked: a port that is no number raises here)
+    except ValueError:
+        raise ConnectionFailed(f"{url[:200]!r}: not a URL") from None
+    return parts
+
+
+class _TLSDropped(ConnectionFailed):
+    """A server that closed the connection in the middle of the TLS handshake."""
+
+
+class _PlainHTTP(ConnectionFailed):
+    """A server that answered plain HTTP to an HTTPS request."""
+
+    def __init__(self, netloc: str) -> None:
+        super().__init__(f"{netloc}: the server answered plain HTTP to an HTTPS request")
 
 
 def _looks_plain_http(e: ssl.SSLError) -> bool:
@@ -482,14 +543,27 @@ def _is_stream_safe(body: Body) -> bool:
     return body is None or isinstance(body, bytes)
 
 
+_HEADER_INT = re.compile(r"[0-9]{1,18}")
+
+
+def header_int(value: str | None) -> int | None:
+    """A header's non-negative integer (ASCII digits, at most 18 of them), or None when
+    it is absent or anything else: a registry's headers are input like any other."""
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if _HEADER_INT.fullmatch(value) else None
+
+
 def parse_retry_after(value: str) -> float | None:
     """``Retry-After`` in seconds (delay-seconds or an HTTP date), None when absent or
     unreadable."""
     value = value.strip()
     if not value:
         return None
-    if value.isdigit():
-        return float(value)
+    seconds = header_int(value)
+    if seconds is not None:
+        return float(seconds)
     with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     return None
