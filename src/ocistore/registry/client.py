@@ -72,12 +72,12 @@ CHUNK_SIZE: Final = 32 << 20
 #: of a blob streamed between registries is held in memory).
 MAX_CHUNK: Final = 64 << 20
 #: The pieces of a blob streamed from one registry to another, each held in memory.
-STREAM_CHUNK: Final = 8 << 20
+STREAM_CHUNK: Final = 4 << 20
 #: Where Docker Hub's API lives (``docker.io`` is its name in references).
 DOCKER_HUB_HOST: Final = "registry-1.docker.io"
 #: Tags asked per page of a tag list.
 TAGS_PAGE: Final = 1000
-MAX_TAG_PAGES: Final = 10_000
+MAX_TAG_PAGES: Final = 1_000
 
 
 def registry_host(domain: str) -> str:
@@ -422,7 +422,13 @@ class Repository:
         return self._absolute(location), min(header_int(minimum) or 0, MAX_CHUNK)
 
     def _absolute(self, location: str) -> str:
-        return urllib.parse.urljoin(self.registry.base + "/", location)
+        """A URL the registry gave (``Location``, ``Link``), made absolute."""
+        try:
+            return urllib.parse.urljoin(self.registry.base + "/", location)
+        except ValueError:
+            raise ConnectionFailed(
+                f"{self.registry.host}: {location[:200]!r} is not a URL"
+            ) from None
 
     def upload(
         self,
@@ -485,17 +491,20 @@ class Repository:
             location, minimum = self.start_upload()
         else:
             minimum = 0
-        chunk = max(STREAM_CHUNK, minimum)
+        # One buffer, filled in place and sent from views of it: memory is the piece.
+        buffer = memoryview(bytearray(min(max(STREAM_CHUNK, minimum), max(size, 1))))
         offset = 0
         while offset < size:
-            piece = _read_exactly(stream, min(chunk, size - offset))
-            if len(piece) != min(chunk, size - offset):
-                raise SizeMismatch(f"{where}: blob copied", size, offset + len(piece))
+            want = min(len(buffer), size - offset)
+            got = _fill(stream, buffer[:want])
+            if got != want:
+                raise SizeMismatch(f"{where}: blob copied", size, offset + got)
+            piece = buffer[:got]
             start, sent, failures = offset, 0, 0
             while sent < len(piece):
                 try:
                     location = self._patch(
-                        location, io.BytesIO(piece[sent:]), start + sent, len(piece) - sent, where
+                        location, _ViewReader(piece[sent:]), start + sent, len(piece) - sent, where
                     )
                     sent = len(piece)
                 except ConnectionFailed as e:
@@ -525,7 +534,9 @@ class Repository:
             raise _registry_error(response, self.where(digest))
         response.read_limited(MAX_ERROR_BODY)
 
-    def _patch(self, location: str, src: IO[bytes], offset: int, length: int, where: str) -> str:
+    def _patch(
+        self, location: str, src: IO[bytes] | io.RawIOBase, offset: int, length: int, where: str
+    ) -> str:
         def pieces() -> Iterator[bytes]:
             left = length
             while left:
@@ -589,11 +600,13 @@ class Repository:
 
     def tags(self) -> Iterator[str]:
         """Every tag, following the ``Link`` header's pages."""
-        url: str | None = f"/v2/{self.path}/tags/list?n={TAGS_PAGE}"
-        pages = 0
+        url: str | None = self._absolute(f"/v2/{self.path}/tags/list?n={TAGS_PAGE}")
+        asked: set[str] = set()
         while url is not None:
-            pages += 1
-            if pages > MAX_TAG_PAGES:
+            if url in asked:
+                raise InvalidInput(f"{self.where()}: the tag list's pages go round in a circle")
+            asked.add(url)
+            if len(asked) > MAX_TAG_PAGES:
                 raise InvalidInput(f"{self.where()}: more than {MAX_TAG_PAGES} pages of tags")
             response = self.registry.send("GET", url, self.pull_scopes)
             if response.status != 200:
@@ -611,7 +624,7 @@ class Repository:
                 raise InvalidInput(f"{self.where()}: field tags is not a list of strings")
             yield from tags
             m = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", link)
-            url = urllib.parse.urljoin(self.registry.base + "/", m.group(1)) if m else None
+            url = self._absolute(m.group(1)) if m else None
 
 
 class _ChunkRefused(ConnectionFailed):
@@ -638,6 +651,35 @@ def _read_exactly(stream: IO[bytes] | io.RawIOBase, n: int) -> bytes:
         parts.append(data)
         left -= len(data)
     return b"".join(parts)
+
+
+def _fill(stream: Any, view: memoryview) -> int:
+    """Fill ``view`` from ``stream`` (``readinto``) as far as it goes: the bytes put."""
+    done = 0
+    while done < len(view):
+        n = stream.readinto(view[done:])
+        if not n:
+            break
+        done += n
+    return done
+
+
+class _ViewReader(io.RawIOBase):
+    """Reads a memoryview without copying it (the pieces of a streamed chunk)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._view) if n < 0 else min(len(self._view), self._at + n)
+        piece = self._view[self._at : end]
+        self._at = end
+        # (a view, not a copy: http.client sends it as it is)
+        return piece  # type: ignore[return-value]
 
 
 def _with_query(url: str, params: dict[str, str]) -> str:
