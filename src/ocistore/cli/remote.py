@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # (imported when a command runs: ssl and http cost every star
     from ..registry.copy import Location
     from ..registry.credentials import Credential, CredentialStore
     from ..registry.session import Session
+    from ..store.store import Store
 
 #: The defaults of RetryPolicy, for the help (without importing it).
 TIMEOUT = 60.0
@@ -295,6 +296,12 @@ def cmd_push(args: argparse.Namespace) -> int:
         dest = parse_tagged(args.image)
     store = open_store(args)
     store.resolve(args.image)  # (an image that is not there is told before anything else)
+    if args.destination is None and not _is_stored_name(store, dest):
+        # An ID (or its prefix) read as a name would go to Docker Hub: say where to.
+        raise InvalidInput(
+            f"{views.printable(args.image)} names no tag in the store (an image ID?): give "
+            "the destination, ocistore push IMAGE NAME[:TAG]"
+        )
     progress = TerminalProgress.for_terminal(args.quiet)
     tune_allocator()
     with open_session(args, dest.domain) as session:
@@ -309,6 +316,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     tag = views.printable(result.reference.tag or "")
     print(f"{tag}: digest: {result.digest} size: {result.size}")
     return EXIT_OK
+
+
+def _is_stored_name(store: Store, ref: Reference) -> bool:
+    from ..errors import NotFound
+
+    try:
+        store.references.get(ref)
+    except NotFound:
+        return False
+    return True
 
 
 def _strip(text: str) -> str:
