@@ -290,7 +290,8 @@ def test_pull_a_multi_platform_index(
     built = {}
     descs = []
     host = str(host_platform())
-    platforms = list(dict.fromkeys([host, "linux/arm64/v8", "linux/arm/v7", "linux/s390x"]))
+    # (this machine's not first: --all-platforms must still tag it)
+    platforms = list(dict.fromkeys(["linux/s390x", host, "linux/arm64/v8", "linux/arm/v7"]))
     for p in platforms:
         parts = p.split("/")
         b = lay.image(
@@ -784,3 +785,78 @@ def _is_progress(line: str) -> bool:
     """A line of the progress display (what it prints after is a result, which may wrap,
     as docker's does)."""
     return ": Pushing" in line or ": Downloading" in line or line.startswith("Total:")
+
+
+def test_a_pulled_image_pushed_to_another_repository_is_mounted(
+    registry: RegistryServer, oc: Ocistore, tmp_path: Path
+) -> None:
+    layout, _ = sample_layout(tmp_path, "mount")
+    src = f"{registry.host}/mount/src:1"
+    skopeo_run("copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:1", f"docker://{src}")
+    oc("pull", "-q", src)
+    out = oc("push", src, f"{registry.host}/mount/dst:1").stdout.splitlines()
+    assert [line.split(": ", 1)[1] for line in out[1:-1]] == ["Mounted from mount/src"] * 3
+
+
+def test_a_credential_given_goes_to_its_registry_only(oc: Ocistore) -> None:
+    from ocistore.registry.credentials import Credential
+    from ocistore.registry.session import Session
+
+    alice = Credential("alice", "wonderland")
+    with Session(None, given={"127.0.0.1:5000": alice}) as session:
+        assert session.registry("127.0.0.1:5000").auth.credential == alice
+        assert session.registry("127.0.0.1:5001").auth.credential.anonymous
+    proc = oc(
+        "copy", "--creds", "a:b", "docker://127.0.0.1:1/x:1", "docker://127.0.0.1:2/x:1",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "ocistore: --creds with two registries: give --src-creds and --dest-creds\n"
+    )
+
+
+def test_what_a_broken_registry_sends_is_one_line(tmp_path: Path, env: dict[str, str]) -> None:
+    """Headers and redirects no registry should send, from a server of the test's own on
+    127.0.0.1: each is one line on stderr, exit 1, never a traceback."""
+    import http.server
+    import threading
+
+    answers = {
+        "/v2/a/manifests/1": (429, {"Retry-After": "\u00b2"}),
+        "/v2/b/manifests/1": (200, {"Content-Length": "\u00b2"}),
+        "/v2/c/manifests/1": (307, {"Location": "http://[::1/x"}),
+        "/v2/d/manifests/1": (307, {"Location": "http://127.0.0.1:notaport/x"}),
+        "/v2/e/manifests/1": (401, {"WWW-Authenticate": 'Bearer realm="https://SELF/token"'}),
+    }
+
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            code, headers = answers.get(self.path, (200, {}))
+            self.send_response(code)
+            for k, v in headers.items():
+                v = v.replace("SELF", f"127.0.0.1:{self.server.server_address[1]}")
+                self.send_header(k, v.encode("utf-8").decode("latin-1"))
+            if "Content-Length" not in headers:
+                self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = f"127.0.0.1:{server.server_address[1]}"
+        oc = Ocistore(tmp_path / "store", env)
+        for repo in "abcde":
+            proc = oc("pull", "--retry-times", "1", f"{host}/{repo}:1", check=False)
+            assert proc.returncode == 1, (repo, proc.stdout)
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("ocistore: "), (repo, proc.stderr)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
