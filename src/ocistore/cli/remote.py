@@ -308,6 +308,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"The push refers to repository [{views.printable(dest.name)}]", flush=True)
         result = push(store, session, args.image, dest, progress)
+    for warning in result.warnings:
+        say_error(f"warning: {warning}")
     if args.quiet:
         print(views.printable(str(result.reference)))
         return EXIT_OK

@@ -20,7 +20,6 @@ as Docker does after a push.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import threading
@@ -30,12 +29,11 @@ from typing import IO, Any, NamedTuple
 from isal import isal_zlib
 
 from .. import parallel
-from ..errors import CorruptStore, InvalidInput, NotFound
+from ..errors import CorruptStore, InvalidInput, NotFound, OcistoreError
 from ..progress import PUSHING, SILENT, Progress, task_label
 from ..spec import mediatypes as mt
 from ..spec.compression import Compression
 from ..spec.digest import CHUNK, DiffID, Digest, ImageID, digest_bytes, new_hasher
-from ..spec.limits import MAX_MANIFEST, load_json
 from ..spec.reference import DEFAULT_TAG, Reference
 from ..store.distribution import SeenBlob
 from ..store.layers import Layer
@@ -60,6 +58,8 @@ class PushResult(NamedTuple):
     #: What happened to each blob, for the lines ``docker push`` prints
     #: (``ID: Pushed``, ``ID: Layer already exists``, ``ID: Mounted from REPO``).
     events: list[str]
+    #: What went wrong after the push was done (the store could not record it).
+    warnings: list[str]
 
 
 class _Blob(NamedTuple):
@@ -90,26 +90,24 @@ def _stored(store: Store, digest: Digest, shown: str, diff_id: DiffID | None) ->
 
 
 def _kept_plan(
-    store: Store, image_id: ImageID, kept: Digest, config: bytes, layers: list[Layer]
+    store: Store, image_id: ImageID, layers: list[Layer]
 ) -> tuple[bytes, str, list[_Blob]]:
-    what = f"image {image_id}: kept manifest {kept}"
-    raw = store.read_blob(kept)
-    try:
-        doc = load_json(raw, what, MAX_MANIFEST)
-        media_type = doc.get("mediaType") or (
-            mt.DOCKER_MANIFEST
-            if doc["config"].get("mediaType") == mt.DOCKER_CONFIG
-            else mt.OCI_MANIFEST
+    """The manifest the store kept for the image, byte for byte (a Docker one stays
+    Docker's), and its blobs, config first: the one reader of kept manifests, a save's."""
+    from ..formats.oci_layout import image_manifest
+
+    manifest = image_manifest(store, image_id, as_oci=False)
+    config, *layer_blobs = manifest.blobs
+    if len(layer_blobs) != len(layers):
+        raise CorruptStore(
+            f"image {image_id}: its kept manifest lists {len(layer_blobs)} layers, "
+            f"the image has {len(layers)}"
         )
-        digests = [Digest(ld["digest"]) for ld in doc.get("layers") or []]
-    except (ValueError, KeyError, TypeError, AttributeError, InvalidInput) as e:
-        raise CorruptStore(f"{what} is damaged: {e}") from None
-    if len(digests) != len(layers):
-        raise CorruptStore(f"{what} lists {len(digests)} layers, the image has {len(layers)}")
-    blobs = [_config_blob(config)]  # (pushed first, untold)
-    for d, layer in zip(digests, layers, strict=True):
-        blobs.append(_stored(store, d, layer.diff_id.hex[:12], layer.diff_id))
-    return raw, str(media_type), blobs
+    assert config.data is not None
+    blobs = [_config_blob(config.data)]
+    for blob, layer in zip(layer_blobs, layers, strict=True):
+        blobs.append(_stored(store, blob.digest, layer.diff_id.hex[:12], layer.diff_id))
+    return manifest.raw, manifest.media_type, blobs
 
 
 def _manifest_bytes(doc: dict[str, Any]) -> bytes:
@@ -261,16 +259,19 @@ def push(
     pusher = _Pusher(store, repo, progress)
     kept = store.kept_manifest(image_id)
     if kept is not None:
-        raw, media_type, blobs = _kept_plan(store, image_id, kept, config, layers)
+        raw, media_type, blobs = _kept_plan(store, image_id, layers)
         _run([_bind(pusher.push_blob, b) for b in blobs])
     else:
         raw, media_type = _generated(store, pusher, config, layers)
     events = [pusher.events.get(layer.diff_id, "") for layer in reversed(layers)]
     events = [e for e in events if e]
     digest = repo.put_manifest(dest.tag or DEFAULT_TAG, raw, media_type)
-    with contextlib.suppress(InvalidInput):
+    warnings = []
+    try:
         store.add_repo_digest(image_id, dest.name_only().with_digest(digest))
-    return PushResult(dest, digest, len(raw), events)
+    except OcistoreError as e:  # (the push is done: what the store could not record is told)
+        warnings.append(f"pushed, but {dest.name}@{digest} was not recorded: {e}")
+    return PushResult(dest, digest, len(raw), events, warnings)
 
 
 def _bind(fn: Callable[[_Blob], None], blob: _Blob) -> Callable[[], None]:

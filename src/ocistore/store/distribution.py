@@ -1,18 +1,20 @@
 """Where a layer was seen in registries: Docker's ``v2metadata-by-diffid``.
 
 For each layer (by DiffID) the store remembers the compressed blobs it was pulled as or
-pushed as, and from which repository: ``distribution/v2metadata-by-diffid/sha256/<hex>``,
+pushed as, and in which repository: ``distribution/v2metadata-by-diffid/sha256/<hex>``,
 a JSON list of ``{"Digest", "SourceRepository"}`` (newest last, at most
 :data:`MAX_ENTRIES`), as Docker keeps under ``image/<driver>/distribution/``. A push
 uses it to skip compressing a layer stored uncompressed whose gzip blob the registry has
 already, and to mount a blob from another repository of the same registry instead of
 uploading it.
 
-These are hints: a wrong one costs a request, never a wrong image (the registry checks
-every digest, and the manifest pushed names what was uploaded). They are written
-atomically without the store's lock (the last writer wins; a lost hint is only a
-compression or an upload more), and removed with nothing else: a few hundred bytes a
-layer, as Docker leaves its own.
+They are the store's own records, as Docker trusts its own: a push takes a remembered
+blob of a layer, when the registry has it, as that layer compressed (a registry checks
+digests, not DiffIDs: a hint damaged into naming another blob would make a manifest
+whose layer is not the config's, which a pull of it then refuses). A file that cannot
+be read or parsed is no hint. They are written atomically without the store's lock (the
+last writer wins; a lost hint is only a compression or an upload more), and removed
+with nothing else: a few hundred bytes a layer, as Docker leaves its own.
 """
 
 from __future__ import annotations
