@@ -168,6 +168,16 @@ def env(tmp_path: Path) -> dict[str, str]:
     return out
 
 
+@pytest.fixture
+def no_leftovers(tmp_path: Path) -> Iterator[None]:
+    """Every store a test made under its tmp_path has nothing left in its ``tmp/``."""
+    yield
+    for root in tmp_path.glob("*"):
+        tmp = root / "tmp"
+        if (root / "format").exists() and tmp.is_dir():
+            assert list(tmp.iterdir()) == [], f"{tmp} not empty"
+
+
 # Names for the annotations above (not evaluated at run time: annotations are strings).
 from typing import TYPE_CHECKING, Any  # noqa: E402
 

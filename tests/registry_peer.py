@@ -505,6 +505,25 @@ def started_token_server(
         server.stop()
 
 
+# --- servers of the tests' own -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def served(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server of the test's own on 127.0.0.1 (its ``HOST:PORT``), stopped at the
+    end."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 # --- the registry -------------------------------------------------------------------------
 
 

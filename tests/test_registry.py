@@ -15,19 +15,20 @@ import os
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import require_tool
-from registry_peer import RegistryServer
+from registry_peer import RegistryServer, served
 from test_oci_layout import Layout, with_platform
 from util import make_tar, ocistore_cli, snapshot
 
 from ocistore.spec.platform import host_platform
 
 Make = Callable[..., RegistryServer]
+pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 
 class Ocistore:
@@ -394,7 +395,6 @@ def test_tags_follow_the_pages(tmp_path: Path, env: dict[str, str]) -> None:
     the pages are served here, by the distribution spec (``Link: <…?n=3&last=…>;
     rel="next"``), by a server of the test's own on 127.0.0.1."""
     import http.server
-    import threading
     import urllib.parse
 
     tags = [f"t{i:02d}" for i in range(7)]
@@ -428,16 +428,8 @@ def test_tags_follow_the_pages(tmp_path: Path, env: dict[str, str]) -> None:
             self.end_headers()
             self.wfile.write(body)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
+    with served(Pages) as host:
         out = Ocistore(tmp_path / "store", env)("tags", f"{host}/lab/pages").stdout
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert out.split() == tags
     assert [a for a in asked if "/tags/list" in a] == [
         "/v2/lab/pages/tags/list?n=1000",
@@ -673,15 +665,6 @@ def test_copy_between_transports(
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.fixture(autouse=True)
-def _no_leftovers(tmp_path: Path) -> Iterator[None]:
-    yield
-    for root in tmp_path.glob("*"):
-        tmp = root / "tmp"
-        if (root / "format").exists() and tmp.is_dir():
-            assert list(tmp.iterdir()) == [], f"{tmp} not empty"
-
-
 def test_docker_login_and_ocistore_login_read_each_other(
     registry_factory: Make, oc: Ocistore, tmp_path: Path, docker_engine: Any
 ) -> None:
@@ -820,7 +803,6 @@ def test_what_a_broken_registry_sends_is_one_line(tmp_path: Path, env: dict[str,
     """Headers and redirects no registry should send, from a server of the test's own on
     127.0.0.1: each is one line on stderr, exit 1, never a traceback."""
     import http.server
-    import threading
 
     answers = {
         "/v2/a/manifests/1": (429, {"Retry-After": "\u00b2"}),
@@ -845,18 +827,10 @@ def test_what_a_broken_registry_sends_is_one_line(tmp_path: Path, env: dict[str,
             self.end_headers()
             self.wfile.write(b"{}")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broken)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host = f"127.0.0.1:{server.server_address[1]}"
+    with served(Broken) as host:
         oc = Ocistore(tmp_path / "store", env)
         for repo in "abcde":
             proc = oc("pull", "--retry-times", "1", f"{host}/{repo}:1", check=False)
             assert proc.returncode == 1, (repo, proc.stdout)
             lines = proc.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("ocistore: "), (repo, proc.stderr)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

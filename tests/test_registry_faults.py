@@ -15,7 +15,6 @@ asked to sleep, never by a clock.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import http.server
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_peer import Fault, FaultProxy, RegistryServer, started_fault_proxy
+from registry_peer import Fault, FaultProxy, RegistryServer, served, started_fault_proxy
 from test_oci_layout import Built, Layout
 from test_registry import Ocistore, loaded, sample_layout
 from util import make_tar, run_main, snapshot
@@ -37,6 +36,7 @@ from util import make_tar, run_main, snapshot
 from ocistore.spec.platform import host_platform
 
 Make = Callable[..., RegistryServer]
+pytestmark = pytest.mark.usefixtures("no_leftovers")
 MiB = 1 << 20
 
 
@@ -60,15 +60,6 @@ def in_process(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(key, raising=False)
     for key in ("HOME", "DOCKER_CONFIG", "XDG_RUNTIME_DIR"):
         monkeypatch.setenv(key, env[key])
-
-
-@pytest.fixture(autouse=True)
-def _no_leftovers(tmp_path: Path) -> Iterator[None]:
-    yield
-    for root in tmp_path.glob("*"):
-        tmp = root / "tmp"
-        if (root / "format").exists() and tmp.is_dir():
-            assert list(tmp.iterdir()) == [], f"{tmp} not empty"
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -139,22 +130,6 @@ def without_hints(shot: dict[str, object]) -> dict[str, object]:
     """A store snapshot without ``distribution/`` (the registry hints of a push: written
     for each blob the registry did get, true whatever happens to the rest)."""
     return {k: v for k, v in shot.items() if not k.startswith("distribution")}
-
-
-@contextlib.contextmanager
-def served(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
-    """An HTTP server of the test's own on 127.0.0.1 (its ``HOST:PORT``), stopped at the
-    end."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 class Front:
