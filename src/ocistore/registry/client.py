@@ -243,6 +243,8 @@ class Repository:
         self.pull_scopes: tuple[str, ...] = (_scope(path),)
         self.push_scopes: tuple[str, ...] = (_scope(path, push=True),)
         self.name = f"{registry.domain}/{path}"
+        #: The largest ``OCI-Chunk-Min-Length`` an upload of it was started with.
+        self.minimum_chunk = 0
 
     def __repr__(self) -> str:
         return f"Repository({self.name!r})"
@@ -399,9 +401,17 @@ class Repository:
             return None
         if response.status == 202:
             location = response.header("Location")
+            self._chunk_minimum(response)
             response.read_limited(MAX_ERROR_BODY)
             return self._absolute(location)
         raise _registry_error(response, self.where(digest))
+
+    def _chunk_minimum(self, response: Response) -> int:
+        """The smallest chunk an upload takes (``OCI-Chunk-Min-Length``, bounded by
+        :data:`MAX_CHUNK`), remembered for the uploads of this repository."""
+        told = min(header_int(response.header("OCI-Chunk-Min-Length")) or 0, MAX_CHUNK)
+        self.minimum_chunk = max(self.minimum_chunk, told)
+        return told
 
     def start_upload(self) -> tuple[str, int]:
         """A new upload session: its URL and the smallest chunk the registry takes."""
@@ -415,11 +425,11 @@ class Repository:
         if response.status != 202:
             raise _registry_error(response, self.where())
         location = response.header("Location")
-        minimum = response.header("OCI-Chunk-Min-Length").strip()
+        minimum = self._chunk_minimum(response)
         response.read_limited(MAX_ERROR_BODY)
         if not location:
             raise RegistryError(self.where(), 202, "", "upload started without a Location")
-        return self._absolute(location), min(header_int(minimum) or 0, MAX_CHUNK)
+        return self._absolute(location), minimum
 
     def _absolute(self, location: str) -> str:
         """A URL the registry gave (``Location``, ``Link``), made absolute."""
@@ -454,7 +464,7 @@ class Repository:
             if on_progress:
                 on_progress(size)
             return
-        chunk = max(CHUNK_SIZE, minimum_chunk)
+        chunk = max(CHUNK_SIZE, minimum_chunk, self.minimum_chunk)
         offset = 0
         failures = 0
         with open_source() as src:

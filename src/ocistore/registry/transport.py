@@ -26,6 +26,7 @@ chooses the scheme of each registry once, and answers :meth:`Transport.request` 
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import ipaddress
 import random
@@ -102,13 +103,28 @@ class RetryPolicy(NamedTuple):
         return random.uniform(0, ceiling)
 
 
+@functools.lru_cache(maxsize=64)
 def is_loopback(host: str) -> bool:
-    """Whether ``HOST[:PORT]`` is this machine: ``localhost``, 127.0.0.0/8 or ``::1``."""
+    """Whether ``HOST[:PORT]`` is this machine: ``localhost``, 127.0.0.0/8 or ``::1``, or
+    a name every address of which is one of those (Docker resolves the name too)."""
     name = _hostname(host)
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(_loopback_address(a) for a in addresses)
+
+
+def _loopback_address(address: object) -> bool:
+    try:
+        return ipaddress.ip_address(str(address).split("%")[0]).is_loopback
     except ValueError:
         return False
 
