@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # (imported when a command runs: ssl and http cost every star
     from ..registry.session import Session
     from ..store.store import Store
 
+#: The most of a password read from standard input (``login --password-stdin``).
+MAX_PASSWORD = 64 << 10
 #: The defaults of RetryPolicy, for the help (without importing it).
 TIMEOUT = 60.0
 RETRIES = 4
@@ -354,9 +356,10 @@ def _registry_domain(text: str) -> str:
         if text.startswith(prefix):
             text = text[len(prefix) :]
     text = text.split("/", 1)[0]
-    if text in ("index.docker.io", "registry-1.docker.io", ""):
-        return "docker.io"
-    return text
+    from ..registry.client import DOCKER_HUB_HOST
+    from ..spec.reference import DEFAULT_DOMAIN, LEGACY_DEFAULT_DOMAIN
+
+    return DEFAULT_DOMAIN if text in (LEGACY_DEFAULT_DOMAIN, DOCKER_HUB_HOST, "") else text
 
 
 @command("login", _login_args)
@@ -378,11 +381,17 @@ def cmd_login(args: argparse.Namespace) -> int:
     if username is None:
         if sys.stdin is None or not sys.stdin.isatty() or args.password_stdin:
             raise InvalidInput("give a username (-u USER)")
-        username = input("Username: ").strip()
+        try:
+            username = input("Username: ").strip()
+        except EOFError:
+            raise InvalidInput("no username given (end of input)") from None
     if args.password_stdin:
         if sys.stdin is None:
             raise InvalidInput("--password-stdin: standard input is closed")
-        password = sys.stdin.read().rstrip("\r\n")
+        try:
+            password = sys.stdin.read(MAX_PASSWORD).rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise InvalidInput("--password-stdin: the password is not text (UTF-8)") from None
     elif args.password is not None:
         say_error("WARNING! Using --password via the CLI is insecure. Use --password-stdin.")
         password = args.password
