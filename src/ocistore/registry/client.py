@@ -16,6 +16,7 @@ reads them (the store's blob writer checks size and digest of every layer).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -406,15 +407,14 @@ class Repository:
             return self._absolute(location)
         raise _registry_error(response, self.where(digest))
 
-    def _chunk_minimum(self, response: Response) -> int:
-        """The smallest chunk an upload takes (``OCI-Chunk-Min-Length``, bounded by
-        :data:`MAX_CHUNK`), remembered for the uploads of this repository."""
+    def _chunk_minimum(self, response: Response) -> None:
+        """Remember the smallest chunk an upload takes (``OCI-Chunk-Min-Length``, bounded
+        by :data:`MAX_CHUNK`) for the uploads of this repository."""
         told = min(header_int(response.header("OCI-Chunk-Min-Length")) or 0, MAX_CHUNK)
         self.minimum_chunk = max(self.minimum_chunk, told)
-        return told
 
-    def start_upload(self) -> tuple[str, int]:
-        """A new upload session: its URL and the smallest chunk the registry takes."""
+    def start_upload(self) -> str:
+        """A new upload session: its URL (the smallest chunk it takes is remembered)."""
         response = self.registry.send(
             "POST",
             f"/v2/{self.path}/blobs/uploads/",
@@ -425,11 +425,11 @@ class Repository:
         if response.status != 202:
             raise _registry_error(response, self.where())
         location = response.header("Location")
-        minimum = self._chunk_minimum(response)
+        self._chunk_minimum(response)
         response.read_limited(MAX_ERROR_BODY)
         if not location:
             raise RegistryError(self.where(), 202, "", "upload started without a Location")
-        return self._absolute(location), minimum
+        return self._absolute(location)
 
     def _absolute(self, location: str) -> str:
         """A URL the registry gave (``Location``, ``Link``), made absolute."""
@@ -447,42 +447,30 @@ class Repository:
         open_source: Callable[[], IO[bytes]],
         on_progress: Callable[[int], None] | None = None,
         location: str | None = None,
-        minimum_chunk: int = 0,
     ) -> None:
-        """Upload a blob of ``size`` bytes that ``open_source`` reads: in one request when
-        small, else in chunks of at least the registry's minimum; a chunk that fails is
-        sent again from where the registry says the upload is."""
+        """Upload a blob of ``size`` bytes that ``open_source`` reads (a file that can
+        seek): in one request when small, else in chunks of at least the registry's
+        minimum, a chunk that fails sent again from where the registry says the upload
+        is (or, if it dropped the upload, all again in a new one)."""
         where = self.where(digest)
         if location is None:
-            location, minimum_chunk = self.start_upload()
-        if size <= MONOLITHIC_MAX:
-            with open_source() as src:
-                data = src.read(size + 1)
-            if len(data) != size:
-                raise SizeMismatch(f"{where}: blob to upload", size, len(data))
-            self._finish_upload(location, digest, data)
-            if on_progress:
-                on_progress(size)
-            return
-        chunk = max(CHUNK_SIZE, minimum_chunk, self.minimum_chunk)
-        offset = 0
-        failures = 0
+            location = self.start_upload()
         with open_source() as src:
-            while offset < size:
-                length = min(chunk, size - offset)
-                src.seek(offset)
-                try:
-                    location = self._patch(location, src, offset, length, where)
-                except ConnectionFailed as e:
-                    failures += 1
-                    if failures > MAX_RESUMES:
-                        raise
-                    time.sleep(self.registry.transport.retry.delay(failures, _told_wait(e)))
-                    offset, location = self._resume_point(location, where, offset)
-                    continue
-                offset += length
+            if size <= MONOLITHIC_MAX:
+                data = src.read(size + 1)
+                if len(data) != size:
+                    raise SizeMismatch(f"{where}: blob to upload", size, len(data))
+                self._finish_upload(location, digest, data)
                 if on_progress:
-                    on_progress(offset)
+                    on_progress(size)
+                return
+
+            def at(offset: int) -> IO[bytes]:
+                src.seek(offset)
+                return src
+
+            chunk = max(CHUNK_SIZE, self.minimum_chunk)
+            location = self._send_chunks(location, where, (0, size), chunk, at, on_progress)
         self._finish_upload(location, digest)
 
     def upload_stream(
@@ -498,38 +486,61 @@ class Repository:
         piece that fails is sent again from where the registry says the upload is."""
         where = self.where(digest)
         if location is None:
-            location, minimum = self.start_upload()
-        else:
-            minimum = 0
+            location = self.start_upload()
         # One buffer, filled in place and sent from views of it: memory is the piece.
-        buffer = memoryview(bytearray(min(max(STREAM_CHUNK, minimum), max(size, 1))))
+        buffer = memoryview(bytearray(min(max(STREAM_CHUNK, self.minimum_chunk), max(size, 1))))
         offset = 0
         while offset < size:
             want = min(len(buffer), size - offset)
             got = _fill(stream, buffer[:want])
             if got != want:
                 raise SizeMismatch(f"{where}: blob copied", size, offset + got)
-            piece = buffer[:got]
-            start, sent, failures = offset, 0, 0
-            while sent < len(piece):
-                try:
-                    location = self._patch(
-                        location, _ViewReader(piece[sent:]), start + sent, len(piece) - sent, where
-                    )
-                    sent = len(piece)
-                except ConnectionFailed as e:
-                    failures += 1
-                    if failures > MAX_RESUMES:
-                        raise
-                    time.sleep(self.registry.transport.retry.delay(failures, _told_wait(e)))
-                    at, location = self._upload_status(location, where, start + sent)
-                    if not start <= at <= start + len(piece):
-                        raise
-                    sent = at - start
-            offset += len(piece)
+            at = functools.partial(_ViewReader.of, buffer[:got], offset)
+            span = (offset, offset + got)
+            location = self._send_chunks(location, where, span, got, at, None, rewind=False)
+            offset += got
             if on_progress:
                 on_progress(offset)
         self._finish_upload(location, digest)
+
+    def _send_chunks(
+        self,
+        location: str,
+        where: str,
+        span: tuple[int, int],
+        chunk: int,
+        at: Callable[[int], IO[bytes] | io.RawIOBase],
+        on_progress: Callable[[int], None] | None,
+        rewind: bool = True,
+    ) -> str:
+        """PATCH the bytes ``span`` of an upload, ``chunk`` at a time, ``at(offset)``
+        reading them from ``offset``; a chunk that fails goes again from the offset the
+        registry reports (bounded by :data:`MAX_RESUMES`). Without ``rewind`` the bytes
+        before ``span`` cannot be read again: a registry that went back before it (or
+        dropped the upload) fails the upload. Returns the upload's newest URL."""
+        offset, end = span
+        failures = 0
+        while offset < end:
+            length = min(chunk, end - offset)
+            try:
+                location = self._patch(location, at(offset), offset, length, where)
+            except ConnectionFailed as e:
+                failures += 1
+                if failures > MAX_RESUMES:
+                    raise
+                time.sleep(self.registry.transport.retry.delay(failures, _told_wait(e)))
+                if rewind:
+                    offset, location = self._resume_point(location, where, offset)
+                else:
+                    reported, location = self._upload_status(location, where, offset)
+                    if not span[0] <= reported <= end:
+                        raise
+                    offset = reported
+                continue
+            offset += length
+            if on_progress:
+                on_progress(offset)
+        return location
 
     def _finish_upload(self, location: str, digest: Digest, data: bytes = b"") -> None:
         """Close an upload with ``PUT ?digest=`` (and its last bytes, or the whole blob
@@ -588,8 +599,7 @@ class Repository:
         except RegistryError as e:
             if e.status != 404:
                 raise
-        location, _ = self.start_upload()
-        return 0, location
+        return 0, self.start_upload()
 
     def _upload_status(self, location: str, where: str, known: int) -> tuple[int, str]:
         """Where an upload stands (``Range: 0-N``): the offset to go on from. ``known`` is
@@ -680,6 +690,12 @@ class _ViewReader(io.RawIOBase):
     def __init__(self, view: memoryview) -> None:
         self._view = view
         self._at = 0
+
+    @classmethod
+    def of(cls, view: memoryview, start: int, offset: int) -> _ViewReader:
+        """The bytes of ``view`` (which holds a blob's bytes from ``start``) from the
+        blob's ``offset`` on."""
+        return cls(view[offset - start :])
 
     def readable(self) -> bool:
         return True

@@ -167,7 +167,7 @@ class Response:
         """A read of the body that failed: the connection is dropped, and the failure
         told as one (a caller may resume)."""
         self.close(reuse=False)
-        return ConnectionFailed(f"{self._key[1]}: {_describe(e)}")
+        return ConnectionFailed(f"{self._key[1]}: {describe_error(e)}")
 
     @property
     def ended_early(self) -> bool:
@@ -394,9 +394,9 @@ class Transport:
                 conn.close()
                 # A kept-alive connection the server closed meanwhile: once more on a
                 # new one, when the body can be sent again.
-                if reused and attempt == 0 and not callable(body) and _is_stream_safe(body):
+                if reused and attempt == 0 and _replayable(body):
                     continue
-                raise ConnectionFailed(f"{netloc}: {_describe(e)}") from None
+                raise ConnectionFailed(f"{netloc}: {describe_error(e)}") from None
             except ValueError as e:  # a header http.client will not send (a token, a URL)
                 conn.close()
                 raise OcistoreError(f"{netloc}: cannot send the request: {e}") from None
@@ -424,7 +424,7 @@ class Transport:
         policy = self.retry
         started = time.monotonic()
         attempt = 0
-        replayable = retry and (body is None or isinstance(body, bytes))
+        replayable = retry and _replayable(body)
         while True:
             try:
                 response = self._follow(method, url, dict(headers or {}), body, auth_host)
@@ -534,7 +534,8 @@ def _ssl_reason(e: ssl.SSLError) -> str:
     return str(getattr(e, "reason", None) or e)
 
 
-def _describe(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
+    """A connection failure in words."""
     if isinstance(e, TimeoutError | socket.timeout):
         return "no answer in time (the connection stalled)"
     if isinstance(e, http.client.RemoteDisconnected):
@@ -550,12 +551,8 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def describe_error(e: BaseException) -> str:
-    """A connection failure in words (for a download that failed half-way)."""
-    return _describe(e)
-
-
-def _is_stream_safe(body: Body) -> bool:
+def _replayable(body: Body) -> bool:
+    """Whether a request's body can be sent again (none, or bytes; not a stream)."""
     return body is None or isinstance(body, bytes)
 
 
