@@ -11,6 +11,7 @@ they never write under a store's root.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,7 +19,7 @@ from ..errors import InvalidInput
 from ..progress import Progress
 from ..spec.platform import Platform
 from ..spec.reference import Reference
-from ..store.ingest import LoadedImage
+from ..store.ingest import ImageSource, LoadedImage
 from ..store.resolve import Selected
 from ..store.store import Store
 from .detect import read_images
@@ -41,14 +42,17 @@ def load(
     source: str | Path,
     platform: Platform | None = None,
     progress: Progress | None = None,
+    select: Callable[[list[ImageSource]], list[ImageSource]] | None = None,
 ) -> list[LoadedImage]:
     """Load every image of an archive or layout into ``store``; returns what was loaded.
 
-    ``platform`` chooses in multi-platform indexes (default: this machine's).
+    ``platform`` chooses in multi-platform indexes (default: this machine's); ``select``
+    picks among the images found, before any layer is read (``copy oci:DIR:REF``).
     """
     archive = open_archive(source, store.spool)
     try:
-        return store.add_images(read_images(archive, platform), progress)
+        sources = read_images(archive, platform)
+        return store.add_images(select(sources) if select else sources, progress)
     finally:
         archive.close()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from pathlib import Path
 from typing import Final, NamedTuple
 
 from .. import parallel
@@ -27,6 +26,7 @@ from ..progress import COPYING, SILENT, Progress, task_label
 from ..spec.digest import Digest, VerifyingReader, digest_bytes
 from ..spec.platform import Platform
 from ..spec.reference import DEFAULT_TAG, Reference, is_tag, looks_like_id, parse, parse_tagged
+from ..store.ingest import ImageSource
 from ..store.store import Store
 from .client import Repository
 from .session import Session
@@ -128,12 +128,9 @@ def _load_into(
         ref = parse(source.ref)
         result = pull(store, session, ref, platform, progress=progress)
         return str(result.images[0].id), result.reference
-    from ..formats.detect import read_images
-    from ..formats.reader import open_archive
+    from .. import formats
 
-    archive = open_archive(Path(source.path) if source.path != "-" else "-", store.spool)
-    try:
-        sources = read_images(archive, platform)
+    def one(sources: list[ImageSource]) -> list[ImageSource]:
         if source.ref:
             sources = [s for s in sources if _matches(s.tags, source.ref)]
             if not sources:
@@ -143,10 +140,9 @@ def _load_into(
                 f"{source}: {len(sources)} images; name the one to copy ({source.transport}:"
                 f"{source.path}:REF)"
             )
-        loaded = store.add_images(sources, progress)
-    finally:
-        archive.close()
-    image = loaded[0]
+        return sources
+
+    (image,) = formats.load(store, source.path, platform, progress, select=one)
     return str(image.id), image.tags[0] if image.tags else None
 
 
