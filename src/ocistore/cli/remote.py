@@ -200,10 +200,11 @@ def _given_credentials(
     return [(domain, args.creds) for domain in domains]
 
 
-def _reference(text: str) -> Reference:
-    if text.startswith("docker://"):
-        text = text[len("docker://") :]
-    return parse(text)
+def _reference(text: str, tagged: bool = False) -> Reference:
+    """A registry reference as typed (``docker://`` allowed, as skopeo writes it); with
+    ``tagged``, ``latest`` when it has neither tag nor digest."""
+    text = text.removeprefix("docker://")
+    return parse_tagged(text) if tagged else parse(text)
 
 
 # -- pull ---------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     """
     from ..registry.push import push
 
-    dest = parse_tagged(_strip(args.destination)) if args.destination else None
+    dest = _reference(args.destination, tagged=True) if args.destination else None
     if dest is None:
         dest = parse_tagged(args.image)
     store = open_store(args)
@@ -330,10 +331,6 @@ def _is_stored_name(store: Store, ref: Reference) -> bool:
     except NotFound:
         return False
     return True
-
-
-def _strip(text: str) -> str:
-    return text[len("docker://") :] if text.startswith("docker://") else text
 
 
 # -- login, logout ------------------------------------------------------------------------
@@ -453,11 +450,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     example:
       ocistore manifest 127.0.0.1:5000/lab/app:1 | jq .
     """
-    ref = (
-        parse_tagged(_strip(args.reference))
-        if "@" not in args.reference
-        else _reference(args.reference)
-    )
+    ref = _reference(args.reference, tagged=True)
     with open_session(args, ref.domain) as session:
         manifest = session.repository(ref).get_manifest(str(ref.digest or ref.tag))
     _write_raw(manifest.data)
