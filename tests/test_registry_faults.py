@@ -38,6 +38,10 @@ from ocistore.spec.platform import host_platform
 Make = Callable[..., RegistryServer]
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 MiB = 1 << 20
+#: The client's idle timeout where a request is stalled for ever: it applies to every
+#: request of the command, so it is long enough that a loaded machine's registry never
+#: meets it (which would add requests to the sequences asserted), short enough to wait.
+STALL_TIMEOUT = "10"
 
 
 @pytest.fixture
@@ -412,7 +416,7 @@ def test_the_connection_of_a_cut_answer_is_not_used_again() -> None:
 def test_a_stalled_blob_download_times_out_and_resumes(
     registry: RegistryServer, proxy: FaultProxy, oc: Ocistore, tmp_path: Path, env: dict[str, str]
 ) -> None:
-    """The resumed request is never answered: the client's own idle timeout (2 s) ends
+    """The resumed request is never answered: the client's own idle timeout (STALL_TIMEOUT) ends
     that connection and the request is asked again. The stall holds until the proxy
     stops, so this does not depend on the machine's speed."""
     built = pushed(oc, registry, tmp_path, "faults/stall", [128 << 10])
@@ -421,7 +425,7 @@ def test_a_stalled_blob_download_times_out_and_resumes(
     proxy.stall("GET", blob_path(layer))
     ref = f"{proxy.host}/faults/stall:1"
     through = Ocistore(tmp_path / "through", env)
-    through("pull", "-q", "--timeout", "2", ref)
+    through("pull", "-q", "--timeout", STALL_TIMEOUT, ref)
     assert through.image_id(ref) == built.id
     gets = blob_gets(proxy, layer)
     assert gets[:2] == [(None, 200), ("bytes=3000-", None)]
@@ -501,7 +505,7 @@ def test_a_chunked_upload_goes_on_from_where_the_registry_is(
     here). The first PATCH is answered 503 with ``Retry-After: 1`` (waited for) before the
     registry has a byte (its status is then ``Range: 0-0``, Distribution's answer for an
     empty upload, as for one of a byte: the client knows it had none); the chunk after the
-    first is never answered (the client's 2 s timeout ends it). Each time the client asks
+    first is never answered (the client's STALL_TIMEOUT ends it). Each time the client asks
     the upload's status (GET of its URL) and goes on from the offset it says, with the
     ``_state`` of the Location of each answer (Distribution refuses an old one)."""
     from ocistore.registry import client
@@ -520,7 +524,7 @@ def test_a_chunked_upload_goes_on_from_where_the_registry_is(
     proxy.faults.append(LaterFault("stall", "PATCH", re.compile(r"/blobs/uploads/"), 1, skip=1))
     sleeps = Sleeps()
     monkeypatch.setattr(client, "time", sleeps.module())
-    code, out, err = run_main(root, capsys, "push", "-q", "--timeout", "2", ref)
+    code, out, err = run_main(root, capsys, "push", "-q", "--timeout", STALL_TIMEOUT, ref)
     assert (code, err) == (0, ""), err
     assert out == f"{ref}\n"
     # The 503's Retry-After was waited for before the chunk went again.
