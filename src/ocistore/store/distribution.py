@@ -76,5 +76,7 @@ class DistributionHints:
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             doc = [{"Digest": e.digest, "SourceRepository": e.repository} for e in entries]
-            with AtomicFile(path, self.tmpdir, mode=0o644) as f:
+            # Not fsynced: a hint a crash loses is a compression or an upload more, and a
+            # pull writes one a layer.
+            with AtomicFile(path, self.tmpdir, mode=0o644, durable=False) as f:
                 f.write(json.dumps(doc, separators=(",", ":")).encode())
