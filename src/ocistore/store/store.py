@@ -88,6 +88,9 @@ _OWN_NAMES = (
     "imagedb/metadata",
     "imagedb/metadata/sha256",
     "imagedb/index.json",
+    "distribution",
+    "distribution/v2metadata-by-diffid",
+    "distribution/v2metadata-by-diffid/sha256",
     "imagedb/index.dirty",
     "repositories.json",
 )
