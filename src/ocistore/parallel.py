@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TypeVar
 
-__all__ = ["Halted", "InterruptiblePipe", "Stop", "get", "put", "run_all"]
+__all__ = ["Halted", "InterruptiblePipe", "Stop", "get", "pipeline", "put", "run_all"]
 
 _T = TypeVar("_T")
 #: How often a job waiting on another through a queue looks whether it should stop.
@@ -69,16 +69,15 @@ class Stop:
 Job = Callable[[Stop], object]
 
 
-def get(q: queue.Queue[_T], stop: Stop) -> _T:
+def get(q: queue.Queue[_T], stop: Stop, on_failure: bool = False) -> _T:
     """``q.get()`` for a job waiting on another: raises :class:`Halted` once the caller
     was interrupted (the other may never put anything: it was interrupted before it
-    began)."""
+    began), or (with ``on_failure``) once another job failed."""
     while True:
         try:
             return q.get(timeout=_POLL)
         except queue.Empty:
-            if stop.interrupted.is_set():
-                raise Halted(stop) from None
+            stop.check(on_failure)
 
 
 def put(q: queue.Queue[_T], item: _T, stop: Stop, on_failure: bool = True) -> None:
@@ -161,6 +160,35 @@ def run_all(jobs: Sequence[Job], workers: int, caller_first: bool = False) -> No
         raise
     if errors:
         raise min(errors, key=lambda item: item[0])[1]
+
+
+_END = object()
+
+
+def pipeline(
+    produce: Callable[[Callable[[_T], None]], object],
+    consume: Callable[[Iterator[_T]], object],
+    depth: int = 4,
+) -> None:
+    """Run ``produce`` on a thread of its own, handing what it ``put``s (at most
+    ``depth`` items ahead) to ``consume``, which runs on the caller's thread and takes
+    them as an iterator: reading, checking and decompressing a layer overlap with what
+    is done with its bytes. Errors and interrupts as :func:`run_all` has them (the
+    producer's first: a consumer that only ran dry because of it does not count)."""
+    q: queue.Queue[object] = queue.Queue(depth)
+
+    def producer(stop: Stop) -> None:
+        produce(lambda item: put(q, item, stop))
+        put(q, _END, stop)
+
+    def consumer(stop: Stop) -> None:
+        def items() -> Iterator[_T]:
+            while (item := get(q, stop, on_failure=True)) is not _END:
+                yield item  # type: ignore[misc]
+
+        consume(items())
+
+    run_all([consumer, producer], workers=2, caller_first=True)
 
 
 def _start(

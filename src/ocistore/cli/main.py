@@ -1166,3 +1166,4 @@ if __name__ == "__main__":
 
 # The registry commands register themselves with the others (after them, in the help).
 from . import remote as _remote  # noqa: E402,F401
+from . import rootfs as _rootfs  # noqa: E402,F401

@@ -36,7 +36,9 @@ __all__ = [
     "MAX_MEMBER_NAMES",
     "MAX_NAME",
     "MAX_PAX_HEADER",
+    "MAX_LAYER_ENTRIES",
     "MAX_SYMLINKS",
+    "MAX_SYMLINK_HOPS",
     "MAX_TAR_TRAILER",
     "Budget",
     "check_size",
@@ -69,6 +71,13 @@ MAX_INDEX_NESTING: Final = 8
 MAX_LAYER_DEPTH: Final = 125
 #: Symlinks followed from one name inside an archive.
 MAX_SYMLINKS: Final = 16
+#: Members of one layer applied to a directory (unpack, export, diff): each costs a
+#: little memory for as long as the layer is read (the paths it wrote, which its own
+#: whiteouts must not remove). Real layers hold up to a few hundred thousand.
+MAX_LAYER_ENTRIES: Final = 1_000_000
+#: Symlinks followed while one path is resolved inside a root file system (Linux's
+#: ``MAXSYMLINKS``): a longer chain, or a loop, refuses the member.
+MAX_SYMLINK_HOPS: Final = 40
 #: Descriptors read in one OCI layout, all its indexes together (each blob is read once,
 #: however many descriptors name it).
 MAX_DESCRIPTORS: Final = 100_000

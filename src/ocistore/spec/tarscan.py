@@ -35,7 +35,7 @@ from typing import NamedTuple
 from ..errors import InvalidInput
 from .limits import MAX_MEMBERS, MAX_NAME, MAX_PAX_HEADER
 
-__all__ = ["BLOCK", "Entry", "TarScanner"]
+__all__ = ["BLOCK", "Entry", "Meta", "TarScanner"]
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -48,10 +48,28 @@ _OCTAL = re.compile(rb"[0-7]+")
 _DECIMAL = re.compile(rb"[0-9]+")
 #: The pax keys the scanner applies; the others (times, owners, comments) are dropped.
 _PAX_KEYS = frozenset((b"path", b"linkpath", b"size"))
+#: The pax records a detailed scan (a layer applied to a directory) applies as well.
+_PAX_META_KEYS = frozenset((b"mtime", b"uid", b"gid"))
+_XATTR_PREFIX = b"SCHILY.xattr."
 #: The pax records of GNU sparse files a layer's scan reads (Go's ``readGNUSparsePAXHeaders``).
 _SPARSE_KEYS = frozenset(
     b"GNU.sparse." + k for k in (b"major", b"minor", b"map", b"size", b"realsize", b"name")
 )
+
+
+class Meta(NamedTuple):
+    """What a detailed scan adds to a member: what applying it to a directory needs."""
+
+    #: The permission bits, setuid/setgid/sticky included (the file type bits dropped).
+    mode: int
+    uid: int
+    gid: int
+    #: The modification time in nanoseconds (a pax ``mtime`` keeps its fraction).
+    mtime_ns: int
+    devmajor: int
+    devminor: int
+    #: Extended attributes (pax ``SCHILY.xattr.NAME`` records), name to raw value.
+    xattrs: dict[str, bytes] | None
 
 
 class Entry(NamedTuple):
@@ -63,6 +81,8 @@ class Entry(NamedTuple):
     offset: int
     size: int
     linkname: str
+    #: The member's metadata, read only by a scan with ``details``.
+    meta: Meta | None = None
 
 
 def _text(raw: bytes) -> str:
@@ -88,12 +108,20 @@ class TarScanner:
         on_entry: Callable[[Entry], None] | None = None,
         *,
         layer: bool = False,
+        details: bool = False,
+        on_data: Callable[[memoryview], None] | None = None,
     ) -> None:
         self.archive = archive
         self._on_entry = on_entry
         #: Read as a layer (see the module's text): no member or name limits, sparse
         #: files read.
         self.layer = layer
+        #: Read each member's metadata (:class:`Meta`) and pax times, owners, xattrs.
+        self.details = details
+        #: Given each member's data (not its padding) as it goes by, in pieces.
+        self._on_data = on_data
+        self._data_left = 0
+        self._xattrs: dict[str, bytes] | None = None
         #: Docker's size of the members so far (see the module's text).
         self.content_size = 0
         #: Bytes of the archive seen so far (the end-of-archive block included).
@@ -132,6 +160,11 @@ class TarScanner:
         while i < n and not self.ended:
             if self.skip:
                 k = min(self.skip, n - i)
+                if self._data_left:
+                    d = min(k, self._data_left)
+                    self._data_left -= d
+                    assert self._on_data is not None
+                    self._on_data(view[i : i + d])
                 self.skip -= k
                 i += k
                 self.pos += k
@@ -161,7 +194,7 @@ class TarScanner:
 
     def passed(self, k: int) -> None:
         """``k`` bytes of data (at most :attr:`skip`) went by without being fed."""
-        assert 0 <= k <= self.skip
+        assert 0 <= k <= self.skip and not self._on_data
         self.skip -= k
         self.pos += k
 
@@ -216,6 +249,11 @@ class TarScanner:
         text = raw.split(b"\x00", 1)[0].strip(b" ")
         if not text:
             return 0
+        if text.isdigit():  # (ASCII digits only: no sign, space or underscore for int())
+            try:
+                return int(text, 8)
+            except ValueError:
+                pass
         if not _OCTAL.fullmatch(text):
             raise self._damaged(f"{field} field {text!r} is not a number")
         return int(text, 8)
@@ -290,7 +328,10 @@ class TarScanner:
                 self._long_link if self._long_link is not None else _text(_field(block, 157, 257))
             )
         declared = size
+        meta = self._meta(block) if self.details else None
         if self._pax_bytes:
+            if meta is not None:
+                meta = self._pax_meta(meta)
             name, link, size, declared = self._apply_pax(name, link, size)
         self._long_name = self._long_link = None
         if not self.layer:
@@ -310,15 +351,59 @@ class TarScanner:
                 self._sparse_member = (name, size, declared)
                 self._payload, self._pad = _GNU_SPARSE, 0
                 return
-        self._member(name, kind, size, declared, link)
+        self._member(name, kind, size, declared, link, meta)
 
-    def _member(self, name: str, kind: bytes, size: int, declared: int, link: str = "") -> None:
+    def _member(
+        self,
+        name: str,
+        kind: bytes,
+        size: int,
+        declared: int,
+        link: str = "",
+        meta: Meta | None = None,
+    ) -> None:
         """A member as Go's ``Next()`` returns it: counted, reported, its data skipped."""
         self.content_size += declared
         self._current = name
         if self._on_entry is not None:
-            self._on_entry(Entry(name, kind, self.pos, size, link))
+            self._on_entry(Entry(name, kind, self.pos, size, link, meta))
         self.skip = _block_count(size)
+        if self._on_data is not None:
+            self._data_left = size
+
+    def _meta(self, block: bytes) -> Meta:
+        number = self._number
+        return Meta(
+            number(block, 100, 108, "mode") & 0o7777,
+            number(block, 108, 116, "uid"),
+            number(block, 116, 124, "gid"),
+            number(block, 136, 148, "mtime") * 1_000_000_000,
+            number(block, 329, 337, "devmajor") if block[329] else 0,
+            number(block, 337, 345, "devminor") if block[337] else 0,
+            None,
+        )
+
+    def _pax_meta(self, meta: Meta) -> Meta:
+        """``meta`` with the pax records that override the header's applied."""
+        pax = self._pax
+        xattrs, self._xattrs = self._xattrs, None
+        uid = self._pax_number(pax, "uid") if "uid" in pax else meta.uid
+        gid = self._pax_number(pax, "gid") if "gid" in pax else meta.gid
+        mtime_ns = meta.mtime_ns
+        if "mtime" in pax:
+            text = pax["mtime"]
+            whole, dot, fraction = text.partition(".")
+            sign = -1 if whole.startswith("-") else 1
+            digits = whole.lstrip("-")
+            if (
+                not digits.isdigit()
+                or len(digits) > 19
+                or (dot and not (fraction.isdigit() or not fraction))
+            ):
+                raise self._damaged(f"pax mtime {text[:40]!r} is not a time")
+            nanos = int((fraction + "000000000")[:9]) if fraction else 0
+            mtime_ns = sign * (int(digits) * 1_000_000_000 + nanos)
+        return meta._replace(uid=uid, gid=gid, mtime_ns=mtime_ns, xattrs=xattrs)
 
     def _pax_number(self, pax: dict[str, str], key: str) -> int:
         text = pax[key]
@@ -372,9 +457,18 @@ class TarScanner:
             return
         records = self._pax_records(payload)
         if kind == _PAX:  # a global header's records are not applied (as Go's reader)
+            details = self.details
             for key, raw in records:
-                if key in _PAX_KEYS or (self.layer and key in _SPARSE_KEYS):
+                if (
+                    key in _PAX_KEYS
+                    or (self.layer and key in _SPARSE_KEYS)
+                    or (details and key in _PAX_META_KEYS)
+                ):
                     self._pax[key.decode()] = _text(raw)
+                elif details and key.startswith(_XATTR_PREFIX):
+                    if self._xattrs is None:
+                        self._xattrs = {}
+                    self._xattrs[_text(key[len(_XATTR_PREFIX) :])] = raw
                 if key.startswith(b"GNU.sparse."):
                     self._pax_sparse = True
 

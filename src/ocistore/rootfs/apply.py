@@ -1,0 +1,365 @@
+"""Layers applied to a directory, in order, as a container runtime's root file system.
+
+:class:`Applier` reads each layer's tar once, with the one header scanner
+(:class:`~ocistore.spec.tarscan.TarScanner` in its detailed mode, its data handed over
+as it goes by), and makes each member through :class:`~.fsroot.Root`, so nothing it
+writes is outside the root (see there). The rules:
+
+* A member replaces what is at its path (a directory over a directory is kept and only
+  takes the new metadata); a regular file is always a new inode, so a hard link to the
+  old one keeps the old content. Missing parents are made (0755).
+* OCI whiteouts: ``.wh.NAME`` removes NAME from the lower layers but not what this layer
+  wrote; ``.wh..wh..opq`` empties its directory of what the lower layers put there.
+  ``.wh.``, ``.wh..`` and ``.wh...`` are invalid. AUFS's ``.wh..wh.*`` metadata is
+  passed over, as Docker passes it.
+* Directories take their mode, owner and times after every layer is applied (their
+  children change their mtime); until then they stay writable by their owner.
+* Owners as root; ``rootless``, every file is the caller's and the image's owner is kept
+  in the ``user.rootlesscontainers`` xattr (the rootless-containers protobuf, left out for
+  root: umoci's convention), and device nodes are skipped with a warning.
+* Extended attributes from pax ``SCHILY.xattr.*`` records where the file system and the
+  caller allow them, but never ``security.*`` nor ``trusted.overlay.*`` (an image must
+  not grant file capabilities or forge overlayfs's whiteouts); not on symlinks.
+
+What is refused (the whole verb fails, naming the layer and the member; the same in
+``unpack``, ``export`` and ``diff``): a name that climbs out with ``..``, a member that
+would replace the root with something not a directory, a hard link to a path outside,
+to nothing, or to a directory, an invalid whiteout, a path through something not a
+directory, a symlink chain longer than 40 links, a GNU sparse file, an unknown member
+type, and more than :data:`~ocistore.spec.limits.MAX_LAYER_ENTRIES` members. A symlink
+whose target is outside is not refused: it is resolved inside the root, as a container
+sees it. What a layer can write is bounded by its tar's size, which its record holds and
+its reader checks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from ..errors import OcistoreError
+from ..spec.limits import MAX_LAYER_ENTRIES
+from ..spec.tarscan import Entry, Meta, TarScanner
+from .fsroot import Root, UnsafeEntry, clean_name, remove_tree
+from .tree import ROOTLESS_XATTR, encode_owner
+
+__all__ = ["Applier", "whiteout_target", "xattr_allowed"]
+
+WHITEOUT: Final = ".wh."
+OPAQUE: Final = ".wh..wh..opq"
+AUFS_META: Final = ".wh..wh."
+_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REGULAR: Final = frozenset((b"0", b"\x00", b"7"))
+
+
+def xattr_allowed(name: str, rootless: bool) -> bool:
+    """Whether an image's xattr is set on what it unpacks (see the module's text)."""
+    if name.startswith("security.") or name.startswith("trusted.overlay."):
+        return False
+    if rootless:
+        return name.startswith("user.") and name != ROOTLESS_XATTR
+    return True
+
+
+def whiteout_target(base: str) -> str | None:
+    """The name a ``.wh.`` member removes, ``None`` if the whiteout is invalid."""
+    target = base[len(WHITEOUT) :]
+    if not target or target in (".", ".."):
+        return None
+    return target
+
+
+class Applier:
+    """Applies layers to a :class:`Root`, one after the other, then :meth:`finish`."""
+
+    def __init__(
+        self, root: Root, *, rootless: bool = False, warn: Callable[[str], None] | None = None
+    ) -> None:
+        self.root = root
+        self.rootless = rootless
+        self._chown = not rootless and os.geteuid() == 0
+        self._warn = warn or (lambda message: None)
+        #: Directories' metadata, set when the tree is walked at the end (by device and
+        #: inode: a directory removed since is not given another's), and the root's.
+        self._dirs: dict[tuple[int, int], Meta] = {}
+        self._root_meta: Meta | None = None
+        #: The file whose data is being written: its descriptor and member.
+        self._fd = -1
+        self._file: Entry | None = None
+        self._upper: set[int] = set()
+        self._members = 0
+        self._what = ""
+        #: Device nodes a rootless unpack skipped, for one warning at the end.
+        self.skipped_devices: list[str] = []
+
+    # -- layers -----------------------------------------------------------------------
+
+    def apply(self, what: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Apply one layer's tar, given in pieces; ``what`` names it in errors."""
+        self._what = what
+        self._upper = set()
+        self._members = 0
+        scanner = TarScanner(what, self._entry, layer=True, details=True, on_data=self._data)
+        try:
+            for piece in chunks:
+                if not scanner.ended:
+                    scanner.feed(piece)
+            scanner.finish()
+            self._end_file()
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._upper = set()
+
+    def dir_hook(
+        self, fd: int, info: os.stat_result
+    ) -> tuple[os.stat_result, int, Callable[[], None] | None]:
+        """A :data:`~.tree.DirHook` for the walk that ends an unpack: sets a directory's
+        mode, owner and times (its children are all in: their changes moved its mtime).
+        A mode that would keep the walk out of it (rootless) is set once the walk is
+        out; what the record keeps is the final mode."""
+        meta = self._dirs.pop((info.st_dev, info.st_ino), None)
+        if meta is None:
+            return info, stat.S_IMODE(info.st_mode), None
+        final = meta.mode
+        keep_open = not self._chown and os.geteuid() != 0 and final & 0o700 != 0o700
+        self._set_meta(fd, meta._replace(mode=final | 0o700) if keep_open else meta)
+        after = (lambda: os.fchmod(fd, final)) if keep_open else None
+        return os.fstat(fd), final, after
+
+    def finish(self) -> None:
+        """The root directory's own metadata (a ``.`` member's), and the warnings."""
+        if self._root_meta is not None:
+            self._set_meta(self.root.fd, self._root_meta)
+        if self.skipped_devices:
+            shown = ", ".join(self.skipped_devices[:3])
+            more = len(self.skipped_devices) - 3
+            self._warn(
+                f"skipped {len(self.skipped_devices)} device node(s) a rootless unpack "
+                f"cannot make: {shown}" + (f" and {more} more" if more > 0 else "")
+            )
+
+    # -- members ----------------------------------------------------------------------
+
+    def _refuse(self, entry: Entry, why: str) -> UnsafeEntry:
+        return UnsafeEntry(f"{self._what}: member {entry.name!r}: {why}")
+
+    def _entry(self, entry: Entry) -> None:
+        self._end_file()
+        self._members += 1
+        if self._members > MAX_LAYER_ENTRIES:
+            raise UnsafeEntry(
+                f"{self._what}: more than {MAX_LAYER_ENTRIES} members, over the limit of "
+                f"{MAX_LAYER_ENTRIES}"
+            )
+        try:
+            self._member(entry)
+        except OcistoreError:
+            raise
+        except OSError as e:
+            raise OcistoreError(f"{self._what}: member {entry.name!r}: {e.strerror or e}") from None
+
+    def _member(self, entry: Entry) -> None:
+        parts = clean_name(entry.name)
+        if parts is None:
+            raise self._refuse(entry, "its name climbs out of the root with '..'")
+        kind = entry.type
+        if not parts:
+            if kind == b"5":
+                self._root_meta = entry.meta  # (its type is never changed)
+                return
+            raise self._refuse(entry, "it would replace the root directory")
+        base = parts[-1]
+        if (base.startswith(AUFS_META) and base != OPAQUE) or parts[0].startswith(AUFS_META):
+            return  # AUFS's own metadata, passed over as Docker does
+        root = self.root
+        what = f"{self._what}: member {entry.name!r}"
+        if base.startswith(WHITEOUT):
+            self._whiteout(entry, parts, what)
+            return
+        parent = root.walk(parts[:-1], create=True, what=what)
+        assert parent is not None
+        path = "/".join([*root.current, base])
+        self._upper.add(hash(path))
+        meta = entry.meta
+        assert meta is not None
+        if kind in _REGULAR:
+            self._fd = self._create(parent, base)
+            self._file = entry
+            if not entry.size:
+                self._end_file()
+        elif kind == b"5":
+            try:
+                os.mkdir(base, 0o700, dir_fd=parent)
+            except FileExistsError:
+                existing = os.stat(base, dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISDIR(existing.st_mode):
+                    self._replace(parent, base, existing)
+                    os.mkdir(base, 0o700, dir_fd=parent)
+            info = os.stat(base, dir_fd=parent, follow_symlinks=False)
+            self._dirs[(info.st_dev, info.st_ino)] = meta
+        elif kind == b"2":
+            try:
+                os.symlink(entry.linkname, base, dir_fd=parent)
+            except FileExistsError:
+                self._replace(parent, base)
+                os.symlink(entry.linkname, base, dir_fd=parent)
+            if self._chown:
+                os.chown(base, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
+            os.utime(
+                base,
+                ns=(meta.mtime_ns, meta.mtime_ns),
+                dir_fd=parent,
+                follow_symlinks=False,
+            )
+        elif kind == b"1":
+            self._hardlink(entry, parts, what)
+        elif kind in (b"3", b"4", b"6"):
+            if kind != b"6" and not self._chown:
+                self.skipped_devices.append(entry.name)
+                return
+            self._replace(parent, base)
+            if kind == b"6":
+                os.mkfifo(base, 0o600, dir_fd=parent)
+            else:
+                kind_bits = stat.S_IFCHR if kind == b"3" else stat.S_IFBLK
+                device = os.makedev(meta.devmajor, meta.devminor)
+                os.mknod(base, kind_bits | 0o600, device, dir_fd=parent)
+            self._set_node_meta(parent, base, meta)
+        elif kind == b"S":
+            raise self._refuse(entry, "a GNU sparse file (not supported)")
+        else:
+            shown = kind.decode("latin-1")
+            raise self._refuse(entry, f"unknown member type {shown!r}")
+
+    def _create(self, parent: int, base: str) -> int:
+        """A new regular file at ``base`` (what was there removed), open for writing."""
+        try:
+            return os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
+        except FileExistsError:
+            self._replace(parent, base)
+            return os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
+
+    def _replace(self, parent: int, base: str, existing: os.stat_result | None = None) -> None:
+        """Remove what is at ``base`` (a directory with what is below it)."""
+        if existing is None:
+            existing = self.root.lstat(parent, base)
+            if existing is None:
+                return
+        if stat.S_ISDIR(existing.st_mode):
+            remove_tree(parent, base)
+        else:
+            os.unlink(base, dir_fd=parent)
+
+    def _whiteout(self, entry: Entry, parts: list[str], what: str) -> None:
+        base = parts[-1]
+        root = self.root
+        if base == OPAQUE:
+            parent = root.walk(parts[:-1], create=False, what=what)
+            if parent is None:
+                return
+            prefix = "/".join(root.current)
+            prefix = prefix + "/" if prefix else ""
+            for child in os.listdir(parent):
+                if hash(prefix + child) not in self._upper:
+                    remove_tree(parent, child)
+            return
+        target = whiteout_target(base)
+        if target is None:
+            raise self._refuse(entry, "an invalid whiteout (it names no file)")
+        parent = root.walk(parts[:-1], create=False, what=what)
+        if parent is None:
+            return
+        path = "/".join([*root.current, target])
+        if hash(path) in self._upper:
+            return  # what this layer wrote stays
+        existing = root.lstat(parent, target)
+        if existing is not None:
+            self._replace(parent, target, existing)
+
+    def _hardlink(self, entry: Entry, parts: list[str], what: str) -> None:
+        root = self.root
+        target = clean_name(entry.linkname)
+        if target is None:
+            raise self._refuse(entry, f"a hard link to {entry.linkname!r}, outside the root")
+        if not target:
+            raise self._refuse(entry, "a hard link to the root directory")
+        source_dir = root.walk(target[:-1], create=False, what=what)
+        info = None if source_dir is None else root.lstat(source_dir, target[-1])
+        if source_dir is None or info is None:
+            raise self._refuse(entry, f"a hard link to {entry.linkname!r}, which does not exist")
+        if stat.S_ISDIR(info.st_mode):
+            raise self._refuse(entry, f"a hard link to {entry.linkname!r}, a directory")
+        source = os.dup(source_dir)
+        try:
+            parent = root.walk(parts[:-1], create=True, what=what)
+            assert parent is not None
+            existing = root.lstat(parent, parts[-1])
+            if existing is not None:
+                if (existing.st_dev, existing.st_ino) == (info.st_dev, info.st_ino):
+                    return  # already that file
+                self._replace(parent, parts[-1], existing)
+            os.link(
+                target[-1],
+                parts[-1],
+                src_dir_fd=source,
+                dst_dir_fd=parent,
+                follow_symlinks=False,
+            )
+        finally:
+            os.close(source)
+
+    # -- data and metadata ------------------------------------------------------------
+
+    def _data(self, piece: memoryview) -> None:
+        fd = self._fd
+        while piece:
+            n = os.write(fd, piece)
+            piece = piece[n:]
+
+    def _end_file(self) -> None:
+        entry = self._file
+        if entry is None:
+            return
+        self._file = None
+        fd, self._fd = self._fd, -1
+        try:
+            assert entry.meta is not None
+            self._set_meta(fd, entry.meta)
+        except OSError as e:
+            raise OcistoreError(f"{self._what}: member {entry.name!r}: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+
+    def _set_meta(self, fd: int, meta: Meta) -> None:
+        """Owner, xattrs, mode and times of an open file or directory, in that order (a
+        chown clears setuid bits)."""
+        if self._chown:
+            os.fchown(fd, meta.uid, meta.gid)
+        if meta.xattrs:
+            for name, value in meta.xattrs.items():
+                if xattr_allowed(name, self.rootless):
+                    self._setxattr(fd, name, value)
+        if self.rootless and (meta.uid or meta.gid):
+            self._setxattr(fd, ROOTLESS_XATTR, encode_owner(meta.uid, meta.gid))
+        os.fchmod(fd, meta.mode)
+        os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
+
+    def _setxattr(self, fd: int, name: str, value: bytes) -> None:
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL):
+                raise
+
+    def _set_node_meta(self, parent: int, base: str, meta: Meta) -> None:
+        """A fifo's or device's owner, mode and times, by its name in ``parent`` (opening
+        it could block or reach a device)."""
+        if self._chown:
+            os.chown(base, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
+        os.chmod(base, meta.mode, dir_fd=parent, follow_symlinks=False)
+        os.utime(base, ns=(meta.mtime_ns, meta.mtime_ns), dir_fd=parent, follow_symlinks=False)
