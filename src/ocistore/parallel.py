@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TypeVar
 
-__all__ = ["Halted", "InterruptiblePipe", "Stop", "get", "pipeline", "put", "run_all"]
+__all__ = ["Halted", "InterruptiblePipe", "Stop", "ahead", "get", "put", "run_all"]
 
 _T = TypeVar("_T")
 #: How often a job waiting on another through a queue looks whether it should stop.
@@ -165,30 +165,38 @@ def run_all(jobs: Sequence[Job], workers: int, caller_first: bool = False) -> No
 _END = object()
 
 
-def pipeline(
-    produce: Callable[[Callable[[_T], None]], object],
-    consume: Callable[[Iterator[_T]], object],
-    depth: int = 4,
-) -> None:
-    """Run ``produce`` on a thread of its own, handing what it ``put``s (at most
-    ``depth`` items ahead) to ``consume``, which runs on the caller's thread and takes
-    them as an iterator: reading, checking and decompressing a layer overlap with what
-    is done with its bytes. Errors and interrupts as :func:`run_all` has them (the
-    producer's first: a consumer that only ran dry because of it does not count)."""
+def ahead(produce: Callable[[Callable[[_T], None]], object], depth: int = 4) -> Iterator[_T]:
+    """What ``produce`` hands to the function it is given, made on a thread of its own at
+    most ``depth`` items ahead of the caller, who iterates: reading, checking and
+    decompressing a layer overlap with what is done with its bytes. The producer's error
+    is raised where the caller takes the item it could not give. When the caller stops
+    (done, failed or interrupted), the producer is told at its next item and waited for."""
     q: queue.Queue[object] = queue.Queue(depth)
+    stop = Stop()
 
-    def producer(stop: Stop) -> None:
-        produce(lambda item: put(q, item, stop))
-        put(q, _END, stop)
+    def give(item: object) -> None:
+        put(q, item, stop, on_failure=False)
 
-    def consumer(stop: Stop) -> None:
-        def items() -> Iterator[_T]:
-            while (item := get(q, stop, on_failure=True)) is not _END:
-                yield item  # type: ignore[misc]
+    def producer() -> None:
+        try:
+            produce(give)
+            end: object = _END
+        except Halted:
+            return
+        except BaseException as e:
+            end = e
+        with contextlib.suppress(Halted):
+            give(end)
 
-        consume(items())
-
-    run_all([consumer, producer], workers=2, caller_first=True)
+    thread = start_thread(producer, "ocistore-producer")
+    try:
+        while (item := q.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.interrupted.set()
+        thread.join()
 
 
 def _start(

@@ -69,3 +69,29 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 def refuse_terminal(output: str) -> None:
     if output == "-" and sys.stdout.isatty():
         raise OcistoreError("refusing to write a tar archive to a terminal: give -o PATH")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="FILE|-", help="where to write (- for stdout)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+@command("export", _export_args)
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write an image's flattened file system as one tar, like docker export of a new
+    container (or crane export): whiteouts applied, the top layer's members first.
+
+    example:
+      ocistore export busybox:latest -o busybox-rootfs.tar
+      ocistore export myapp:v1 -o - | tar -t
+    """
+    from ..rootfs.export import export
+
+    refuse_terminal(args.output)
+    store = open_store(args)
+    progress = TerminalProgress.for_terminal(args.quiet)
+    export(store, args.image, args.output, progress)
+    return EXIT_OK

@@ -47,6 +47,118 @@ MAX_FILL_THREADS: Final = 4
 _AHEAD: Final = 4
 
 
+def _pax_record(key: str, value: bytes) -> bytes:
+    body = b" " + key.encode("utf-8", "surrogateescape") + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(str(n).encode()) + len(body) != n:
+        n = len(str(n).encode()) + len(body)
+    return str(n).encode() + body
+
+
+def _octal(value: int, width: int) -> bytes | None:
+    """A number field of ``width`` bytes, or ``None`` if it does not fit."""
+    if 0 <= value < 8 ** (width - 1):
+        return b"%0*o\0" % (width - 1, value)
+    return None
+
+
+def _block(
+    name: bytes,
+    prefix: bytes,
+    kind: bytes,
+    size: int,
+    mode: int,
+    uid: int,
+    gid: int,
+    mtime: int,
+    link: bytes,
+    devmajor: int,
+    devminor: int,
+) -> bytearray:
+    block = bytearray(_BLOCK)
+    block[0 : len(name)] = name
+    block[100:108] = _octal(mode, 8) or b"0000000\0"
+    block[108:116] = _octal(uid, 8) or b"0000000\0"
+    block[116:124] = _octal(gid, 8) or b"0000000\0"
+    block[124:136] = _octal(size, 12) or b"00000000000\0"
+    block[136:148] = _octal(mtime, 12) or b"00000000000\0"
+    block[156:157] = kind
+    block[157 : 157 + len(link)] = link
+    block[257:265] = b"ustar\x0000"
+    block[329:337] = _octal(devmajor, 8) or b"0000000\0"
+    block[337:345] = _octal(devminor, 8) or b"0000000\0"
+    block[345 : 345 + len(prefix)] = prefix
+    block[148:156] = b" " * 8
+    block[148:155] = b"%06o\0" % sum(block)
+    return block
+
+
+def member_header(
+    name: str,
+    kind: bytes,
+    *,
+    size: int = 0,
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    mtime_ns: int = 0,
+    link: str = "",
+    devmajor: int = 0,
+    devminor: int = 0,
+    xattrs: dict[str, bytes] | None = None,
+) -> bytes:
+    """The header of one member of a layer or a root file system's tar, with its own
+    owner, mode, time, device and extended attributes (``TarWriter`` writes a save's,
+    whose owners and modes are fixed): ustar, and a pax header before it for what ustar
+    cannot hold (a long name or link, large numbers, a time's fraction, xattrs as
+    ``SCHILY.xattr.*``), as Go's ``archive/tar`` writes them."""
+    raw_name = name.encode("utf-8", "surrogateescape")
+    raw_link = link.encode("utf-8", "surrogateescape")
+    records: list[bytes] = []
+    ustar_name, prefix = raw_name, b""
+    if len(raw_name) > 100:
+        cut = raw_name.find(b"/", len(raw_name) - 101)  # (at most 100 bytes after it)
+        if 0 < cut <= 155:
+            prefix, ustar_name = raw_name[:cut], raw_name[cut + 1 :]
+        else:
+            records.append(_pax_record("path", raw_name))
+            ustar_name = raw_name[:100]
+    if len(raw_link) > 100:
+        records.append(_pax_record("linkpath", raw_link))
+        raw_link = raw_link[:100]
+    seconds, fraction = divmod(mtime_ns, 1_000_000_000)
+    if fraction or _octal(seconds, 12) is None:
+        records.append(_pax_record("mtime", b"%d.%09d" % (seconds, fraction)))
+    for key, number in (("uid", uid), ("gid", gid), ("size", size)):
+        if _octal(number, 12 if key == "size" else 8) is None:
+            records.append(_pax_record(key, b"%d" % number))
+    for key, value in sorted((xattrs or {}).items()):
+        records.append(_pax_record("SCHILY.xattr." + key, value))
+    block = _block(
+        ustar_name,
+        prefix,
+        kind,
+        size,
+        mode,
+        uid,
+        gid,
+        max(seconds, 0),
+        raw_link,
+        devmajor,
+        devminor,
+    )
+    if not records:
+        return bytes(block)
+    payload = b"".join(records)
+    pax_name = b"PaxHeaders/" + ustar_name[-80:]
+    pax = _block(pax_name, b"", b"x", len(payload), 0o644, 0, 0, max(seconds, 0), b"", 0, 0)
+    return bytes(pax) + payload + bytes(-len(payload) % _BLOCK) + bytes(block)
+
+
+#: The end of a tar archive: two zero blocks.
+END_OF_ARCHIVE: Final = bytes(2 * _BLOCK)
+
+
 class OutputFile(io.FileIO):
     """A new regular file that :class:`TarWriter` may fill at known offsets from several
     threads at once (what :func:`output_file` gives for ``-o PATH``)."""

@@ -215,12 +215,9 @@ def apply_layers(
 ) -> None:
     """Apply the layers in order, each read, checked and decompressed on another
     thread while the one before is applied."""
-
-    def consume(items: Iterator[tuple[int, bytes | None]]) -> None:
-        for index, pieces in enumerate(layer_pieces(items)):
-            applier.apply(f"layer {layers[index].diff_id}", pieces)
-
-    parallel.pipeline(read_layers(store, layers, progress), consume)
+    pieces = parallel.ahead(read_layers(store, layers, progress))
+    for index, layer_tar in enumerate(layer_pieces(pieces)):
+        applier.apply(f"layer {layers[index].diff_id}", layer_tar)
 
 
 def _at(dir_fd: int, name: str) -> str:

@@ -1,0 +1,203 @@
+"""An image's flattened file system, read from its layers without a directory: what
+``export`` writes and ``diff`` compares.
+
+:func:`flatten` reads the layers top first (each read, checked and decompressed on
+another thread) and gives every member that is still visible in the image, with its
+data: a member is hidden by the same path in a higher layer, by a whiteout of it or of
+a directory above it in a higher layer, by an opaque whiteout of a directory above it,
+or by a higher layer's non-directory at a directory above it. The order is the top
+layer's members first, each layer in its own order: the same image always gives the
+same entries. Paths are taken as the layers name them (``..`` and ``.`` applied, a
+leading ``/`` dropped); a layer that writes through a lower layer's symlink is taken by
+name, where ``unpack`` would resolve it. What is refused is what ``unpack`` refuses
+(:mod:`.apply`), with the same messages.
+
+A hard link whose target comes from a lower layer is held until the target is given,
+then given right after it (a tar's hard link must follow its target); if a higher layer
+replaced the target, the first such link is given as a copy of the old target (the file
+the link shares in a real unpack), the others as links to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from .. import parallel
+from ..progress import SILENT, Progress
+from ..spec.limits import MAX_LAYER_ENTRIES
+from ..spec.tarscan import Entry, TarScanner
+from .apply import AUFS_META, OPAQUE, WHITEOUT, whiteout_target
+from .fsroot import UnsafeEntry, clean_name
+from .unpack import layer_pieces, read_layers
+
+if TYPE_CHECKING:
+    from ..store.layers import Layer
+    from ..store.store import Store
+
+__all__ = ["FlatEntry", "flatten", "layer_members"]
+
+#: What :func:`flatten` gives: a member (its ``name`` the cleaned path, no leading
+#: slash; a hard link's ``linkname`` cleaned too), or a piece of the data of the member
+#: given last.
+FlatEntry = Entry | memoryview
+
+
+def layer_members(what: str, pieces: Iterator[bytes]) -> Iterator[Entry | memoryview]:
+    """One layer's members (with their metadata) and their data, in order."""
+    out: list[Entry | memoryview] = []
+    scanner = TarScanner(what, out.append, layer=True, details=True, on_data=out.append)
+    for piece in pieces:
+        if not scanner.ended:
+            scanner.feed(piece)
+        yield from out
+        out.clear()
+    scanner.finish()
+    yield from out
+
+
+class _Flattener:
+    def __init__(self) -> None:
+        #: Paths given by higher layers (hiding the same path below).
+        self.seen: set[str] = set()
+        #: Paths below which nothing of a lower layer shows: whited out, or not a
+        #: directory in a higher layer.
+        self.gone: set[str] = set()
+        #: Directories a higher layer made opaque.
+        self.opaque: set[str] = set()
+        #: Hard links waiting for their target, by the target's path.
+        self.pending: dict[str, list[Entry]] = {}
+
+    def hidden(self, path: str) -> bool:
+        if path in self.seen or path in self.gone:
+            return True
+        if not self.gone and not self.opaque:
+            return False
+        end = path.find("/")
+        while end > 0:
+            above = path[:end]
+            if above in self.gone or above in self.opaque:
+                return True
+            end = path.find("/", end + 1)
+        return False
+
+    def layer(self, what: str, members: Iterator[Entry | memoryview]) -> Iterator[FlatEntry]:
+        given: set[str] = set()  # this layer's paths (its own duplicates are given)
+        gone: set[str] = set()
+        opaque: set[str] = set()
+        showing = False  # whether the data that follows belongs to a member given
+        count = 0
+        for item in members:
+            if not isinstance(item, Entry):
+                if showing:
+                    yield item
+                continue
+            showing = False
+            count += 1
+            if count > MAX_LAYER_ENTRIES:
+                raise UnsafeEntry(
+                    f"{what}: more than {MAX_LAYER_ENTRIES} members, over the limit of "
+                    f"{MAX_LAYER_ENTRIES}"
+                )
+            parts = clean_name(item.name)
+            if parts is None:
+                raise UnsafeEntry(
+                    f"{what}: member {item.name!r}: its name climbs out of the root with '..'"
+                )
+            if not parts:
+                if item.type != b"5":
+                    raise UnsafeEntry(
+                        f"{what}: member {item.name!r}: it would replace the root directory"
+                    )
+                continue
+            base = parts[-1]
+            if (base.startswith(AUFS_META) and base != OPAQUE) or parts[0].startswith(AUFS_META):
+                continue
+            path = "/".join(parts)
+            if base.startswith(WHITEOUT):
+                parent = "/".join(parts[:-1])
+                if base == OPAQUE:
+                    opaque.add(parent)
+                    continue
+                target = whiteout_target(base)
+                if target is None:
+                    raise UnsafeEntry(
+                        f"{what}: member {item.name!r}: an invalid whiteout (it names no file)"
+                    )
+                gone.add(f"{parent}/{target}" if parent else target)
+                continue
+            if item.type == b"1":
+                link = clean_name(item.linkname)
+                if link is None or not link:
+                    raise UnsafeEntry(
+                        f"{what}: member {item.name!r}: a hard link to {item.linkname!r}, "
+                        "outside the root"
+                    )
+                item = item._replace(linkname="/".join(link))
+            if path not in given and self.hidden(path):
+                if path in self.pending:
+                    yield from self._stand_in(what, item, path)
+                    showing = item.type != b"1"
+                continue
+            given.add(path)
+            item = item._replace(name=path)
+            if item.type == b"1" and item.linkname not in given:
+                self.pending.setdefault(item.linkname, []).append(item)
+                continue
+            yield item
+            showing = True
+            if path in self.pending and item.type != b"1":
+                yield from self._links_after(path)
+            elif path in self.pending:
+                # A link to a link: those waiting on it wait on its target.
+                self.pending.setdefault(item.linkname, []).extend(self.pending.pop(path))
+        for path in given:
+            self.seen.add(path)
+        # What this layer gives that is not a directory hides everything below it.
+        self.gone |= gone
+        self.opaque |= opaque
+
+    def _links_after(self, path: str) -> Iterator[FlatEntry]:
+        for link in self.pending.pop(path, []):
+            yield link
+            if link.name in self.pending:
+                yield from self._links_after(link.name)
+
+    def _stand_in(self, what: str, item: Entry, path: str) -> Iterator[FlatEntry]:
+        """A hidden target that links wait on: the first link takes its place."""
+        links = self.pending.pop(path)
+        if item.type == b"1":  # the target is itself a link: wait on its target
+            self.pending.setdefault(item.linkname, []).extend(links)
+            return
+        if item.type == b"5":
+            raise UnsafeEntry(
+                f"{what}: member {links[0].name!r}: a hard link to {path!r}, a directory"
+            )
+        first, rest = links[0], links[1:]
+        yield item._replace(name=first.name)
+        for link in rest:
+            yield link._replace(linkname=first.name)
+        for link in links:
+            if link.name in self.pending:
+                yield from self._links_after(link.name)
+
+    def finish(self) -> None:
+        for target, links in self.pending.items():
+            raise UnsafeEntry(
+                f"member {links[0].name!r}: a hard link to {target!r}, which does not exist"
+            )
+
+
+def flatten(
+    store: Store, layers: Sequence[Layer], progress: Progress | None = None
+) -> Iterator[FlatEntry]:
+    """The flattened file system of ``layers`` (bottom first, as an image lists them),
+    as the module says, the layers read ahead on another thread. Consume every item
+    before asking for the next: a piece of data is only valid until then."""
+    top_first = list(reversed(layers))
+    flattener = _Flattener()
+    pieces = parallel.ahead(read_layers(store, top_first, progress or SILENT))
+    for layer, layer_tar in zip(top_first, layer_pieces(pieces), strict=False):
+        what = f"layer {layer.diff_id}"
+        yield from flattener.layer(what, layer_members(what, layer_tar))
+    flattener.finish()
