@@ -95,3 +95,119 @@ def cmd_export(args: argparse.Namespace) -> int:
     progress = TerminalProgress.for_terminal(args.quiet)
     export(store, args.image, args.output, progress)
     return EXIT_OK
+
+
+def _commit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", metavar="DIR", help="a directory ocistore unpack made")
+    p.add_argument("-t", "--tag", metavar="REF", help="the new image's name")
+    p.add_argument(
+        "--from",
+        dest="base",
+        metavar="IMAGE",
+        help="the image DIR was unpacked from (checked; default: the one recorded)",
+    )
+    p.add_argument("-m", "--message", help="the new history entry's comment")
+    p.add_argument("-a", "--author", help="the new image's author")
+    p.add_argument(
+        "-c",
+        "--change",
+        action="append",
+        default=[],
+        metavar="INSTRUCTION",
+        help="apply a Dockerfile instruction to the config (repeatable), as docker commit",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+@command("commit", _commit_args)
+def cmd_commit(args: argparse.Namespace) -> int:
+    """Make a new image of DIR's base image and one layer of what changed in DIR/rootfs
+    since ocistore unpack made it (as umoci repack): added and changed paths, and
+    whiteouts for what was deleted. The base image is left as it was. Prints the new
+    image ID.
+
+    example:
+      ocistore unpack busybox ./b && echo hi > ./b/rootfs/hello && ocistore commit ./b -t hi:1
+      ocistore commit ./b --from myapp:v1 -t myapp:v2 -m 'add config' -c 'ENV MODE=prod'
+    """
+    from ..rootfs.commit import commit
+    from ..spec.legacy.changes import build_from_config
+
+    build_from_config(args.change)  # (checked before anything is read)
+    store = open_store(args)
+    progress = TerminalProgress.for_terminal(args.quiet)
+    image_id = commit(
+        store,
+        args.directory,
+        args.tag,
+        base=args.base,
+        message=args.message,
+        author=args.author,
+        changes_=args.change,
+        progress=progress,
+    )
+    print(image_id)
+    return EXIT_OK
+
+
+def _append_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("layers", metavar="LAYER.tar", nargs="+", help="tarballs: plain, gzip or zstd")
+    p.add_argument("-t", "--tag", metavar="REF", help="the new image's name")
+    p.add_argument("-m", "--message", help="the new history entries' comment")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+
+@command("append", _append_args)
+def cmd_append(args: argparse.Namespace) -> int:
+    """Make a new image of IMAGE's layers and the tarballs as more layers, in order (as
+    crane append). The base image is left as it was. Prints the new image ID.
+
+    example:
+      tar -C extra -c . | gzip > extra.tar.gz && ocistore append busybox extra.tar.gz -t bb:extra
+    """
+    from ..rootfs.commit import append
+
+    store = open_store(args)
+    progress = TerminalProgress.for_terminal(args.quiet)
+    image_id = append(
+        store, args.image, args.layers, args.tag, message=args.message, progress=progress
+    )
+    print(image_id)
+    return EXIT_OK
+
+
+def _diff_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("other", metavar="IMAGE2", nargs="?", help="compare with it instead")
+    p.add_argument(
+        "--format", choices=["text", "json"], default="text", help="text (A/C/D lines) or json"
+    )
+
+
+@command("diff", _diff_args)
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Show the paths an image's top layer added (A), changed (C) and deleted (D), as
+    podman image diff; with IMAGE2, what differs in IMAGE from IMAGE2.
+
+    example:
+      ocistore diff myapp:v2
+      ocistore diff myapp:v2 myapp:v1
+    """
+    import json
+
+    from ..rootfs.diff import diff
+
+    store = open_store(args)
+    changes = diff(store, args.image, args.other)
+    if args.format == "json":
+        doc = {
+            name: [path for kind, path in changes if kind == letter]
+            for letter, name in (("C", "changed"), ("A", "added"), ("D", "deleted"))
+        }
+        print(json.dumps(doc, indent=4))
+        return EXIT_OK
+    out = [f"{kind} {views.printable(path)}" for kind, path in changes]
+    if out:
+        print("\n".join(out))
+    return EXIT_OK

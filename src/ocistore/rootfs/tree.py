@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Final, NamedTuple
 
 from ..errors import InvalidInput
@@ -335,9 +335,7 @@ def changes(root: Root, record: Iterator[TreeEntry], *, rootless: bool) -> Itera
     for entry, fd, name in walk(root, rootless=rootless):
         key = path_key(entry.path)
         while old is not None and path_key(old.path) < key:
-            yield from _deleted(old, deleted_dir)
-            if old.kind == stat.S_IFDIR:
-                deleted_dir = path_key(old.path)
+            deleted_dir = yield from _deleted(old, deleted_dir)
             old = next(record, None)
         if old is None or path_key(old.path) != key:
             yield Change("A", entry, fd, name)
@@ -349,9 +347,7 @@ def changes(root: Root, record: Iterator[TreeEntry], *, rootless: bool) -> Itera
             continue
         yield Change("C", entry, fd, name)
     while old is not None:
-        yield from _deleted(old, deleted_dir)
-        if old.kind == stat.S_IFDIR:
-            deleted_dir = path_key(old.path)
+        deleted_dir = yield from _deleted(old, deleted_dir)
         old = next(record, None)
 
 
@@ -372,8 +368,13 @@ def _same_content(entry: TreeEntry, previous: TreeEntry, fd: int, name: str) -> 
     return entry.kind != stat.S_IFREG and entry.link == previous.link
 
 
-def _deleted(old: TreeEntry, deleted_dir: tuple[bytes, ...] | None) -> Iterator[Change]:
+def _deleted(
+    old: TreeEntry, deleted_dir: tuple[bytes, ...] | None
+) -> Generator[Change, None, tuple[bytes, ...] | None]:
+    """A ``D`` for ``old`` unless it is below the directory deleted last; the deleted
+    directory to look at next."""
     key = path_key(old.path)
     if deleted_dir is not None and key[: len(deleted_dir)] == deleted_dir:
-        return  # below a directory already deleted
+        return deleted_dir  # below a directory already deleted
     yield Change("D", old, -1, "")
+    return key if old.kind == stat.S_IFDIR else deleted_dir

@@ -1034,14 +1034,18 @@ def _parse_port_spec(raw: str) -> list[str]:
 # -- the verbs ---------------------------------------------------------------------------
 
 
-def build_from_config(changes: Sequence[str]) -> dict[str, Any]:
-    """moby's ``BuildFromConfig`` on an empty ``container.Config``: the config (a dict by
-    Go field name) that ``changes`` make, or :class:`ChangeError` with Docker's reason.
+def build_from_config(changes: Sequence[str], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """moby's ``BuildFromConfig`` on an empty ``container.Config`` (or on ``base``, an
+    image's ``config``, as ``docker commit --change`` applies them to the container's):
+    the config (a dict by Go field name) that ``changes`` make, or :class:`ChangeError`
+    with Docker's reason.
 
     As Docker does, the whole text is parsed first, then every instruction's name is
     checked, then each is parsed and dispatched in turn."""
     if not changes:
         empty: dict[str, Any] = gojson.zero(CONTAINER_CONFIG)
+        if base:
+            empty.update((k, v) for k, v in base.items() if k in empty)
         return empty
     try:
         nodes, escape = _parse("\n".join(changes))
@@ -1051,6 +1055,8 @@ def build_from_config(changes: Sequence[str]) -> dict[str, Any]:
         if node.cmd not in VALID_CHANGE_COMMANDS:
             raise ChangeError(f"change {_shown(node)}: {node.cmd} is not a valid change command")
     builder = _Builder(escape)
+    if base:
+        builder.config.update((k, v) for k, v in base.items() if k in builder.config)
     for node in nodes:
         try:
             builder.dispatch(node)
