@@ -21,7 +21,8 @@ The public names are those listed here (``__all__``); the rest of the package is
 organised so (see ``docs/design.md``): :mod:`ocistore.spec` holds pure values (digests,
 references, configs, descriptors, media types, platforms, compression),
 :mod:`ocistore.store` the store (the only code that writes under its root),
-:mod:`ocistore.formats` the archive formats, :mod:`ocistore.cli` the command line.
+:mod:`ocistore.formats` the archive formats, :mod:`ocistore.registry` the registry client,
+:mod:`ocistore.rootfs` the image as a file system, :mod:`ocistore.cli` the command line.
 Every error ocistore raises on purpose is an :class:`OcistoreError` whose message names
 what it is about.
 """
@@ -29,6 +30,7 @@ what it is about.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +102,11 @@ __all__ = [
     "Store",
     "UnsupportedStore",
     "__version__",
+    "append",
+    "commit",
+    "diff",
+    "export",
+    "flatten",
     "inspect",
     "load",
     "open",
@@ -108,6 +115,7 @@ __all__ = [
     "pull",
     "push",
     "save",
+    "unpack",
 ]
 
 #: Names of :mod:`ocistore.registry` this module gives, imported on first use (their
@@ -221,3 +229,105 @@ def push(
         if session is None:
             session = stack.enter_context(_Session())
         return push_image(store, session, name, dest, progress).digest
+
+
+# -- the image as a file system (ocistore.rootfs, imported when first used) ------------
+
+
+def unpack(
+    store: Store,
+    name: str,
+    directory: str | Path,
+    *,
+    rootless: bool = False,
+    force: bool = False,
+    bundle: bool = False,
+    platform: Platform | None = None,
+    progress: Progress | None = None,
+) -> list[str]:
+    """Unpack the image ``name`` into ``directory``, as ``umoci unpack`` does:
+    ``directory/rootfs`` is its file system (every path of every layer resolved inside
+    it), ``directory/ocistore-unpack.json.gz`` the record ``commit`` compares it with,
+    and with ``bundle`` ``directory/config.json`` an OCI runtime config. With
+    ``rootless`` every file is the caller's and the image's owner is kept in the
+    ``user.rootlesscontainers`` xattr. Returns the warnings (device nodes skipped)."""
+    from .rootfs.unpack import unpack as unpack_image
+
+    done = unpack_image(
+        store,
+        name,
+        str(directory),
+        rootless=rootless,
+        force=force,
+        bundle=bundle,
+        platform=platform,
+        progress=progress,
+    )
+    return list(done.warnings)
+
+
+def export(store: Store, name: str, output: str | Path, progress: Progress | None = None) -> int:
+    """Write the image ``name``'s flattened file system to ``output`` as one tar (``-``
+    for standard output), as ``docker export`` of a new container; how many members."""
+    from .rootfs.export import export as export_image
+
+    return export_image(store, name, str(output), progress)
+
+
+def flatten(store: Store, name: str, progress: Progress | None = None) -> Iterator[Any]:
+    """The image ``name``'s flattened file system as it is read: for each member still
+    visible, an :class:`ocistore.spec.tarscan.Entry` (``name`` the path, ``meta`` its
+    mode, owner, times, xattrs), followed by its data as ``memoryview`` pieces, each
+    valid until the next item is asked for. The top layer's members come first."""
+    from .rootfs.flatten import flatten as flatten_layers
+
+    return flatten_layers(store, store.layers_of(store.image(name)), progress)
+
+
+def commit(
+    store: Store,
+    directory: str | Path,
+    reference: str | None = None,
+    *,
+    message: str | None = None,
+    author: str | None = None,
+    changes: list[str] | None = None,
+    progress: Progress | None = None,
+) -> str:
+    """Make a new image of what changed in ``directory/rootfs`` since :func:`unpack`
+    made it: the base image's layers and one more (whiteouts for what was deleted), as
+    ``umoci repack`` does; ``changes`` are Dockerfile instructions applied to its config
+    as ``docker commit --change``. Returns the new image's ID."""
+    from .rootfs.commit import commit as commit_tree
+
+    return commit_tree(
+        store,
+        str(directory),
+        reference,
+        message=message,
+        author=author,
+        changes_=changes or (),
+        progress=progress,
+    )
+
+
+def append(
+    store: Store,
+    name: str,
+    tarballs: list[str],
+    reference: str | None = None,
+    progress: Progress | None = None,
+) -> str:
+    """Make a new image of ``name``'s layers and the tarballs (plain, gzip or zstd) as
+    more layers, as ``crane append``; returns its ID."""
+    from .rootfs.commit import append as append_layers
+
+    return append_layers(store, name, tarballs, reference, progress=progress)
+
+
+def diff(store: Store, name: str, other: str | None = None) -> list[tuple[str, str]]:
+    """What the image ``name``'s top layer changed (or what differs in it from
+    ``other``): ``("A"|"C"|"D", "/path")``, sorted by path, as ``podman image diff``."""
+    from .rootfs.diff import diff as diff_images
+
+    return diff_images(store, name, other)

@@ -12,6 +12,8 @@ writes is outside the root (see there). The rules:
   wrote; ``.wh..wh..opq`` empties its directory of what the lower layers put there.
   ``.wh.``, ``.wh..`` and ``.wh...`` are invalid. AUFS's ``.wh..wh.*`` metadata is
   passed over, as Docker passes it.
+* A hard link's member gives its owner, mode and times to the file it shares (as
+  Docker's ``pkg/archive`` does), set on the new name without following it.
 * Directories take their mode, owner and times after every layer is applied (their
   children change their mtime); until then they stay writable by their owner.
 * Owners as root; ``rootless``, every file is the caller's and the image's owner is kept
@@ -310,6 +312,11 @@ class Applier:
                 dst_dir_fd=parent,
                 follow_symlinks=False,
             )
+            if not stat.S_ISLNK(info.st_mode):
+                # The member's owner, mode and times go to the file it shares, as
+                # Docker applies them (on the name, never followed).
+                assert entry.meta is not None
+                self._set_node_meta(parent, parts[-1], entry.meta)
         finally:
             os.close(source)
 
@@ -357,8 +364,8 @@ class Applier:
                 raise
 
     def _set_node_meta(self, parent: int, base: str, meta: Meta) -> None:
-        """A fifo's or device's owner, mode and times, by its name in ``parent`` (opening
-        it could block or reach a device)."""
+        """A fifo's, device's or hard link's owner, mode and times, by its name in
+        ``parent``, not followed (opening it could block or reach a device)."""
         if self._chown:
             os.chown(base, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False)
         os.chmod(base, meta.mode, dir_fd=parent, follow_symlinks=False)

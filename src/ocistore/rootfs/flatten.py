@@ -87,12 +87,18 @@ class _Flattener:
         opaque: set[str] = set()
         showing = False  # whether the data that follows belongs to a member given
         count = 0
+        #: Members to give once the data of the one given last has gone by (the links
+        #: to it).
+        after: list[Entry] = []
         for item in members:
             if not isinstance(item, Entry):
                 if showing:
                     yield item
                 continue
             showing = False
+            if after:
+                yield from after
+                after = []
             count += 1
             if count > MAX_LAYER_ENTRIES:
                 raise UnsafeEntry(
@@ -136,8 +142,10 @@ class _Flattener:
                 item = item._replace(linkname="/".join(link))
             if path not in given and self.hidden(path):
                 if path in self.pending:
-                    yield from self._stand_in(what, item, path)
-                    showing = item.type != b"1"
+                    stand_in = self._stand_in(what, item, path, after)
+                    if stand_in is not None:
+                        yield stand_in
+                        showing = True
                 continue
             given.add(path)
             item = item._replace(name=path)
@@ -147,39 +155,41 @@ class _Flattener:
             yield item
             showing = True
             if path in self.pending and item.type != b"1":
-                yield from self._links_after(path)
+                self._links_after(path, after)
             elif path in self.pending:
                 # A link to a link: those waiting on it wait on its target.
                 self.pending.setdefault(item.linkname, []).extend(self.pending.pop(path))
+        yield from after
         for path in given:
             self.seen.add(path)
         # What this layer gives that is not a directory hides everything below it.
         self.gone |= gone
         self.opaque |= opaque
 
-    def _links_after(self, path: str) -> Iterator[FlatEntry]:
+    def _links_after(self, path: str, out: list[Entry]) -> None:
+        """The links waiting on ``path`` (and those waiting on them), into ``out``."""
         for link in self.pending.pop(path, []):
-            yield link
+            out.append(link)
             if link.name in self.pending:
-                yield from self._links_after(link.name)
+                self._links_after(link.name, out)
 
-    def _stand_in(self, what: str, item: Entry, path: str) -> Iterator[FlatEntry]:
-        """A hidden target that links wait on: the first link takes its place."""
+    def _stand_in(self, what: str, item: Entry, path: str, out: list[Entry]) -> Entry | None:
+        """A hidden target that links wait on: the first link takes its place (given
+        now, with the target's data); the others link to it (into ``out``)."""
         links = self.pending.pop(path)
         if item.type == b"1":  # the target is itself a link: wait on its target
             self.pending.setdefault(item.linkname, []).extend(links)
-            return
+            return None
         if item.type == b"5":
             raise UnsafeEntry(
                 f"{what}: member {links[0].name!r}: a hard link to {path!r}, a directory"
             )
         first, rest = links[0], links[1:]
-        yield item._replace(name=first.name)
-        for link in rest:
-            yield link._replace(linkname=first.name)
+        out.extend(link._replace(linkname=first.name) for link in rest)
         for link in links:
             if link.name in self.pending:
-                yield from self._links_after(link.name)
+                self._links_after(link.name, out)
+        return item._replace(name=first.name)
 
     def finish(self) -> None:
         for target, links in self.pending.items():
