@@ -7,7 +7,9 @@ data: a member is hidden by the same path in a higher layer, by a whiteout of it
 a directory above it in a higher layer, by an opaque whiteout of a directory above it,
 or by a higher layer's non-directory at a directory above it. The order is the top
 layer's members first, each layer in its own order: the same image always gives the
-same entries. Paths are taken as the layers name them (``..`` and ``.`` applied, a
+same entries. A directory whose members come from more than one layer is given once
+more at the end, so that an extractor that sets a directory's times when it leaves it
+(GNU tar) sets the right ones. Paths are taken as the layers name them (``..`` and ``.`` applied, a
 leading ``/`` dropped); a layer that writes through a lower layer's symlink is taken by
 name, where ``unpack`` would resolve it. What is refused is what ``unpack`` refuses
 (:mod:`.apply`), with the same messages.
@@ -67,6 +69,43 @@ class _Flattener:
         self.opaque: set[str] = set()
         #: Hard links waiting for their target, by the target's path.
         self.pending: dict[str, list[Entry]] = {}
+        #: The directories given (their last member), those left (a member not below
+        #: one was given after it), those to give again, and the last path given.
+        self.dirs: dict[str, Entry] = {}
+        self.left: set[str] = set()
+        self.again: set[str] = set()
+        self.last = ""
+
+    def _given_in_layer(self, item: Entry) -> None:
+        """Note what is given: a directory a member below it follows only after others
+        did is given again at the end (an extractor such as GNU tar sets a directory's
+        times when it leaves it; a layer's own order may leave and come back, as
+        ``cffi``, ``cffi-1.0.dist-info``, ``cffi/x``)."""
+        path = item.name
+        last = self.last
+        if last:
+            end = len(last)
+            while end > 0:  # the directories of the last path that this one is not in
+                above = last[:end]
+                if above in self.dirs and not (path == above or path.startswith(above + "/")):
+                    self.left.add(above)
+                end = last.rfind("/", 0, end)
+        if self.left:
+            end = path.find("/")
+            while end > 0:
+                above = path[:end]
+                if above in self.left:
+                    self.again.add(above)
+                end = path.find("/", end + 1)
+        if item.type == b"5":
+            self.dirs[path] = item
+            self.left.discard(path)
+        self.last = path
+
+    def repeats(self) -> Iterator[Entry]:
+        """The directories to give again at the end (see :meth:`_given_in_layer`)."""
+        for path in sorted(self.again, key=lambda p: p.split("/")):
+            yield self.dirs[path]
 
     def hidden(self, path: str) -> bool:
         if path in self.seen or path in self.gone:
@@ -144,11 +183,15 @@ class _Flattener:
                 if path in self.pending:
                     stand_in = self._stand_in(what, item, path, after)
                     if stand_in is not None:
+                        self._given_in_layer(stand_in)
                         yield stand_in
                         showing = True
                 continue
             given.add(path)
+            if item.type != b"5":
+                gone.add(path)  # (nothing of a lower layer shows below a file)
             item = item._replace(name=path)
+            self._given_in_layer(item)
             if item.type == b"1" and item.linkname not in given:
                 self.pending.setdefault(item.linkname, []).append(item)
                 continue
@@ -162,7 +205,6 @@ class _Flattener:
         yield from after
         for path in given:
             self.seen.add(path)
-        # What this layer gives that is not a directory hides everything below it.
         self.gone |= gone
         self.opaque |= opaque
 
@@ -211,3 +253,4 @@ def flatten(
         what = f"layer {layer.diff_id}"
         yield from flattener.layer(what, layer_members(what, layer_tar))
     flattener.finish()
+    yield from flattener.repeats()
