@@ -2,8 +2,9 @@
 # The main job on the default store (--root, else $OCISTORE_ROOT, else
 # ${XDG_DATA_HOME:-~/.local/share}/ocistore): import a small image, tag it, list it,
 # inspect it and show its history; then save it as an oci-archive, remove it, and load it
-# back with the same ID; with Debian's docker-registry installed, push it to one started
-# here on 127.0.0.1 and pull it back.
+# back with the same ID; unpack it, change a file, commit the change as a new image and
+# show its diff; with Debian's docker-registry installed, push it to one started here on
+# 127.0.0.1 and pull it back.
 set -e
 cd "$(dirname "$0")/.."
 OCISTORE=".venv/bin/ocistore"
@@ -19,7 +20,7 @@ ln -s sh "$work/rootfs/bin/dash-link"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/rootfs" -czf "$work/rootfs.tar.gz" .
 
 # An earlier run's demo image goes first, so runs do not pile up.
-$OCISTORE rmi demo/minimal:v1 demo/minimal:latest >/dev/null 2>&1 || true
+$OCISTORE rmi demo/minimal:v1 demo/minimal:latest demo/minimal:motd >/dev/null 2>&1 || true
 
 set -x
 $OCISTORE import "$work/rootfs.tar.gz" demo/minimal:v1
@@ -32,6 +33,14 @@ $OCISTORE rmi demo/minimal:v1 demo/minimal:latest
 $OCISTORE load -i "$work/minimal.oci.tar"
 $OCISTORE tag demo/minimal:v1 demo/minimal:latest
 $OCISTORE images demo/minimal
+$OCISTORE unpack --rootless --bundle demo/minimal:v1 "$work/bundle"
+ls "$work/bundle" "$work/bundle/rootfs"
+echo "hello from ocistore" > "$work/bundle/rootfs/etc/motd"
+$OCISTORE commit "$work/bundle" -t demo/minimal:motd -m "a motd"
+$OCISTORE diff demo/minimal:motd
+$OCISTORE history demo/minimal:motd
+$OCISTORE export demo/minimal:motd -o "$work/motd.tar"
+tar -tvf "$work/motd.tar"
 $OCISTORE system df
 $OCISTORE fsck -q
 set +x

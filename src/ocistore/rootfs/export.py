@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["export", "write_tar"]
 
 _BLOCK = 512
+EXPORTING = "Exporting"
 _FLUSH = 1 << 20
 
 
@@ -86,4 +87,4 @@ def export(store: Store, name: str, output: str, progress: Progress | None = Non
     image = store.image(name)
     layers = store.layers_of(image)
     with output_file(output) as out:
-        return write_tar(flatten(store, layers, progress), out)
+        return write_tar(flatten(store, layers, progress, EXPORTING), out)

@@ -241,14 +241,17 @@ class _Flattener:
 
 
 def flatten(
-    store: Store, layers: Sequence[Layer], progress: Progress | None = None
+    store: Store,
+    layers: Sequence[Layer],
+    progress: Progress | None = None,
+    status: str = "Reading",
 ) -> Iterator[FlatEntry]:
     """The flattened file system of ``layers`` (bottom first, as an image lists them),
     as the module says, the layers read ahead on another thread. Consume every item
     before asking for the next: a piece of data is only valid until then."""
     top_first = list(reversed(layers))
     flattener = _Flattener()
-    pieces = parallel.ahead(read_layers(store, top_first, progress or SILENT))
+    pieces = parallel.ahead(read_layers(store, top_first, progress or SILENT, status))
     for layer, layer_tar in zip(top_first, layer_pieces(pieces), strict=False):
         what = f"layer {layer.diff_id}"
         yield from flattener.layer(what, layer_members(what, layer_tar))

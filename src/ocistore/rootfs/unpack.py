@@ -137,8 +137,7 @@ def unpack(
     try:
         with contextlib.suppress(FileExistsError):
             os.mkdir(ROOTFS, 0o755, dir_fd=dir_fd)
-        root = Root(os.open(ROOTFS, DIR_FLAGS, dir_fd=dir_fd), os.path.join(directory, ROOTFS))
-        with root:
+        with root_of(dir_fd, directory) as root:
             applier = _HashingApplier(root, rootless=rootless, warn=warned)
             apply_layers(store, layers, applier, progress)
             header: dict[str, Any] = {
@@ -174,7 +173,7 @@ def unpack(
 
 
 def read_layers(
-    store: Store, layers: Sequence[Layer], progress: Progress
+    store: Store, layers: Sequence[Layer], progress: Progress, status: str = UNPACKING
 ) -> Callable[[Callable[[tuple[int, bytes | None]], None]], None]:
     """The producer of a :func:`~ocistore.parallel.pipeline` that reads the layers, in
     order, verified: ``(index, piece)`` for each piece of each tar, ``(index, None)`` at
@@ -182,7 +181,7 @@ def read_layers(
 
     def produce(put: Callable[[tuple[int, bytes | None]], None]) -> None:
         for index, layer in enumerate(layers):
-            task = progress.task(task_label(layer.diff_id.short(), UNPACKING), layer.size)
+            task = progress.task(task_label(layer.diff_id.short(), status), layer.size)
             done = 0
             with store.open_layer(layer) as tar:
                 for piece in tar.chunks():
@@ -245,7 +244,8 @@ def root_of(dir_fd: int, directory: str) -> Root:
     try:
         fd = os.open(ROOTFS, DIR_FLAGS, dir_fd=dir_fd)
     except OSError as e:
-        raise InvalidInput(f"{directory}: no rootfs directory ({e.strerror})") from None
+        where = os.path.join(directory, ROOTFS)
+        raise InvalidInput(f"{where}: not a directory ({e.strerror})") from None
     return Root(fd, os.path.join(directory, ROOTFS))
 
 
