@@ -90,6 +90,14 @@ class _Buffered:
             self._out.write(self._buf)
             self._buf = bytearray()
 
+    def fileno(self) -> int | None:
+        """The descriptor of a regular file written at its end, else ``None``."""
+        try:
+            fd = self._out.fileno()
+        except (OSError, ValueError, AttributeError):
+            return None
+        return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
+
 
 def write_changes(found: Iterator[Change], stream: IO[bytes], rootless: bool, what: str) -> int:
     """Write a layer's tar of ``found`` to ``stream``; how many members it holds."""
@@ -136,9 +144,17 @@ def write_changes(found: Iterator[Change], stream: IO[bytes], rootless: bool, wh
 
 
 def _copy_file(parent: int, name: str, size: int, out: _Buffered, what: str) -> None:
+    """A file's content into the layer: moved by the kernel (``copy_file_range``) when
+    the layer is a file, else read and written."""
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
     try:
         left = size
+        target = out.fileno()
+        if target is not None and left:
+            out.flush()
+            with contextlib.suppress(OSError):  # (another file system, or none of it)
+                while left and (n := os.copy_file_range(fd, target, min(left, 1 << 30))):
+                    left -= n
         while left:
             chunk = os.read(fd, min(left, _READ))
             if not chunk:
