@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from util import OCISTORE, ocistore_cli, snapshot
 
 import ocistore
 from ocistore.spec.tarscan import Entry
-from util import OCISTORE, ocistore_cli, snapshot
 
 #: The DiffID of an empty tar (two zero blocks): the layer an unchanged commit adds.
 EMPTY_TAR_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
@@ -71,7 +71,7 @@ def docker_archive(path: Path, layers: list[bytes], tag: str, config: dict[str, 
     with tarfile.open(path, "w") as tar:
         for name, data in [
             ("config.json", raw),
-            *zip(names, layers),
+            *zip(names, layers, strict=True),
             ("manifest.json", manifest.encode()),
         ]:
             info = tarfile.TarInfo(name)
@@ -387,3 +387,44 @@ def test_flatten_gives_the_visible_members_and_their_data(store: ocistore.Store)
     assert seen["srv/new"] == b"new\n"
     assert seen["var/cache/a"] == b"a" * 5000
     assert "var/cache/b" not in seen
+
+
+def test_the_scanner_gives_members_metadata_and_data_in_detail() -> None:
+    """What unpack and export read of each member: pax times, large owners, xattrs,
+    device numbers, and the data (not the padding) in pieces, however it is fed."""
+    from ocistore.spec.tarscan import TarScanner
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.size, info.mode, info.uid, info.gid = 5, 0o2755, 3_000_000, 7
+        info.pax_headers = {"mtime": "1700000000.123456789", "SCHILY.xattr.user.k": "v"}
+        tar.addfile(info, io.BytesIO(b"hello"))
+        dev = tarfile.TarInfo("dev/null")
+        dev.type, dev.devmajor, dev.devminor, dev.mtime = tarfile.CHRTYPE, 1, 3, 42
+        tar.addfile(dev)
+    data = buf.getvalue()
+    for step in (1, 7, 512, len(data)):
+        entries: list[Entry] = []
+        pieces: list[bytes] = []
+        scanner = TarScanner(
+            "t",
+            entries.append,
+            layer=True,
+            details=True,
+            on_data=lambda v, pieces=pieces: pieces.append(bytes(v)),  # type: ignore[misc]
+        )
+        for i in range(0, len(data), step):
+            scanner.feed(data[i : i + step])
+        scanner.finish()
+        first, second = entries
+        assert first.meta is not None and second.meta is not None
+        assert (first.meta.mode, first.meta.uid, first.meta.gid) == (0o2755, 3_000_000, 7)
+        assert first.meta.mtime_ns == 1_700_000_000_123_456_789
+        assert first.meta.xattrs == {"user.k": b"v"}
+        assert b"".join(pieces) == b"hello"
+        assert (second.meta.devmajor, second.meta.devminor, second.meta.mtime_ns) == (
+            1,
+            3,
+            42 * 10**9,
+        )
