@@ -111,6 +111,9 @@ class Applier:
                     scanner.feed(piece)
             scanner.finish()
             self._end_file()
+        except OSError as e:  # writing a member's data (a full disk)
+            current = f"member {self._file.name!r}: " if self._file is not None else ""
+            raise OcistoreError(f"{what}: {current}{e.strerror or e}") from None
         finally:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -238,6 +241,10 @@ class Applier:
             shown = kind.decode("latin-1")
             raise self._refuse(entry, f"unknown member type {shown!r}")
 
+    def _forget(self, dev: int, ino: int) -> None:
+        """A directory is removed: its metadata must not go to one that takes its inode."""
+        self._dirs.pop((dev, ino), None)
+
     def _create(self, parent: int, base: str) -> int:
         """A new regular file at ``base`` (what was there removed), open for writing."""
         try:
@@ -253,7 +260,7 @@ class Applier:
             if existing is None:
                 return
         if stat.S_ISDIR(existing.st_mode):
-            remove_tree(parent, base)
+            remove_tree(parent, base, self._forget)
         else:
             os.unlink(base, dir_fd=parent)
 
@@ -268,7 +275,7 @@ class Applier:
             prefix = prefix + "/" if prefix else ""
             for child in os.listdir(parent):
                 if hash(prefix + child) not in self._upper:
-                    remove_tree(parent, child)
+                    remove_tree(parent, child, self._forget)
             return
         target = whiteout_target(base)
         if target is None:
@@ -324,6 +331,8 @@ class Applier:
 
     def _data(self, piece: memoryview) -> None:
         fd = self._fd
+        if fd < 0:
+            return  # the data of a member that is not written (a whiteout with data)
         while piece:
             n = os.write(fd, piece)
             piece = piece[n:]

@@ -22,11 +22,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from ..errors import InvalidInput
-from ..spec.limits import MAX_SYMLINK_HOPS
+from ..spec.limits import MAX_PATH_DEPTH, MAX_SYMLINK_HOPS
 
 __all__ = ["DIR_FLAGS", "Root", "UnsafeEntry", "clean_name", "remove_tree"]
 
@@ -41,22 +41,26 @@ class UnsafeEntry(InvalidInput):
 
 def clean_name(name: str) -> list[str] | None:
     """A member's name as components below the root, ``.`` and ``..`` applied as Go's
-    ``filepath.Clean`` applies them (an absolute name is taken from the root, as Docker
-    takes it); ``None`` if ``..`` would climb above the root."""
+    ``filepath.Clean`` applies them: an absolute name is taken from the root (as Docker
+    takes it), where ``..`` stays at the root; ``None`` if a relative name's ``..``
+    would climb above it (Docker refuses it as a breakout)."""
     parts: list[str] = []
+    rooted = name.startswith("/")
     for part in name.split("/"):
         if part == "..":
-            if not parts:
+            if parts:
+                parts.pop()
+            elif not rooted:
                 return None
-            parts.pop()
         elif part and part != ".":
             parts.append(part)
     return parts
 
 
-def remove_tree(parent: int, name: str) -> None:
+def remove_tree(parent: int, name: str, forget: Callable[[int, int], object] | None = None) -> None:
     """Remove ``name`` in the directory ``parent`` and, if it is a directory, everything
-    below it, by file descriptor (never following a symlink)."""
+    below it, by file descriptor (never following a symlink), however deep; ``forget``
+    is told the device and inode of each directory removed."""
     try:
         os.unlink(name, dir_fd=parent)
         return
@@ -65,18 +69,47 @@ def remove_tree(parent: int, name: str) -> None:
     except PermissionError:  # (unlink of a directory is EISDIR on Linux, EPERM elsewhere)
         if not stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
             raise
-    fd = os.open(name, DIR_FLAGS, dir_fd=parent)
-    try:
+    # Depth first without recursion: (the directory's descriptor, its name in the one
+    # above, the names in it not yet removed).
+    stack: list[tuple[int, str, list[str]]] = []
+
+    def enter(above: int, child: str) -> None:
+        fd = os.open(child, DIR_FLAGS, dir_fd=above)
         try:
-            children = os.listdir(fd)
-        except PermissionError:  # a directory the image made unreadable (rootless)
-            os.chmod(fd, 0o700)
-            children = os.listdir(fd)
-        for child in children:
-            remove_tree(fd, child)
+            if forget is not None:
+                info = os.fstat(fd)
+                forget(info.st_dev, info.st_ino)
+            try:
+                names = os.listdir(fd)
+            except PermissionError:  # a directory the image made unreadable (rootless)
+                os.fchmod(fd, 0o700)
+                names = os.listdir(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        stack.append((fd, child, names))
+
+    try:
+        enter(parent, name)
+        while stack:
+            fd, current, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(current, dir_fd=stack[-1][0] if stack else parent)
+                continue
+            child = names.pop()
+            try:
+                os.unlink(child, dir_fd=fd)
+            except IsADirectoryError:
+                enter(fd, child)
+            except PermissionError:
+                if not stat.S_ISDIR(os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode):
+                    raise
+                enter(fd, child)
     finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent)
+        for fd, _, _ in stack:
+            os.close(fd)
 
 
 class Root:
@@ -138,6 +171,11 @@ class Root:
             if depth < len(stack) and stack[depth][0] == name:
                 depth += 1
                 continue
+            if depth >= MAX_PATH_DEPTH:
+                raise UnsafeEntry(
+                    f"{what}: a path more than {MAX_PATH_DEPTH} directories deep, over the "
+                    f"limit of {MAX_PATH_DEPTH}"
+                )
             self._truncate(depth)
             parent = stack[-1][1] if stack else self.fd
             try:

@@ -17,6 +17,7 @@ content's digest decides.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -183,71 +184,86 @@ def walk(
     """Every path below the root, in :func:`path_key` order, with the file descriptor
     of its directory and its name there (valid until the next entry is asked for).
     A regular file's digest comes from ``digests`` (by device and inode) or, with
-    ``hash_files``, is read."""
-    yield from _walk_dir(root.fd, "", rootless, digests, hash_files, on_dir)
+    ``hash_files``, is read. Depth first without recursion: a tree of any depth the
+    open files allow."""
+    # The directories being walked: descriptor, path prefix, names left (reversed),
+    # and what to call once out of it.
+    stack: list[tuple[int, str, list[str], Callable[[], None] | None]] = []
 
+    def names_of(fd: int) -> list[str]:
+        names = os.listdir(fd)
+        names.sort(key=os.fsencode, reverse=True)
+        return names
 
-def _walk_dir(
-    fd: int,
-    prefix: str,
-    rootless: bool,
-    digests: dict[tuple[int, int], str] | None,
-    hash_files: bool,
-    on_dir: DirHook | None,
-) -> Iterator[tuple[TreeEntry, int, str]]:
-    names = os.listdir(fd)
-    names.sort(key=os.fsencode)
-    for name in names:
-        try:
-            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        mode = info.st_mode
-        kind = stat.S_IFMT(mode)
-        link = ""
-        digest = ""
-        child = -1
-        after = None
-        if kind == stat.S_IFDIR:
-            child = os.open(name, DIR_FLAGS, dir_fd=fd)
-            if on_dir is not None:
-                info, permissions, after = on_dir(child, info)
-                mode = stat.S_IFDIR | permissions
-        elif kind == stat.S_IFLNK:
-            link = os.readlink(name, dir_fd=fd)
-        elif kind in (stat.S_IFCHR, stat.S_IFBLK):
-            link = f"{os.major(info.st_rdev)},{os.minor(info.st_rdev)}"
-        elif kind == stat.S_IFREG:
-            if digests is not None:
-                digest = digests.get((info.st_dev, info.st_ino), "")
-            if not digest and hash_files:
-                digest = file_digest(fd, name)
-        uid, gid = _owner(fd, name, info, rootless)
-        path = prefix + name
-        entry = TreeEntry(
-            path,
-            kind,
-            stat.S_IMODE(mode),
-            uid,
-            gid,
-            info.st_size if kind == stat.S_IFREG else 0,
-            info.st_mtime_ns,
-            info.st_ctime_ns,
-            info.st_ino,
-            info.st_nlink,
-            link,
-            digest,
-        )
-        if child < 0:
-            yield entry, fd, name
-            continue
-        try:
-            yield entry, fd, name
-            yield from _walk_dir(child, path + "/", rootless, digests, hash_files, on_dir)
-            if after is not None:
-                after()
-        finally:
-            os.close(child)
+    stack.append((root.fd, "", names_of(root.fd), None))
+    try:
+        while stack:
+            fd, prefix, names, after = stack[-1]
+            if not names:
+                stack.pop()
+                if after is not None:
+                    after()
+                if stack:
+                    os.close(fd)
+                continue
+            name = names.pop()
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            mode = info.st_mode
+            kind = stat.S_IFMT(mode)
+            link = ""
+            digest = ""
+            child = -1
+            child_after = None
+            if kind == stat.S_IFDIR:
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                if on_dir is not None:
+                    try:
+                        info, permissions, child_after = on_dir(child, info)
+                    except BaseException:
+                        os.close(child)
+                        raise
+                    mode = stat.S_IFDIR | permissions
+            elif kind == stat.S_IFLNK:
+                link = os.readlink(name, dir_fd=fd)
+            elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+                link = f"{os.major(info.st_rdev)},{os.minor(info.st_rdev)}"
+            elif kind == stat.S_IFREG:
+                if digests is not None:
+                    digest = digests.get((info.st_dev, info.st_ino), "")
+                if not digest and hash_files:
+                    digest = file_digest(fd, name)
+            uid, gid = _owner(fd, name, info, rootless)
+            path = prefix + name
+            entry = TreeEntry(
+                path,
+                kind,
+                stat.S_IMODE(mode),
+                uid,
+                gid,
+                info.st_size if kind == stat.S_IFREG else 0,
+                info.st_mtime_ns,
+                info.st_ctime_ns,
+                info.st_ino,
+                info.st_nlink,
+                link,
+                digest,
+            )
+            if child >= 0:
+                try:
+                    children = names_of(child)
+                except BaseException:
+                    os.close(child)
+                    raise
+                stack.append((child, path + "/", children, child_after))
+                yield entry, fd, name
+            else:
+                yield entry, fd, name
+    finally:
+        for fd, _, _, _ in stack[1:]:
+            os.close(fd)
 
 
 # -- the record ----------------------------------------------------------------------
@@ -256,17 +272,28 @@ def _walk_dir(
 class Record:
     """The record of an unpacked tree: a gzip of JSON lines, a header then the entries
     in the walk's order, a JSON array of at most 4096 of them a line. Written once by
-    ``unpack``; read by ``commit``."""
+    ``unpack``; read by ``commit``. It is the file ``name`` in the directory open as
+    ``dir_fd`` (never followed if it is a symlink); ``shown`` names it in messages."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, dir_fd: int, name: str, shown: str) -> None:
+        self.dir_fd = dir_fd
+        self.name = name
+        self.path = shown
 
     def write(self, header: dict[str, object], entries: Iterator[TreeEntry]) -> int:
         """Write the record (through a temporary name, so a failed unpack leaves none);
         how many entries it holds."""
-        tmp = self.path + ".tmp"
         count = 0
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as out:
+        tmp = self.name + ".tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=self.dir_fd)  # (a leftover, or a symlink: never followed)
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+            dir_fd=self.dir_fd,
+        )
+        with open(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as out:
             out.write(json.dumps({"version": RECORD_VERSION, **header}).encode() + b"\n")
             batch: list[TreeEntry] = []
             for entry in entries:
@@ -277,7 +304,7 @@ class Record:
                     batch.clear()
             if batch:
                 out.write(json.dumps(batch).encode() + b"\n")
-        os.replace(tmp, self.path)
+        os.replace(tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         return count
 
     def header(self) -> dict[str, object]:
@@ -286,16 +313,22 @@ class Record:
 
     def _open(self) -> gzip.GzipFile:
         try:
-            return gzip.GzipFile(self.path, "rb")
+            fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
         except FileNotFoundError:
             raise InvalidInput(
                 f"{self.path}: no record of an unpacked image (was the directory made by "
                 "ocistore unpack?)"
             ) from None
+        except OSError as e:
+            raise InvalidInput(f"{self.path}: {e.strerror}") from None
+        raw = open(fd, "rb")  # noqa: SIM115 (closed with the GzipFile)
+        f = gzip.GzipFile(fileobj=raw, mode="rb")
+        f.myfileobj = raw  # type: ignore[assignment]  # (closed with it, as when it opens one)
+        return f
 
     def _header(self, f: gzip.GzipFile) -> dict[str, object]:
         try:
-            header = json.loads(f.readline())
+            header = json.loads(f.readline(1 << 20))
         except (OSError, EOFError, ValueError):
             raise InvalidInput(f"{self.path}: damaged record") from None
         if not isinstance(header, dict) or header.get("version") != RECORD_VERSION:

@@ -146,7 +146,7 @@ def unpack(
                 "rootless": rootless,
                 "layers": [str(layer.diff_id) for layer in layers],
             }
-            record = Record(_at(dir_fd, RECORD))
+            record = Record(dir_fd, RECORD, os.path.join(directory, RECORD))
             entries = record.write(
                 header,
                 (
@@ -219,24 +219,17 @@ def apply_layers(
         applier.apply(f"layer {layers[index].diff_id}", layer_tar)
 
 
-def _at(dir_fd: int, name: str) -> str:
-    """A path to ``name`` in the directory ``dir_fd`` that the OS resolves through the
-    descriptor, for the functions that take no ``dir_fd``."""
-    return f"/proc/self/fd/{dir_fd}/{name}"
-
-
 def _write_json(dir_fd: int, name: str, value: Any) -> None:
+    """``name`` in the directory ``dir_fd``, replaced (never written through a symlink)."""
     data = json.dumps(value, indent="\t").encode() + b"\n"
-    fd = os.open(
-        name,
-        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o644,
-        dir_fd=dir_fd,
-    )
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    tmp = name + ".tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+    with open(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def root_of(dir_fd: int, directory: str) -> Root:
@@ -267,10 +260,10 @@ def open_bundle(directory: str) -> tuple[int, Record, dict[str, Any]]:
     except OcistoreError:
         os.close(fd)
         raise
-    record = Record(_at(fd, RECORD))
+    record = Record(fd, RECORD, os.path.join(directory, RECORD))
     try:
         header = record.header()
-    except OcistoreError as e:
+    except OcistoreError:
         os.close(fd)
-        raise InvalidInput(str(e).replace(record.path, os.path.join(directory, RECORD))) from None
+        raise
     return fd, record, header

@@ -36,6 +36,7 @@ __all__ = [
     "MAX_MEMBERS",
     "MAX_MEMBER_NAMES",
     "MAX_NAME",
+    "MAX_PATH_DEPTH",
     "MAX_PAX_HEADER",
     "MAX_SYMLINKS",
     "MAX_SYMLINK_HOPS",
@@ -78,6 +79,10 @@ MAX_LAYER_ENTRIES: Final = 1_000_000
 #: Symlinks followed while one path is resolved inside a root file system (Linux's
 #: ``MAXSYMLINKS``): a longer chain, or a loop, refuses the member.
 MAX_SYMLINK_HOPS: Final = 40
+#: Directories one path of a root file system goes down through (each holds a file
+#: descriptor while a layer is applied or a tree walked): Linux's ``PATH_MAX`` of 4096
+#: bytes allows 2048; real images stay under 30.
+MAX_PATH_DEPTH: Final = 256
 #: Descriptors read in one OCI layout, all its indexes together (each blob is read once,
 #: however many descriptors name it).
 MAX_DESCRIPTORS: Final = 100_000

@@ -422,7 +422,7 @@ class TarScanner:
             size = self._pax_number(pax, "size")
         declared = size
         if sparse:
-            if not self.layer:
+            if not self.layer or self.details:  # (a detailed scan would write its map)
                 raise self._sparse()
             # Go's readGNUSparsePAXHeaders: which versions it knows, and the logical size.
             major, minor = pax.get("GNU.sparse.major", ""), pax.get("GNU.sparse.minor", "")
