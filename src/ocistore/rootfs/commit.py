@@ -5,8 +5,10 @@
 does: every path added or changed, with its mode, owner (a rootless tree's
 ``user.rootlesscontainers``), times, xattrs and content, a hard link where two paths of
 the layer are one file, and a ``.wh.NAME`` for what was deleted (one for a deleted
-directory). A tree that did not change gives an empty layer (an empty tar, the DiffID
-Docker's ``commit`` gives one), as umoci and Docker add one too. ``append`` adds
+directory), and the directories above a change, as Docker's layers hold them (so that
+applying the layer keeps their times). A tree that did not change adds no layer, only a
+history entry marked ``empty_layer``, as ``umoci repack`` and ``docker commit`` do.
+``append`` adds
 tarballs as they are (plain, gzip or zstd; ``crane append``).
 
 Both make the new config from the base image's: its ``rootfs.diff_ids`` and
@@ -104,43 +106,71 @@ def write_changes(found: Iterator[Change], stream: IO[bytes], rootless: bool, wh
     out = _Buffered(stream)
     count = 0
     links: dict[tuple[int, int], str] = {}  # (device, inode) → the layer's first path
+    # The directories above the walk's place, by depth: a change below one that did not
+    # change writes it first (unless written), so that applying the layer keeps its
+    # times, as Docker's layers hold every directory above a change.
+    above: list[Change | None] = []
     for change in found:
         entry = change.entry
-        count += 1
+        depth = entry.path.count("/")
+        if change.kind == "P":
+            del above[depth:]
+            above.append(change)
+            continue
         if change.kind == "D":
+            count += 1
             out.write(member_header(_whiteout(entry.path), b"0", mode=0o644))
             continue
-        kind = _TYPES.get(entry.kind)
-        if kind is None:
-            count -= 1  # a socket: no tar holds one (as docker commit leaves them out)
-            continue
-        fd, name = change.fd, change.name
-        common: dict[str, Any] = {
-            "mode": entry.mode,
-            "uid": entry.uid,
-            "gid": entry.gid,
-            "mtime_ns": entry.mtime_ns,
-        }
-        if kind == b"0" and entry.nlink > 1:
-            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            first = links.setdefault((info.st_dev, info.st_ino), entry.path)
-            if first != entry.path:
-                out.write(member_header(entry.path, b"1", link=first, **common))
-                continue
-        xattrs = _xattrs(fd, name, rootless) if kind in (b"0", b"5") else None
-        if kind in (b"3", b"4"):
-            major, minor = (int(n) for n in entry.link.split(","))
-            out.write(member_header(entry.path, kind, devmajor=major, devminor=minor, **common))
-        elif kind == b"2":
-            out.write(member_header(entry.path, kind, link=entry.link, **common))
-        elif kind == b"0":
-            out.write(member_header(entry.path, kind, size=entry.size, xattrs=xattrs, **common))
-            _copy_file(fd, name, entry.size, out, f"{what}: {entry.path}")
-        else:
-            out.write(member_header(entry.path, kind, xattrs=xattrs, **common))
+        for i, parent in enumerate(above[:depth]):
+            if parent is not None:
+                _write_member(parent, out, rootless, what, links)
+                above[i] = None
+        if entry.kind == stat.S_IFDIR:
+            del above[depth:]
+            above.append(None)
+        count += 1
+        _write_member(change, out, rootless, what, links)
     out.write(END_OF_ARCHIVE)
     out.flush()
     return count
+
+
+def _write_member(
+    change: Change,
+    out: _Buffered,
+    rootless: bool,
+    what: str,
+    links: dict[tuple[int, int], str],
+) -> None:
+    """One path of the tree as a member of the layer."""
+    entry = change.entry
+    kind = _TYPES.get(entry.kind)
+    if kind is None:
+        return  # a socket: no tar holds one (docker commit leaves them out too)
+    fd, name = change.fd, change.name
+    common: dict[str, Any] = {
+        "mode": entry.mode,
+        "uid": entry.uid,
+        "gid": entry.gid,
+        "mtime_ns": entry.mtime_ns,
+    }
+    if kind == b"0" and entry.nlink > 1:
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        first = links.setdefault((info.st_dev, info.st_ino), entry.path)
+        if first != entry.path:
+            out.write(member_header(entry.path, b"1", link=first, **common))
+            return
+    xattrs = _xattrs(fd, name, rootless) if kind in (b"0", b"5") else None
+    if kind in (b"3", b"4"):
+        major, minor = (int(n) for n in entry.link.split(","))
+        out.write(member_header(entry.path, kind, devmajor=major, devminor=minor, **common))
+    elif kind == b"2":
+        out.write(member_header(entry.path, kind, link=entry.link, **common))
+    elif kind == b"0":
+        out.write(member_header(entry.path, kind, size=entry.size, xattrs=xattrs, **common))
+        _copy_file(fd, name, entry.size, out, f"{what}: {entry.path}")
+    else:
+        out.write(member_header(entry.path, kind, xattrs=xattrs, **common))
 
 
 def _copy_file(parent: int, name: str, size: int, out: _Buffered, what: str) -> None:
@@ -175,10 +205,11 @@ def new_config(
     message: str | None,
     author: str | None,
     changes: Sequence[str],
+    empty: bool = False,
 ) -> Callable[[Sequence[DiffID]], bytes]:
     """The :data:`~ocistore.store.ingest.ConfigMaker` of an image made of ``base``'s
-    layers and one more a ``created_by`` (see the module's text); the changes are
-    checked now, before anything is read."""
+    layers and one more a ``created_by`` (with ``empty``, none: the history entry says
+    ``empty_layer``); the changes are checked now, before anything is read."""
     from ..spec.legacy.changes import build_from_config
 
     data = copy.deepcopy(base.config.data)
@@ -195,6 +226,8 @@ def new_config(
         history = list(config.get("history") or [])
         for line in created_by:
             item: dict[str, Any] = {"created": created, "created_by": line}
+            if empty:
+                item["empty_layer"] = True
             if author:
                 item["author"] = author
             if message:
@@ -271,20 +304,15 @@ def commit(
             ) from None
         if base is not None and store.image(base).id != image.id:
             raise InvalidInput(f"{directory} was unpacked from image {image.id}, not from {base}")
-        make = new_config(
-            image,
-            ["ocistore commit"],
-            message=message,
-            author=author,
-            changes=changes_,
-        )
+        settings: dict[str, Any] = {"message": message, "author": author, "changes": changes_}
+        new_config(image, ["ocistore commit"], **settings)  # (the changes checked first)
         from ..store.ingest import LayerSource
 
         with root_of(dir_fd, directory) as root:
             tmp = store.scratch(".tar")
             try:
                 out = tmp.file
-                write_changes(
+                count = write_changes(
                     changes(root, record.entries(), rootless=rootless),
                     out,
                     rootless,
@@ -292,6 +320,10 @@ def commit(
                 )
                 out.close()
                 what = f"the changes in {directory}"
+                if not count:  # as umoci repack and docker commit: no layer, a history entry
+                    make = new_config(image, ["ocistore commit"], empty=True, **settings)
+                    return _add(store, image, [], make, reference, what, progress)
+                make = new_config(image, ["ocistore commit"], **settings)
                 layer = LayerSource(
                     open=lambda: open(tmp.path, "rb"),  # noqa: SIM115 (the ingest closes it)
                     what=what,

@@ -17,7 +17,9 @@ name, where ``unpack`` would resolve it. What is refused is what ``unpack`` refu
 A hard link whose target comes from a lower layer is held until the target is given,
 then given right after it (a tar's hard link must follow its target); if a higher layer
 replaced the target, the first such link is given as a copy of the old target (the file
-the link shares in a real unpack), the others as links to it.
+the link shares in a real unpack), the others as links to it; when the replaced target
+is in the same layer as the links, and went by before them, that layer is read once
+more for it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ __all__ = ["FlatEntry", "flatten", "layer_members"]
 FlatEntry = Entry | memoryview
 
 
-def layer_members(what: str, pieces: Iterator[bytes]) -> Iterator[Entry | memoryview]:
+def layer_members(
+    what: str, pieces: Iterator[bytes] | Iterator[bytes | memoryview]
+) -> Iterator[Entry | memoryview]:
     """One layer's members (with their metadata) and their data, in order."""
     out: list[Entry | memoryview] = []
     scanner = TarScanner(what, out.append, layer=True, details=True, on_data=out.append)
@@ -69,6 +73,11 @@ class _Flattener:
         self.opaque: set[str] = set()
         #: Hard links waiting for their target, by the target's path.
         self.pending: dict[str, list[Entry]] = {}
+        #: Links of the layer just read to a member of it that a higher layer hid, by
+        #: the member's path: the layer is read again to give them its content.
+        self.refetch: dict[str, list[Entry]] = {}
+        #: This layer's hidden members whose content a link took: its name.
+        self.stood_in: dict[str, str] = {}
         #: The directories given (their last member), those left (a member not below
         #: one was given after it), those to give again, and the last path given.
         self.dirs: dict[str, Entry] = {}
@@ -121,7 +130,9 @@ class _Flattener:
         return False
 
     def layer(self, what: str, members: Iterator[Entry | memoryview]) -> Iterator[FlatEntry]:
+        self.stood_in = {}
         given: set[str] = set()  # this layer's paths (its own duplicates are given)
+        passed: set[str] = set()  # this layer's members a higher layer hid
         gone: set[str] = set()
         opaque: set[str] = set()
         showing = False  # whether the data that follows belongs to a member given
@@ -180,6 +191,8 @@ class _Flattener:
                     )
                 item = item._replace(linkname="/".join(link))
             if path not in given and self.hidden(path):
+                if item.type not in (b"1", b"5"):
+                    passed.add(path)
                 if path in self.pending:
                     stand_in = self._stand_in(what, item, path, after)
                     if stand_in is not None:
@@ -192,7 +205,17 @@ class _Flattener:
                 gone.add(path)  # (nothing of a lower layer shows below a file)
             item = item._replace(name=path)
             self._given_in_layer(item)
-            if item.type == b"1" and item.linkname not in given:
+            linked = False  # a link whose target is given already
+            if item.type == b"1" and item.linkname in passed:
+                stood_in = self.stood_in.get(item.linkname)
+                if stood_in is None:
+                    # Its target went by, hidden: the layer is read again for it (see
+                    # :meth:`refetched`).
+                    self.refetch.setdefault(item.linkname, []).append(item)
+                    continue
+                item = item._replace(linkname=stood_in)  # (the file its target is)
+                linked = True
+            if item.type == b"1" and not linked and item.linkname not in given:
                 self.pending.setdefault(item.linkname, []).append(item)
                 continue
             yield item
@@ -227,11 +250,56 @@ class _Flattener:
                 f"{what}: member {links[0].name!r}: a hard link to {path!r}, a directory"
             )
         first, rest = links[0], links[1:]
+        self.stood_in[path] = first.name
         out.extend(link._replace(linkname=first.name) for link in rest)
         for link in links:
             if link.name in self.pending:
                 self._links_after(link.name, out)
         return item._replace(name=first.name)
+
+    def refetched(self, what: str, members: Iterator[Entry | memoryview]) -> Iterator[FlatEntry]:
+        """The layer just read, again: the hidden members its links need, each given
+        under its first link's name (the file the links share in a real unpack), the
+        other links to it."""
+        wanted, self.refetch = self.refetch, {}
+        showing = False
+        after: list[Entry] = []
+        for item in members:
+            if not isinstance(item, Entry):
+                if showing:
+                    yield item
+                continue
+            showing = False
+            if after:
+                yield from after
+                after = []
+            if not wanted:
+                break
+            path = "/".join(clean_name(item.name) or [])
+            links = wanted.pop(path, None)
+            if links is None:
+                continue
+            if item.type == b"1":  # itself a link: those wait on its target
+                target = "/".join(clean_name(item.linkname) or [])
+                self.pending.setdefault(target, []).extend(links)
+                continue
+            first, rest = links[0], links[1:]
+            stand_in = item._replace(name=first.name)
+            self._given_in_layer(stand_in)
+            yield stand_in
+            showing = True
+            for link in rest:
+                link = link._replace(linkname=first.name)
+                self._given_in_layer(link)
+                after.append(link)
+            for link in links:
+                if link.name in self.pending:
+                    self._links_after(link.name, after)
+        yield from after
+        for target, links in wanted.items():
+            raise UnsafeEntry(
+                f"{what}: member {links[0].name!r}: a hard link to {target!r}, which does not exist"
+            )
 
     def finish(self) -> None:
         for target, links in self.pending.items():
@@ -255,5 +323,8 @@ def flatten(
     for layer, layer_tar in zip(top_first, layer_pieces(pieces), strict=False):
         what = f"layer {layer.diff_id}"
         yield from flattener.layer(what, layer_members(what, layer_tar))
+        if flattener.refetch:
+            with store.open_layer(layer) as tar:
+                yield from flattener.refetched(what, layer_members(what, tar.chunks()))
     flattener.finish()
     yield from flattener.repeats()

@@ -110,6 +110,8 @@ def file_digest(parent: int, name: str) -> str:
 
 #: Where a rootless unpack keeps a file's owner in the image (rootless-containers' proto).
 ROOTLESS_XATTR: Final = "user.rootlesscontainers"
+#: The rootless-containers proto's "not changed" id (what umoci writes for 0).
+NOOP_ID: Final = 0xFFFFFFFF
 
 
 def _varint(value: int) -> bytes:
@@ -150,7 +152,9 @@ def decode_owner(raw: bytes) -> tuple[int, int]:
                 break
         if key & 7 == 0:  # (a varint; nothing else is in the message)
             values[key >> 3] = value & 0xFFFFFFFF
-    return values[1], values[2]
+    # umoci writes an id left as it is as the proto's NoopID, 2**32 - 1: root's, here.
+    uid, gid = (0 if v == NOOP_ID else v for v in (values[1], values[2]))
+    return uid, gid
 
 
 def _owner(parent: int, name: str, info: os.stat_result, rootless: bool) -> tuple[int, int]:
@@ -351,8 +355,8 @@ class Record:
 
 class Change(NamedTuple):
     """One path that differs: ``A`` added, ``C`` changed, ``D`` deleted (as docker
-    diff prints them); ``entry`` is the tree's (the record's for ``D``), and ``fd``/
-    ``name`` where it is (``-1`` for ``D``)."""
+    diff prints them), or ``P``, a directory that did not; ``entry`` is the tree's (the
+    record's for ``D``), and ``fd``/``name`` where it is (``-1`` for ``D``)."""
 
     kind: str
     entry: TreeEntry
@@ -362,7 +366,9 @@ class Change(NamedTuple):
 
 def changes(root: Root, record: Iterator[TreeEntry], *, rootless: bool) -> Iterator[Change]:
     """The differences between the tree now and its record, in the walk's order. A
-    deleted directory is one ``D``, not one a path below it."""
+    deleted directory is one ``D``, not one a path below it. A directory that did not
+    change is a ``P`` (a change below it may need it: a layer holds the directories
+    above what it changes, as Docker's do)."""
     old = next(record, None)
     deleted_dir: tuple[bytes, ...] | None = None
     for entry, fd, name in walk(root, rootless=rootless):
@@ -374,9 +380,9 @@ def changes(root: Root, record: Iterator[TreeEntry], *, rootless: bool) -> Itera
             yield Change("A", entry, fd, name)
             continue
         previous, old = old, next(record, None)
-        if entry.untouched(previous):
-            continue
-        if _same_content(entry, previous, fd, name):
+        if entry.untouched(previous) or _same_content(entry, previous, fd, name):
+            if entry.kind == stat.S_IFDIR:
+                yield Change("P", entry, fd, name)
             continue
         yield Change("C", entry, fd, name)
     while old is not None:
