@@ -123,11 +123,9 @@ def format_option(p: argparse.ArgumentParser) -> None:
 # -- commands ----------------------------------------------------------------------------
 
 
-def _import_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "file", metavar="FILE|-", help="rootfs tarball (plain, gzip or zstd), - for stdin"
-    )
-    p.add_argument("reference", metavar="REPOSITORY[:TAG]", nargs="?")
+def change_option(p: argparse.ArgumentParser) -> None:
+    """``-c``/``--change INSTRUCTION``: Dockerfile instructions for the image's config
+    (``import``, ``commit``)."""
     p.add_argument(
         "-c",
         "--change",
@@ -137,6 +135,14 @@ def _import_args(p: argparse.ArgumentParser) -> None:
         help="apply a Dockerfile instruction to the image's config (repeatable): CMD, "
         "ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, USER, VOLUME, WORKDIR",
     )
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "file", metavar="FILE|-", help="rootfs tarball (plain, gzip or zstd), - for stdin"
+    )
+    p.add_argument("reference", metavar="REPOSITORY[:TAG]", nargs="?")
+    change_option(p)
     p.add_argument(
         "-m", "--message", default=None, help="the image's comment (default: Imported from -)"
     )

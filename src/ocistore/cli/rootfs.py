@@ -10,7 +10,7 @@ import sys
 from ..errors import OcistoreError
 from ..spec.platform import parse_platform
 from . import views
-from .main import EXIT_OK, command, open_store, platform_option, say_error
+from .main import EXIT_OK, change_option, command, open_store, platform_option, say_error
 from .progress import TerminalProgress
 
 
@@ -108,14 +108,7 @@ def _commit_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-m", "--message", help="the new history entry's comment")
     p.add_argument("-a", "--author", help="the new image's author")
-    p.add_argument(
-        "-c",
-        "--change",
-        action="append",
-        default=[],
-        metavar="INSTRUCTION",
-        help="apply a Dockerfile instruction to the config (repeatable), as docker commit",
-    )
+    change_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
 
