@@ -29,7 +29,16 @@ One run:
 5. measures ``images`` and an ID-prefix ``inspect`` on stores of 100 and 10,000 images
    (built through the library by ``bench_store.py``, cached), the two sizes alternating,
    and counts with strace how many image configs each opens;
-6. prints Markdown tables with medians, ratios, throughput and peak memory, each target
+6. unpacks, exports and commits the image's file system from a store that loaded the
+   gzip layout: ``ocistore unpack --rootless`` against ``umoci unpack --rootless`` and
+   GNU ``tar -x`` of the flattened tree; ``ocistore export`` against ``docker create`` +
+   ``docker export`` on the Docker engine (the docker-archive loaded into it); ``ocistore
+   commit`` of 1% of the files changed against ``umoci repack`` of the same changes. The
+   trees made are deleted only between operations, each timed run starting 36 s after
+   the last deletion (``SETTLE_S``: ext4 without a journal slows every file created soon
+   after as many were deleted). Checked: the trees' entries, the export tars' names
+   against docker's, the committed image's history;
+7. prints Markdown tables with medians, ratios, throughput and peak memory, each target
    of the issue marked PASS or FAIL, the machine and the command; writes it to
    ``bench-out/results.md`` and every single run to ``bench-out/results.json``.
 
@@ -41,10 +50,11 @@ is imported only in a child). Throughput is the image's
 uncompressed size (the sum of its layer tars) divided by the median wall time, in
 MB/s (10^6 bytes per second).
 
-    make bench                                   # the full run, about 6 minutes
+    make bench                                   # the full run, about 16 minutes
     make bench BENCH_ARGS=--quick                # 30 MB image, 2 repeats
     .venv/bin/python scripts/bench.py --only load-docker,images --repeat 3
     .venv/bin/python scripts/bench.py --only pull-gzip,pull-zstd,push-gzip,push-zstd
+    .venv/bin/python scripts/bench.py --only unpack,export,commit
 
 Exit status: 0 when every operation ran (whatever the targets say; ``--strict`` makes a
 failed target exit 1 too), 1 when something could not run.
@@ -585,7 +595,11 @@ class Bench:
         self.work = work
         self.repeat = repeat
         self.scratch = work / "run"
-        rm(self.scratch)
+        #: When the bench last deleted a tree (see SETTLE_S): a previous run's scratch.
+        self.deleted_at = time.monotonic() - SETTLE_S
+        if self.scratch.exists():
+            rm(self.scratch)
+            self.deleted_at = time.monotonic()
         self.scratch.mkdir(parents=True)
 
     def ocistore(self, root: Path, *args: str) -> list[str]:
@@ -956,6 +970,29 @@ def start_docker(stack: contextlib.ExitStack) -> tuple[Docker | None, str]:
     except BenchError as e:
         return None, f"no Docker engine: {str(e).splitlines()[0][:100]}"
     return docker, ""
+
+
+class Engine:
+    """The bench's one Docker engine (:func:`start_docker`), started when an operation
+    first asks for it (the pulls and pushes, export) and stopped when ``stack`` closes."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.stack = stack
+        self.started = False
+        self.docker: Docker | None = None
+        self.why = ""
+
+    def get(self) -> tuple[Docker | None, str]:
+        """The engine, or None and why there is none."""
+        if not self.started:
+            self.started = True
+            self.docker, self.why = start_docker(self.stack)
+            if self.docker is None:
+                log(f"  {self.why}: docker is left out")
+        return self.docker, self.why
+
+    def versions(self) -> list[str]:
+        return [f"Docker Engine {self.docker.version} (vfs)"] if self.docker else []
 
 
 def http_baseline(host: str, ref: str, jobs: int) -> int:
@@ -1366,10 +1403,13 @@ class RemoteBench:
         return self.compare(res, sides, [baseline(n) for n in HTTP_JOBS])
 
 
-def bench_remote(bench: Bench, keys: list[str]) -> tuple[list[RemoteResult], list[str]]:
-    """Start the registry (and a Docker engine, if one can be), put the bench image into
-    it, run the pulls, then the pushes; everything started is stopped at the end, whatever
-    happens. Returns the results and the peers' versions for the machine line."""
+def bench_remote(
+    bench: Bench, keys: list[str], engine: Engine
+) -> tuple[list[RemoteResult], list[str]]:
+    """Start the registry (and the Docker engine, if one can be and it is not yet), put
+    the bench image into it, run the pulls, then the pushes; the registry is stopped at
+    the end, whatever happens. Returns the results and the registry's version for the
+    machine line."""
     inputs = bench.inputs
     layouts = {"gzip": inputs.layout_gzip, "zstd": inputs.layout_zstd}
     versions: list[str] = []
@@ -1395,11 +1435,7 @@ def bench_remote(bench: Bench, keys: list[str]) -> tuple[list[RemoteResult], lis
             return [
                 RemoteResult(k, k.replace("-", " "), 0, 0, error=str(e)) for k in keys
             ], versions
-        docker, no_docker = start_docker(stack)
-        if docker is None:
-            log(f"  {no_docker}: docker is left out")
-        else:
-            versions.append(f"Docker Engine {docker.version} (vfs)")
+        docker, no_docker = engine.get()
         for key in keys:
             if key.startswith("pull-"):
                 results.append(remote.pull(key, registry, layouts[key[5:]], docker, no_docker))
@@ -1420,6 +1456,561 @@ def bench_remote(bench: Bench, keys: list[str]) -> tuple[list[RemoteResult], lis
             results.append(remote.push(key, layouts[kind], root, docker, no_docker))
             rm(root)
     return results, versions
+
+
+# -- the file system operations: unpack, export, commit -------------------------------------
+
+FS_OPS = ["unpack", "export", "commit"]
+FS_TARGETS = {"unpack": 0.25, "export": 0.5, "commit": 0.25}  # ocistore / the peer
+TAR_TARGET = 2.0  # unpack: ocistore / GNU tar -x of the flattened tree
+COMMITTED = "bench:committed"
+#: ext4 without a journal (this machine's disk) passes over every inode freed less than 30 s
+#: ago (35 while its inode table block is dirty) when it allocates one (``recently_deleted``
+#: in fs/ext4/ialloc.c): creating 20,000 files just after deleting 20,000 took 10-15 s of
+#: system time instead of 1-2. The trees are therefore deleted only between operations,
+#: and a timed run starts this long after the bench's last deletion.
+SETTLE_S = 36.0
+CHANGE_SEED = 20  # the commit's changes: which files, and their new bytes
+CHANGE_FRACTION = 0.01  # of the regular files, rewritten in place with as many bytes
+CHANGE_DELETED = 10  # regular files deleted
+CHANGE_ADDED = 10  # new files
+#: What Docker's init layer adds to every container's file system (moby's
+#: daemon/initlayer), the only names ``docker export`` may have that the image has not.
+DOCKER_INIT_LAYER = frozenset(
+    {".dockerenv", "dev", "dev/console", "dev/pts", "dev/shm", "etc", "etc/hostname",
+     "etc/hosts", "etc/mtab", "etc/resolv.conf", "proc", "sys"}
+)  # fmt: skip
+
+
+@dataclass
+class FsResult:
+    key: str
+    title: str
+    peer: str  # the peer's name among the runs: "umoci" or "docker"
+    peer_title: str
+    bytes: int  # the image's uncompressed layer tars (for MB/s)
+    #: Each side's runs ("ocistore", the peer, "tar" for unpack); a side of several commands
+    #: (docker create, then docker export) has their sum as its run, and each in ``parts``.
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    parts: dict[str, list[list[Run]]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # side → why it did not run
+    checks: list[str] = field(default_factory=list)  # what was verified, for the report
+    skipped: str | None = None  # the whole operation is not run (not a failure)
+    error: str | None = None
+
+    def get(self, who: str) -> list[Run]:
+        return self.runs.get(who, [])
+
+
+FsMake = Callable[[int, Path], tuple[list[list[str]], "dict[str, str] | None"]]
+
+
+@dataclass
+class FsSide:
+    """One contender of a file system operation. ``make(round, dest)`` prepares a run
+    (untimed; ``dest`` a new path of its own) and gives its commands, run one after the
+    other and timed together, and their environment; ``check(round, dest, stdout)``
+    looks at the result (untimed; stdout of the last command)."""
+
+    who: str
+    make: FsMake
+    check: Callable[[int, Path, str], None] | None = None
+
+
+def count_entries(root: Path) -> int:
+    """Entries under ``root`` (itself not counted), no symbolic link followed."""
+    n = 0
+    todo = [str(root)]
+    while todo:
+        with os.scandir(todo.pop()) as it:
+            for entry in it:
+                n += 1
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(entry.path)
+    return n
+
+
+def tar_names(path: Path) -> tuple[int, set[str]]:
+    """A tar's member count and its names (``./a/`` and ``a`` alike; the root as ``""``).
+    In a child of the bench only (:func:`compare_exports_main`): reading 20,000 members
+    would raise the bench's own peak memory, which every child's figure counts."""
+    names: set[str] = set()
+    n = 0
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            n += 1
+            name = member.name
+            while name.startswith(("./", "/")):
+                name = name[1:] if name.startswith("/") else name[2:]
+            name = name.rstrip("/")
+            names.add("" if name == "." else name)
+    return n, names
+
+
+def regular_files(root: Path) -> list[tuple[str, int]]:
+    """The regular files under ``root`` (no link followed), sorted: (relative path, size)."""
+    out: list[tuple[str, int]] = []
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        with os.scandir(root / rel if rel else root) as it:
+            for entry in it:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(path)
+                elif entry.is_file(follow_symlinks=False):
+                    out.append((path, entry.stat(follow_symlinks=False).st_size))
+    out.sort()
+    return out
+
+
+@dataclass
+class Changes:
+    """The commit's changes to an unpacked tree, the same for every tool and run: 1% of
+    the regular files (not empty ones) rewritten in place with as many other bytes, a few
+    deleted, a few added next to the rewritten ones; every choice and byte from a seeded
+    RNG, from the tree's sorted list of files."""
+
+    rewrite: list[tuple[str, int]]
+    delete: list[str]
+    add: list[tuple[str, int]]
+
+    @classmethod
+    def plan(cls, rootfs: Path, seed: int = CHANGE_SEED) -> Changes:
+        files = [(p, size) for p, size in regular_files(rootfs) if size > 0]
+        rng = random.Random(seed)
+        k = max(1, round(len(files) * CHANGE_FRACTION))
+        chosen = rng.sample(files, k + CHANGE_DELETED)
+        rewrite, delete = sorted(chosen[:k]), sorted(p for p, _ in chosen[k:])
+        dirs = sorted({os.path.dirname(p) for p, _ in rewrite})
+        add = [
+            (os.path.join(rng.choice(dirs), f"bench-added-{j:02d}.bin"),
+             rng.randrange(1 << 10, 64 << 10))
+            for j in range(CHANGE_ADDED)
+        ]  # fmt: skip
+        return cls(rewrite, delete, add)
+
+    @staticmethod
+    def _bytes(path: str, size: int) -> bytes:
+        return random.Random(f"{CHANGE_SEED}:{path}").randbytes(size)
+
+    def apply(self, rootfs: Path) -> None:
+        for path, size in self.rewrite:
+            new = self._bytes(path, size)
+            with open(rootfs / path, "r+b") as f:
+                if f.read(1) == new[:1]:  # every file's first byte differs, so its bytes do
+                    new = bytes([new[0] ^ 0xFF]) + new[1:]
+                f.seek(0)
+                f.write(new)
+                if f.tell() != size:
+                    raise BenchError(f"{rootfs / path} is not {size} bytes: the trees differ")
+        for path in self.delete:
+            (rootfs / path).unlink()
+        for path, size in self.add:
+            (rootfs / path).write_bytes(self._bytes(path, size))
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.rewrite)} files rewritten in place "
+            f"({sum(s for _, s in self.rewrite) / MB:.1f} MB), {len(self.delete)} deleted, "
+            f"{len(self.add)} added ({sum(s for _, s in self.add) / MB:.2f} MB)"
+        )
+
+
+def compare_exports_main(argv: list[str]) -> int:
+    """``bench.py --compare-exports OURS THEIRS``: ocistore's and docker's export tars,
+    as one JSON line (member counts, names, the names only one of them has)."""
+    n, ours = tar_names(Path(argv[0]))
+    m, theirs = tar_names(Path(argv[1]))
+    said = {
+        "ocistore": {"members": n, "names": len(ours), "root": "" in ours},
+        "docker": {"members": m, "names": len(theirs), "root": "" in theirs},
+        "only_ocistore": sorted(ours - theirs - {""}),
+        "only_docker": sorted(theirs - ours - {""}),
+    }
+    print(json.dumps(said))
+    return 0
+
+
+def change_main(argv: list[str]) -> int:
+    """``bench.py --change ROOTFS PLAN``: make the commit's changes to ROOTFS, those of the
+    JSON file PLAN, first planned from this tree if PLAN does not exist; prints what they
+    are. A child, as :func:`tar_names` is (a rewritten file's bytes are held whole)."""
+    rootfs, plan_path = Path(argv[0]), Path(argv[1])
+    if plan_path.exists():
+        plan = Changes(**json.loads(plan_path.read_text()))
+    else:
+        plan = Changes.plan(rootfs)
+        plan_path.write_text(json.dumps(asdict(plan)))
+    plan.apply(rootfs)
+    print(plan.describe())
+    return 0
+
+
+def has_command(tools: Tools, name: str) -> bool:
+    """Whether this ocistore has the command ``name`` (``ocistore NAME --help`` works)."""
+    p = subprocess.run(
+        [tools.ocistore, name, "--help"], capture_output=True, check=False, timeout=60
+    )
+    return p.returncode == 0
+
+
+def _combined(parts: list[Run]) -> Run:
+    """Several commands run one after another as one run: the sum of their times, the
+    largest of their peaks."""
+    argv: list[str] = []
+    for run in parts:
+        argv += (["&&"] if argv else []) + run.argv
+    return Run(
+        argv=argv,
+        seconds=sum(r.seconds for r in parts),
+        maxrss_kib=max(r.maxrss_kib for r in parts),
+        user=sum(r.user for r in parts),
+        system=sum(r.system for r in parts),
+        rc=0,
+        stderr="".join(r.stderr for r in parts),
+    )
+
+
+class FsBench:
+    """The unpack, export and commit operations: the sides alternating (the order rotates
+    each round), each run into a new path of the work directory's file system. What the
+    runs made is moved aside (``trash/``) and deleted at the end of the operation only,
+    and each timed run starts at least :data:`SETTLE_S` after the bench's last deletion
+    (see there), so that no run pays for removing an earlier one's tree."""
+
+    def __init__(self, bench: Bench, engine: Engine) -> None:
+        self.bench = bench
+        self.tools = bench.tools
+        self.inputs = bench.inputs
+        self.engine = engine
+        self.scratch = bench.scratch
+        self.trash = bench.scratch / "trash"
+        self.trashed = 0
+        self.deleted_at = bench.deleted_at
+
+    def discard(self, path: Path) -> None:
+        if os.path.lexists(path):
+            self.trash.mkdir(parents=True, exist_ok=True)
+            path.rename(self.trash / str(self.trashed))
+            self.trashed += 1
+
+    def empty_trash(self) -> None:
+        if self.trash.exists():
+            rm(self.trash)
+            self.deleted_at = time.monotonic()
+
+    def settle(self) -> None:
+        wait = self.deleted_at + SETTLE_S - time.monotonic()
+        if wait > 0:
+            log(f"  waiting {wait:.0f} s for ext4 to forget the inodes deleted (SETTLE_S)")
+            time.sleep(wait)
+
+    def _one(self, res: FsResult, side: FsSide, i: int) -> Path:
+        dest = self.scratch / f"{res.key}-{side.who}-{i + 1}"
+        out = self.scratch / f"{res.key}-{side.who}.out"
+        self.discard(dest)
+        commands, env = side.make(i, dest)
+        self.settle()
+        os.sync()
+        parts = []
+        for argv in commands:
+            run = measure(argv, out, env)
+            if not run.ok:
+                raise BenchError(
+                    f"{res.key}: {side.who} failed (exit {run.rc}): {shlex.join(run.argv)}\n"
+                    f"{run.stderr.rstrip()}\n{out.read_text(errors='replace').rstrip()}"
+                )
+            parts.append(run)
+        text = out.read_text(errors="replace")
+        rm(out)
+        res.runs.setdefault(side.who, []).append(_combined(parts) if len(parts) > 1 else parts[0])
+        if len(parts) > 1:
+            res.parts.setdefault(side.who, []).append(parts)
+        if side.check is not None:
+            side.check(i, dest, text)
+        return dest
+
+    def compare(
+        self,
+        res: FsResult,
+        sides: list[FsSide],
+        verify: Callable[[int, dict[str, Path]], None] | None = None,
+        cleanup: Callable[[], None] | None = None,
+    ) -> FsResult:
+        """``repeat`` rounds of every side; ``verify(round, dests)`` after each round, with
+        what each side made; ``cleanup`` at the end, before the trash is emptied."""
+        repeat = self.bench.repeat
+        log(
+            f"{res.title}: {repeat} × " + ", ".join(s.who for s in sides)
+            + "".join(f" ({who} {note})" for who, note in res.notes.items())
+        )  # fmt: skip
+        try:
+            for i in range(repeat):
+                k = i % len(sides)
+                dests = {side.who: self._one(res, side, i) for side in sides[k:] + sides[:k]}
+                if verify is not None:
+                    verify(i, dests)
+                for dest in dests.values():
+                    self.discard(dest)
+                log(
+                    f"  round {i + 1}: "
+                    + ", ".join(f"{s.who} {res.get(s.who)[-1].seconds:.2f} s" for s in sides)
+                )
+        except (BenchError, OSError) as e:
+            res.error = str(e)
+            log(f"  ERROR: {e}")
+        finally:
+            if cleanup is not None:
+                try:
+                    cleanup()
+                except BenchError as e:
+                    log(f"  cleaning up: {e}")
+            for side in sides:
+                self.discard(self.scratch / f"{res.key}-{side.who}.out")
+            self.empty_trash()
+        return res
+
+    # unpack: from a store that loaded the gzip OCI layout, from the layout itself, and
+    # the flattened tree's tar.
+
+    def unpack(self, root: Path) -> FsResult:
+        inputs = self.inputs
+        res = FsResult(
+            "unpack",
+            "unpack",
+            "umoci",
+            "`umoci unpack --rootless`",
+            inputs.uncompressed_bytes,
+        )
+        image = f"{inputs.layout_gzip}:{TAG}"
+        flat = self.scratch / "unpack-flat.tar"
+        try:
+            reference = self.scratch / "unpack-reference"
+            run_quiet([self.tools.umoci, "unpack", "--rootless", "--image", image, reference])
+            run_quiet(["tar", "-C", reference / "rootfs", "-cf", flat, "."])
+            expected = count_entries(reference / "rootfs")
+            self.discard(reference)
+        except BenchError as e:
+            res.error = f"making the flattened tar: {e}"
+            return res
+        res.checks.append(
+            f"every tree has the {expected:,} entries of the one the flattened tar was made "
+            f"from ({os.path.getsize(flat) / MB:.0f} MB)"
+        )
+
+        def ours(i: int, dest: Path) -> tuple[list[list[str]], None]:
+            return [self.bench.ocistore(root, "unpack", "--rootless", "-q", REF, str(dest))], None
+
+        def umoci(i: int, dest: Path) -> tuple[list[list[str]], None]:
+            return [[self.tools.umoci, "unpack", "--rootless", "--image", image, str(dest)]], None
+
+        def tar(i: int, dest: Path) -> tuple[list[list[str]], None]:
+            dest.mkdir()
+            return [["tar", "-x", "-C", str(dest), "-f", str(flat)]], None
+
+        def entries(rootfs: str) -> Callable[[int, Path, str], None]:
+            def check(i: int, dest: Path, text: str) -> None:
+                n = count_entries(dest / rootfs if rootfs else dest)
+                if n != expected:
+                    raise BenchError(f"unpack: {dest} has {n:,} entries, not {expected:,}")
+
+            return check
+
+        sides = [
+            FsSide("ocistore", ours, entries("rootfs")),
+            FsSide("umoci", umoci, entries("rootfs")),
+            FsSide("tar", tar, entries("")),
+        ]
+        res = self.compare(res, sides)
+        rm(flat)
+        return res
+
+    # export: from the same store, against a container of the image docker load took from
+    # the docker-archive, on the bench's engine.
+
+    def export(self, root: Path) -> FsResult:
+        res = FsResult(
+            "export",
+            "export",
+            "docker",
+            "`docker create` + `docker export`",
+            self.inputs.uncompressed_bytes,
+        )
+        if not has_command(self.tools, "export"):
+            res.skipped = "skipped: ocistore export not available"
+            log(f"export: {res.skipped}")
+            return res
+        sides = [
+            FsSide(
+                "ocistore",
+                lambda i, dest: ([self.bench.ocistore(root, "export", REF, "-o", str(dest))], None),
+            )
+        ]
+        docker, no_docker = self.engine.get()
+        if docker is not None:
+            try:
+                if not docker.run("images", "-q", REF).strip():
+                    log(f"  docker load -i {self.inputs.docker_archive}")
+                    docker.run("load", "-q", "-i", str(self.inputs.docker_archive))
+            except BenchError as e:
+                docker, no_docker = None, f"docker load failed: {str(e).splitlines()[0][:100]}"
+        containers: list[str] = []
+        if docker is not None:
+            engine = docker
+            tag = f"{os.getpid()}-{secrets.token_hex(3)}"
+
+            def make(i: int, dest: Path) -> tuple[list[list[str]], dict[str, str]]:
+                name = f"bench-export-{tag}-{i + 1}"
+                containers.append(name)
+                # The image has no command; a container needs one to be created.
+                return [
+                    engine.argv("create", "--name", name, REF, "/bin/true"),
+                    engine.argv("export", "-o", str(dest), name),
+                ], engine.env
+
+            sides.append(FsSide("docker", make))
+        else:
+            res.notes["docker"] = no_docker
+
+        def verify(i: int, dests: dict[str, Path]) -> None:
+            if i != self.bench.repeat - 1 or "docker" not in dests:
+                return
+            said = json.loads(
+                run_quiet([
+                    self.tools.python, str(Path(__file__).resolve()), "--compare-exports",
+                    str(dests["ocistore"]), str(dests["docker"]),
+                ])
+            )  # fmt: skip
+            o, d = said["ocistore"], said["docker"]
+            extra, added = said["only_ocistore"], said["only_docker"]
+            if extra or not set(added) <= DOCKER_INIT_LAYER:
+                raise BenchError(
+                    f"export: ocistore's tar has {o['members']:,} members, docker's "
+                    f"{d['members']:,}; only in ocistore's: {extra[:5]}, only in docker's: "
+                    f"{added[:5]}"
+                )
+            # The counts differ by Docker's init layer and the root entries, and by what
+            # a tar gives twice (a name given again replaces the first on extraction).
+            init = len(added)
+            root = int(o["root"]) - int(d["root"])
+            if o["names"] + init != d["names"] + root:
+                raise BenchError(f"export: the names counted do not add up: {said}")
+            res.checks.append(
+                f"tar members: ocistore {o['members']:,} ({o['names']:,} names, "
+                f"{o['members'] - o['names']:,} given twice; "
+                f"{'with' if o['root'] else 'no'} root entry), docker {d['members']:,} "
+                f"({d['names']:,} names, {d['members'] - d['names']:,} given twice; "
+                f"{'with' if d['root'] else 'no'} root entry): the same names but the "
+                f"{init} of Docker's init layer ({', '.join(added)})"
+            )
+
+        def cleanup() -> None:
+            if docker is not None and containers:
+                docker.run("rm", "-f", *containers)  # deletes trees too: the trash is emptied
+                self.deleted_at = time.monotonic()
+
+        return self.compare(res, sides, verify, cleanup)
+
+    # commit: each run from an unpacked tree of a fresh copy of the store (ocistore) or of
+    # the layout (umoci), the same changes made to it; both untimed.
+
+    def commit(self, root: Path) -> FsResult:
+        inputs = self.inputs
+        res = FsResult("commit", "commit", "umoci", "`umoci repack`", inputs.uncompressed_bytes)
+        if not has_command(self.tools, "commit"):
+            res.skipped = "skipped: ocistore commit not available"
+            log(f"commit: {res.skipped}")
+            return res
+        try:
+            base = run_quiet(self.bench.ocistore(root, "history", REF)).splitlines()
+            base_layers = len(layout_blobs(inputs.layout_gzip)) - 1
+        except BenchError as e:
+            res.error = str(e)
+            return res
+        plan = self.scratch / "commit-changes.json"
+        rm(plan)
+
+        def changed(rootfs: Path) -> None:
+            first = not plan.exists()
+            said = run_quiet(
+                [self.tools.python, str(Path(__file__).resolve()), "--change", rootfs, plan]
+            )
+            if first:
+                res.checks.append(f"the changes: {said.strip()}")
+
+        def ours(i: int, dest: Path) -> tuple[list[list[str]], None]:
+            store = dest / "store"
+            dest.mkdir()
+            run_quiet(["cp", "-a", str(root), str(store)])
+            bundle = dest / "bundle"
+            run_quiet(self.bench.ocistore(store, "unpack", "--rootless", "-q", REF, str(bundle)))
+            changed(bundle / "rootfs")
+            argv = self.bench.ocistore(store, "commit", str(bundle), "-t", COMMITTED, "-q")
+            return [argv], None
+
+        def ours_check(i: int, dest: Path, text: str) -> None:
+            lines = run_quiet(self.bench.ocistore(dest / "store", "history", COMMITTED))
+            if len(lines.splitlines()) != len(base) + 1:
+                raise BenchError(
+                    f"commit: `ocistore history {COMMITTED}` has {len(lines.splitlines())} "
+                    f"lines, the base {len(base)}:\n{lines}"
+                )
+            if not text.strip():
+                raise BenchError("commit: ocistore commit -q printed no image ID")
+
+        def umoci(i: int, dest: Path) -> tuple[list[list[str]], None]:
+            layout = dest / "layout"
+            dest.mkdir()
+            run_quiet(["cp", "-a", str(inputs.layout_gzip), str(layout)])
+            bundle = dest / "bundle"
+            run_quiet(
+                [self.tools.umoci, "unpack", "--rootless", "--image", f"{layout}:{TAG}", bundle]
+            )
+            changed(bundle / "rootfs")
+            argv = [self.tools.umoci, "repack", "--image", f"{layout}:committed", str(bundle)]
+            return [argv], None
+
+        def umoci_check(i: int, dest: Path, text: str) -> None:
+            layout = dest / "layout"
+            index = json.loads((layout / "index.json").read_text())
+            for m in index["manifests"]:
+                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "committed":
+                    digest = m["digest"].split(":", 1)[1]
+                    manifest = json.loads((layout / "blobs/sha256" / digest).read_text())
+                    if len(manifest["layers"]) == base_layers + 1:
+                        return
+                    raise BenchError(
+                        f"commit: umoci's committed image has {len(manifest['layers'])} "
+                        f"layers, the base {base_layers}"
+                    )
+            raise BenchError(f"commit: umoci repack left no ref 'committed' in {layout}")
+
+        sides = [FsSide("ocistore", ours, ours_check), FsSide("umoci", umoci, umoci_check)]
+        res = self.compare(res, sides)
+        rm(plan)
+        if not res.error:
+            res.checks.append(
+                f"each run: `ocistore history {COMMITTED}` has one line more than the base's "
+                f"{len(base)}, umoci's manifest one layer more than {base_layers}"
+            )
+        return res
+
+
+def bench_fs(bench: Bench, keys: list[str], engine: Engine) -> list[FsResult]:
+    """The unpack, export and commit operations, from a store that loaded the gzip layout."""
+    fs = FsBench(bench, engine)
+    try:
+        root = bench.preload(name="preloaded-fs")
+    except BenchError as e:
+        log(f"  ERROR: preloading the store failed: {e}")
+        return [FsResult(k, k, "", "", 0, error=f"preloading the store failed: {e}") for k in keys]
+    results = []
+    for key in keys:
+        op = {"unpack": fs.unpack, "export": fs.export, "commit": fs.commit}[key]
+        results.append(op(root))
+    rm(root)
+    return results
 
 
 # -- the store operations ---------------------------------------------------------------
@@ -1539,6 +2130,7 @@ def _verdict(ok: bool) -> str:
 def report(
     ops: list[OpResult],
     remote: list[RemoteResult],
+    fs: list[FsResult],
     stores: ListResult | None,
     inputs: Inputs,
     machine: str,
@@ -1586,8 +2178,12 @@ def report(
         if ops:
             lines.append("")
         lines += remote_table(remote, target)
-    if stores is not None:
+    if fs:
         if ops or remote:
+            lines.append("")
+        lines += fs_table(fs, target)
+    if stores is not None:
+        if ops or remote or fs:
             lines.append("")
         small, big = min(stores.sizes), max(stores.sizes)
         lines.append(
@@ -1653,6 +2249,13 @@ def report(
     if remote:
         lines.append("")
         lines.append(REMOTE_NOTE)
+    if fs:
+        lines.append("")
+        lines.append(FS_NOTE)
+        checks = [f"{r.title}: {c}" for r in fs for c in r.checks]
+        if checks:
+            lines.append("")
+            lines.append("Checked: " + "; ".join(checks) + ".")
     lines.append("")
     lines.append(f"Input {inputs.describe()}.")
     lines.append("")
@@ -1727,6 +2330,103 @@ def remote_table(remote: list[RemoteResult], target: Callable[[bool], str]) -> l
     return lines
 
 
+FS_NOTE = (
+    "File system operations: every run into a new path of the work directory's file "
+    "system, the order of the tools rotating each round, `sync` before each run; what the "
+    "runs made is deleted only after the operation's last round, and each run starts at "
+    f"least {SETTLE_S:.0f} s after the bench deleted anything (on ext4 without a journal, "
+    "as here, every file created within 30 s of deleting as many is many times slower: "
+    "`recently_deleted()` in fs/ext4/ialloc.c). "
+    "unpack = `ocistore --root STORE unpack --rootless -q bench:latest DIR` from a store "
+    "that loaded the gzip OCI layout, `umoci unpack --rootless --image LAYOUT:bench DIR` "
+    "(which also writes an mtree of the tree), and GNU `tar -x -C DIR -f FLAT.tar` of the "
+    "flattened tree (made once, `tar -C rootfs -cf FLAT.tar .` of a umoci unpack; as root, "
+    "tar sets the owners and no xattrs: ocistore and umoci keep non-root owners in "
+    "`user.rootlesscontainers`). export = `ocistore export bench:latest -o FILE` against "
+    "`docker create --name N bench:latest /bin/true` then `docker export -o FILE N` on the "
+    "bench's engine, the image `docker load`ed from the docker-archive (its `docker rm`, "
+    "untimed, after the last round); on vfs, `docker create` copies the image's whole "
+    "tree, which it would not on overlay2 (the two commands' medians are given). "
+    "commit = `ocistore --root STORE commit DIR -t bench:committed -q` against "
+    "`umoci repack --image LAYOUT:committed DIR`, each run on a fresh copy (`cp -a`) of "
+    "the store or the layout, unpacked (`--rootless`) and changed the same way for both, "
+    "untimed: 1% of the regular files rewritten in place with other bytes of the same "
+    "size, a few deleted and a few added (a seeded RNG). MB/s = the image's uncompressed "
+    "layer tars (10^6 bytes) / median wall time. The ocistore / tar target is "
+    f"≤ {TAR_TARGET:g}."
+)
+
+
+def fs_table(fs: list[FsResult], target: Callable[[bool], str]) -> list[str]:
+    lines = [
+        "| file system operation | peer | ocistore s | peer s | ocistore / peer (target) "
+        "| tar -x s | ocistore / tar (target) | ocistore MB/s | peer MB/s "
+        "| ocistore peak RSS (≤ 64 MiB) | peer peak RSS |",
+        "|---|---|--:|--:|---|--:|---|--:|--:|---|--:|",
+    ]
+    for res in fs:
+        o, p = median_s(res.get("ocistore")), median_s(res.get(res.peer))
+        if res.skipped:
+            lines.append(f"| {res.title} | {res.peer_title} | {res.skipped} | | | | | | | | |")
+            continue
+        if res.error or o is None:
+            target(False)
+            reason = (res.error or "no runs").splitlines()[0][:120]
+            lines.append(f"| {res.title} | {res.peer_title} | **FAIL**: {reason} | | | | | | | | |")
+            continue
+        mb = res.bytes / MB
+        per_mb = res.key != "commit"  # a commit's work is the changes, not the image
+        tgt = FS_TARGETS[res.key]
+        if p is not None:
+            peer_s = _fmt_s(p)
+            parts = res.parts.get(res.peer)
+            if parts:  # each command's median: "(5.10 create + 2.02 export)"
+                each = [
+                    f"{_fmt_s(statistics.median(run[k].seconds for run in parts))} "
+                    f"{parts[0][k].argv[1]}"
+                    for k in range(len(parts[0]))
+                ]
+                peer_s += f" ({' + '.join(each)})"
+            ratio_cell = f"{o / p:.2f} (≤ {tgt:g}) {target(o / p <= tgt)}"
+            peer_mb = f"{mb / p:.0f}" if per_mb else "—"
+            peer_rss = f"{max_rss_mib(res.get(res.peer)) or 0.0:.0f} MiB"
+        else:
+            peer_s = res.notes.get(res.peer, "not run")
+            ratio_cell, peer_mb, peer_rss = "—", "—", "—"
+        t = median_s(res.get("tar"))
+        if t is not None:
+            verdict = target(o / t <= TAR_TARGET)
+            tar_cells = f"{_fmt_s(t)} | {o / t:.2f} (≤ {TAR_TARGET:g}) {verdict}"
+        else:
+            tar_cells = "— | —"
+        rss_o = max_rss_mib(res.get("ocistore")) or 0.0
+        lines.append(
+            f"| {res.title} | {res.peer_title} | {_fmt_s(o)} | {peer_s} | {ratio_cell} "
+            f"| {tar_cells} | {f'{mb / o:.0f}' if per_mb else '—'} | {peer_mb} "
+            f"| {rss_o:.0f} MiB {target(rss_o <= RSS_TARGET_MIB)} | {peer_rss} |"
+        )
+    return lines
+
+
+def fs_cpu_table(fs: list[FsResult]) -> str:
+    rows = [
+        "| file system operation | ocistore CPU s (wall) | peer CPU s (wall) "
+        "| tar -x CPU s (wall) |",
+        "|---|--:|--:|--:|",
+    ]
+    for res in fs:
+        cells = []
+        for who in ("ocistore", res.peer, "tar"):
+            runs = res.get(who)
+            if runs:
+                cpu = statistics.median(r.user + r.system for r in runs)
+                cells.append(f"{cpu:.2f} ({_fmt_s(median_s(runs))})")
+            else:
+                cells.append("—")
+        rows.append(f"| {res.title} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def remote_cpu_table(remote: list[RemoteResult]) -> str:
     rows = [
         "| registry operation | ocistore CPU s (wall) | skopeo CPU s (wall) "
@@ -1775,6 +2475,7 @@ OPS = [
     "save-docker",
     "save-oci-archive",
     *REMOTE_OPS,
+    *FS_OPS,
     "images",
 ]
 
@@ -1857,6 +2558,10 @@ def main(argv: list[str]) -> int:
         return http_put_main(argv[1:])
     if argv[:1] == ["--docker-engine"]:
         return docker_engine_main()
+    if argv[:1] == ["--compare-exports"]:
+        return compare_exports_main(argv[1:])
+    if argv[:1] == ["--change"]:
+        return change_main(argv[1:])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
     start_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
@@ -1912,8 +2617,15 @@ def main(argv: list[str]) -> int:
     remote: list[RemoteResult] = []
     remote_versions: list[str] = []
     remote_keys = [k for k in REMOTE_OPS if k in args.only]
-    if remote_keys:
-        remote, remote_versions = bench_remote(bench, remote_keys)
+    fs: list[FsResult] = []
+    fs_keys = [k for k in FS_OPS if k in args.only]
+    with contextlib.ExitStack() as stack:  # the Docker engine, if one is started
+        engine = Engine(stack)
+        if remote_keys:
+            remote, remote_versions = bench_remote(bench, remote_keys, engine)
+        if fs_keys:
+            fs = bench_fs(bench, fs_keys, engine)
+        remote_versions += engine.versions()
     stores = None
     if "images" in args.only:
         sizes = sorted({args.small_images, args.images})
@@ -1921,10 +2633,14 @@ def main(argv: list[str]) -> int:
     rm(bench.scratch)
     machine = machine_line(tools, work, start_load, remote_versions)
     floor = (check(measure(["true"])).maxrss_kib) / 1024
-    table, passed, total = report(ops, remote, stores, inputs, machine, command, args.repeat, floor)
+    table, passed, total = report(
+        ops, remote, fs, stores, inputs, machine, command, args.repeat, floor
+    )
     cpu = cpu_table(ops) if ops else ""
     if remote:
         cpu += ("\n" if cpu else "") + remote_cpu_table(remote)
+    if fs:
+        cpu += ("\n" if cpu else "") + fs_cpu_table(fs)
     print()
     print(table)
     if cpu:
@@ -1936,11 +2652,13 @@ def main(argv: list[str]) -> int:
         "inputs": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(inputs).items()},
         "operations": [asdict(op) for op in ops],
         "registry_operations": [asdict(r) for r in remote],
+        "filesystem_operations": [asdict(r) for r in fs],
         "stores": asdict(stores) if stores else None,
     }
     (work / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     log(f"written {work / 'results.md'} and {work / 'results.json'}")
     errors = [op.key for op in ops if op.error] + [r.key for r in remote if r.error]
+    errors += [r.key for r in fs if r.error]
     errors += ["images"] if stores and stores.error else []
     if errors:
         log(f"bench: these operations failed to run: {', '.join(errors)}")
