@@ -57,6 +57,19 @@ _FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O
 _REGULAR: Final = frozenset((b"0", b"\x00", b"7"))
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``); all bits
+    set when it cannot be read, so that every mode is set with ``fchmod``."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
+
+
 def xattr_allowed(name: str, rootless: bool) -> bool:
     """Whether an image's xattr is set on what it unpacks (see the module's text)."""
     if name.startswith("security.") or name.startswith("trusted.overlay."):
@@ -82,7 +95,8 @@ class Applier:
     ) -> None:
         self.root = root
         self.rootless = rootless
-        self._chown = not rootless and os.geteuid() == 0
+        self._privileged = os.geteuid() == 0
+        self._chown = not rootless and self._privileged
         self._warn = warn or (lambda message: None)
         #: Directories' metadata, set when the tree is walked at the end (by device and
         #: inode: a directory removed since is not given another's), and the root's.
@@ -91,9 +105,14 @@ class Applier:
         #: The file whose data is being written: its descriptor and member.
         self._fd = -1
         self._file: Entry | None = None
+        self._file_mode_set = False
+        self._umask = _umask()
         self._upper: set[int] = set()
         self._members = 0
         self._what = ""
+        #: A rootless unpack's owners other than 0:0, by device and inode (what the
+        #: xattrs say, for the record).
+        self.owners: dict[tuple[int, int], tuple[int, int]] = {}
         #: Device nodes a rootless unpack skipped, for one warning at the end.
         self.skipped_devices: list[str] = []
 
@@ -127,11 +146,13 @@ class Applier:
         mode, owner and times (its children are all in: their changes moved its mtime).
         A mode that would keep the walk out of it (rootless) is set once the walk is
         out; what the record keeps is the final mode."""
-        meta = self._dirs.pop((info.st_dev, info.st_ino), None)
+        key = (info.st_dev, info.st_ino)
+        self.owners.pop(key, None)  # (an inode a removed file had)
+        meta = self._dirs.pop(key, None)
         if meta is None:
             return info, stat.S_IMODE(info.st_mode), None
         final = meta.mode
-        keep_open = not self._chown and os.geteuid() != 0 and final & 0o700 != 0o700
+        keep_open = not self._privileged and final & 0o700 != 0o700
         self._set_meta(fd, meta._replace(mode=final | 0o700) if keep_open else meta)
         after = (lambda: os.fchmod(fd, final)) if keep_open else None
         return os.fstat(fd), final, after
@@ -193,7 +214,10 @@ class Applier:
         meta = entry.meta
         assert meta is not None
         if kind in _REGULAR:
-            self._fd = self._create(parent, base)
+            # Made with its mode when the umask leaves it whole (no fchmod then).
+            exact = not meta.mode & (0o7000 | self._umask)
+            self._fd = self._create(parent, base, meta.mode if exact else 0o600)
+            self._file_mode_set = exact
             self._file = entry
             if not entry.size:
                 self._end_file()
@@ -245,13 +269,13 @@ class Applier:
         """A directory is removed: its metadata must not go to one that takes its inode."""
         self._dirs.pop((dev, ino), None)
 
-    def _create(self, parent: int, base: str) -> int:
+    def _create(self, parent: int, base: str, mode: int) -> int:
         """A new regular file at ``base`` (what was there removed), open for writing."""
         try:
-            return os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
+            return os.open(base, _FILE_FLAGS, mode, dir_fd=parent)
         except FileExistsError:
             self._replace(parent, base)
-            return os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
+            return os.open(base, _FILE_FLAGS, mode, dir_fd=parent)
 
     def _replace(self, parent: int, base: str, existing: os.stat_result | None = None) -> None:
         """Remove what is at ``base`` (a directory with what is below it)."""
@@ -345,32 +369,38 @@ class Applier:
         fd, self._fd = self._fd, -1
         try:
             assert entry.meta is not None
-            self._set_meta(fd, entry.meta)
+            self._set_meta(fd, entry.meta, mode_set=self._file_mode_set)
         except OSError as e:
             raise OcistoreError(f"{self._what}: member {entry.name!r}: {e.strerror or e}") from None
         finally:
             os.close(fd)
 
-    def _set_meta(self, fd: int, meta: Meta) -> None:
-        """Owner, xattrs, mode and times of an open file or directory, in that order (a
-        chown clears setuid bits)."""
+    def _set_meta(self, fd: int, meta: Meta, *, mode_set: bool = False) -> None:
+        """Owner, xattrs, mode (unless ``mode_set``: made with it) and times of an open
+        file or directory, in that order (a chown clears setuid bits)."""
         if self._chown:
             os.fchown(fd, meta.uid, meta.gid)
         if meta.xattrs:
             for name, value in meta.xattrs.items():
                 if xattr_allowed(name, self.rootless):
                     self._setxattr(fd, name, value)
-        if self.rootless and (meta.uid or meta.gid):
-            self._setxattr(fd, ROOTLESS_XATTR, encode_owner(meta.uid, meta.gid))
-        os.fchmod(fd, meta.mode)
+        owned = self.rootless and (meta.uid or meta.gid)
+        if owned and self._setxattr(fd, ROOTLESS_XATTR, encode_owner(meta.uid, meta.gid)):
+            info = os.fstat(fd)
+            self.owners[(info.st_dev, info.st_ino)] = (meta.uid, meta.gid)
+        if not mode_set:
+            os.fchmod(fd, meta.mode)
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
-    def _setxattr(self, fd: int, name: str, value: bytes) -> None:
+    def _setxattr(self, fd: int, name: str, value: bytes) -> bool:
+        """Whether the xattr was set (a file system or a caller may not allow it)."""
         try:
             os.setxattr(fd, name, value)
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL):
                 raise
+            return False
+        return True
 
     def _set_node_meta(self, parent: int, base: str, meta: Meta) -> None:
         """A fifo's, device's or hard link's owner, mode and times, by its name in

@@ -183,13 +183,15 @@ def walk(
     rootless: bool = False,
     digests: dict[tuple[int, int], str] | None = None,
     hash_files: bool = False,
+    owners: dict[tuple[int, int], tuple[int, int]] | None = None,
     on_dir: DirHook | None = None,
 ) -> Iterator[tuple[TreeEntry, int, str]]:
     """Every path below the root, in :func:`path_key` order, with the file descriptor
     of its directory and its name there (valid until the next entry is asked for).
     A regular file's digest comes from ``digests`` (by device and inode) or, with
-    ``hash_files``, is read. Depth first without recursion: a tree of any depth the
-    open files allow."""
+    ``hash_files``, is read. A rootless tree's owners come from ``owners`` (by device
+    and inode; 0:0 for the others) when the caller knows them, else from the xattr.
+    Depth first without recursion: a tree of any depth the open files allow."""
     # The directories being walked: descriptor, path prefix, names left (reversed),
     # and what to call once out of it.
     stack: list[tuple[int, str, list[str], Callable[[], None] | None]] = []
@@ -239,7 +241,12 @@ def walk(
                     digest = digests.get((info.st_dev, info.st_ino), "")
                 if not digest and hash_files:
                     digest = file_digest(fd, name)
-            uid, gid = _owner(fd, name, info, rootless)
+            if owners is not None:  # (only files and directories have user xattrs)
+                owned = kind in (stat.S_IFREG, stat.S_IFDIR)
+                key = (info.st_dev, info.st_ino)
+                uid, gid = owners.get(key, (0, 0)) if owned else (0, 0)
+            else:
+                uid, gid = _owner(fd, name, info, rootless)
             path = prefix + name
             entry = TreeEntry(
                 path,

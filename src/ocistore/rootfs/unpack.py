@@ -54,7 +54,9 @@ class Unpacked(NamedTuple):
 
 
 class _HashingApplier(Applier):
-    """An :class:`Applier` that hashes each regular file's content as it writes it."""
+    """An :class:`Applier` that hashes each regular file's content as it writes it (on
+    the same thread: handing each piece to another cost more in thread switches than
+    the hashing it moved); :attr:`digests` holds every file's, by device and inode."""
 
     def __init__(self, root: Root, *, rootless: bool, warn: Callable[[str], None]) -> None:
         super().__init__(root, rootless=rootless, warn=warn)
@@ -68,7 +70,9 @@ class _HashingApplier(Applier):
     def _end_file(self) -> None:
         if self._file is not None:
             info = os.fstat(self._fd)
-            self.digests[(info.st_dev, info.st_ino)] = "sha256:" + self._hasher.hexdigest()
+            key = (info.st_dev, info.st_ino)
+            self.owners.pop(key, None)  # (an inode a removed file had; set again if owned)
+            self.digests[key] = "sha256:" + self._hasher.hexdigest()
             self._hasher = hashlib.sha256()
         super()._end_file()
 
@@ -152,7 +156,11 @@ def unpack(
                 (
                     entry
                     for entry, _, _ in walk(
-                        root, rootless=rootless, digests=applier.digests, on_dir=applier.dir_hook
+                        root,
+                        rootless=rootless,
+                        digests=applier.digests,
+                        owners=applier.owners if rootless else None,
+                        on_dir=applier.dir_hook,
                     )
                 ),
             )

@@ -45,6 +45,8 @@ _POSIX_MAGIC = b"ustar\x00"
 _PAX, _PAX_GLOBAL, _GNU_NAME, _GNU_LINK, _GNU_SPARSE = b"x", b"g", b"L", b"K", b"S"
 _EXTENSIONS = frozenset((_PAX, _PAX_GLOBAL, _GNU_NAME, _GNU_LINK))
 _OCTAL = re.compile(rb"[0-7]+")
+#: What the numeric fields of nearly every header hold: octal digits, spaces, NULs.
+_OCTAL_FIELD = b"01234567 \x00"
 _DECIMAL = re.compile(rb"[0-9]+")
 #: The pax keys the scanner applies; the others (times, owners, comments) are dropped.
 _PAX_KEYS = frozenset((b"path", b"linkpath", b"size"))
@@ -372,6 +374,21 @@ class TarScanner:
             self._data_left = size
 
     def _meta(self, block: bytes) -> Meta:
+        # The common header without _number's checks: fields of octal digits padded
+        # with spaces and NULs (anything else, or a digit after a NUL, goes through it).
+        if not block[100:148].translate(None, _OCTAL_FIELD) and not block[329] | block[337]:
+            try:
+                return Meta(
+                    int(block[100:108].replace(b"\x00", b" "), 8) & 0o7777,
+                    int(block[108:116].replace(b"\x00", b" "), 8),
+                    int(block[116:124].replace(b"\x00", b" "), 8),
+                    int(block[136:148].replace(b"\x00", b" "), 8) * 1_000_000_000,
+                    0,
+                    0,
+                    None,
+                )
+            except ValueError:
+                pass
         number = self._number
         return Meta(
             number(block, 100, 108, "mode") & 0o7777,
