@@ -40,7 +40,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..errors import OcistoreError
 from ..spec.limits import MAX_LAYER_ENTRIES
@@ -48,7 +48,7 @@ from ..spec.tarscan import Entry, Meta, TarScanner
 from .fsroot import Root, UnsafeEntry, clean_name, remove_tree
 from .tree import ROOTLESS_XATTR, encode_owner
 
-__all__ = ["Applier", "whiteout_target", "xattr_allowed"]
+__all__ = ["Applier", "Member", "check_members", "classify", "whiteout_target", "xattr_allowed"]
 
 WHITEOUT: Final = ".wh."
 OPAQUE: Final = ".wh..wh..opq"
@@ -85,6 +85,65 @@ def whiteout_target(base: str) -> str | None:
     if not target or target in (".", ".."):
         return None
     return target
+
+
+_KNOWN: Final = _REGULAR | {b"1", b"2", b"3", b"4", b"5", b"6"}
+
+
+class Member(NamedTuple):
+    """A layer's member as every verb takes it (:func:`classify`)."""
+
+    #: The cleaned path's components; empty for the root directory.
+    parts: list[str]
+    #: For a whiteout, :data:`OPAQUE` or the name it removes; else ``None``.
+    whiteout: str | None
+    #: A hard link's cleaned target.
+    link: list[str] | None
+
+
+def check_members(what: str, count: int) -> None:
+    """Refuse a layer once it has more than :data:`MAX_LAYER_ENTRIES` members."""
+    if count > MAX_LAYER_ENTRIES:
+        raise UnsafeEntry(
+            f"{what}: more than {MAX_LAYER_ENTRIES} members, over the limit of {MAX_LAYER_ENTRIES}"
+        )
+
+
+def classify(what: str, entry: Entry) -> Member | None:
+    """What a member is, the refusals of the module's text applied (the same in every
+    verb); ``None`` for AUFS's metadata, passed over as Docker passes it."""
+
+    def refuse(why: str) -> UnsafeEntry:
+        return UnsafeEntry(f"{what}: member {entry.name!r}: {why}")
+
+    parts = clean_name(entry.name)
+    if parts is None:
+        raise refuse("its name climbs out of the root with '..'")
+    kind = entry.type
+    if not parts:
+        if kind != b"5":
+            raise refuse("it would replace the root directory")
+        return Member(parts, None, None)
+    base = parts[-1]
+    if (base.startswith(AUFS_META) and base != OPAQUE) or parts[0].startswith(AUFS_META):
+        return None
+    if base.startswith(WHITEOUT):
+        target = OPAQUE if base == OPAQUE else whiteout_target(base)
+        if target is None:
+            raise refuse("an invalid whiteout (it names no file)")
+        return Member(parts, target, None)
+    if kind == b"S":
+        raise refuse("a GNU sparse file (not supported)")
+    if kind not in _KNOWN:
+        raise refuse(f"unknown member type {kind.decode('latin-1')!r}")
+    link = None
+    if kind == b"1":
+        link = clean_name(entry.linkname)
+        if link is None:
+            raise refuse(f"a hard link to {entry.linkname!r}, outside the root")
+        if not link:
+            raise refuse("a hard link to the root directory")
+    return Member(parts, None, link)
 
 
 class Applier:
@@ -177,35 +236,28 @@ class Applier:
     def _entry(self, entry: Entry) -> None:
         self._end_file()
         self._members += 1
-        if self._members > MAX_LAYER_ENTRIES:
-            raise UnsafeEntry(
-                f"{self._what}: more than {MAX_LAYER_ENTRIES} members, over the limit of "
-                f"{MAX_LAYER_ENTRIES}"
-            )
+        check_members(self._what, self._members)
+        member = classify(self._what, entry)
+        if member is None:
+            return
         try:
-            self._member(entry)
+            self._member(entry, member)
         except OcistoreError:
             raise
         except OSError as e:
             raise OcistoreError(f"{self._what}: member {entry.name!r}: {e.strerror or e}") from None
 
-    def _member(self, entry: Entry) -> None:
-        parts = clean_name(entry.name)
-        if parts is None:
-            raise self._refuse(entry, "its name climbs out of the root with '..'")
+    def _member(self, entry: Entry, member: Member) -> None:
+        parts = member.parts
         kind = entry.type
         if not parts:
-            if kind == b"5":
-                self._root_meta = entry.meta  # (its type is never changed)
-                return
-            raise self._refuse(entry, "it would replace the root directory")
+            self._root_meta = entry.meta  # (the root's type is never changed)
+            return
         base = parts[-1]
-        if (base.startswith(AUFS_META) and base != OPAQUE) or parts[0].startswith(AUFS_META):
-            return  # AUFS's own metadata, passed over as Docker does
         root = self.root
         what = f"{self._what}: member {entry.name!r}"
-        if base.startswith(WHITEOUT):
-            self._whiteout(entry, parts, what)
+        if member.whiteout is not None:
+            self._whiteout(parts, member.whiteout, what)
             return
         parent = root.walk(parts[:-1], create=True, what=what)
         assert parent is not None
@@ -246,7 +298,8 @@ class Applier:
                 follow_symlinks=False,
             )
         elif kind == b"1":
-            self._hardlink(entry, parts, what)
+            assert member.link is not None
+            self._hardlink(entry, parts, member.link, what)
         elif kind in (b"3", b"4", b"6"):
             if kind != b"6" and not self._chown:
                 self.skipped_devices.append(entry.name)
@@ -259,11 +312,6 @@ class Applier:
                 device = os.makedev(meta.devmajor, meta.devminor)
                 os.mknod(base, kind_bits | 0o600, device, dir_fd=parent)
             self._set_node_meta(parent, base, meta)
-        elif kind == b"S":
-            raise self._refuse(entry, "a GNU sparse file (not supported)")
-        else:
-            shown = kind.decode("latin-1")
-            raise self._refuse(entry, f"unknown member type {shown!r}")
 
     def _forget(self, dev: int, ino: int) -> None:
         """A directory is removed: its metadata must not go to one that takes its inode."""
@@ -288,10 +336,9 @@ class Applier:
         else:
             os.unlink(base, dir_fd=parent)
 
-    def _whiteout(self, entry: Entry, parts: list[str], what: str) -> None:
-        base = parts[-1]
+    def _whiteout(self, parts: list[str], target: str, what: str) -> None:
         root = self.root
-        if base == OPAQUE:
+        if target == OPAQUE:
             parent = root.walk(parts[:-1], create=False, what=what)
             if parent is None:
                 return
@@ -301,9 +348,6 @@ class Applier:
                 if hash(prefix + child) not in self._upper:
                     remove_tree(parent, child, self._forget)
             return
-        target = whiteout_target(base)
-        if target is None:
-            raise self._refuse(entry, "an invalid whiteout (it names no file)")
         parent = root.walk(parts[:-1], create=False, what=what)
         if parent is None:
             return
@@ -314,13 +358,8 @@ class Applier:
         if existing is not None:
             self._replace(parent, target, existing)
 
-    def _hardlink(self, entry: Entry, parts: list[str], what: str) -> None:
+    def _hardlink(self, entry: Entry, parts: list[str], target: list[str], what: str) -> None:
         root = self.root
-        target = clean_name(entry.linkname)
-        if target is None:
-            raise self._refuse(entry, f"a hard link to {entry.linkname!r}, outside the root")
-        if not target:
-            raise self._refuse(entry, "a hard link to the root directory")
         source_dir = root.walk(target[:-1], create=False, what=what)
         info = None if source_dir is None else root.lstat(source_dir, target[-1])
         if source_dir is None or info is None:

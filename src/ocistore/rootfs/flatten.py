@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING
 
 from .. import parallel
 from ..progress import SILENT, Progress
-from ..spec.limits import MAX_LAYER_ENTRIES
 from ..spec.tarscan import Entry, TarScanner
-from .apply import AUFS_META, OPAQUE, WHITEOUT, whiteout_target
+from .apply import OPAQUE, check_members, classify
 from .fsroot import UnsafeEntry, clean_name
 from .unpack import layer_pieces, read_layers
 
@@ -150,46 +149,21 @@ class _Flattener:
                 yield from after
                 after = []
             count += 1
-            if count > MAX_LAYER_ENTRIES:
-                raise UnsafeEntry(
-                    f"{what}: more than {MAX_LAYER_ENTRIES} members, over the limit of "
-                    f"{MAX_LAYER_ENTRIES}"
-                )
-            parts = clean_name(item.name)
-            if parts is None:
-                raise UnsafeEntry(
-                    f"{what}: member {item.name!r}: its name climbs out of the root with '..'"
-                )
-            if not parts:
-                if item.type != b"5":
-                    raise UnsafeEntry(
-                        f"{what}: member {item.name!r}: it would replace the root directory"
-                    )
-                continue
-            base = parts[-1]
-            if (base.startswith(AUFS_META) and base != OPAQUE) or parts[0].startswith(AUFS_META):
-                continue
+            check_members(what, count)
+            member = classify(what, item)
+            if member is None or not member.parts:
+                continue  # (AUFS's metadata, the root directory)
+            parts = member.parts
             path = "/".join(parts)
-            if base.startswith(WHITEOUT):
+            if member.whiteout is not None:
                 parent = "/".join(parts[:-1])
-                if base == OPAQUE:
+                if member.whiteout == OPAQUE:
                     opaque.add(parent)
-                    continue
-                target = whiteout_target(base)
-                if target is None:
-                    raise UnsafeEntry(
-                        f"{what}: member {item.name!r}: an invalid whiteout (it names no file)"
-                    )
-                gone.add(f"{parent}/{target}" if parent else target)
+                else:
+                    gone.add(f"{parent}/{member.whiteout}" if parent else member.whiteout)
                 continue
-            if item.type == b"1":
-                link = clean_name(item.linkname)
-                if link is None or not link:
-                    raise UnsafeEntry(
-                        f"{what}: member {item.name!r}: a hard link to {item.linkname!r}, "
-                        "outside the root"
-                    )
-                item = item._replace(linkname="/".join(link))
+            if member.link is not None:
+                item = item._replace(linkname="/".join(member.link))
             if path not in given and self.hidden(path):
                 if item.type not in (b"1", b"5"):
                     passed.add(path)
