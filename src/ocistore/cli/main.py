@@ -1173,3 +1173,4 @@ if __name__ == "__main__":
 # The registry commands register themselves with the others (after them, in the help).
 from . import remote as _remote  # noqa: E402,F401
 from . import rootfs as _rootfs  # noqa: E402,F401
+from . import serve as _serve  # noqa: E402,F401

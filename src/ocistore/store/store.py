@@ -392,6 +392,20 @@ class Store:
         except (UnicodeDecodeError, InvalidInput):
             raise CorruptStore(f"image {image_id}: damaged metadata {MANIFEST!r}") from None
 
+    def keep_manifest(self, image_id: ImageID, raw: bytes) -> Digest:
+        """Keep ``raw`` as the manifest of an image that came without one (what ``serve``
+        generated for it), so that it is served with the same digest from then on; the
+        manifest already kept, if another process was first."""
+        with self.transaction():
+            self.images.record(image_id)  # (NotFound if it went meanwhile)
+            kept = self.kept_manifest(image_id)
+            if kept is not None:
+                return kept
+            digest = self.content.write(raw)
+            self.images.set_blobs(image_id, [digest])  # kept alive first, then named
+            self.backend.set_metadata(image_id, MANIFEST, digest.encode())
+        return digest
+
     def last_tagged(self, image_id: ImageID) -> str:
         """When the image was last tagged (RFC 3339 with nanoseconds, as Go writes it),
         "" if it was not since it came in."""
