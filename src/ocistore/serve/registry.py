@@ -211,7 +211,11 @@ class RegistryAPI:
 
     def catalog(self, request: Request) -> Response:
         query = urllib.parse.parse_qs(request.query, keep_blank_values=True)
-        names = sorted({r.name for r in self.view.repositories()})
+        if self.proxy is not None:  # (the upstream's names: what its clients ask for)
+            domain = self.proxy.domain
+            names = sorted({r.path for r in self.view.repositories() if r.domain == domain})
+        else:
+            names = sorted({r.name for r in self.view.repositories()})
         return self._page(names, query, "/v2/_catalog", "repositories", {})
 
     def tags(
