@@ -198,7 +198,8 @@ class _Connection(asyncio.Protocol):
         self.busy = False
         self.closed = False
         self.paused = False
-        self.timer: asyncio.TimerHandle | None = None
+        #: When the connection is dropped unless it makes progress (loop time; 0: never).
+        self.deadline = 0.0
         self.peer = ""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -217,13 +218,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
-        if self.timer is not None:
-            self.timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if not self.buf and self.timer is not None and not self.busy:
+        if not self.buf and not self.busy:
             self._arm(HEAD_TIMEOUT)  # a request began: its head must come whole, soon
         self.buf += data
         if self.busy:
@@ -242,13 +241,12 @@ class _Connection(asyncio.Protocol):
     # -- requests ------------------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(seconds, self._timed_out)
+        # (a deadline the server's sweep reads: a timer a request costs more than a
+        # small request's whole answer)
+        self.deadline = self.loop.time() + seconds
 
-    def _timed_out(self) -> None:
-        self.timer = None
-        if self.busy or self.closed:
+    def timed_out(self, now: float) -> None:
+        if self.busy or self.closed or not self.deadline or now < self.deadline:
             return
         assert self.transport is not None
         self.transport.close()
@@ -327,9 +325,7 @@ class _Connection(asyncio.Protocol):
             self._sent(response)
             return
         self.busy = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         transport.write(head)
         task = self.loop.create_task(self._send_files(response))
         self.server.tasks.add(task)
@@ -388,6 +384,19 @@ class _Server:
         self.tasks: set[asyncio.Task[None]] = set()
 
 
+#: Seconds between two looks for connections past their deadline.
+SWEEP_INTERVAL: Final = 5.0
+
+
+async def _sweep(state: _Server) -> None:
+    """Drops connections idle or slow past their deadline."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        now = state.loop.time()
+        for conn in list(state.connections):
+            conn.timed_out(now)
+
+
 async def serve_forever(
     host: str,
     port: int,
@@ -406,6 +415,7 @@ async def serve_forever(
     server = await loop.create_server(
         lambda: _Connection(state), host, port, ssl=tls, reuse_address=True, backlog=1024
     )
+    sweep = loop.create_task(_sweep(state))
     sockname = server.sockets[0].getsockname()
     on_listening(str(sockname[0]), int(sockname[1]))
     stop = stop or asyncio.Event()
@@ -416,6 +426,7 @@ async def serve_forever(
         for conn in list(state.connections):
             if conn.transport is not None:
                 conn.transport.abort()
+        sweep.cancel()
         for task in list(state.tasks):
             task.cancel()
         await asyncio.gather(*state.tasks, return_exceptions=True)

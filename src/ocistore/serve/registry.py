@@ -158,6 +158,7 @@ class RegistryAPI:
             )
         if path in ("/v2/", "/v2"):
             return _json({})
+        self.view.refresh()
         if path == "/v2/_catalog":
             return self.catalog(request)
         match = _ROUTE.fullmatch(path)

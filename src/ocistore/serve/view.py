@@ -15,6 +15,7 @@ digest never changes, whatever later versions of ocistore would generate.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -108,16 +109,26 @@ class StoreView:
     def _signature(self) -> object:
         return tuple(_stat_key(p) for p in self._watched)
 
-    def current(self) -> _Snapshot:
+    def refresh(self) -> None:
+        """Build the snapshot again if another process changed the store: called once at
+        the start of every request (three ``stat`` calls), so that each request sees the
+        store as it was when it came, and what a request does (its answer) is one
+        snapshot's."""
         signature = self._signature()
         snap = self._snapshot
         if snap is None or snap.signature != signature:
-            snap = self._snapshot = _Snapshot(self.store, signature)
-        return snap
+            self._snapshot = _Snapshot(self.store, signature)
+
+    def current(self) -> _Snapshot:
+        if self._snapshot is None:
+            self.refresh()
+        assert self._snapshot is not None
+        return self._snapshot
 
     @property
     def generation(self) -> object:
         """Changes whenever the store does (what a page of the store is cached by)."""
+        self.refresh()
         return self.current().signature
 
     # -- repositories -------------------------------------------------------------------
@@ -141,8 +152,8 @@ class StoreView:
             served = self._load_manifest(image_id)
         except OcistoreError:
             served = None
-        snap = self.current()  # (keeping a generated manifest changed the store)
-        snap.manifests[image_id] = served
+        self.refresh()  # (keeping a generated manifest changed the store)
+        self.current().manifests[image_id] = served
         return served
 
     def _load_manifest(self, image_id: ImageID) -> ServedManifest:
@@ -260,10 +271,12 @@ def describe_manifest(raw: bytes, digest: Digest) -> ServedManifest:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize(name: str, ns: str | None = None) -> tuple[str, str] | None:
     """The repository ``(domain, path)`` a request's name means, as ``docker pull`` reads
     it (``busybox`` and ``library/busybox`` are Docker Hub's ``library/busybox``); with
-    containerd's ``ns``, the name is a path in that registry."""
+    containerd's ``ns``, the name is a path in that registry. (Remembered: clients ask
+    for few names, many times.)"""
     from ..spec.reference import parse
 
     text = f"{ns}/{name}" if ns else name
