@@ -3,14 +3,16 @@
 # ${XDG_DATA_HOME:-~/.local/share}/ocistore): import a small image, tag it, list it,
 # inspect it and show its history; then save it as an oci-archive, remove it, and load it
 # back with the same ID; unpack it, change a file, commit the change as a new image and
-# show its diff; with Debian's docker-registry installed, push it to one started here on
+# show its diff; serve the store as a registry and read it back through it; with
+# Debian's docker-registry installed, push it to one started here on
 # 127.0.0.1 and pull it back.
 set -e
 cd "$(dirname "$0")/.."
 OCISTORE=".venv/bin/ocistore"
 work=$(mktemp -d)
 registry_pid=""
-trap '[ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null; rm -rf "$work"' EXIT
+serve_pid=""
+trap '[ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null; [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 # A small root file system made of real files from this machine.
 mkdir -p "$work/rootfs/etc" "$work/rootfs/bin"
@@ -44,6 +46,22 @@ tar -tvf "$work/motd.tar"
 $OCISTORE system df
 $OCISTORE fsck -q
 set +x
+
+# The store served as a registry on 127.0.0.1 (a free port), and read back through it.
+$OCISTORE serve --addr 127.0.0.1:0 --quiet >"$work/serve.out" 2>"$work/serve.err" &
+serve_pid=$!
+until grep -q '^serving on ' "$work/serve.out" 2>/dev/null; do
+    kill -0 "$serve_pid" 2>/dev/null || { cat "$work/serve.err"; exit 1; }
+    sleep 0.1
+done
+served=$(sed -n 's|^serving on http://||p' "$work/serve.out")
+set -x
+$OCISTORE tags "$served/demo/minimal"
+$OCISTORE inspect --remote "$served/demo/minimal:motd"
+.venv/bin/python -c "import urllib.request; print(urllib.request.urlopen('http://$served/v2/_catalog').read().decode())"
+set +x
+kill "$serve_pid"
+serve_pid=""
 
 # A registry of the demo's own, on 127.0.0.1 (plain HTTP: a loopback registry).
 registry=/usr/bin/docker-registry
