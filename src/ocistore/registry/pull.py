@@ -209,9 +209,17 @@ def _schema1_image(repo: Repository, top: Manifest, where: str) -> RemoteImage:
     return RemoteImage(repo, top, config, layers)
 
 
-def _layer_source(repo: Repository, digest: Digest, size: int | None) -> LayerSource:
+#: Given a layer blob's digest and its download, the stream the store reads instead (a
+#: pull-through cache's copy of what it reads, for its clients).
+Tee = Callable[[Digest, IO[bytes]], IO[bytes]]
+
+
+def _layer_source(
+    repo: Repository, digest: Digest, size: int | None, tee: Tee | None = None
+) -> LayerSource:
     def open_blob() -> AbstractContextManager[IO[bytes]]:
-        return repo.open_blob(digest, size)  # type: ignore[return-value]
+        download: IO[bytes] = repo.open_blob(digest, size)  # type: ignore[assignment]
+        return tee(digest, download) if tee is not None else download
 
     return LayerSource(
         open=open_blob,
@@ -224,12 +232,12 @@ def _layer_source(repo: Repository, digest: Digest, size: int | None) -> LayerSo
 
 
 def image_sources(
-    images: Sequence[RemoteImage], names: Sequence[list[Reference]]
+    images: Sequence[RemoteImage], names: Sequence[list[Reference]], tee: Tee | None = None
 ) -> list[ImageSource]:
     """The sources of the one way in for images read from a registry."""
     sources = []
     for image, refs in zip(images, names, strict=True):
-        layers = [_layer_source(image.repository, d, size) for d, size, _ in image.layers]
+        layers = [_layer_source(image.repository, d, size, tee) for d, size, _ in image.layers]
         sources.append(
             ImageSource(
                 config=image.config,
@@ -249,13 +257,21 @@ def pull(
     platform: Platform | None = None,
     all_platforms: bool = False,
     progress: Progress | None = None,
+    on_remote: Callable[[Manifest, list[RemoteImage]], None] | None = None,
+    tee: Tee | None = None,
 ) -> PullResult:
-    """Pull ``ref`` (``latest`` when it has neither tag nor digest) into ``store``."""
+    """Pull ``ref`` (``latest`` when it has neither tag nor digest) into ``store``.
+
+    ``on_remote`` is told what the reference named and its images (manifests and
+    configs read) before any layer is; ``tee`` sees each layer's download (both for
+    ``serve --proxy``)."""
     if ref.tag is None and ref.digest is None:
         ref = ref.with_tag(DEFAULT_TAG)
     repo = session.repository(ref)
     top = repo.get_manifest(ref.digest or ref.tag or DEFAULT_TAG)
     images = remote_images(repo, top, platform, all_platforms)
+    if on_remote is not None:
+        on_remote(top, images)
     name = ref.name_only()
     names: list[list[Reference]] = []
     for i, image in enumerate(images):
@@ -276,7 +292,7 @@ def pull(
             new = False
         except NotFound:
             pass
-    loaded = store.add_images(image_sources(images, names), progress, jobs=pull_jobs())
+    loaded = store.add_images(image_sources(images, names, tee), progress, jobs=pull_jobs())
     _remember(store, images, loaded)
     return PullResult(ref, top.digest, loaded, new)
 

@@ -23,12 +23,12 @@ import contextlib
 import os
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Final, NamedTuple
 
-__all__ = ["FileRange", "Request", "Response", "serve_forever"]
+__all__ = ["FileRange", "Request", "Response", "Stream", "serve_forever"]
 
 MAX_HEAD: Final = 16 << 10
 MAX_HEADERS: Final = 100
@@ -56,6 +56,15 @@ class FileRange(NamedTuple):
     size: int
 
 
+class Stream(NamedTuple):
+    """``size`` bytes that are not all there yet (a blob the proxy is fetching): the
+    pieces ``chunks()`` gives, in order, until they add up to ``size``; a failure (or
+    fewer bytes) aborts the connection, never a short body with a 200."""
+
+    size: int
+    chunks: Callable[[], AsyncIterator[bytes | FileRange]]
+
+
 @dataclass(slots=True)
 class Request:
     method: str
@@ -76,7 +85,7 @@ class Response:
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     #: The body: bytes and ranges of open files, in order.
-    body: Sequence[bytes | FileRange] = ()
+    body: Sequence[bytes | FileRange | Stream] = ()
     #: Descriptors to close once the response is sent (or the connection dropped).
     fds: list[int] = field(default_factory=list)
     #: Close the connection after this response.
@@ -340,9 +349,21 @@ class _Connection(asyncio.Protocol):
                 if isinstance(part, bytes):
                     transport.write(part)
                     continue
-                with open(part.fd, "rb", buffering=0, closefd=False) as f:
-                    sent = await self.loop.sendfile(transport, f, part.offset, part.size)
-                if sent != part.size:  # (the file shrank: never pretend it did not)
+                if isinstance(part, Stream):
+                    sent = 0
+                    async for piece in part.chunks():
+                        if isinstance(piece, bytes):
+                            transport.write(piece)
+                            sent += len(piece)
+                        elif await self._sendfile(piece):
+                            sent += piece.size
+                        else:
+                            break
+                    if sent != part.size:
+                        complete = False
+                        break
+                    continue
+                if not await self._sendfile(part):  # (the file shrank: never pretend)
                     complete = False
                     break
         except (OSError, RuntimeError, asyncio.CancelledError):
@@ -359,6 +380,12 @@ class _Connection(asyncio.Protocol):
             self.paused = False
             transport.resume_reading()
         self._next()
+
+    async def _sendfile(self, part: FileRange) -> bool:
+        assert self.transport is not None
+        with open(part.fd, "rb", buffering=0, closefd=False) as f:
+            sent = await self.loop.sendfile(self.transport, f, part.offset, part.size)
+        return sent == part.size
 
     def _sent(self, response: Response) -> None:
         response.release()
