@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -133,8 +133,9 @@ def _missing(reason: str) -> None:
 
 
 @contextlib.contextmanager
-def started_engine() -> Iterator[DockerEngine]:
-    """Start a private Docker engine; stop it and remove its files when done."""
+def started_engine(daemon_args: Sequence[str] = ()) -> Iterator[DockerEngine]:
+    """Start a private Docker engine; stop it and remove its files when done.
+    ``daemon_args`` go to ``dockerd`` after its own (``--registry-mirror URL``)."""
     dockerd = shutil.which("dockerd") or (
         "/usr/sbin/dockerd" if os.access("/usr/sbin/dockerd", os.X_OK) else None
     )
@@ -166,6 +167,7 @@ def started_engine() -> Iterator[DockerEngine]:
         # Its own namespaces, should it use a containerd the machine runs.
         "--containerd-namespace", "ocistore-test",
         "--containerd-plugins-namespace", "ocistore-test-plugins",
+        *daemon_args,
     ]  # fmt: skip
     (directory / "daemon.json").write_text("{}\n")
     with open(log, "wb") as log_file:
