@@ -8,10 +8,15 @@ import argparse
 import ipaddress
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidInput
+from . import views
 from .main import EXIT_OK, command, open_store, say_error
 from .remote import open_session, positive_seconds, registry_options
+
+if TYPE_CHECKING:  # (the server's modules are imported only when it runs)
+    from ..serve.http import Request
 
 
 def address(text: str) -> tuple[str, int]:
@@ -83,6 +88,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     A page of the store is at /. With --proxy it is a pull-through cache: what the store
     lacks is pulled from the upstream, stored, and served. The store stays usable by
     other commands meanwhile. Stop it with Ctrl-C.
+
+    example:
+      ocistore serve --addr 127.0.0.1:5000 &
+      docker pull 127.0.0.1:5000/busybox:latest
+      ocistore serve --proxy https://registry-1.docker.io --proxy-ttl 600
     """
     from ..serve.auth import Htpasswd
     from ..serve.proxy import Proxy
@@ -118,12 +128,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shown = f"[{bound}]" if ":" in bound else bound
         print(f"serving on {scheme}://{shown}:{bound_port}", flush=True)
 
-    def failed(request: object) -> None:
-        import traceback
-
-        if not args.quiet:
-            say_error("internal error answering a request:")
-            traceback.print_exc(file=sys.stderr)
+    def failed(request: Request) -> None:
+        # One line, never a traceback: the request's method and path (escaped) and what
+        # went wrong; the client got a 500 and the server goes on.
+        e = sys.exc_info()[1]
+        what = views.printable(f"{request.method} {request.path}")
+        say_error(f"internal error answering {what}: {type(e).__name__}: {views.printable(str(e))}")
 
     try:
         run(app, host, port, tls, listening, failed)
