@@ -38,7 +38,14 @@ One run:
    the last deletion (``SETTLE_S``: ext4 without a journal slows every file created soon
    after as many were deleted). Checked: the trees' entries, the export tars' names
    against docker's, the committed image's history;
-7. prints Markdown tables with medians, ratios, throughput and peak memory, each target
+7. serves the image (issue 14): ``ocistore serve`` on a store that loaded the gzip
+   layout against Distribution 2.8 holding the same image (``ocistore push`` put it
+   there), both on 127.0.0.1 and started and stopped by the bench: ``skopeo copy
+   docker://… oci:…`` from each (serve-copy), curl GETs of the largest layer
+   (serve-blob), manifest HEADs from 8 keep-alive clients (serve-head, the bench's own
+   client: Debian's wrk cannot HEAD), alternating; with each server's CPU a run and
+   peak RSS;
+8. prints Markdown tables with medians, ratios, throughput and peak memory, each target
    of the issue marked PASS or FAIL, the machine and the command; writes it to
    ``bench-out/results.md`` and every single run to ``bench-out/results.json``.
 
@@ -55,6 +62,7 @@ MB/s (10^6 bytes per second).
     .venv/bin/python scripts/bench.py --only load-docker,images --repeat 3
     .venv/bin/python scripts/bench.py --only pull-gzip,pull-zstd,push-gzip,push-zstd
     .venv/bin/python scripts/bench.py --only unpack,export,commit
+    make bench BENCH_ARGS="--only serve-copy,serve-blob,serve-head"   # about 75 s
 
 Exit status: 0 when every operation ran (whatever the targets say; ``--strict`` makes a
 failed target exit 1 too), 1 when something could not run.
@@ -777,17 +785,53 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _copy_log(
+    stream: Any, path: Path, text: str, seen: threading.Event, settled: threading.Event
+) -> None:
+    """A server's output, line by line, appended to ``path`` (a thread's work): ``seen``
+    and ``settled`` are set when a line holds ``text``, ``settled`` also when the output
+    ends (the process exited)."""
+    with stream, open(path, "ab", buffering=0) as out:
+        for line in stream:
+            out.write(line)
+            if not seen.is_set() and text.encode() in line:
+                seen.set()
+                settled.set()
+    settled.set()
+
+
+def _vm_hwm_kib(pid: int) -> int | None:
+    """A running process's peak resident set (``VmHWM`` of /proc/PID/status), in KiB."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The user + system CPU time a running process (all its threads) used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Registry:
     """One ``docker-registry serve`` (Distribution 2.8) on 127.0.0.1, on a free port, with
     its storage (``storage.filesystem.rootdirectory``) in a new directory of its own under
-    ``parent``; :meth:`stop` kills it (its process group) and removes the directory."""
+    ``parent``; :meth:`stop` kills it (its process group) and removes the directory. Its
+    output goes through a pipe to ``registry.log``, read by a thread that says when it
+    logs ``listening on`` (or exits): it is waited for by that event, then ``GET /v2/``
+    is asked once. ``blob_cache`` turns on ``storage.cache.blobdescriptor: inmemory``
+    (Debian's default configuration has it), for the server comparisons."""
 
-    def __init__(self, binary: str, parent: Path) -> None:
+    def __init__(self, binary: str, parent: Path, blob_cache: bool = False) -> None:
         parent.mkdir(parents=True, exist_ok=True)
         self.directory = Path(tempfile.mkdtemp(prefix="registry-", dir=parent))
         self.data = self.directory / "data"
         self.log_path = self.directory / "registry.log"
+        self.blob_cache = blob_cache
         self.proc: subprocess.Popen[bytes] | None = None
+        self.reader: threading.Thread | None = None
         self.host = ""
         try:
             self._start(binary)
@@ -806,28 +850,45 @@ class Registry:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "OTEL_"))}
         for _ in range(PORT_ATTEMPTS):
             port = _free_port()
+            storage: dict[str, Any] = {
+                "filesystem": {"rootdirectory": str(self.data)},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            }
+            if self.blob_cache:
+                storage["cache"] = {"blobdescriptor": "inmemory"}
             config = {
                 "version": "0.1",
                 "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": True}},
-                "storage": {
-                    "filesystem": {"rootdirectory": str(self.data)},
-                    "maintenance": {"uploadpurging": {"enabled": False}},
-                },
+                "storage": storage,
                 "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
             }
             config_file.write_text(json.dumps(config, indent=1) + "\n")  # JSON is YAML
             start = self.log_path.stat().st_size if self.log_path.exists() else 0
-            with open(self.log_path, "ab") as log_file:
-                self.proc = subprocess.Popen(
-                    [binary, "serve", str(config_file)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
+            self.proc = subprocess.Popen(
+                [binary, "serve", str(config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
             self.host = f"127.0.0.1:{port}"
-            if self._answers():
+            listening = threading.Event()
+            settled = threading.Event()  # it listens, or its output ended
+            assert self.proc.stdout is not None
+            self.reader = threading.Thread(
+                target=_copy_log,
+                args=(self.proc.stdout, self.log_path, "listening on ", listening, settled),
+                name="registry-log",
+                daemon=True,
+            )
+            self.reader.start()
+            if not settled.wait(REGISTRY_TIMEOUT):
+                raise BenchError(
+                    f"docker-registry did not say it listens in {REGISTRY_TIMEOUT:.0f} s"
+                )
+            if listening.is_set():
+                self._answers()
                 return
             self._kill()
             said = self.log_path.read_bytes()[start:].decode(errors="replace")
@@ -835,30 +896,27 @@ class Registry:
                 raise BenchError(f"docker-registry exited at start:\n{said.rstrip()[-2000:]}")
         raise BenchError(f"docker-registry found no free port in {PORT_ATTEMPTS} attempts")
 
-    def _answers(self) -> bool:
-        """Wait until ``GET /v2/`` answers 200 (True), or the registry exits (False)."""
-        assert self.proc is not None
+    def _answers(self) -> None:
+        """``GET /v2/`` answers 200 (it said it listens: one request, no waiting)."""
         hostname, port = self.host.rsplit(":", 1)
-        deadline = time.monotonic() + REGISTRY_TIMEOUT
-        while self.proc.poll() is None:
-            conn = http.client.HTTPConnection(hostname, int(port), timeout=REGISTRY_TIMEOUT)
-            try:
-                conn.request("GET", "/v2/")
-                response = conn.getresponse()
-                response.read()
-            except OSError:  # not listening yet
-                if time.monotonic() > deadline:
-                    raise BenchError(
-                        f"docker-registry did not answer in {REGISTRY_TIMEOUT:.0f} s"
-                    ) from None
-                time.sleep(0.02)
-                continue
-            finally:
-                conn.close()
-            if response.status != 200:
-                raise BenchError(f"GET http://{self.host}/v2/ answered {response.status}")
-            return True
-        return False
+        conn = http.client.HTTPConnection(hostname, int(port), timeout=REGISTRY_TIMEOUT)
+        try:
+            conn.request("GET", "/v2/")
+            response = conn.getresponse()
+            response.read()
+        except OSError as e:
+            raise BenchError(f"GET http://{self.host}/v2/: {e}") from None
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise BenchError(f"GET http://{self.host}/v2/ answered {response.status}")
+
+    def peak_kib(self) -> int | None:
+        return None if self.proc is None else _vm_hwm_kib(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        return _cpu_seconds(self.proc.pid)
 
     def blobs(self) -> dict[str, int]:
         """The blobs in its storage (manifests too): digest → size of its ``data`` file."""
@@ -877,6 +935,9 @@ class Registry:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             self.proc = None
+        if self.reader is not None:
+            self.reader.join()  # (its output ended with it)
+            self.reader = None
 
     def stop(self) -> None:
         self._kill()
@@ -1456,6 +1517,657 @@ def bench_remote(
             results.append(remote.push(key, layouts[kind], root, docker, no_docker))
             rm(root)
     return results, versions
+
+
+# -- serve: the store as a registry, against Distribution (issue 14) -----------------------
+
+SERVE_OPS = ["serve-copy", "serve-blob", "serve-head"]
+#: Issue 14's targets: a copy's time, ocistore / Distribution, at most; the throughputs
+#: (blob MB/s, manifest HEADs a second), ocistore / Distribution, at least.
+SERVE_TARGETS = {"serve-copy": 0.7, "serve-blob": 1.0, "serve-head": 1.0}
+SERVE_REPO = "library/bench"  # both servers' name of the image (the store's bench:latest)
+SERVE_TAG = "latest"
+SERVERS = ("ocistore", "distribution")
+SERVE_START_TIMEOUT = 60.0  # seconds ocistore serve is given to say where it listens (a bound)
+SERVE_STOP_TIMEOUT = 30.0  # seconds it is given to exit after SIGTERM
+BLOB_GETS = 10  # GETs of the largest layer in one curl run, one after another, one connection
+HEAD_CLIENTS = 8  # concurrent keep-alive connections of a HEAD run
+HEAD_SECONDS = 10.0  # the length of a HEAD run
+HEAD_ROUNDS = 3  # HEAD runs of each server (fewer when --repeat is lower)
+#: Where skopeo copies to: a tmpfs when there is one, so that the disk's writeback and
+#: fsyncs, the same for both servers and most of a copy's time here, stay out of it.
+SHM = Path("/dev/shm")
+
+
+class OcistoreServer:
+    """``ocistore serve --addr 127.0.0.1:0`` (the command given): its first line on
+    standard output, ``serving on http://127.0.0.1:PORT``, says where it listens; a thread
+    reads it (an event, no polling) and copies the rest of its output, with its standard
+    error, to ``serve.log``. :meth:`stop` sends SIGTERM and gives its exit status."""
+
+    def __init__(self, argv: list[str], directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.log_path = directory / "serve.log"
+        self.host = ""
+        self.rc: int | None = None
+        self._first: list[bytes] = []
+        settled = threading.Event()
+        with open(self.log_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+            )
+        assert self.proc.stdout is not None
+        self.reader = threading.Thread(
+            target=self._read, args=(self.proc.stdout, settled), name="serve-out", daemon=True
+        )
+        self.reader.start()
+        try:
+            if not settled.wait(SERVE_START_TIMEOUT):
+                raise BenchError(f"ocistore serve said nothing in {SERVE_START_TIMEOUT:.0f} s")
+            line = self._first[0].decode(errors="replace").rstrip("\n") if self._first else ""
+            prefix = "serving on http://"
+            if not line.startswith(prefix) or not line.rsplit(":", 1)[-1].isdigit():
+                self.stop()
+                said = self.log_path.read_text(errors="replace").rstrip()[-2000:]
+                raise BenchError(
+                    f"ocistore serve's first line is {line!r}, not `serving on http://HOST:PORT` "
+                    f"(exit {self.rc}):\n{said}"
+                )
+            self.host = line.removeprefix(prefix)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read(self, stream: Any, settled: threading.Event) -> None:
+        with stream, open(self.log_path, "ab", buffering=0) as out:
+            first = stream.readline()
+            if first:
+                self._first.append(first)
+            settled.set()
+            for line in stream:
+                out.write(line)
+        settled.set()
+
+    def __enter__(self) -> OcistoreServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def peak_kib(self) -> int | None:
+        return _vm_hwm_kib(self.proc.pid) if self.rc is None else None
+
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.proc.pid)
+
+    def stop(self) -> int:
+        """SIGTERM, then its exit status (SIGKILL and BenchError if it does not exit in
+        :data:`SERVE_STOP_TIMEOUT`); a second call gives the same status."""
+        if self.rc is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.rc = self.proc.wait(SERVE_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.rc = self.proc.wait()
+                self.reader.join()
+                raise BenchError(
+                    f"ocistore serve did not exit in {SERVE_STOP_TIMEOUT:.0f} s after SIGTERM"
+                ) from None
+            self.reader.join()
+        return self.rc
+
+
+@dataclass
+class ServeResult:
+    key: str
+    title: str
+    client: str  # what asks the servers (the table's words)
+    unit: str  # of the figures: "s", "MB/s", "HEAD/s"
+    per: str  # what one unit of work is, for the servers' CPU: "copy", "GET", "HEAD"
+    #: Each server's figure, one a run: "ocistore", "distribution".
+    figures: dict[str, list[float]] = field(default_factory=dict)
+    #: Each server's CPU seconds over each run (/proc/PID/stat, all its threads) and the
+    #: units of work of the run (copies, GETs, HEADs answered).
+    server_cpu: dict[str, list[float]] = field(default_factory=dict)
+    work: dict[str, list[int]] = field(default_factory=dict)
+    runs: dict[str, list[Run]] = field(default_factory=dict)  # the client's runs
+    error: str | None = None
+
+    def median(self, who: str) -> float | None:
+        got = self.figures.get(who)
+        return statistics.median(got) if got else None
+
+    def cpu_per_unit(self, who: str) -> float | None:
+        pairs = list(zip(self.server_cpu.get(who, []), self.work.get(who, []), strict=False))
+        return statistics.median(c / w for c, w in pairs if w) if pairs else None
+
+
+@dataclass
+class ServeSection:
+    results: list[ServeResult] = field(default_factory=list)
+    peak_kib: dict[str, int | None] = field(default_factory=dict)  # each server's VmHWM
+    image: str = ""  # what both served, for the report
+    dest: str = ""  # where the copies went
+    versions: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    error: str | None = None  # the servers' setup, or ocistore serve's exit
+
+
+@dataclass
+class ServeSide:
+    """One side of a serve operation: ``make(dest)`` gives the client's command (``dest``
+    a new path of its own); ``figure(run, stdout, dest)`` checks what it got and gives
+    the run's figure and its units of work; ``server`` is whose CPU is counted."""
+
+    who: str
+    make: Callable[[Path], list[str]]
+    figure: Callable[[Run, str, Path], tuple[float, int]]
+    server: OcistoreServer | Registry
+    skopeo: bool = False
+
+
+def head_load(
+    host: str, path: str, accept: str, digest: str, clients: int, seconds: float
+) -> dict[str, Any]:
+    """The HEAD load (``bench.py --head-load``, a child of the bench): ``clients``
+    keep-alive connections, each sending ``HEAD path`` as soon as the previous answer
+    came (one at a time, no pipelining), for ``seconds``; one thread, epoll. Every answer
+    must be a 200 with ``digest`` in it. wrk 4.1 (Debian's) cannot: it registers no
+    headers-complete callback with its parser, which then waits for the body a HEAD
+    answer's ``Content-Length`` announces and never completes a request (0 requests)."""
+    import selectors
+
+    hostname, port = host.rsplit(":", 1)
+    request = (
+        f"HEAD {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ocistore-bench\r\n"
+        f"Accept: {accept}\r\n\r\n"
+    ).encode()
+    ok, tag = b"HTTP/1.1 200 ", digest.encode()
+    sel = selectors.DefaultSelector()
+    conns: list[socket.socket] = []
+    bufs: list[bytearray] = []
+    done = bad = 0
+    sample = ""
+    try:
+        for i in range(clients):
+            s = socket.create_connection((hostname, int(port)), timeout=30)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+            conns.append(s)
+            bufs.append(bytearray())
+            sel.register(s, selectors.EVENT_READ, i)
+        start = time.perf_counter()
+        end = start + seconds
+        for s in conns:
+            s.send(request)
+        while (left := end - time.perf_counter()) > 0:
+            for key, _ in sel.select(left):
+                s, buf = conns[key.data], bufs[key.data]
+                data = s.recv(65536)
+                if not data:
+                    raise BenchError(f"{host} closed a keep-alive connection after {done} HEADs")
+                buf += data
+                if not buf.endswith(b"\r\n\r\n"):
+                    continue  # (the head came in pieces; a HEAD's answer has no body)
+                if not (buf.startswith(ok) and tag in buf):
+                    bad += 1
+                    sample = sample or buf.decode("latin-1")[:500]
+                done += 1
+                buf.clear()
+                if s.send(request) != len(request):
+                    raise BenchError("a HEAD request did not fit in the socket's buffer")
+        elapsed = time.perf_counter() - start
+    finally:
+        for s in conns:
+            s.close()
+        sel.close()
+    return {"requests": done, "seconds": elapsed, "bad": bad, "sample": sample}
+
+
+def head_load_main(argv: list[str]) -> int:
+    """``bench.py --head-load HOST PATH --accept TYPE --digest D [--clients N]
+    [--seconds S]``: :func:`head_load`, its result as one JSON line."""
+    p = argparse.ArgumentParser(prog="bench.py --head-load")
+    p.add_argument("host")
+    p.add_argument("path")
+    p.add_argument("--accept", required=True)
+    p.add_argument("--digest", required=True)
+    p.add_argument("--clients", type=int, default=HEAD_CLIENTS)
+    p.add_argument("--seconds", type=float, default=HEAD_SECONDS)
+    args = p.parse_args(argv)
+    said = head_load(args.host, args.path, args.accept, args.digest, args.clients, args.seconds)
+    print(json.dumps(said))
+    return 0
+
+
+def _http(
+    host: str, method: str, path: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    """One request (untimed, for the checks): status, headers (names lower-cased), body."""
+    hostname, port = host.rsplit(":", 1)
+    conn = http.client.HTTPConnection(hostname, int(port), timeout=120)
+    try:
+        conn.request(method, path, headers=headers)
+        r = conn.getresponse()
+        h = hashlib.sha256()
+        body = bytearray()
+        while chunk := r.read(HTTP_CHUNK):
+            h.update(chunk)
+            if len(body) < MIB:  # (the manifest is kept; a layer is only hashed)
+                body += chunk
+        said = {k.lower(): v for k, v in r.getheaders()}
+        said["x-bench-sha256"] = f"sha256:{h.hexdigest()}"
+        return r.status, said, bytes(body)
+    except OSError as e:
+        raise BenchError(f"{method} http://{host}{path}: {e}") from None
+    finally:
+        conn.close()
+
+
+class ServeBench:
+    """The serve operations: ocistore serve and Distribution, both on 127.0.0.1 and
+    holding the same image (the same manifest and blobs: checked), asked by the same
+    client, alternating (the order rotates each round)."""
+
+    def __init__(
+        self, bench: Bench, registry: Registry, server: OcistoreServer, curl: str, dest: Path
+    ) -> None:
+        self.bench = bench
+        self.tools = bench.tools
+        self.registry = registry
+        self.server = server
+        self.curl = curl
+        self.dest = dest
+        layout = bench.inputs.layout_gzip
+        index = json.loads((layout / "index.json").read_text())
+        self.manifest = index["manifests"][0]["digest"]
+        self.blobs = layout_blobs(layout)
+        layers = list(self.blobs.items())[1:]
+        self.layer = max(layers, key=lambda item: item[1])
+        self.hosts = {"ocistore": server.host, "distribution": registry.host}
+
+    def manifest_path(self) -> str:
+        return f"/v2/{SERVE_REPO}/manifests/{SERVE_TAG}"
+
+    def check_same(self) -> list[str]:
+        """Both servers answer with the layout's manifest (HEAD and GET, byte for byte)
+        and the largest layer's bytes; Distribution's storage holds every blob. Also the
+        servers' first requests, untimed."""
+        raw = (self.bench.inputs.layout_gzip / "blobs/sha256" / self.manifest[7:]).read_bytes()
+        accept = {"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"}
+        digest = self.layer[0]
+        for who, host in self.hosts.items():
+            for method in ("HEAD", "GET"):
+                status, headers, body = _http(host, method, self.manifest_path(), accept)
+                got = headers.get("docker-content-digest")
+                if status != 200 or got != self.manifest:
+                    raise BenchError(
+                        f"{who}: {method} {self.manifest_path()} answered {status} with "
+                        f"Docker-Content-Digest {got}, not 200 and {self.manifest}"
+                    )
+                kind = headers.get("content-type")
+                if kind != OCI_MANIFEST:
+                    raise BenchError(f"{who}: the manifest's Content-Type is {kind}")
+                if method == "GET" and body != raw:
+                    raise BenchError(
+                        f"{who}: GET {self.manifest_path()} is not the layout's manifest"
+                    )
+            status, headers, _ = _http(host, "GET", f"/v2/{SERVE_REPO}/blobs/{digest}", {})
+            if status != 200 or headers["x-bench-sha256"] != digest:
+                raise BenchError(
+                    f"{who}: GET blob {digest} answered {status}, {headers['x-bench-sha256']}"
+                )
+        held = self.registry.blobs()
+        for d, n in self.blobs.items():
+            if held.get(d) != n:
+                raise BenchError(
+                    f"Distribution's storage holds {d} as {held.get(d)} bytes, not {n}"
+                )
+        return [
+            f"both servers answer `{SERVE_REPO}:{SERVE_TAG}` with the layout's manifest "
+            f"({self.manifest[:19]}…, HEAD and GET, the same bytes) and the largest layer's "
+            f"bytes (sha256 checked); Distribution's storage holds the image's "
+            f"{len(self.blobs)} blobs with their sizes"
+        ]
+
+    def _one(self, res: ServeResult, side: ServeSide) -> None:
+        scratch = self.bench.scratch
+        dest = self.dest / f"{res.key}-{side.who}"
+        out = scratch / f"{res.key}-{side.who}.out"
+        rm(dest)
+        argv = side.make(dest)
+        if side.skopeo:
+            clear_skopeo_cache()
+        os.sync()
+        before = side.server.cpu_seconds()
+        run = measure(argv, out)
+        used = side.server.cpu_seconds() - before
+        text = out.read_text(errors="replace")
+        if not run.ok:
+            raise BenchError(
+                f"{res.key}: {side.who} failed (exit {run.rc}): {shlex.join(run.argv)}\n"
+                f"{run.stderr.rstrip()}\n{text.rstrip()}"
+            )
+        figure, work = side.figure(run, text, dest)
+        res.figures.setdefault(side.who, []).append(figure)
+        res.runs.setdefault(side.who, []).append(run)
+        res.server_cpu.setdefault(side.who, []).append(used)
+        res.work.setdefault(side.who, []).append(work)
+        rm(dest)
+        rm(out)
+
+    def compare(self, res: ServeResult, sides: list[ServeSide], rounds: int) -> ServeResult:
+        log(f"{res.title}: {rounds} × " + ", ".join(s.who for s in sides))
+        try:
+            for i in range(rounds):
+                k = i % len(sides)
+                for side in sides[k:] + sides[:k]:
+                    self._one(res, side)
+                log(
+                    f"  round {i + 1}: "
+                    + ", ".join(
+                        f"{s.who} {_fmt_figure(res.figures[s.who][-1], res.unit)}" for s in sides
+                    )
+                )
+        except (BenchError, OSError, ValueError, KeyError) as e:  # (a server gone, bad output)
+            res.error = str(e) or repr(e)
+            log(f"  ERROR: {res.error}")
+        finally:
+            for side in sides:
+                rm(self.dest / f"{res.key}-{side.who}")
+                rm(self.bench.scratch / f"{res.key}-{side.who}.out")
+        return res
+
+    def _servers(self) -> list[tuple[str, OcistoreServer | Registry]]:
+        return [("ocistore", self.server), ("distribution", self.registry)]
+
+    # serve-copy: skopeo copy docker://HOST/library/bench:latest oci:DIR:bench from each.
+
+    def copy(self) -> ServeResult:
+        res = ServeResult(
+            "serve-copy",
+            "serve: skopeo copy",
+            "`skopeo copy docker://HOST/library/bench:latest oci:DIR:bench`",
+            "s",
+            "copy",
+        )
+
+        def copied(run: Run, text: str, dest: Path) -> tuple[float, int]:
+            index = json.loads((dest / "index.json").read_text())
+            got = [m["digest"] for m in index["manifests"]]
+            if got != [self.manifest]:
+                raise BenchError(
+                    f"serve-copy: {dest} holds the manifests {got}, not {self.manifest}"
+                )
+            for d, n in self.blobs.items():
+                blob = dest / "blobs/sha256" / d.split(":", 1)[1]
+                if not blob.exists() or blob.stat().st_size != n:
+                    raise BenchError(f"serve-copy: {dest} lacks {d} ({n} bytes)")
+            return run.seconds, 1
+
+        def side(who: str, server: OcistoreServer | Registry) -> ServeSide:
+            src = f"docker://{self.hosts[who]}/{SERVE_REPO}:{SERVE_TAG}"
+            return ServeSide(
+                who,
+                lambda dest: self.tools.skopeo_copy(
+                    "--src-tls-verify=false", src, f"oci:{dest}:{TAG}"
+                ),
+                copied,
+                server,
+                skopeo=True,
+            )
+
+        sides = [side(who, server) for who, server in self._servers()]
+        return self.compare(res, sides, self.bench.repeat)
+
+    # serve-blob: the largest layer, BLOB_GETS times on one connection, by curl.
+
+    def blob(self) -> ServeResult:
+        digest, size = self.layer
+        res = ServeResult(
+            "serve-blob",
+            "serve: blob GET",
+            f"`curl -s -o /dev/null` of the largest layer ({size / MB:.0f} MB), "
+            f"{BLOB_GETS} times on one connection",
+            "MB/s",
+            "GET",
+        )
+
+        def got(run: Run, text: str, dest: Path) -> tuple[float, int]:
+            rows = [line.split() for line in text.splitlines() if line.strip()]
+            if len(rows) != BLOB_GETS or any(r[0] != "200" or int(r[1]) != size for r in rows):
+                raise BenchError(
+                    f"serve-blob: curl said {text.strip()[:300]!r}, not {BLOB_GETS} × 200 {size}"
+                )
+            return BLOB_GETS * size / sum(float(r[2]) for r in rows) / MB, BLOB_GETS
+
+        def side(who: str, server: OcistoreServer | Registry) -> ServeSide:
+            url = f"http://{self.hosts[who]}/v2/{SERVE_REPO}/blobs/{digest}"
+            argv = [self.curl, "-s", "-w", "%{http_code} %{size_download} %{time_total}\\n"]
+            for _ in range(BLOB_GETS):
+                argv += ["-o", "/dev/null", url]
+            return ServeSide(who, lambda dest: argv, got, server)
+
+        sides = [side(who, server) for who, server in self._servers()]
+        return self.compare(res, sides, self.bench.repeat)
+
+    # serve-head: manifest HEADs, HEAD_CLIENTS keep-alive connections, HEAD_SECONDS.
+
+    def head(self) -> ServeResult:
+        res = ServeResult(
+            "serve-head",
+            "serve: manifest HEAD",
+            f"{HEAD_CLIENTS} keep-alive clients for {HEAD_SECONDS:g} s (`bench.py --head-load`: "
+            "wrk cannot HEAD)",
+            "HEAD/s",
+            "HEAD",
+        )
+
+        def answered(run: Run, text: str, dest: Path) -> tuple[float, int]:
+            said = json.loads(text)
+            if said["bad"] or not said["requests"]:
+                raise BenchError(
+                    f"serve-head: {said['bad']} of {said['requests']} answers were not 200 "
+                    f"with the digest: {said['sample']!r}"
+                )
+            return said["requests"] / said["seconds"], int(said["requests"])
+
+        def side(who: str, server: OcistoreServer | Registry) -> ServeSide:
+            argv = [
+                self.tools.python, str(Path(__file__).resolve()), "--head-load",
+                self.hosts[who], self.manifest_path(), "--accept", OCI_MANIFEST,
+                "--digest", self.manifest, "--clients", str(HEAD_CLIENTS),
+                "--seconds", str(HEAD_SECONDS),
+            ]  # fmt: skip
+            return ServeSide(who, lambda dest: argv, answered, server)
+
+        sides = [side(who, server) for who, server in self._servers()]
+        return self.compare(res, sides, min(HEAD_ROUNDS, self.bench.repeat))
+
+
+def median_cpu(runs: list[Run]) -> float | None:
+    return statistics.median(r.user + r.system for r in runs) if runs else None
+
+
+def _fmt_figure(x: float, unit: str) -> str:
+    return f"{_fmt_s(x)} s" if unit == "s" else f"{x:,.0f} {unit}"
+
+
+def _tmpfs_dir() -> Path | None:
+    """A directory of /dev/shm if it is a tmpfs the bench can write, else None."""
+    if "tmpfs" not in filesystem_of(SHM) or not os.access(SHM, os.W_OK):
+        return None
+    return Path(tempfile.mkdtemp(prefix="ocistore-bench-", dir=SHM))
+
+
+def bench_serve(bench: Bench, keys: list[str]) -> ServeSection:
+    """Load the gzip layout into a store, start Distribution (its blob descriptor cache in
+    memory, as Debian configures it) and push the image into it with ``ocistore push``,
+    start ``ocistore serve`` on the store, check both serve the same bytes, run the
+    operations; read both servers' peak RSS, stop them (ocistore serve by SIGTERM: it
+    must exit 0), whatever happens."""
+    section = ServeSection()
+    inputs = bench.inputs
+    blobs = layout_blobs(inputs.layout_gzip)
+    section.image = (
+        f"{len(blobs) - 1} gzip layers and a config, {sum(blobs.values()) / MB:.0f} MB "
+        f"(the bench image's gzip OCI layout)"
+    )
+    with contextlib.ExitStack() as stack:
+        try:
+            binary = registry_binary()
+            curl = shutil.which("curl")
+            if curl is None:
+                raise BenchError("missing tool: curl (apt-get install curl)")
+            said = run_quiet([binary, "--version"]).split()
+            section.versions.append(f"docker-registry {said[-1] if said else '?'}")
+            section.versions.append(run_quiet([curl, "--version"]).split("(", 1)[0].strip())
+            dest = _tmpfs_dir()
+            if dest is not None:
+                stack.callback(rm, dest)
+                section.dest = f"a tmpfs ({SHM})"
+            else:
+                dest = bench.scratch / "serve-copies"
+                dest.mkdir(parents=True, exist_ok=True)
+                section.dest = f"the work directory ({filesystem_of(bench.scratch)})"
+            root = bench.preload(inputs.layout_gzip, "preloaded-serve")
+            stack.callback(rm, root)
+            registry = stack.enter_context(
+                Registry(binary, bench.scratch / "registries", blob_cache=True)
+            )
+            target = f"{registry.host}/{SERVE_REPO}:{SERVE_TAG}"
+            log(f"serve: Distribution on {registry.host}; ocistore push {REF} {target}")
+            run_quiet(bench.ocistore(root, "push", REF, target))
+            argv = bench.ocistore(root, "serve", "--addr", "127.0.0.1:0", "-q")
+            server = stack.enter_context(OcistoreServer(argv, bench.scratch / "serve"))
+            log(f"serve: ocistore serve on {server.host}")
+            serve = ServeBench(bench, registry, server, curl, dest)
+            section.checks += serve.check_same()
+        except (BenchError, OSError) as e:
+            section.error = str(e)
+            log(f"  ERROR: {section.error}")
+            return section
+        ops = {"serve-copy": serve.copy, "serve-blob": serve.blob, "serve-head": serve.head}
+        for key in keys:
+            section.results.append(ops[key]())
+        section.peak_kib = {"ocistore": server.peak_kib(), "distribution": registry.peak_kib()}
+        try:
+            rc = server.stop()
+        except BenchError as e:
+            rc = None
+            section.error = str(e)
+        if rc is not None and rc != 0:
+            told = server.log_path.read_text(errors="replace").rstrip()[-1000:]
+            section.error = f"ocistore serve exited {rc} on SIGTERM, not 0:\n{told}"
+        if section.error:
+            log(f"  ERROR: {section.error}")
+    return section
+
+
+SERVE_NOTE = (
+    "Serve: `ocistore serve --addr 127.0.0.1:0 -q` on a store that loaded the gzip OCI "
+    "layout, against Debian's Distribution (`docker-registry serve`, filesystem storage "
+    "in a new directory, `storage.cache.blobdescriptor: inmemory` as Debian's "
+    "configuration has it, access log off, log level info) holding the same image, put "
+    "into it by `ocistore push` (the same manifest and blobs: checked); both on "
+    "127.0.0.1, plain HTTP, the image as `library/bench:latest`; each started by the "
+    "bench (Distribution's `listening on` line and ocistore serve's `serving on` line "
+    "waited for, then `GET /v2/`) and stopped at the end. Each round asks both, the order "
+    "rotating. serve-copy = `skopeo copy --src-tls-verify=false "
+    "docker://HOST/library/bench:latest oci:DIR:bench` into a new directory on DEST, "
+    "skopeo's blob cache deleted first (a copy's time is mostly skopeo's own work, "
+    "hashing and writing the blobs: its CPU is in the last column). serve-blob = one "
+    f"curl process GETting the largest layer {BLOB_GETS} times on one keep-alive "
+    "connection into /dev/null; MB/s = the bytes (10^6) over the sum of curl's "
+    "`%{time_total}`. serve-head = `HEAD /v2/library/bench/manifests/latest` with "
+    f"`Accept: {OCI_MANIFEST}`, {HEAD_CLIENTS} keep-alive connections each sending its "
+    f"next request as the answer comes, for {HEAD_SECONDS:g} s, every answer checked "
+    "(200 and the digest): by the bench's own client (`bench.py --head-load`, one Python "
+    "process, epoll), since Debian's wrk 4.1 cannot measure HEAD: its parser has no "
+    "headers-complete callback, so it waits for the body the `Content-Length` of a HEAD "
+    "answer announces and completes no request. Server CPU = the server process's user + "
+    "system time over a run (/proc/PID/stat, all its threads) per unit of work, median "
+    "of the runs; client CPU = the client's (skopeo's, curl's, the HEAD client's) user + "
+    "system time a run, median, asking ocistore / Distribution. Peak RSS = each server's "
+    "VmHWM (/proc/PID/status) at the end of the serve operations."
+)
+
+
+def serve_table(section: ServeSection, target: Callable[[bool], str]) -> list[str]:
+    lines = [
+        "| serve operation | client | ocistore | Distribution "
+        "| ocistore / Distribution (target) | server CPU, ocistore / Distribution "
+        "| client CPU s a run, asking ocistore / Distribution |",
+        "|---|---|--:|--:|---|--:|--:|",
+    ]
+    for res in section.results:
+        o, d = res.median("ocistore"), res.median("distribution")
+        if res.error or o is None or d is None:
+            target(False)
+            reason = (res.error or "no runs").splitlines()[0][:120]
+            lines.append(f"| {res.title} | {res.client} | **FAIL**: {reason} | | | | |")
+            continue
+        tgt = SERVE_TARGETS[res.key]
+        ratio = o / d  # (times: at most the target; throughputs: at least)
+        if res.unit == "s":
+            ratio_cell = f"{ratio:.2f} (≤ {tgt:g}) {target(ratio <= tgt)}"
+        else:
+            ratio_cell = f"{ratio:.2f} (≥ {tgt:g}) {target(ratio >= tgt)}"
+        client = [median_cpu(res.runs.get(who, [])) for who in SERVERS]
+        client_cell = " / ".join("—" if c is None else f"{c:.2f}" for c in client)
+        co, cd = res.cpu_per_unit("ocistore"), res.cpu_per_unit("distribution")
+        if co is None or cd is None:
+            cpu_cell = "—"
+        elif res.per == "HEAD":
+            cpu_cell = f"{co * 1e6:.0f} / {cd * 1e6:.0f} µs a {res.per}"
+        elif res.per == "GET":
+            cpu_cell = f"{co * 1e3:.1f} / {cd * 1e3:.1f} ms a {res.per}"
+        else:
+            cpu_cell = f"{co:.2f} / {cd:.2f} s a {res.per}"
+        lines.append(
+            f"| {res.title} | {res.client} | {_fmt_figure(o, res.unit)} "
+            f"| {_fmt_figure(d, res.unit)} | {ratio_cell} | {cpu_cell} | {client_cell} |"
+        )
+    if section.error:
+        target(False)
+        lines.append(f"| serve | | **FAIL**: {section.error.splitlines()[0][:160]} | | | | |")
+    ours, dist = section.peak_kib.get("ocistore"), section.peak_kib.get("distribution")
+    if ours is not None:
+        lines.append("")
+        lines.append(
+            f"Peak RSS over the serve operations (VmHWM): ocistore serve {ours / 1024:.0f} MiB"
+            + (f", Distribution {dist / 1024:.0f} MiB." if dist is not None else ".")
+        )
+    return lines
+
+
+def serve_cpu_table(section: ServeSection) -> str:
+    rows = [
+        "| serve operation | client CPU s (wall), asking ocistore | asking Distribution "
+        "| ocistore serve CPU s a run | Distribution CPU s a run |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for res in section.results:
+        cells = []
+        for who in SERVERS:
+            runs = res.runs.get(who, [])
+            if runs:
+                cpu = statistics.median(r.user + r.system for r in runs)
+                cells.append(f"{cpu:.2f} ({_fmt_s(median_s(runs))})")
+            else:
+                cells.append("—")
+        for who in SERVERS:
+            used = res.server_cpu.get(who)
+            cells.append(f"{statistics.median(used):.2f}" if used else "—")
+        rows.append(f"| {res.title} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 # -- the file system operations: unpack, export, commit -------------------------------------
@@ -2127,10 +2839,28 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "**FAIL**"
 
 
+def _medians_note(inputs: Inputs, repeat: int, floor_mib: float) -> str:
+    """What the figures of the load, save, registry, file system and store operations are."""
+    return (
+        f"Medians of {repeat} runs, ocistore and peer alternating, fresh destination each run, "
+        "skopeo's blob cache deleted before each skopeo run, warm page cache. "
+        f"MB/s = the image's {inputs.uncompressed_bytes / MB:.0f} MB of uncompressed layer tars "
+        "(10^6 bytes) / median wall time. Baseline = one thread reading every input byte, "
+        "sha256 over it and, for gzip (isal) or zstd layers, over the decompressed stream; "
+        "baseline + write = the same, also writing each blob as read to a file and fsyncing it "
+        "(what keeping the input durably costs at least; no target). "
+        "Peak RSS = the process's ru_maxrss (as `/usr/bin/time -v`), the largest of the runs; "
+        "a child is spawned through vfork, and Linux counts the parent's peak in the child's, "
+        "so no figure here is below the bench's own "
+        f"(at most {floor_mib:.0f} MiB: `true` measured so at the end)."
+    )
+
+
 def report(
     ops: list[OpResult],
     remote: list[RemoteResult],
     fs: list[FsResult],
+    serve: ServeSection | None,
     stores: ListResult | None,
     inputs: Inputs,
     machine: str,
@@ -2182,8 +2912,12 @@ def report(
         if ops or remote:
             lines.append("")
         lines += fs_table(fs, target)
-    if stores is not None:
+    if serve is not None:
         if ops or remote or fs:
+            lines.append("")
+        lines += serve_table(serve, target)
+    if stores is not None:
+        if ops or remote or fs or serve is not None:
             lines.append("")
         small, big = min(stores.sizes), max(stores.sizes)
         lines.append(
@@ -2232,20 +2966,9 @@ def report(
             )
     lines.append("")
     lines.append(f"Targets: {passed} of {total} PASS.")
-    lines.append("")
-    lines.append(
-        f"Medians of {repeat} runs, ocistore and peer alternating, fresh destination each run, "
-        "skopeo's blob cache deleted before each skopeo run, warm page cache. "
-        f"MB/s = the image's {inputs.uncompressed_bytes / MB:.0f} MB of uncompressed layer tars "
-        "(10^6 bytes) / median wall time. Baseline = one thread reading every input byte, "
-        "sha256 over it and, for gzip (isal) or zstd layers, over the decompressed stream; "
-        "baseline + write = the same, also writing each blob as read to a file and fsyncing it "
-        "(what keeping the input durably costs at least; no target). "
-        "Peak RSS = the process's ru_maxrss (as `/usr/bin/time -v`), the largest of the runs; "
-        "a child is spawned through vfork, and Linux counts the parent's peak in the child's, "
-        "so no figure here is below the bench's own "
-        f"(at most {floor_mib:.0f} MiB: `true` measured so at the end)."
-    )
+    if ops or remote or fs or stores is not None or serve is None:
+        lines.append("")
+        lines.append(_medians_note(inputs, repeat, floor_mib))
     if remote:
         lines.append("")
         lines.append(REMOTE_NOTE)
@@ -2256,6 +2979,14 @@ def report(
         if checks:
             lines.append("")
             lines.append("Checked: " + "; ".join(checks) + ".")
+    if serve is not None:
+        lines.append("")
+        lines.append(SERVE_NOTE.replace("DEST", serve.dest or "?"))
+        lines.append("")
+        lines.append(f"Served: {serve.image}.")
+        if serve.checks:
+            lines.append("")
+            lines.append("Checked: " + "; ".join(serve.checks) + ".")
     lines.append("")
     lines.append(f"Input {inputs.describe()}.")
     lines.append("")
@@ -2476,6 +3207,7 @@ OPS = [
     "save-oci-archive",
     *REMOTE_OPS,
     *FS_OPS,
+    *SERVE_OPS,
     "images",
 ]
 
@@ -2562,6 +3294,8 @@ def main(argv: list[str]) -> int:
         return compare_exports_main(argv[1:])
     if argv[:1] == ["--change"]:
         return change_main(argv[1:])
+    if argv[:1] == ["--head-load"]:
+        return head_load_main(argv[1:])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)
     start_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else -1.0
@@ -2626,6 +3360,11 @@ def main(argv: list[str]) -> int:
         if fs_keys:
             fs = bench_fs(bench, fs_keys, engine)
         remote_versions += engine.versions()
+    serve: ServeSection | None = None
+    serve_keys = [k for k in SERVE_OPS if k in args.only]
+    if serve_keys:
+        serve = bench_serve(bench, serve_keys)
+        remote_versions = list(dict.fromkeys(remote_versions + serve.versions))
     stores = None
     if "images" in args.only:
         sizes = sorted({args.small_images, args.images})
@@ -2634,13 +3373,15 @@ def main(argv: list[str]) -> int:
     machine = machine_line(tools, work, start_load, remote_versions)
     floor = (check(measure(["true"])).maxrss_kib) / 1024
     table, passed, total = report(
-        ops, remote, fs, stores, inputs, machine, command, args.repeat, floor
+        ops, remote, fs, serve, stores, inputs, machine, command, args.repeat, floor
     )
     cpu = cpu_table(ops) if ops else ""
     if remote:
         cpu += ("\n" if cpu else "") + remote_cpu_table(remote)
     if fs:
         cpu += ("\n" if cpu else "") + fs_cpu_table(fs)
+    if serve is not None and serve.results:
+        cpu += ("\n" if cpu else "") + serve_cpu_table(serve)
     print()
     print(table)
     if cpu:
@@ -2653,12 +3394,15 @@ def main(argv: list[str]) -> int:
         "operations": [asdict(op) for op in ops],
         "registry_operations": [asdict(r) for r in remote],
         "filesystem_operations": [asdict(r) for r in fs],
+        "serve": asdict(serve) if serve else None,
         "stores": asdict(stores) if stores else None,
     }
     (work / "results.json").write_text(json.dumps(raw, indent=1, default=str))
     log(f"written {work / 'results.md'} and {work / 'results.json'}")
     errors = [op.key for op in ops if op.error] + [r.key for r in remote if r.error]
     errors += [r.key for r in fs if r.error]
+    if serve is not None:
+        errors += [r.key for r in serve.results if r.error] + (["serve"] if serve.error else [])
     errors += ["images"] if stores and stores.error else []
     if errors:
         log(f"bench: these operations failed to run: {', '.join(errors)}")
