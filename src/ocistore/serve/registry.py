@@ -3,9 +3,11 @@
 Routes: ``/v2/``, ``/v2/_catalog``, and under ``/v2/<name>/``: ``manifests/<ref>``,
 ``blobs/<digest>``, ``tags/list``, ``referrers/<digest>``; ``GET`` and ``HEAD`` only
 (anything else is ``405 UNSUPPORTED``: the store is not pushed to over HTTP). Names are
-Docker's grammar, matched on the path as sent: an escape (``%2e``), a ``..`` or an empty
-component is not a name (``400 NAME_INVALID``), and a malformed digest or one of an
-unsupported algorithm is ``400 DIGEST_INVALID``; well-formed but unknown is a ``404``.
+Docker's grammar, matched on the path as sent, the longest the route allows (as
+Distribution's router: ``/v2/a/tags/tags/list`` lists the tags of ``a/tags``): an escape
+(``%2e``), a ``..`` or an empty component is not a name (``400 NAME_INVALID``), and a
+malformed digest or one of an unsupported algorithm is ``400 DIGEST_INVALID``;
+well-formed but unknown is a ``404``. Numbers (ranges, page sizes) are ASCII digits only.
 
 Headers are Distribution's: ``Content-Type`` is the manifest's own media type,
 ``Docker-Content-Digest`` and ``ETag`` the digest (``304`` to a matching
@@ -46,7 +48,13 @@ MAX_PAGE: Final = 10000
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_ROUTE = re.compile(r"/v2/(?P<name>.+?)/(?P<kind>manifests|blobs|tags|referrers)/(?P<rest>.+)")
+#: A route under a name, the name as long as it can be (``a/tags/tags/list`` is the tags
+#: of ``a/tags``, as Distribution's router reads it).
+_ROUTE = re.compile(
+    r"/v2/(?P<name>.+)/(?:(?P<kind>manifests|blobs|referrers)/(?P<rest>[^/]+)|tags/list)"
+)
+_UPLOADS = re.compile(r"/v2/.+/blobs/uploads(?:/.*)?")
+_DECIMAL = re.compile(r"[0-9]+")
 _OCI_TYPES: Final = frozenset({mt.OCI_MANIFEST, mt.OCI_INDEX})
 
 Answer = Response | Awaitable[Response]
@@ -113,7 +121,9 @@ def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
             continue
         first, dash, last = piece.partition("-")
         first, last = first.strip(), last.strip()
-        if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+        if not dash or (first and not _DECIMAL.fullmatch(first)):
+            raise ValueError("malformed range")
+        if last and not _DECIMAL.fullmatch(last):
             raise ValueError("malformed range")
         if len(first) > 20 or len(last) > 20:
             raise ValueError("malformed range")
@@ -162,13 +172,13 @@ class RegistryAPI:
         if path == "/v2/_catalog":
             return self.catalog(request)
         match = _ROUTE.fullmatch(path)
-        if match is None:
+        if match is None or (match["kind"] == "blobs" and match["rest"] == "uploads"):
+            if match is not None or _UPLOADS.fullmatch(path):
+                return error(
+                    405, "UNSUPPORTED", "the operation is unsupported: this registry is read-only"
+                )
             return error(404, "NOT_FOUND", "no such route", path)
-        name, kind, rest = match["name"], match["kind"], match["rest"]
-        if kind == "blobs" and rest.startswith("uploads"):
-            return error(
-                405, "UNSUPPORTED", "the operation is unsupported: this registry is read-only"
-            )
+        name, kind, rest = match["name"], match["kind"] or "tags", match["rest"] or "list"
         if len(name) > 255 or not _NAME.fullmatch(name):
             return error(400, "NAME_INVALID", "invalid repository name", name)
         query = urllib.parse.parse_qs(request.query, keep_blank_values=True)
@@ -177,11 +187,7 @@ class RegistryAPI:
         if key is None:
             return error(400, "NAME_INVALID", "invalid repository name", name)
         if kind == "tags":
-            if rest != "list":
-                return error(404, "NOT_FOUND", "no such route", path)
             return self._with_repo(key, name, lambda repo: self.tags(request, name, repo, query))
-        if "/" in rest:
-            return error(404, "NOT_FOUND", "no such route", path)
         if kind == "manifests":
             return self.manifest(request, key, name, rest)
         digest = _digest(rest)
@@ -234,7 +240,7 @@ class RegistryAPI:
     ) -> Response:
         n_text = (query.get("n") or [""])[0]
         last = (query.get("last") or [""])[0]
-        if n_text and (not n_text.isdigit() or len(n_text) > 9):
+        if n_text and (not _DECIMAL.fullmatch(n_text) or len(n_text) > 9):
             return error(
                 400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", n_text
             )
@@ -244,7 +250,10 @@ class RegistryAPI:
         page = items[:n]
         headers = [("Content-Type", JSON)]
         if len(items) > n and page:
-            link = f"{path}?" + urllib.parse.urlencode({"last": page[-1], "n": n})
+            params: dict[str, str | int] = {"last": page[-1], "n": n}
+            if query.get("ns"):  # (containerd's: the next page is of the same registry)
+                params["ns"] = query["ns"][0]
+            link = f"{path}?" + urllib.parse.urlencode(params)
             headers.append(("Link", f'<{link}>; rel="next"'))
         body = dict(doc)
         body[key] = page
