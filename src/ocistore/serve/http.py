@@ -3,17 +3,25 @@
 Only what a registry's pull side needs, done strictly. A request's head is read whole
 (at most :data:`MAX_HEAD` bytes, :data:`MAX_HEADERS` lines) before anything is answered;
 requests on one connection are answered in order (pipelining works) and connections are
-kept alive as HTTP/1.1 says. No request body is ever read: a request that announces one
-(``Content-Length`` other than 0, or any ``Transfer-Encoding``) is answered and the
-connection closed, so that no body bytes are ever taken for a next request (the shapes of
-request smuggling: both headers, duplicates, ``chunked`` in odd spellings, bare LF or
-obsolete line folding are refused with 400 and the connection closed).
+kept alive as HTTP/1.1 says. No request body is ever read. A ``Content-Length`` body is
+never taken for requests: a ``GET`` or ``HEAD`` with one is refused (``400``: what
+follows could be a request hidden in it), any other method is answered by the handler
+(a registry's ``405``), and the connection closed either way. The shapes of request
+smuggling (any ``Transfer-Encoding``, both headers, duplicates, a length that is not
+ASCII digits, bare LF or CR, obsolete line folding) are refused with ``400`` (``501``
+for a ``Transfer-Encoding`` alone) and the connection closed. A connection is closed
+after its last answer by shutting down its sending side first and dropping what the
+client still sends for a while (at most :data:`LINGER_TIMEOUT` seconds and
+:data:`MAX_LINGER` bytes), so that the client reads that answer rather than a reset.
 
 File bodies go out with ``sendfile(2)`` (``loop.sendfile``; over TLS asyncio reads and
 writes instead), from a descriptor opened before the head is sent: a blob removed from
 the store while it streams stays readable to the end, so the length announced is the
-length sent. A client that is slow to send its head, or idle between requests, is dropped
-after a while; a slow reader holds only its own connection.
+length sent. A head must come whole within :data:`HEAD_TIMEOUT` seconds of its first
+byte, whenever it begins (slowloris); a connection idle between requests is dropped after
+:data:`IDLE_TIMEOUT`. A client that does not read its answers holds only its own
+connection: requests are taken no faster than their answers leave (the transport's
+flow control), and no more than :data:`MAX_PENDING` bytes of requests are kept waiting.
 """
 
 from __future__ import annotations
@@ -40,12 +48,17 @@ IDLE_TIMEOUT: Final = 75.0
 MAX_CONNECTIONS: Final = 2048
 #: Pending request bytes kept while a response is being sent, before reading pauses.
 MAX_PENDING: Final = 64 << 10
+#: Seconds a closing connection waits for the client to read its last answer and close.
+LINGER_TIMEOUT: Final = 5.0
+#: Bytes a closing connection reads and drops meanwhile, at most, before it resets.
+MAX_LINGER: Final = 1 << 20
 
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _VERSION = re.compile(rb"HTTP/1\.[01]")
 #: A byte no request line holds.
 _BAD_LINE = re.compile(rb"[^\x20-\x7e\r\n]")
+_DIGITS = re.compile(r"[0-9]+")
 
 
 class FileRange(NamedTuple):
@@ -75,6 +88,8 @@ class Request:
     headers: dict[str, str]
     version: str
     peer: str = ""
+    #: It announced a body (``Content-Length`` other than 0), which is never read.
+    has_body: bool = False
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default)
@@ -159,10 +174,17 @@ def parse_head(head: bytes) -> Request:
             501 if "content-length" not in headers else 400, "request bodies are refused"
         )
     length = headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) != 0):
-        raise BadRequest(400 if not length.isdigit() else 413, "request bodies are refused")
+    if length is not None and not _DIGITS.fullmatch(length):
+        raise BadRequest(400, "malformed Content-Length")
     path, _, query = target.decode("ascii").partition("?")
-    return Request(method.decode("ascii"), path, query, headers, version.decode("ascii"))
+    return Request(
+        method.decode("ascii"),
+        path,
+        query,
+        headers,
+        version.decode("ascii"),
+        has_body=length is not None and length.strip("0") != "",
+    )
 
 
 def _keep_alive(request: Request) -> bool:
@@ -173,7 +195,10 @@ def _keep_alive(request: Request) -> bool:
 
 
 def _head_bytes(
-    response: Response, close: bool, server_headers: Sequence[tuple[str, str]]
+    response: Response,
+    close: bool,
+    server_headers: Sequence[tuple[str, str]],
+    keep_alive: bool = False,
 ) -> bytes:
     lines = [f"HTTP/1.1 {response.status} {_reason(response.status)}"]
     for name, value in server_headers:
@@ -184,6 +209,8 @@ def _head_bytes(
         lines.append(f"Content-Length: {response.length}")
     if close:
         lines.append("Connection: close")
+    elif keep_alive:  # (an HTTP/1.0 client that asked for it is told it is kept)
+        lines.append("Connection: keep-alive")
     lines.append("\r\n")
     return "\r\n".join(lines).encode("latin-1")
 
@@ -203,12 +230,26 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.loop = server.loop
         self.buf = bytearray()
+        #: Bytes of ``buf`` already searched for the end of the head (and checked).
+        self.scanned = 0
+        #: Where the request line of the head being read ends in ``buf`` (-1: not yet).
+        self.line_end = -1
         self.transport: asyncio.Transport | None = None
+        #: An answer is being made or sent: no next request is taken meanwhile.
         self.busy = False
+        #: No more requests are taken (closing, or closed).
         self.closed = False
-        self.paused = False
+        #: Bytes read and dropped since the close began (``None``: not closing).
+        self.lingering: int | None = None
+        self.read_paused = False
+        #: The transport's buffer is full: the client does not read its answers.
+        self.write_paused = False
+        #: The client sent its end of the stream.
+        self.eof = False
         #: When the connection is dropped unless it makes progress (loop time; 0: never).
         self.deadline = 0.0
+        #: The deadline is that of the head being read (set when its first byte came).
+        self.head_deadline = False
         self.peer = ""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -220,74 +261,106 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
         if len(self.server.connections) > MAX_CONNECTIONS:
-            self._send(error_response(503, "too many connections"), "HEAD")
+            self._send(error_response(503, "too many connections"), None)
             return
-        self._arm(IDLE_TIMEOUT)
+        self._next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:
+            self.lingering += len(data)
+            if self.lingering > MAX_LINGER and self.transport is not None:
+                self.transport.abort()
+            return
         if self.closed:
             return
-        if not self.buf and not self.busy:
-            self._arm(HEAD_TIMEOUT)  # a request began: its head must come whole, soon
         self.buf += data
-        if self.busy:
-            if len(self.buf) > MAX_PENDING and not self.paused:
+        if self.busy or self.write_paused:
+            if len(self.buf) > MAX_PENDING and not self.read_paused:
                 assert self.transport is not None
                 self.transport.pause_reading()
-                self.paused = True
+                self.read_paused = True
             return
         self._next()
 
     def eof_received(self) -> bool | None:
-        if not self.busy and self.transport is not None:
-            self.transport.close()
+        self.eof = True
+        if self.lingering is not None:
+            return False  # (the client read the last answer and closed: so do we)
+        if not self.busy and not self.write_paused:
+            self._next()  # (answers what came whole, then closes)
         return True  # (a half-closed client still gets the answers it asked for)
 
-    # -- requests ------------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.busy and not self.closed:
+            self._next()
+
+    # -- deadlines ---------------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
         # (a deadline the server's sweep reads: a timer a request costs more than a
         # small request's whole answer)
         self.deadline = self.loop.time() + seconds
+        self.head_deadline = False
+
+    def _no_deadline(self) -> None:
+        self.deadline = 0.0
+        self.head_deadline = False
 
     def timed_out(self, now: float) -> None:
-        if self.busy or self.closed or not self.deadline or now < self.deadline:
+        transport = self.transport
+        if self.busy or not self.deadline or now < self.deadline or transport is None:
             return
-        assert self.transport is not None
-        self.transport.close()
+        if self.closed and self.lingering is None:
+            return
+        self._no_deadline()
+        self.closed = True
+        if transport.get_write_buffer_size():
+            transport.abort()  # (what is unsent would never leave: the client reads nothing)
+        else:
+            transport.close()
+
+    # -- requests ------------------------------------------------------------------------
 
     def _next(self) -> None:
+        """Take the requests that came whole, in order, until one must wait (an answer
+        being made or sent, a client not reading), or more bytes are needed."""
         while not self.busy and not self.closed:
+            if self.write_paused:
+                self._arm(IDLE_TIMEOUT)  # (until the client reads again)
+                return
             while self.buf[:2] == b"\r\n":  # (empty lines before a request are allowed)
                 del self.buf[:2]
-            end = self.buf.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
+                self.scanned = max(0, self.scanned - 2)
+            end = self.buf.find(b"\r\n\r\n", max(0, self.scanned - 3), MAX_HEAD + 4)
             if end < 0:
-                line_end = self.buf.find(b"\r\n")
-                if _BAD_LINE.search(self.buf, 0, line_end if line_end >= 0 else len(self.buf)):
-                    # Not HTTP (a TLS handshake to the plain port, say): said at once, as
-                    # Go's server does, so that a client trying HTTPS first falls back.
-                    self._send(error_response(400, "not an HTTP request"), "GET")
-                elif len(self.buf) > MAX_HEAD:
-                    self._send(error_response(431, "request head too large"), "GET")
-                elif not self.buf:
-                    self._arm(IDLE_TIMEOUT)
+                self._wait_for_head()
                 return
             head = bytes(self.buf[:end])
             del self.buf[: end + 4]
+            self.scanned, self.line_end = 0, -1
+            self._no_deadline()
             try:
                 request = parse_head(head)
             except BadRequest as e:
-                self._send(error_response(e.status, str(e)), "GET")
+                self._send(error_response(e.status, str(e)), None)
                 return
             except UnicodeDecodeError:
-                self._send(error_response(400, "malformed request"), "GET")
+                self._send(error_response(400, "malformed request"), None)
                 return
             request.peer = self.peer
-            keep = _keep_alive(request)
+            keep = _keep_alive(request) and not request.has_body
+            if request.has_body and request.method in ("GET", "HEAD"):
+                # (what follows is the body, never read: it could hide a request)
+                self._send(error_response(400, f"a {request.method} with a body"), None)
+                return
             try:
                 answer = self.server.handler(request)
             except Exception:
@@ -301,7 +374,42 @@ class _Connection(asyncio.Protocol):
                 return
             if not keep:
                 answer.close = True
-            self._send(answer, request.method)
+            self._send(answer, request)
+
+    def _wait_for_head(self) -> None:
+        """The head is not whole yet: refuse it now if it cannot become a request, else
+        wait for it (within the head's deadline, set when its first byte came)."""
+        buf = self.buf
+        start = self.scanned
+        if self.line_end < 0:
+            line_end = buf.find(b"\r\n", max(0, start - 1))
+            if _BAD_LINE.search(buf, start, line_end if line_end >= 0 else len(buf)):
+                # Not HTTP (a TLS handshake to the plain port, say): said at once, as
+                # Go's server does, so that a client trying HTTPS first falls back.
+                self._send(error_response(400, "not an HTTP request"), None)
+                return
+            self.line_end = line_end
+        lf = buf.find(b"\n", start)
+        while lf >= 0:
+            if lf == 0 or buf[lf - 1] != 0x0D:
+                self._send(error_response(400, "bare LF in the request head"), None)
+                return
+            lf = buf.find(b"\n", lf + 1)
+        if len(buf) > MAX_HEAD:
+            self._send(error_response(431, "request head too large"), None)
+            return
+        self.scanned = len(buf)
+        if self.eof:
+            self._close()  # (nothing more will come)
+            return
+        if not buf:
+            self._arm(IDLE_TIMEOUT)
+        elif not self.head_deadline:
+            self._arm(HEAD_TIMEOUT)  # a request began: its head must come whole, soon
+            self.head_deadline = True
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     async def _answer_later(
         self, request: Request, answer: Awaitable[Response], keep: bool
@@ -317,14 +425,17 @@ class _Connection(asyncio.Protocol):
             return
         if not keep:
             response.close = True
-        self._send(response, request.method)
+        self._send(response, request)
         if not self.busy:
             self._next()
 
-    def _send(self, response: Response, method: str) -> None:
+    def _send(self, response: Response, request: Request | None) -> None:
+        """Send ``response`` (to ``request``; ``None``: a refusal of the HTTP layer)."""
         transport = self.transport
         assert transport is not None
-        head = _head_bytes(response, response.close, self.server.headers)
+        method = "GET" if request is None else request.method
+        keep_alive = request is not None and request.version == "HTTP/1.0"
+        head = _head_bytes(response, response.close, self.server.headers, keep_alive)
         if method == "HEAD" or response.status in (204, 304):
             transport.write(head)
             self._sent(response)
@@ -334,7 +445,7 @@ class _Connection(asyncio.Protocol):
             self._sent(response)
             return
         self.busy = True
-        self.deadline = 0.0
+        self._no_deadline()
         transport.write(head)
         task = self.loop.create_task(self._send_files(response))
         self.server.tasks.add(task)
@@ -369,16 +480,14 @@ class _Connection(asyncio.Protocol):
         except (OSError, RuntimeError, asyncio.CancelledError):
             complete = False
         response.release()
+        self.busy = False
         if not complete:
+            self.closed = True
             transport.abort()
             return
-        self.busy = False
         if response.close:
-            transport.close()
+            self._close()
             return
-        if self.paused:
-            self.paused = False
-            transport.resume_reading()
         self._next()
 
     async def _sendfile(self, part: FileRange) -> bool:
@@ -390,9 +499,27 @@ class _Connection(asyncio.Protocol):
     def _sent(self, response: Response) -> None:
         response.release()
         if response.close:
-            assert self.transport is not None
-            self.transport.close()
-            self.closed = True
+            self._close()
+
+    def _close(self) -> None:
+        """End the connection once what was written is sent: the sending side is shut
+        first and what the client still sends is dropped, for a while, so that the client
+        reads the last answer (closing with its bytes unread would reset the connection,
+        and the answer could be lost with it)."""
+        transport = self.transport
+        assert transport is not None
+        self.closed = True
+        self._no_deadline()
+        if self.eof or not transport.can_write_eof() or transport.is_closing():
+            transport.close()
+            return
+        transport.write_eof()
+        self.lingering = 0
+        self.buf.clear()
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+        self._arm(LINGER_TIMEOUT)
 
 
 class _Server:
