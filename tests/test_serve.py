@@ -96,6 +96,7 @@ class World:
                 store.tag("example.com/y/other:1", f"many/tags:{tag}")
             for i in range(25):
                 store.tag("example.com/y/other:1", f"cat/r{i:02}:1")
+            store.tag("example.com/y/other:1", "localhost:5000/ported/app:1")
 
     @property
     def blob(self) -> tuple[str, bytes]:
@@ -543,6 +544,23 @@ def test_names_with_several_components(srv: Server, world: World) -> None:
     # containerd's ns: the registry named in the query
     reply = srv.get("/v2/a/b/c/d/manifests/1?ns=example.com", Accept=OCI_MANIFEST)
     assert reply.status == 200 and reply.body == world.nested["manifest"]
+
+
+def test_a_registry_with_a_port_is_served_by_the_name_the_catalog_lists(
+    srv: Server, world: World
+) -> None:
+    assert "localhost:5000/ported/app" in srv.get("/v2/_catalog").json()["repositories"]
+    for path in ("/v2/localhost:5000/ported/app", "/v2/ported/app?ns=localhost:5000"):
+        base, _, query = path.partition("?")
+        suffix = f"?{query}" if query else ""
+        tags = srv.get(f"{base}/tags/list{suffix}")
+        assert tags.status == 200 and tags.json()["tags"] == ["1"]
+        reply = srv.get(f"{base}/manifests/1{suffix}", Accept=OCI_MANIFEST)
+        assert reply.status == 200 and reply.body == world.other["manifest"]
+        blob, data = world.other["layer"]
+        assert srv.get(f"{base}/blobs/{blob}{suffix}").body == data
+    for name in ("localhost:/x", "localhost:5000", "a:b/c", "-a:1/x", "localhost:123456/x"):
+        assert_error(srv.get(f"/v2/{name}/tags/list"), 400, "NAME_INVALID")
 
 
 # --- referrers ------------------------------------------------------------------------------

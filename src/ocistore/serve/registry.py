@@ -7,7 +7,9 @@ Docker's grammar, matched on the path as sent, the longest the route allows (as
 Distribution's router: ``/v2/a/tags/tags/list`` lists the tags of ``a/tags``): an escape
 (``%2e``), a ``..`` or an empty component is not a name (``400 NAME_INVALID``), and a
 malformed digest or one of an unsupported algorithm is ``400 DIGEST_INVALID``;
-well-formed but unknown is a ``404``. Numbers (ranges, page sizes) are ASCII digits only.
+well-formed but unknown is a ``404``. A name may begin with a registry's ``host:port/``,
+as the catalog lists the repositories of one. Numbers (ranges, page sizes) are ASCII
+digits only.
 
 Headers are Distribution's: ``Content-Type`` is the manifest's own media type,
 ``Docker-Content-Digest`` and ``ETag`` the digest (``304`` to a matching
@@ -46,7 +48,10 @@ DEFAULT_PAGE: Final = 1000
 MAX_PAGE: Final = 10000
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+#: A registry with a port: the catalog lists its repositories so (``localhost:5000/x``),
+#: and each is asked for by that name (or by its path with containerd's ``?ns=``).
+_PORTED = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*:[0-9]{1,5}"
+_NAME = re.compile(rf"(?:{_PORTED}/)?{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 #: A route under a name, the name as long as it can be (``a/tags/tags/list`` is the tags
 #: of ``a/tags``, as Distribution's router reads it).
