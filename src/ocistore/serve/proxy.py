@@ -120,6 +120,13 @@ class _Spool:
             if self.written == written and not self.finished:
                 await self._changed.wait()
 
+    async def ended(self) -> None:
+        """Once the pull is done with the blob (stored, or failed)."""
+        while not self.finished:
+            self._changed.clear()
+            if not self.finished:
+                await self._changed.wait()
+
 
 class _Tee(io.RawIOBase):
     """A layer's download that copies what the store reads into its spool."""
@@ -354,10 +361,7 @@ class Proxy:
     async def _when_stored(
         self, request: Request, digest: Digest, spool: _Spool, answer: AnswerBlob
     ) -> Response:
-        while not spool.finished:
-            spool._changed.clear()
-            if not spool.finished:
-                await spool._changed.wait()
+        await spool.ended()
         self.view.refresh()
         return answer(request, digest)
 
