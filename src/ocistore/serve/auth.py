@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Final
@@ -62,6 +63,12 @@ class Htpasswd:
             return False
         hashed = self.users.get(user.decode("utf-8", "replace"))
         if not colon or hashed is None:
+            # The same work as for a known user (as Distribution does), so that how long
+            # a refusal takes tells nothing of which users exist.
+            dummy = next(iter(self.users.values()), None)
+            if dummy is not None:
+                with contextlib.suppress(ValueError):
+                    bcrypt.checkpw(password, dummy)
             return False
         try:
             return bool(bcrypt.checkpw(password, hashed))
