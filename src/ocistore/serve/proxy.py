@@ -42,6 +42,7 @@ from ..registry.session import Session
 from ..registry.transport import ConnectionFailed
 from ..spec.digest import Digest
 from ..spec.reference import Reference
+from ..store import fsutil
 from ..store.store import Store
 from .http import FileRange, Request, Response, Stream
 from .registry import error
@@ -258,15 +259,13 @@ class Proxy:
                 self._checked[(domain, path, tag)] = time.monotonic()
                 if self._has(ref, top.digest):
                     raise _Unchanged
-            first = images[0]
-            served = describe_manifest(first.manifest.data, first.manifest.digest)
-            inflight.manifests[str(reference)] = served
-            inflight.manifests[str(first.manifest.digest)] = served
-            for image in images:
-                if isinstance(image.config, bytes):
-                    doc_config = describe_config(image.manifest.data)
-                    if doc_config is not None:
-                        inflight.configs[doc_config] = image.config
+            for i, image in enumerate(images):
+                served = describe_manifest(image.manifest.data, image.manifest.digest)
+                if i == 0:
+                    inflight.manifests[str(reference)] = served
+                inflight.manifests[str(image.manifest.digest)] = served
+                if isinstance(image.config, bytes) and served.config is not None:
+                    inflight.configs[served.config] = image.config
                 for digest, size, _ in image.layers:
                     if size is None or digest in inflight.spools:
                         continue
@@ -310,7 +309,9 @@ class Proxy:
                 os.unlink(spool.path)  # (clients streaming from it keep their descriptor)
 
     def _spool_path(self, digest: Digest) -> str:
-        return str(self._store.tmpdir / f"proxy-{os.getpid()}-{digest.hex[:32]}-{time.time_ns()}")
+        # (the store's temporary name, tagged with this process: gc leaves it alone
+        # while the server runs and removes it after a crash)
+        return str(fsutil.temp_path(self._store.tmpdir, f"-spool-{digest.hex[:12]}"))
 
     def _has(self, ref: Reference, digest: Digest) -> bool:
         """Whether the store has the tag naming ``digest`` (the upstream's answer)."""
@@ -364,15 +365,6 @@ class Proxy:
         await spool.ended()
         self.view.refresh()
         return answer(request, digest)
-
-
-def describe_config(manifest: bytes) -> Digest | None:
-    """The config digest a manifest names."""
-    import json
-
-    with contextlib.suppress(ValueError, TypeError, KeyError, OcistoreError):
-        return Digest(json.loads(manifest)["config"]["digest"])
-    return None
 
 
 def _settle(future: concurrent.futures.Future[Response | None], value: Response | None) -> None:

@@ -42,6 +42,8 @@ class ServedManifest(NamedTuple):
     subject: str | None
     artifact_type: str | None
     annotations: dict[str, str] | None
+    #: The digest of the config it names, if it names one.
+    config: Digest | None = None
 
 
 @dataclass
@@ -261,6 +263,9 @@ def describe_manifest(raw: bytes, digest: Digest) -> ServedManifest:
         config_type = config.get("mediaType")
         artifact_type = config_type if isinstance(config_type, str) else None
     annotations = doc.get("annotations")
+    config_digest: Digest | None = None
+    with contextlib.suppress(InvalidInput, TypeError):
+        config_digest = Digest(config.get("digest"))  # type: ignore[arg-type]
     return ServedManifest(
         raw,
         media_type,
@@ -268,6 +273,7 @@ def describe_manifest(raw: bytes, digest: Digest) -> ServedManifest:
         subject_digest if isinstance(subject_digest, str) else None,
         artifact_type,
         annotations if isinstance(annotations, dict) else None,
+        config_digest,
     )
 
 
