@@ -76,14 +76,13 @@ class App:
 
 
 def _unauthorized() -> Response:
-    response = error(
+    return error(
         401,
         "UNAUTHORIZED",
         "authentication required",
         None,
         **{"WWW-Authenticate": f'Basic realm="{REALM}"'},
     )
-    return response
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
